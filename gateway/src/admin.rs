@@ -1,0 +1,212 @@
+//! `/admin/items`: create a sale item (database first, then warm Redis) and inspect one.
+
+use crate::error::{ApiError, json};
+use crate::routes::{bearer, parse_json, read_body};
+use crate::state::State;
+use fred::prelude::*;
+use http::{HeaderMap, Request, StatusCode};
+use hyper::body::Incoming;
+use sea_orm::{ActiveModelTrait, ConnectionTrait, DbBackend, EntityTrait, Set, SqlErr, Statement};
+use seckill_schema::entity::items;
+use seckill_schema::snowflake::now_ms;
+use seckill_schema::{ItemId, OrderStatus};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+type Answer = Result<http::Response<crate::error::Body>, ApiError>;
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn require_admin(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
+    match bearer(headers) {
+        Some(t) if constant_time_eq(t.as_bytes(), state.config.admin_token.as_bytes()) => Ok(()),
+        _ => Err(ApiError::Unauthorized(
+            "the admin token is missing or wrong",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewItem {
+    item_id: u64,
+    name: String,
+    price_cents: i64,
+    stock: i64,
+    #[serde(default = "one")]
+    per_user_limit: i32,
+    starts_at: Option<String>,
+    ends_at: Option<String>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
+    v.as_deref()
+        .map(|s| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| t.timestamp_millis())
+                .map_err(|_| ApiError::BadRequest(format!("{field} must be an RFC 3339 time")))
+        })
+        .transpose()
+}
+
+fn item_json(m: &items::Model) -> serde_json::Value {
+    let t = |v: Option<i64>| v.map(crate::routes::rfc3339_ms);
+    serde_json::json!({
+        "item_id": m.id,
+        "name": m.name,
+        "price_cents": m.price_cents,
+        "stock": m.stock,
+        "per_user_limit": m.per_user_limit,
+        "starts_at": t(m.starts_at_ms),
+        "ends_at": t(m.ends_at_ms),
+    })
+}
+
+async fn warm(state: &State, m: &items::Model) -> Result<(), ApiError> {
+    state
+        .scripts
+        .warm_item(
+            state.redis.next(),
+            ItemId(m.id as u64),
+            m.available,
+            m.per_user_limit,
+            m.price_cents,
+            m.starts_at_ms,
+            m.ends_at_ms,
+            &m.name,
+        )
+        .await
+        .map_err(|_| ApiError::Unavailable("Redis"))?;
+    Ok(())
+}
+
+pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
+    require_admin(state, req.headers())?;
+    let (_, body) = read_body(req).await?;
+    let new: NewItem = parse_json(&body)?;
+    let bad = |m: &str| Err(ApiError::BadRequest(m.to_owned()));
+    if new.item_id == 0 || new.item_id > i64::MAX as u64 {
+        return bad("item_id must be between 1 and 2^63-1");
+    }
+    if new.name.trim().is_empty() || new.name.len() > 200 {
+        return bad("name must be 1 to 200 characters");
+    }
+    if new.price_cents < 0 || new.price_cents > 1_000_000_000_000 {
+        return bad("price_cents must be between 0 and 10^12");
+    }
+    if new.stock < 0 || new.stock > 1_000_000_000 {
+        return bad("stock must be between 0 and 10^9");
+    }
+    if new.per_user_limit < 1 {
+        return bad("per_user_limit must be at least 1");
+    }
+    let starts = parse_time("starts_at", &new.starts_at)?;
+    let ends = parse_time("ends_at", &new.ends_at)?;
+    if let (Some(s), Some(e)) = (starts, ends) {
+        if e <= s {
+            return bad("ends_at must be after starts_at");
+        }
+    }
+    let db = state.db().await?;
+    let now = now_ms() as i64;
+    let model = items::ActiveModel {
+        id: Set(new.item_id as i64),
+        name: Set(new.name.trim().to_owned()),
+        price_cents: Set(new.price_cents),
+        stock: Set(new.stock),
+        available: Set(new.stock),
+        locked: Set(0),
+        sold: Set(0),
+        per_user_limit: Set(new.per_user_limit),
+        starts_at_ms: Set(starts),
+        ends_at_ms: Set(ends),
+        created_at_ms: Set(now),
+        updated_at_ms: Set(now),
+    };
+    match model.insert(db).await {
+        Ok(m) => {
+            warm(state, &m).await?;
+            Ok(json(StatusCode::CREATED, &item_json(&m)))
+        }
+        Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            // A retry after a failed warm-up must still leave the item sellable.
+            if let Ok(Some(m)) = items::Entity::find_by_id(new.item_id as i64).one(db).await {
+                warm(state, &m).await?;
+            }
+            Err(ApiError::Conflict(
+                "item_exists",
+                "an item with this id exists",
+            ))
+        }
+        Err(e) if seckill_schema::db::is_connection_error(&e) => {
+            Err(ApiError::Unavailable("the database"))
+        }
+        Err(e) => Err(ApiError::Internal(e.into())),
+    }
+}
+
+pub async fn get_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
+    require_admin(state, headers)?;
+    let id: u64 = raw_id
+        .parse()
+        .map_err(|_| ApiError::NotFound("unknown_item", "no such item"))?;
+    if id > i64::MAX as u64 {
+        return Err(ApiError::NotFound("unknown_item", "no such item"));
+    }
+    let db = state.db().await?;
+    let db_err = |e: sea_orm::DbErr| {
+        if seckill_schema::db::is_connection_error(&e) {
+            ApiError::Unavailable("the database")
+        } else {
+            ApiError::Internal(e.into())
+        }
+    };
+    let m = items::Entity::find_by_id(id as i64)
+        .one(db)
+        .await
+        .map_err(db_err)?
+        .ok_or(ApiError::NotFound("unknown_item", "no such item"))?;
+    let remaining: Option<i64> = state
+        .redis
+        .hget(state.keys.item(ItemId(id)), "remaining")
+        .await
+        .map_err(|_| ApiError::Unavailable("Redis"))?;
+    let backend: DbBackend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT status, COUNT(*) AS n FROM orders WHERE item_id = $1 GROUP BY status"
+        }
+        _ => "SELECT status, COUNT(*) AS n FROM orders WHERE item_id = ? GROUP BY status",
+    };
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [(id as i64).into()],
+        ))
+        .await
+        .map_err(db_err)?;
+    let mut orders: BTreeMap<String, i64> = OrderStatus::ALL
+        .iter()
+        .filter(|s| **s != OrderStatus::Pending)
+        .map(|s| (s.as_str().to_owned(), 0))
+        .collect();
+    for row in rows {
+        let status: String = row.try_get("", "status").map_err(db_err)?;
+        let n: i64 = row.try_get("", "n").map_err(db_err)?;
+        orders.insert(status, n);
+    }
+    let mut body = item_json(&m);
+    body["redis"] = serde_json::json!({ "remaining": remaining });
+    body["db"] =
+        serde_json::json!({ "available": m.available, "locked": m.locked, "sold": m.sold });
+    body["orders"] = serde_json::to_value(orders).unwrap_or_default();
+    Ok(json(StatusCode::OK, &body))
+}

@@ -1,0 +1,109 @@
+//! The one mapping from failures to HTTP answers. Client errors are specific; server errors are
+//! logged once, here, and answered without internal text.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use seckill_schema::OrderId;
+
+pub type Body = Full<Bytes>;
+
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    Unauthorized(&'static str),
+    NotFound(&'static str, &'static str),
+    PayloadTooLarge,
+    Conflict(&'static str, &'static str),
+    LimitReached(Option<OrderId>),
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    MethodNotAllowed,
+    /// A dependency is unreachable; the request changed nothing.
+    Unavailable(&'static str),
+    /// Our fault. The error is logged, never shown.
+    Internal(anyhow::Error),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::NotFound(code, _) => code,
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::Conflict(code, _) => code,
+            ApiError::LimitReached(_) => "limit_reached",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(..) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Conflict(..) | ApiError::LimitReached(_) => StatusCode::CONFLICT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let code = self.code();
+        let message: String = match &self {
+            ApiError::BadRequest(m) => m.clone(),
+            ApiError::Unauthorized(m) => (*m).to_owned(),
+            ApiError::NotFound(_, m) | ApiError::Conflict(_, m) => (*m).to_owned(),
+            ApiError::PayloadTooLarge => "the body is over 16 KiB".to_owned(),
+            ApiError::LimitReached(_) => "this would exceed the item's per-user limit".to_owned(),
+            ApiError::RateLimited { .. } => "too many requests; retry later".to_owned(),
+            ApiError::MethodNotAllowed => "method not allowed on this path".to_owned(),
+            ApiError::Unavailable(what) => {
+                tracing::warn!(dependency = what, "answering 503");
+                format!("{what} is unavailable; nothing was changed, retry later")
+            }
+            ApiError::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                "internal error".to_owned()
+            }
+        };
+        let mut body = serde_json::json!({ "error": code, "message": message });
+        if let ApiError::LimitReached(Some(id)) = &self {
+            body["order_id"] = serde_json::Value::String(id.to_string());
+        }
+        let mut resp = json(status, &body);
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs.max(1)),
+            );
+        }
+        resp
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError::Internal(e)
+    }
+}
+
+pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).expect("response bodies serialize");
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

@@ -1,0 +1,167 @@
+//! The seckill gateway: a lean hyper server whose hot path (`POST /seckill`) is one Redis script,
+//! and the outbox relay that carries accepted orders to RabbitMQ.
+
+pub mod admin;
+pub mod error;
+pub mod payment;
+pub mod ratelimit;
+pub mod relay;
+pub mod routes;
+pub mod soldout;
+pub mod state;
+
+use anyhow::Context;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use seckill_schema::broker::{Publisher, Topology};
+use seckill_schema::scripts::Scripts;
+use seckill_schema::{Config, Keys};
+use state::State;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How long in-flight requests get to finish after a shutdown signal.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<State>,
+    lease_token: String,
+}
+
+impl Application {
+    /// Connects to Redis and RabbitMQ, leases a node id, and binds `SECKILL_HTTP_ADDR` (port 0
+    /// picks a free port; see [`Application::port`]).
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let metrics = seckill_schema::telemetry::metrics();
+        let redis = seckill_schema::redis::pool(&config.redis_url, 4).await?;
+        let scripts = Scripts::new(Keys::new(&config.namespace));
+        let lease_token = format!(
+            "gateway-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let ids = match config.node_id {
+            Some(n) => Arc::new(seckill_schema::snowflake::Snowflake::new(n)),
+            None => seckill_schema::lease::acquire(&scripts, &redis, &lease_token).await?,
+        };
+        let topology = Topology::new(&config.namespace, config.payment_timeout);
+        let publisher = Arc::new(Publisher::new(
+            &config.amqp_url,
+            "seckill-gateway",
+            topology,
+        ));
+        // Declares the topology before the first order can be relayed.
+        anyhow::ensure!(
+            publisher.ready().await,
+            "RabbitMQ is not reachable at start"
+        );
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding SECKILL_HTTP_ADDR={}", config.http_addr))?;
+        let state = Arc::new(State::new(config, redis, scripts, ids, publisher, metrics));
+        Ok(Application {
+            listener,
+            state,
+            lease_token,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, finishes in-flight requests,
+    /// flushes the relay, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let state = self.state;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut relays = Vec::new();
+        for (gene, stream) in state.keys.outboxes() {
+            let relay = relay::Relay {
+                redis: seckill_schema::redis::blocking_client(&state.config.redis_url).await?,
+                control: state.redis.clone(),
+                publisher: state.publisher.clone(),
+                stream,
+                consumer: format!("{}-g{gene}", self.lease_token),
+            };
+            relays.push(tokio::spawn(relay.run(stop_rx.clone())));
+        }
+        if state.config.node_id.is_none() {
+            tokio::spawn(seckill_schema::lease::renew(
+                state.scripts.clone(),
+                state.redis.clone(),
+                self.lease_token.clone(),
+                state.ids.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        tokio::spawn(state.limiter.clone().run_cleanup(stop_rx.clone()));
+
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(true);
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        tracing::info!(addr = ?self.listener.local_addr().ok(), node = state.ids.node(), "gateway listening");
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let (stream, _) = match accepted {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let st = state.clone();
+                    let conn = http.serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |req| routes::handle(st.clone(), req)),
+                    );
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        drop(self.listener);
+        tracing::info!("shutting down: draining in-flight requests");
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
+        }
+        tracing::info!("flushing the outbox relay");
+        let _ = stop_tx.send(true);
+        for r in relays {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, r).await;
+        }
+        Ok(())
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,24 @@
+//! `seckill-gateway`: the HTTP API. Configured by `SECKILL_*` environment variables.
+
+use clap::Parser;
+
+/// The seckill gateway: POST /seckill runs one Redis script and answers; an outbox relay carries
+/// accepted orders to RabbitMQ. Configuration comes from SECKILL_* environment variables (see the
+/// README): SECKILL_HTTP_ADDR, SECKILL_REDIS_URL, SECKILL_AMQP_URL, SECKILL_DATABASE_URL,
+/// SECKILL_NAMESPACE, SECKILL_JWT_SECRET, SECKILL_TICKET_SECRET, SECKILL_ADMIN_TOKEN,
+/// SECKILL_WEBHOOK_SECRET, SECKILL_PAYMENT_TIMEOUT_SECS, SECKILL_RATE_PER_USER, SECKILL_NODE_ID.
+#[derive(Parser)]
+#[command(name = "seckill-gateway", version)]
+struct Cli {}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    Cli::parse();
+    seckill_schema::telemetry::init_tracing();
+    let config = seckill_schema::Config::from_env()?;
+    tracing::info!(?config, "starting");
+    let app = seckill_gateway::Application::build(config).await?;
+    app.run(seckill_gateway::shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The outbox relay: moves `ORDER_CREATED` events from the Redis outbox streams (one per shard
+//! gene) to the durable exchange, as batches, with publisher confirms. A stream entry is acked and
+//! deleted only after the broker confirmed the message that carries it, so a relay killed mid-way
+//! loses nothing: its pending entries go idle, and any relay (another gateway, or this one after a
+//! restart) claims them with `XAUTOCLAIM` and publishes them again. Workers deduplicate by order id.
+
+use anyhow::Context;
+use fred::prelude::*;
+use seckill_schema::broker::Publisher;
+use seckill_schema::{ItemId, Message, OrderEvent, OrderId, Quantity, UserId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+pub const GROUP: &str = "relay";
+/// Events per AMQP message.
+pub const BATCH: u64 = 500;
+/// A pending entry idle this long belongs to a relay presumed dead.
+pub const CLAIM_IDLE: Duration = Duration::from_secs(5);
+const CLAIM_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Relay {
+    pub redis: Client,
+    pub control: Pool,
+    pub publisher: Arc<Publisher>,
+    pub stream: String,
+    pub consumer: String,
+}
+
+type Entry = (String, HashMap<String, String>);
+
+fn decode(fields: &HashMap<String, String>) -> Option<OrderEvent> {
+    let num = |k: &str| fields.get(k)?.parse::<u64>().ok();
+    Some(OrderEvent {
+        order_id: OrderId(num("o")?),
+        user_id: UserId(num("u")?),
+        item_id: ItemId(num("i")?),
+        quantity: Quantity::new(u32::try_from(num("q")?).ok()?)?,
+        amount_cents: fields.get("a")?.parse().ok()?,
+        created_at_ms: fields.get("t")?.parse().ok()?,
+    })
+}
+
+impl Relay {
+    /// Relays until `draining` turns true and the stream has nothing new, then returns.
+    pub async fn run(self, mut draining: watch::Receiver<bool>) {
+        if let Err(e) = self.ensure_group().await {
+            tracing::warn!(stream = %self.stream, error = %e, "creating the relay group failed; will retry");
+        }
+        let mut last_claim = Instant::now() - CLAIM_EVERY;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let stopping = *draining.borrow();
+            let step = async {
+                if last_claim.elapsed() >= CLAIM_EVERY {
+                    last_claim = Instant::now();
+                    self.claim_idle().await?;
+                }
+                let block = if stopping { 50 } else { 1000 };
+                self.read_new(block).await
+            };
+            match step.await {
+                Ok(0) if stopping => return,
+                Ok(_) => backoff = Duration::from_millis(50),
+                Err(e) => {
+                    metrics::counter!("seckill_relay_failures_total").increment(1);
+                    tracing::warn!(stream = %self.stream, error = %e, "relay step failed; retrying");
+                    if e.to_string().contains("NOGROUP") {
+                        let _ = self.ensure_group().await;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = draining.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn ensure_group(&self) -> anyhow::Result<()> {
+        // `0`, not `$`: entries written before any relay existed are relayed too.
+        let res: Result<(), _> = self
+            .control
+            .xgroup_create(&self.stream, GROUP, "0", true)
+            .await;
+        match res {
+            Err(e) if !e.to_string().contains("BUSYGROUP") => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn read_new(&self, block_ms: u64) -> anyhow::Result<usize> {
+        let resp: fred::types::streams::XReadResponse<String, String, String, String> = self
+            .redis
+            .xreadgroup_map(
+                GROUP,
+                self.consumer.as_str(),
+                Some(BATCH),
+                Some(block_ms),
+                false,
+                &self.stream,
+                ">",
+            )
+            .await
+            .context("XREADGROUP")?;
+        let entries: Vec<Entry> = resp.into_values().flatten().collect();
+        let n = entries.len();
+        self.forward(entries).await?;
+        Ok(n)
+    }
+
+    async fn claim_idle(&self) -> anyhow::Result<()> {
+        let mut cursor = "0-0".to_owned();
+        loop {
+            let reply: Value = self
+                .control
+                .next()
+                .custom(
+                    fred::cmd!("XAUTOCLAIM"),
+                    vec![
+                        self.stream.clone(),
+                        GROUP.to_owned(),
+                        self.consumer.clone(),
+                        CLAIM_IDLE.as_millis().to_string(),
+                        cursor.clone(),
+                        "COUNT".into(),
+                        BATCH.to_string(),
+                    ],
+                )
+                .await
+                .context("XAUTOCLAIM")?;
+            let (next, entries) = parse_autoclaim(reply)?;
+            if !entries.is_empty() {
+                tracing::info!(stream = %self.stream, n = entries.len(), "claimed entries of a dead relay");
+                self.forward(entries).await?;
+            }
+            if next == "0-0" {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    async fn forward(&self, entries: Vec<Entry>) -> anyhow::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+        let events: Vec<OrderEvent> = entries
+            .iter()
+            .filter_map(|(id, f)| {
+                let ev = decode(f);
+                if ev.is_none() {
+                    tracing::error!(stream = %self.stream, entry = %id, "dropping an undecodable outbox entry");
+                }
+                ev
+            })
+            .collect();
+        let n = events.len();
+        if n > 0 {
+            self.publisher
+                .publish(&Message::OrderCreated { events })
+                .await
+                .context("publishing ORDER_CREATED")?;
+        }
+        let _: i64 = self
+            .control
+            .xack(&self.stream, GROUP, ids.clone())
+            .await
+            .context("XACK")?;
+        let _: i64 = self.control.xdel(&self.stream, ids).await.context("XDEL")?;
+        metrics::counter!("seckill_relay_published_total").increment(n as u64);
+        metrics::counter!("seckill_relay_messages_total").increment(1);
+        Ok(())
+    }
+}
+
+/// `XAUTOCLAIM` answers `[next cursor, [[id, [field, value, …]] | nil, …], deleted ids]`.
+fn parse_autoclaim(reply: Value) -> anyhow::Result<(String, Vec<Entry>)> {
+    let Value::Array(mut parts) = reply else {
+        anyhow::bail!("unexpected XAUTOCLAIM reply");
+    };
+    anyhow::ensure!(parts.len() >= 2, "short XAUTOCLAIM reply");
+    let entries_v = parts.remove(1);
+    let next = parts.remove(0).as_string().unwrap_or_else(|| "0-0".into());
+    let mut entries = Vec::new();
+    if let Value::Array(items) = entries_v {
+        for item in items {
+            let Value::Array(mut pair) = item else {
+                continue;
+            };
+            if pair.len() != 2 {
+                continue;
+            }
+            let fields_v = pair.remove(1);
+            let Some(id) = pair.remove(0).as_string() else {
+                continue;
+            };
+            let mut fields = HashMap::new();
+            match fields_v {
+                Value::Array(kv) => {
+                    for chunk in kv.chunks(2) {
+                        if let [k, v] = chunk {
+                            if let (Some(k), Some(v)) = (k.as_string(), v.as_string()) {
+                                fields.insert(k, v);
+                            }
+                        }
+                    }
+                }
+                Value::Map(map) => {
+                    for (k, v) in map.inner() {
+                        if let (Some(k), Some(v)) =
+                            (k.as_str().map(|s| s.to_string()), v.as_string())
+                        {
+                            fields.insert(k, v);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            entries.push((id, fields));
+        }
+    }
+    Ok((next, entries))
+}
+
+/// Entries waiting in the outbox streams (not yet confirmed by the broker), for `/metrics`.
+pub async fn backlog(redis: &Pool, streams: &[String]) -> anyhow::Result<i64> {
+    let mut total = 0;
+    for s in streams {
+        let n: i64 = redis.xlen(s).await?;
+        total += n;
+    }
+    Ok(total)
+}

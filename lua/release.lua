@@ -1,0 +1,30 @@
+-- Closes an order in Redis and gives its units back, exactly once: the `released` field of the
+-- order's record is the guard, so a redelivered close changes nothing.
+--
+-- KEYS[1] item hash, KEYS[2] buyers hash, KEYS[3] order hash
+-- ARGV: order_id, user_id, quantity, final status, rank of that status, now (ms)
+-- Returns 1 when units went back, 0 when they already had, -1 when Redis has no record of the
+-- order (flushed, or never sold here): nothing is touched then.
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  return -1
+end
+local rank = tonumber(redis.call('HGET', KEYS[3], 'rank') or '0')
+if tonumber(ARGV[5]) > rank then
+  redis.call('HSET', KEYS[3], 'status', ARGV[4], 'rank', ARGV[5], 'updated', ARGV[6])
+end
+if redis.call('HSETNX', KEYS[3], 'released', ARGV[6]) == 0 then
+  return 0
+end
+local qty = tonumber(ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'remaining', qty)
+end
+local user = ARGV[2]
+local left = redis.call('HINCRBY', KEYS[2], user, -qty)
+if left <= 0 then
+  redis.call('HDEL', KEYS[2], user)
+  if redis.call('HGET', KEYS[2], user .. ':o') == ARGV[1] then
+    redis.call('HDEL', KEYS[2], user .. ':o')
+  end
+end
+return 1

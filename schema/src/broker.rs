@@ -1,0 +1,300 @@
+//! RabbitMQ: the topology every process declares at start, and a supervised publisher.
+//!
+//! lapin's automatic recovery has an open report of hanging after a broker restart, so nothing
+//! here relies on it: a connection that errors, or a call that passes its deadline, is dropped and
+//! rebuilt on the next use.
+
+use crate::messages::{Kind, Message};
+use anyhow::{Context, bail};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// How long one broker call may take before the connection is presumed dead.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deliveries of one message before its queue dead-letters it into `{ns}.dead`.
+pub const DELIVERY_LIMIT: i64 = 5;
+const PERSISTENT: u8 = 2;
+
+/// Names of the exchange and queues of one namespace.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    ns: String,
+    payment_timeout: Duration,
+}
+
+impl Topology {
+    pub fn new(namespace: &str, payment_timeout: Duration) -> Self {
+        Topology {
+            ns: namespace.to_owned(),
+            payment_timeout,
+        }
+    }
+
+    pub fn exchange(&self) -> String {
+        format!("{}.events", self.ns)
+    }
+
+    pub fn queue(&self, kind: Kind) -> String {
+        format!("{}.q.{}", self.ns, kind.routing_key())
+    }
+
+    pub fn dead(&self) -> String {
+        format!("{}.dead", self.ns)
+    }
+
+    /// The TTL queue that holds `ORDER_TIMEOUT` events until the payment window has passed; one
+    /// per distinct delay, so processes configured differently never clash on its arguments.
+    pub fn delay_queue(&self) -> String {
+        format!(
+            "{}.delay.order.timeout.{}s",
+            self.ns,
+            self.payment_timeout.as_secs()
+        )
+    }
+
+    /// Exchange and routing key a message of this kind is published with.
+    pub fn route(&self, kind: Kind) -> (String, String) {
+        match kind {
+            Kind::OrderTimeout => (String::new(), self.delay_queue()),
+            other => (self.exchange(), other.routing_key().to_owned()),
+        }
+    }
+
+    /// Declares everything, idempotently. Every process calls it at start and after a reconnect.
+    pub async fn declare(&self, ch: &Channel) -> anyhow::Result<()> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.exchange_declare(
+            self.exchange().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("declaring the events exchange")?;
+        ch.queue_declare(self.dead().into(), durable, FieldTable::default())
+            .await
+            .context("declaring the dead-letter queue")?;
+        for kind in Kind::ALL {
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DELIVERY_LIMIT),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString("".into()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(self.dead().into()),
+            );
+            let queue = self.queue(kind);
+            ch.queue_declare(queue.as_str().into(), durable, args)
+                .await
+                .with_context(|| format!("declaring queue {queue}"))?;
+            ch.queue_bind(
+                queue.as_str().into(),
+                self.exchange().into(),
+                kind.routing_key().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("binding queue {queue}"))?;
+        }
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(self.payment_timeout.as_millis() as i64),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.exchange().into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(Kind::OrderTimeout.routing_key().into()),
+        );
+        ch.queue_declare(self.delay_queue().into(), durable, args)
+            .await
+            .context("declaring the payment timeout delay queue")?;
+        Ok(())
+    }
+}
+
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    tokio::time::timeout(CALL_TIMEOUT, Connection::connect(url, props))
+        .await
+        .context("connecting to RabbitMQ timed out")?
+        .context("connecting to RabbitMQ")
+}
+
+pub fn persistent() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type("application/json".into())
+}
+
+pub fn string_header(name: &str, value: &str) -> (ShortString, AMQPValue) {
+    (name.into(), AMQPValue::LongString(value.into()))
+}
+
+/// A publisher with confirms over a connection it owns and rebuilds when it breaks.
+pub struct Publisher {
+    url: String,
+    name: String,
+    topology: Topology,
+    link: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl Publisher {
+    pub fn new(url: &str, name: &str, topology: Topology) -> Self {
+        Publisher {
+            url: url.to_owned(),
+            name: name.to_owned(),
+            topology,
+            link: Mutex::new(None),
+        }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        let mut link = self.link.lock().await;
+        if let Some((conn, ch)) = link.as_ref() {
+            if conn.status().connected() && ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        if let Some((conn, _)) = link.take() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                conn.close(200, "reconnecting".into()),
+            )
+            .await;
+        }
+        let conn = connect(&self.url, &self.name).await?;
+        let ch = conn.create_channel().await.context("opening a channel")?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("enabling publisher confirms")?;
+        tokio::time::timeout(CALL_TIMEOUT, self.topology.declare(&ch))
+            .await
+            .context("declaring the topology timed out")??;
+        *link = Some((conn, ch.clone()));
+        Ok(ch)
+    }
+
+    async fn invalidate(&self) {
+        if let Some((conn, _)) = self.link.lock().await.take() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                conn.close(200, "publish failed".into()),
+            )
+            .await;
+        }
+    }
+
+    /// Is the broker reachable right now (for `/readyz`)?
+    pub async fn ready(&self) -> bool {
+        tokio::time::timeout(CALL_TIMEOUT, self.channel())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Publishes every message, persistent, all in flight at once, and returns once the broker
+    /// confirmed them all. Any nack, error or timeout fails the whole call: the caller retries,
+    /// and the consumers deduplicate, so at-least-once is the right delivery.
+    pub async fn publish_all(&self, messages: &[Message]) -> anyhow::Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let result = tokio::time::timeout(CALL_TIMEOUT, self.publish_inner(messages)).await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.invalidate().await;
+                Err(e)
+            }
+            Err(_) => {
+                self.invalidate().await;
+                bail!("publisher confirm timed out")
+            }
+        }
+    }
+
+    pub async fn publish(&self, message: &Message) -> anyhow::Result<()> {
+        self.publish_all(std::slice::from_ref(message)).await
+    }
+
+    /// Publishes raw bytes to a queue through the default exchange, confirmed (the dead-letter path).
+    pub async fn publish_raw(
+        &self,
+        queue: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> anyhow::Result<()> {
+        let ch = self.channel().await?;
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                persistent().with_headers(headers),
+            )
+            .await?;
+        let confirmation = tokio::time::timeout(CALL_TIMEOUT, confirm)
+            .await
+            .context("confirm timed out")??;
+        if !confirmation.is_ack() {
+            bail!("broker nacked a message to {queue}");
+        }
+        Ok(())
+    }
+
+    async fn publish_inner(&self, messages: &[Message]) -> anyhow::Result<()> {
+        let ch = self.channel().await?;
+        let mut confirms = Vec::with_capacity(messages.len());
+        for m in messages {
+            let (exchange, key) = self.topology.route(m.kind());
+            let confirm = ch
+                .basic_publish(
+                    exchange.into(),
+                    key.into(),
+                    BasicPublishOptions::default(),
+                    &m.to_json(),
+                    persistent(),
+                )
+                .await
+                .context("publishing")?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            let c = confirm.await.context("waiting for a publisher confirm")?;
+            if !c.is_ack() {
+                bail!("the broker nacked a message");
+            }
+        }
+        Ok(())
+    }
+}

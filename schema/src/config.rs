@@ -1,0 +1,148 @@
+//! Configuration from the environment: every variable of the contract, each with a working local
+//! default, parsed once at start. An unparsable value is an error that names its variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_WORKERS_ADDR: &str = "127.0.0.1:9091";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/seckill";
+pub const DEFAULT_NAMESPACE: &str = "seckill";
+pub const DEFAULT_PAYMENT_TIMEOUT_SECS: u64 = 900;
+pub const DEFAULT_RATE_PER_USER: u32 = 5;
+const DEV_JWT_SECRET: &str = "dev-jwt-secret-change-me";
+const DEV_TICKET_SECRET: &str = "dev-ticket-secret-change-me";
+const DEV_ADMIN_TOKEN: &str = "dev-admin-token";
+const DEV_WEBHOOK_SECRET: &str = "dev-webhook-secret-change-me";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}={value:?} is not valid: {reason}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    pub workers_addr: SocketAddr,
+    pub redis_url: String,
+    pub amqp_url: String,
+    pub database_url: String,
+    pub namespace: String,
+    pub jwt_secret: String,
+    pub ticket_secret: String,
+    pub admin_token: String,
+    pub webhook_secret: String,
+    pub payment_timeout: Duration,
+    pub rate_per_user: u32,
+    pub node_id: Option<u16>,
+}
+
+impl std::fmt::Debug for Config {
+    // Secrets stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("http_addr", &self.http_addr)
+            .field("workers_addr", &self.workers_addr)
+            .field("redis_url", &self.redis_url)
+            .field("amqp_url", &self.amqp_url)
+            .field("database_url", &self.database_url)
+            .field("namespace", &self.namespace)
+            .field("payment_timeout", &self.payment_timeout)
+            .field("rate_per_user", &self.rate_per_user)
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn parsed<T>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+            var: name,
+            value: v.clone(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn secret(name: &'static str, dev: &str) -> String {
+    var(name).unwrap_or_else(|| {
+        tracing::warn!(
+            "{name} is not set: using the development value, never do this in production"
+        );
+        dev.to_owned()
+    })
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let namespace = var("SECKILL_NAMESPACE").unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        if namespace.contains(['{', '}', ' ']) {
+            return Err(ConfigError::Invalid {
+                var: "SECKILL_NAMESPACE",
+                value: namespace,
+                reason: "braces and spaces would break Redis hash tags and queue names".into(),
+            });
+        }
+        let node_id = match var("SECKILL_NODE_ID") {
+            None => None,
+            Some(_) => {
+                let n: u16 = parsed("SECKILL_NODE_ID", 0)?;
+                if n > crate::snowflake::MAX_NODE {
+                    return Err(ConfigError::Invalid {
+                        var: "SECKILL_NODE_ID",
+                        value: n.to_string(),
+                        reason: format!("must be at most {}", crate::snowflake::MAX_NODE),
+                    });
+                }
+                Some(n)
+            }
+        };
+        let timeout_secs: u64 =
+            parsed("SECKILL_PAYMENT_TIMEOUT_SECS", DEFAULT_PAYMENT_TIMEOUT_SECS)?;
+        if timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                var: "SECKILL_PAYMENT_TIMEOUT_SECS",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(Config {
+            http_addr: parsed(
+                "SECKILL_HTTP_ADDR",
+                DEFAULT_HTTP_ADDR.parse().expect("valid default"),
+            )?,
+            workers_addr: parsed(
+                "SECKILL_WORKERS_ADDR",
+                DEFAULT_WORKERS_ADDR.parse().expect("valid default"),
+            )?,
+            redis_url: var("SECKILL_REDIS_URL").unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
+            amqp_url: var("SECKILL_AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned()),
+            database_url: var("SECKILL_DATABASE_URL")
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+            namespace,
+            jwt_secret: secret("SECKILL_JWT_SECRET", DEV_JWT_SECRET),
+            ticket_secret: secret("SECKILL_TICKET_SECRET", DEV_TICKET_SECRET),
+            admin_token: secret("SECKILL_ADMIN_TOKEN", DEV_ADMIN_TOKEN),
+            webhook_secret: secret("SECKILL_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET),
+            payment_timeout: Duration::from_secs(timeout_secs),
+            rate_per_user: parsed("SECKILL_RATE_PER_USER", DEFAULT_RATE_PER_USER)?,
+            node_id,
+        })
+    }
+}

@@ -1,0 +1,26 @@
+//! Every change of an item's database stock, with its before, its after and its cause.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "inventory_history")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub item_id: i64,
+    pub order_id: Option<i64>,
+    pub cause: String,
+    pub quantity: i64,
+    pub available_before: i64,
+    pub available_after: i64,
+    pub locked_before: i64,
+    pub locked_after: i64,
+    pub sold_before: i64,
+    pub sold_after: i64,
+    pub created_at_ms: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

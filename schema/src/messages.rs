@@ -1,0 +1,179 @@
+//! The events on the broker. One AMQP message carries a batch of events of one type (the
+//! `"type"` field); each event keeps its own identity (its order id, or a payment's id), and that
+//! identity is what the workers deduplicate by.
+
+use crate::ids::{ItemId, OrderId, Quantity, UserId};
+use serde::{Deserialize, Serialize};
+
+/// An event about one order. It carries the whole order, so any handler can act on it even when
+/// it arrives before the order's `ORDER_CREATED` was stored (a cancel racing the pipeline).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderEvent {
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub item_id: ItemId,
+    pub quantity: Quantity,
+    pub amount_cents: i64,
+    /// Milliseconds since the Unix epoch at which the gateway accepted the order.
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PaymentOutcome {
+    Succeeded,
+    Failed,
+}
+
+impl PaymentOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentOutcome::Succeeded => "SUCCEEDED",
+            PaymentOutcome::Failed => "FAILED",
+        }
+    }
+}
+
+/// A payment provider's verdict, as the webhook received it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentEvent {
+    pub payment_id: String,
+    pub order_id: OrderId,
+    pub status: PaymentOutcome,
+    pub amount_cents: i64,
+    pub received_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Message {
+    OrderCreated { events: Vec<OrderEvent> },
+    LockInventory { events: Vec<OrderEvent> },
+    PreparePayment { events: Vec<OrderEvent> },
+    PaymentResult { events: Vec<PaymentEvent> },
+    OrderCancel { events: Vec<OrderEvent> },
+    OrderTimeout { events: Vec<OrderEvent> },
+    InventoryCompensate { events: Vec<OrderEvent> },
+}
+
+/// The kinds of message, each with its routing key and its handler's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    OrderCreated,
+    LockInventory,
+    PreparePayment,
+    PaymentResult,
+    OrderCancel,
+    OrderTimeout,
+    InventoryCompensate,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::OrderCreated,
+        Kind::LockInventory,
+        Kind::PreparePayment,
+        Kind::PaymentResult,
+        Kind::OrderCancel,
+        Kind::OrderTimeout,
+        Kind::InventoryCompensate,
+    ];
+
+    pub fn routing_key(self) -> &'static str {
+        match self {
+            Kind::OrderCreated => "order.created",
+            Kind::LockInventory => "inventory.lock",
+            Kind::PreparePayment => "payment.prepare",
+            Kind::PaymentResult => "payment.result",
+            Kind::OrderCancel => "order.cancel",
+            Kind::OrderTimeout => "order.timeout",
+            Kind::InventoryCompensate => "inventory.compensate",
+        }
+    }
+
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Kind::OrderCreated => "ORDER_CREATED",
+            Kind::LockInventory => "LOCK_INVENTORY",
+            Kind::PreparePayment => "PREPARE_PAYMENT",
+            Kind::PaymentResult => "PAYMENT_RESULT",
+            Kind::OrderCancel => "ORDER_CANCEL",
+            Kind::OrderTimeout => "ORDER_TIMEOUT",
+            Kind::InventoryCompensate => "INVENTORY_COMPENSATE",
+        }
+    }
+}
+
+impl Message {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::OrderCreated { .. } => Kind::OrderCreated,
+            Message::LockInventory { .. } => Kind::LockInventory,
+            Message::PreparePayment { .. } => Kind::PreparePayment,
+            Message::PaymentResult { .. } => Kind::PaymentResult,
+            Message::OrderCancel { .. } => Kind::OrderCancel,
+            Message::OrderTimeout { .. } => Kind::OrderTimeout,
+            Message::InventoryCompensate { .. } => Kind::InventoryCompensate,
+        }
+    }
+
+    pub fn orders(kind: Kind, events: Vec<OrderEvent>) -> Message {
+        match kind {
+            Kind::OrderCreated => Message::OrderCreated { events },
+            Kind::LockInventory => Message::LockInventory { events },
+            Kind::PreparePayment => Message::PreparePayment { events },
+            Kind::OrderCancel => Message::OrderCancel { events },
+            Kind::OrderTimeout => Message::OrderTimeout { events },
+            Kind::InventoryCompensate => Message::InventoryCompensate { events },
+            Kind::PaymentResult => panic!("PAYMENT_RESULT carries payment events"),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Message::PaymentResult { events } => events.len(),
+            Message::OrderCreated { events }
+            | Message::LockInventory { events }
+            | Message::PreparePayment { events }
+            | Message::OrderCancel { events }
+            | Message::OrderTimeout { events }
+            | Message::InventoryCompensate { events } => events.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("messages always serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_has_the_contract_type_field() {
+        let m = Message::OrderCreated {
+            events: vec![OrderEvent {
+                order_id: OrderId(7),
+                user_id: UserId(3),
+                item_id: ItemId(1),
+                quantity: Quantity::ONE,
+                amount_cents: 990,
+                created_at_ms: 1,
+            }],
+        };
+        let v: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        assert_eq!(v["type"], "ORDER_CREATED");
+        assert_eq!(v["events"][0]["order_id"], "7");
+        assert_eq!(serde_json::from_value::<Message>(v).unwrap(), m);
+        for k in Kind::ALL {
+            let json = format!("{{\"type\":\"{}\",\"events\":[]}}", k.type_name());
+            assert_eq!(serde_json::from_str::<Message>(&json).unwrap().kind(), k);
+        }
+        assert!(serde_json::from_str::<Message>(r#"{"type":"NOPE","events":[]}"#).is_err());
+    }
+}

@@ -1,0 +1,48 @@
+//! Redis clients. `SECKILL_REDIS_URL` may name one server or a cluster (`redis-cluster://…`).
+
+use anyhow::Context;
+use fred::prelude::*;
+use std::time::Duration;
+
+/// Every command gives up after this; a Redis that does not answer is a 503, not a hang.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn builder(url: &str) -> anyhow::Result<Builder> {
+    let config = Config::from_url(url)
+        .with_context(|| format!("SECKILL_REDIS_URL={url:?} is not a Redis URL"))?;
+    let mut b = Builder::from_config(config);
+    b.with_performance_config(|p| {
+        p.default_command_timeout = COMMAND_TIMEOUT;
+    })
+    .with_connection_config(|c| {
+        c.connection_timeout = Duration::from_secs(2);
+        c.internal_command_timeout = Duration::from_secs(2);
+        c.max_command_attempts = 2;
+    })
+    // Reconnect forever, quickly: Redis coming back must resume sales without a restart.
+    .set_policy(ReconnectPolicy::new_constant(0, 200));
+    Ok(b)
+}
+
+/// A pool of auto-pipelined clients, connected.
+pub async fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
+    let pool = builder(url)?.build_pool(size)?;
+    pool.init().await.context("connecting to Redis")?;
+    Ok(pool)
+}
+
+/// One client of its own, for blocking commands that would stall a shared connection.
+pub async fn client(url: &str) -> anyhow::Result<Client> {
+    let client = builder(url)?.build()?;
+    client.init().await.context("connecting to Redis")?;
+    Ok(client)
+}
+
+/// One client without a command timeout, for `XREADGROUP … BLOCK`, whose wait is its own.
+pub async fn blocking_client(url: &str) -> anyhow::Result<Client> {
+    let mut b = builder(url)?;
+    b.with_performance_config(|p| p.default_command_timeout = Duration::from_secs(0));
+    let client = b.build()?;
+    client.init().await.context("connecting to Redis")?;
+    Ok(client)
+}

@@ -1,0 +1,167 @@
+//! The order life of the contract, in one place: statuses, their order, and which moves are legal.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    Pending,
+    Created,
+    StockLocked,
+    AwaitingPayment,
+    Paid,
+    Failed,
+    Cancelled,
+    TimedOut,
+    RefundRequired,
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 9] = [
+        OrderStatus::Pending,
+        OrderStatus::Created,
+        OrderStatus::StockLocked,
+        OrderStatus::AwaitingPayment,
+        OrderStatus::Paid,
+        OrderStatus::Failed,
+        OrderStatus::Cancelled,
+        OrderStatus::TimedOut,
+        OrderStatus::RefundRequired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "PENDING",
+            OrderStatus::Created => "CREATED",
+            OrderStatus::StockLocked => "STOCK_LOCKED",
+            OrderStatus::AwaitingPayment => "AWAITING_PAYMENT",
+            OrderStatus::Paid => "PAID",
+            OrderStatus::Failed => "FAILED",
+            OrderStatus::Cancelled => "CANCELLED",
+            OrderStatus::TimedOut => "TIMED_OUT",
+            OrderStatus::RefundRequired => "REFUND_REQUIRED",
+        }
+    }
+
+    /// How far along its life an order is. The Redis read model only ever moves forward in rank,
+    /// so a late or redelivered message cannot make an order look younger than it is.
+    pub fn rank(self) -> u8 {
+        match self {
+            OrderStatus::Pending => 0,
+            OrderStatus::Created => 1,
+            OrderStatus::StockLocked => 2,
+            OrderStatus::AwaitingPayment => 3,
+            OrderStatus::Paid
+            | OrderStatus::Failed
+            | OrderStatus::Cancelled
+            | OrderStatus::TimedOut => 5,
+            OrderStatus::RefundRequired => 6,
+        }
+    }
+
+    /// Still holding stock: counted against `stock` by the no-oversell invariant.
+    pub fn holds_stock(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Pending
+                | OrderStatus::Created
+                | OrderStatus::StockLocked
+                | OrderStatus::AwaitingPayment
+                | OrderStatus::Paid
+        )
+    }
+
+    /// Closed without a sale: its units went back to stock.
+    pub fn is_closed(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Failed
+                | OrderStatus::Cancelled
+                | OrderStatus::TimedOut
+                | OrderStatus::RefundRequired
+        )
+    }
+
+    /// An end state of the contract (invariant 5), `AWAITING_PAYMENT` aside.
+    pub fn is_final(self) -> bool {
+        self == OrderStatus::Paid || self.is_closed()
+    }
+
+    /// Open orders the owner or the timeout may still close.
+    pub fn is_cancellable(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Pending
+                | OrderStatus::Created
+                | OrderStatus::StockLocked
+                | OrderStatus::AwaitingPayment
+        )
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown order status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for OrderStatus {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OrderStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+/// Status of a stock lock row: one per order that the database locked stock for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockStatus {
+    Locked,
+    Deducted,
+    Released,
+}
+
+impl LockStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockStatus::Locked => "LOCKED",
+            LockStatus::Deducted => "DEDUCTED",
+            LockStatus::Released => "RELEASED",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_through_their_names() {
+        for st in OrderStatus::ALL {
+            assert_eq!(st.as_str().parse::<OrderStatus>().unwrap(), st);
+            assert_eq!(serde_json::to_string(&st).unwrap(), format!("\"{st}\""));
+        }
+        assert!("paid".parse::<OrderStatus>().is_err());
+    }
+
+    #[test]
+    fn ranks_move_forward_along_the_happy_path() {
+        let path = [
+            OrderStatus::Pending,
+            OrderStatus::Created,
+            OrderStatus::StockLocked,
+            OrderStatus::AwaitingPayment,
+            OrderStatus::Paid,
+        ];
+        assert!(path.windows(2).all(|w| w[0].rank() < w[1].rank()));
+        assert!(OrderStatus::TimedOut.rank() < OrderStatus::RefundRequired.rank());
+    }
+}
