@@ -65,7 +65,7 @@ impl Relay {
                 Ok(_) => backoff = Duration::from_millis(50),
                 Err(e) => {
                     metrics::counter!("seckill_relay_failures_total").increment(1);
-                    tracing::warn!(stream = %self.stream, error = %e, "relay step failed; retrying");
+                    tracing::warn!(stream = %self.stream, error = %format!("{e:#}"), "relay step failed; retrying");
                     if e.to_string().contains("NOGROUP") {
                         let _ = self.ensure_group().await;
                     }
@@ -92,9 +92,10 @@ impl Relay {
     }
 
     async fn read_new(&self, block_ms: u64) -> anyhow::Result<usize> {
-        let resp: fred::types::streams::XReadResponse<String, String, String, String> = self
+        // Read raw: an empty read is a nil reply, which fred's map conversion rejects.
+        let reply: Value = self
             .redis
-            .xreadgroup_map(
+            .xreadgroup(
                 GROUP,
                 self.consumer.as_str(),
                 Some(BATCH),
@@ -105,7 +106,25 @@ impl Relay {
             )
             .await
             .context("XREADGROUP")?;
-        let entries: Vec<Entry> = resp.into_values().flatten().collect();
+        let entries: Vec<Entry> = match reply {
+            Value::Null => Vec::new(),
+            Value::Array(streams) => streams
+                .into_iter()
+                .filter_map(|s| match s {
+                    Value::Array(mut pair) if pair.len() == 2 => {
+                        Some(parse_entries(pair.remove(1)))
+                    }
+                    _ => None,
+                })
+                .flatten()
+                .collect(),
+            Value::Map(map) => map
+                .inner()
+                .into_iter()
+                .flat_map(|(_, v)| parse_entries(v))
+                .collect(),
+            other => anyhow::bail!("unexpected XREADGROUP reply {other:?}"),
+        };
         let n = entries.len();
         self.forward(entries).await?;
         Ok(n)
@@ -185,8 +204,13 @@ fn parse_autoclaim(reply: Value) -> anyhow::Result<(String, Vec<Entry>)> {
     anyhow::ensure!(parts.len() >= 2, "short XAUTOCLAIM reply");
     let entries_v = parts.remove(1);
     let next = parts.remove(0).as_string().unwrap_or_else(|| "0-0".into());
+    Ok((next, parse_entries(entries_v)))
+}
+
+/// `[[id, [field, value, …]] | nil, …]` (RESP2) or with field maps (RESP3).
+fn parse_entries(v: Value) -> Vec<Entry> {
     let mut entries = Vec::new();
-    if let Value::Array(items) = entries_v {
+    if let Value::Array(items) = v {
         for item in items {
             let Value::Array(mut pair) = item else {
                 continue;
@@ -223,7 +247,7 @@ fn parse_autoclaim(reply: Value) -> anyhow::Result<(String, Vec<Entry>)> {
             entries.push((id, fields));
         }
     }
-    Ok((next, entries))
+    entries
 }
 
 /// Entries waiting in the outbox streams (not yet confirmed by the broker), for `/metrics`.

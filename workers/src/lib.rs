@@ -1,1 +1,98 @@
-//! placeholder
+//! The seckill workers: consume the order events from durable queues and drive each order through
+//! its life (see `saga`), owning the database. Batches of events share one transaction, so one hot
+//! item is not capped at the database's single-row commit rate.
+
+pub mod ops;
+pub mod runner;
+pub mod saga;
+pub mod sql;
+pub mod store;
+
+use anyhow::Context;
+use runner::Runtime;
+use seckill_schema::broker::{Publisher, Topology};
+use seckill_schema::scripts::Scripts;
+use seckill_schema::{Config, Keys, Kind};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub struct Workers {
+    runtime: Arc<Runtime>,
+    listener: TcpListener,
+}
+
+impl Workers {
+    /// Connects to the database (creating it and applying migrations; waits while it is down),
+    /// Redis and RabbitMQ, and binds `SECKILL_WORKERS_ADDR`.
+    pub async fn build(config: Config) -> anyhow::Result<Workers> {
+        let mut wait = Duration::from_millis(200);
+        let db = loop {
+            match seckill_schema::db::connect(&config.database_url, 8).await {
+                Ok(db) => break db,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "database unavailable; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let redis = seckill_schema::redis::pool(&config.redis_url, 2).await?;
+        let topology = Topology::new(&config.namespace, config.payment_timeout);
+        let publisher = Arc::new(Publisher::new(
+            &config.amqp_url,
+            "seckill-workers",
+            topology.clone(),
+        ));
+        anyhow::ensure!(
+            publisher.ready().await,
+            "RabbitMQ is not reachable at start"
+        );
+        let listener = TcpListener::bind(config.workers_addr)
+            .await
+            .with_context(|| format!("binding SECKILL_WORKERS_ADDR={}", config.workers_addr))?;
+        let scripts = Scripts::new(Keys::new(&config.namespace));
+        Ok(Workers {
+            runtime: Arc::new(Runtime {
+                config,
+                db,
+                redis,
+                scripts,
+                publisher,
+                topology,
+            }),
+            listener,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Consumes every queue until `shutdown` completes; then stops consuming, finishes and acks
+    /// the batches in flight, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let metrics = seckill_schema::telemetry::metrics();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let consumers: Vec<_> = Kind::ALL
+            .into_iter()
+            .map(|kind| tokio::spawn(self.runtime.clone().consume(kind, stop_rx.clone())))
+            .collect();
+        let ops = tokio::spawn(ops::serve(
+            self.listener,
+            self.runtime.clone(),
+            metrics,
+            stop_rx,
+        ));
+        shutdown.await;
+        tracing::info!("shutting down: finishing the batches in flight");
+        let _ = stop_tx.send(true);
+        for c in consumers {
+            let _ = tokio::time::timeout(Duration::from_secs(30), c).await;
+        }
+        let _ = ops.await;
+        Ok(())
+    }
+}

@@ -1,1 +1,33 @@
-fn main() {}
+//! `seckill-workers`: the order saga. Configured by `SECKILL_*` environment variables.
+
+use clap::Parser;
+
+/// The seckill workers: consume ORDER_CREATED, LOCK_INVENTORY, PREPARE_PAYMENT, PAYMENT_RESULT,
+/// ORDER_CANCEL, ORDER_TIMEOUT and INVENTORY_COMPENSATE from RabbitMQ and drive every order to an
+/// end state in the database, keeping Redis in step. Configuration comes from SECKILL_* environment
+/// variables (see the README): SECKILL_WORKERS_ADDR, SECKILL_REDIS_URL, SECKILL_AMQP_URL,
+/// SECKILL_DATABASE_URL, SECKILL_NAMESPACE, SECKILL_PAYMENT_TIMEOUT_SECS.
+#[derive(Parser)]
+#[command(name = "seckill-workers", version)]
+struct Cli {}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    Cli::parse();
+    seckill_schema::telemetry::init_tracing();
+    let config = seckill_schema::Config::from_env()?;
+    tracing::info!(?config, "starting");
+    let workers = seckill_workers::Workers::build(config).await?;
+    workers.run(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

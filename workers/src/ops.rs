@@ -1,0 +1,102 @@
+//! `/metrics`, `/healthz` and `/readyz` on `SECKILL_WORKERS_ADDR`.
+
+use crate::runner::Runtime;
+use bytes::Bytes;
+use fred::prelude::*;
+use http::{Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sea_orm::ConnectionTrait;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+async fn ready(rt: &Runtime) -> (bool, bool, bool) {
+    let t = Duration::from_secs(2);
+    let redis = tokio::time::timeout(t, rt.redis.next().ping::<String>(None))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let broker = rt.publisher.ready().await;
+    let db = tokio::time::timeout(t, rt.db.execute_unprepared("SELECT 1"))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    (redis, broker, db)
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    rt: Arc<Runtime>,
+    metrics: PrometheusHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a { Ok(s) => s, Err(_) => continue },
+            _ = shutdown.changed() => return,
+        };
+        let rt = rt.clone();
+        let metrics = metrics.clone();
+        let conn = http.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let rt = rt.clone();
+                let metrics = metrics.clone();
+                async move {
+                    let resp = match req.uri().path() {
+                        "/healthz" => text(
+                            StatusCode::OK,
+                            "application/json",
+                            r#"{"status":"ok"}"#.into(),
+                        ),
+                        "/readyz" => {
+                            let (redis, broker, db) = ready(&rt).await;
+                            let ok = redis && broker && db;
+                            text(
+                                if ok {
+                                    StatusCode::OK
+                                } else {
+                                    StatusCode::SERVICE_UNAVAILABLE
+                                },
+                                "application/json",
+                                format!(
+                                    r#"{{"redis":{redis},"rabbitmq":{broker},"database":{db}}}"#
+                                ),
+                            )
+                        }
+                        "/metrics" => text(
+                            StatusCode::OK,
+                            "text/plain; version=0.0.4",
+                            metrics.render(),
+                        ),
+                        _ => text(
+                            StatusCode::NOT_FOUND,
+                            "application/json",
+                            r#"{"error":"not_found","message":"no such route"}"#.into(),
+                        ),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}

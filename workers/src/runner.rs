@@ -1,0 +1,330 @@
+//! The consumers: one per message type, each on a connection it supervises. A consumer takes what
+//! the broker has ready (up to a batch), runs the handler in one transaction, applies the effects
+//! that follow the commit, and only then acks. Malformed messages and messages that keep failing
+//! go to `{ns}.dead` with a reason; the database being down makes messages wait, not die.
+
+use crate::saga::{self, Batch, Effects};
+use anyhow::Context;
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use sea_orm::DatabaseConnection;
+use seckill_schema::broker::{self, Publisher, Topology};
+use seckill_schema::scripts::Scripts;
+use seckill_schema::{Config, Kind, Message, OrderId, UserId};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Unacked messages the broker may push to one consumer.
+pub const PREFETCH: u16 = 64;
+/// Events handled in one transaction, at most.
+pub const MAX_EVENTS: usize = 2000;
+/// Attempts of a failing batch (not counting waits for the database) before it is split, and of a
+/// single failing message before it is dead-lettered.
+const ATTEMPTS: u32 = 3;
+
+pub struct Runtime {
+    pub config: Config,
+    pub db: DatabaseConnection,
+    pub redis: fred::prelude::Pool,
+    pub scripts: Scripts,
+    pub publisher: Arc<Publisher>,
+    pub topology: Topology,
+}
+
+enum Failure {
+    /// A dependency is unreachable or a transaction lost a race: wait and run it again.
+    Transient(anyhow::Error),
+    /// The batch itself fails.
+    Fatal(anyhow::Error),
+}
+
+impl Runtime {
+    /// Runs one consumer until `shutdown`, rebuilding its connection whenever it breaks.
+    pub async fn consume(self: Arc<Self>, kind: Kind, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let started = Instant::now();
+            match self.consume_once(kind, &mut shutdown).await {
+                Ok(()) => return,
+                Err(e) => {
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff = Duration::from_millis(100);
+                    }
+                    tracing::warn!(kind = kind.type_name(), error = %format!("{e:#}"), "consumer stopped; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn consume_once(
+        &self,
+        kind: Kind,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let name = format!("seckill-workers-{}", kind.routing_key());
+        let conn = broker::connect(&self.config.amqp_url, &name).await?;
+        let ch = conn.create_channel().await.context("opening a channel")?;
+        ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+        tokio::time::timeout(broker::CALL_TIMEOUT, self.topology.declare(&ch))
+            .await
+            .context("declaring the topology timed out")??;
+        let queue = self.topology.queue(kind);
+        let mut consumer = ch
+            .basic_consume(
+                queue.as_str().into(),
+                name.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .context("starting the consumer")?;
+        tracing::info!(kind = kind.type_name(), queue = %queue, "consuming");
+        loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(Duration::from_secs(5), consumer.next()) => n,
+                _ = shutdown.changed() => {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), ch.basic_cancel(name.as_str().into(), BasicCancelOptions::default())).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "shutting down".into())).await;
+                    return Ok(());
+                }
+            };
+            let first = match next {
+                // Nothing for a while: make sure the connection is still alive.
+                Err(_) => {
+                    anyhow::ensure!(
+                        conn.status().connected() && ch.status().connected(),
+                        "the connection is gone"
+                    );
+                    continue;
+                }
+                Ok(None) => anyhow::bail!("the consumer was cancelled"),
+                Ok(Some(d)) => d.context("receiving")?,
+            };
+            let mut deliveries = vec![first];
+            while deliveries.len() < PREFETCH as usize {
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(d))) => deliveries.push(d),
+                    _ => break,
+                }
+            }
+            self.process(kind, deliveries, shutdown).await?;
+        }
+    }
+
+    /// Handles deliveries, acking each once its effects are done. An error means the channel is
+    /// unusable or we are shutting down: what was not acked is redelivered.
+    async fn process(
+        &self,
+        kind: Kind,
+        deliveries: Vec<Delivery>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let mut good = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            match serde_json::from_slice::<Message>(&d.data) {
+                Ok(m) if m.kind() == kind => good.push((d, m)),
+                Ok(m) => {
+                    self.dead_letter(
+                        kind,
+                        &d,
+                        &format!(
+                            "a {} message on the {} queue",
+                            m.kind().type_name(),
+                            kind.type_name()
+                        ),
+                    )
+                    .await?
+                }
+                Err(e) => {
+                    self.dead_letter(kind, &d, &format!("malformed message: {e}"))
+                        .await?
+                }
+            }
+        }
+        // Keep each transaction bounded.
+        let mut start = 0;
+        while start < good.len() {
+            let mut end = start;
+            let mut events = 0;
+            while end < good.len() && (end == start || events + good[end].1.len() <= MAX_EVENTS) {
+                events += good[end].1.len();
+                end += 1;
+            }
+            self.process_group(kind, &good[start..end], shutdown)
+                .await?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    async fn process_group(
+        &self,
+        kind: Kind,
+        group: &[(Delivery, Message)],
+        shutdown: &watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let batch = merge(group.iter().map(|(_, m)| m));
+        match self.run_with_retries(kind, &batch, shutdown).await? {
+            None => {
+                for (d, _) in group {
+                    d.ack(BasicAckOptions::default()).await.context("acking")?;
+                }
+                metrics::counter!("seckill_worker_messages_total", "type" => kind.type_name(), "outcome" => "ok")
+                    .increment(group.len() as u64);
+            }
+            Some(e) if group.len() > 1 => {
+                tracing::warn!(kind = kind.type_name(), error = %format!("{e:#}"), "a batch keeps failing; retrying its messages one by one");
+                for one in group {
+                    Box::pin(self.process_group(kind, std::slice::from_ref(one), shutdown)).await?;
+                }
+            }
+            Some(e) => {
+                let (d, _) = &group[0];
+                self.dead_letter(kind, d, &format!("failed {ATTEMPTS} times: {e:#}"))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `Ok(None)` when the batch is done; `Ok(Some(e))` when it failed on its own `ATTEMPTS` times;
+    /// `Err` when shutting down mid-wait.
+    async fn run_with_retries(
+        &self,
+        kind: Kind,
+        batch: &Batch,
+        shutdown: &watch::Receiver<bool>,
+    ) -> anyhow::Result<Option<anyhow::Error>> {
+        let mut fatal = 0;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let started = Instant::now();
+            match self.run(kind, batch).await {
+                Ok(()) => {
+                    metrics::histogram!("seckill_worker_handler_duration_seconds", "type" => kind.type_name())
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("seckill_worker_batch_size", "type" => kind.type_name())
+                        .record(batch.len() as f64);
+                    return Ok(None);
+                }
+                Err(Failure::Fatal(e)) => {
+                    fatal += 1;
+                    metrics::counter!("seckill_worker_messages_total", "type" => kind.type_name(), "outcome" => "error").increment(1);
+                    if fatal >= ATTEMPTS {
+                        return Ok(Some(e));
+                    }
+                    tracing::warn!(kind = kind.type_name(), error = %format!("{e:#}"), "batch failed; retrying");
+                }
+                Err(Failure::Transient(e)) => {
+                    metrics::counter!("seckill_worker_messages_total", "type" => kind.type_name(), "outcome" => "retry").increment(1);
+                    tracing::warn!(kind = kind.type_name(), error = %format!("{e:#}"), "a dependency is unavailable; the batch waits");
+                    anyhow::ensure!(!*shutdown.borrow(), "shutting down while the batch waits");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn run(&self, kind: Kind, batch: &Batch) -> Result<(), Failure> {
+        let effects = saga::handle(&self.db, kind, batch).await.map_err(|e| {
+            if seckill_schema::db::is_connection_error(&e) || seckill_schema::db::is_retryable(&e) {
+                Failure::Transient(e.into())
+            } else {
+                Failure::Fatal(e.into())
+            }
+        })?;
+        self.apply(effects).await.map_err(Failure::Transient)
+    }
+
+    /// The effects of a committed batch: the Redis read model, units back in Redis, and the next
+    /// messages, confirmed. Every step is idempotent, so a failure here re-runs the whole batch.
+    async fn apply(&self, effects: Effects) -> anyhow::Result<()> {
+        let client = self.redis.next();
+        for (o, status) in &effects.releases {
+            self.scripts
+                .release(
+                    client,
+                    OrderId(o.id as u64),
+                    UserId(o.user_id as u64),
+                    seckill_schema::ItemId(o.item_id as u64),
+                    o.quantity as i64,
+                    *status,
+                )
+                .await
+                .context("returning units to Redis")?;
+        }
+        self.scripts
+            .set_statuses(client, &effects.statuses)
+            .await
+            .context("updating the read model")?;
+        self.publisher
+            .publish_all(&effects.publish)
+            .await
+            .context("publishing follow-ups")?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, kind: Kind, d: &Delivery, reason: &str) -> anyhow::Result<()> {
+        tracing::error!(kind = kind.type_name(), reason, "dead-lettering a message");
+        let mut headers = FieldTable::default();
+        let (k, v) = broker::string_header("x-seckill-reason", reason);
+        headers.insert(k, v);
+        let (k, v) = broker::string_header("x-seckill-queue", &self.topology.queue(kind));
+        headers.insert(k, v);
+        self.publisher
+            .publish_raw(&self.topology.dead(), &d.data, headers)
+            .await
+            .context("publishing to the dead-letter queue")?;
+        d.ack(BasicAckOptions::default()).await.context("acking")?;
+        metrics::counter!("seckill_worker_dead_lettered_total", "type" => kind.type_name())
+            .increment(1);
+        Ok(())
+    }
+}
+
+/// One batch from many messages of one type; an event repeated within it counts once.
+fn merge<'a>(messages: impl Iterator<Item = &'a Message>) -> Batch {
+    let mut orders = Vec::new();
+    let mut payments = Vec::new();
+    let mut seen_orders = HashSet::new();
+    let mut seen_payments = HashSet::new();
+    for m in messages {
+        match m {
+            Message::PaymentResult { events } => payments.extend(
+                events
+                    .iter()
+                    .filter(|e| seen_payments.insert(e.payment_id.clone()))
+                    .cloned(),
+            ),
+            Message::OrderCreated { events }
+            | Message::LockInventory { events }
+            | Message::PreparePayment { events }
+            | Message::OrderCancel { events }
+            | Message::OrderTimeout { events }
+            | Message::InventoryCompensate { events } => orders.extend(
+                events
+                    .iter()
+                    .filter(|e| seen_orders.insert(e.order_id))
+                    .cloned(),
+            ),
+        }
+    }
+    if payments.is_empty() {
+        Batch::Orders(orders)
+    } else {
+        Batch::Payments(payments)
+    }
+}

@@ -1,0 +1,481 @@
+//! The order saga: one function per message type, from a batch of events to the database changes
+//! (committed in one transaction) and the effects that follow the commit (the Redis read model,
+//! units back in Redis, the next messages).
+//!
+//! Every move is a conditional update on the current status of a row locked for the batch, so a
+//! redelivered event changes nothing twice. And every handler re-drives what follows from the
+//! order's *current* status rather than stopping at "already done": a crash between a commit and
+//! its publishes is repaired by the redelivery.
+
+use crate::store::{self, Ledger, OrderRow, Orders, invariant};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait, Value,
+};
+use seckill_schema::messages::PaymentOutcome;
+use seckill_schema::scripts::StatusUpdate;
+use seckill_schema::status::LockStatus;
+use seckill_schema::{Kind, Message, OrderEvent, OrderId, OrderStatus, PaymentEvent};
+use std::collections::{BTreeMap, HashSet};
+
+pub const PAYMENT_PENDING: &str = "PENDING";
+pub const PAYMENT_SUCCEEDED: &str = "SUCCEEDED";
+pub const PAYMENT_FAILED: &str = "FAILED";
+pub const PAYMENT_AMOUNT_MISMATCH: &str = "AMOUNT_MISMATCH";
+pub const PAYMENT_REFUND_REQUIRED: &str = "REFUND_REQUIRED";
+
+/// The events of one batch; one message type per batch.
+#[derive(Debug, Clone)]
+pub enum Batch {
+    Orders(Vec<OrderEvent>),
+    Payments(Vec<PaymentEvent>),
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Orders(v) => v.len(),
+            Batch::Payments(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What must happen after the commit, all of it idempotent.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub publish: Vec<Message>,
+    pub statuses: Vec<StatusUpdate>,
+    /// Closed orders whose units go back to Redis (once; the release script guards it).
+    pub releases: Vec<(OrderRow, OrderStatus)>,
+}
+
+/// The payment each order should show, as (payment id, amount, status).
+type Shown = BTreeMap<i64, (String, i64, String)>;
+
+pub async fn handle(db: &DatabaseConnection, kind: Kind, batch: &Batch) -> Result<Effects, DbErr> {
+    let txn = db.begin().await?;
+    let effects = match (kind, batch) {
+        (Kind::OrderCreated, Batch::Orders(evs)) => order_created(&txn, evs).await?,
+        (Kind::LockInventory, Batch::Orders(evs)) => lock_inventory(&txn, evs).await?,
+        (Kind::PreparePayment, Batch::Orders(evs)) => prepare_payment(&txn, evs).await?,
+        (Kind::OrderTimeout, Batch::Orders(evs)) => {
+            close(&txn, evs, OrderStatus::TimedOut, "payment_timeout", false).await?
+        }
+        (Kind::OrderCancel, Batch::Orders(evs)) => {
+            store::ensure_orders(&txn, evs).await?;
+            close(
+                &txn,
+                evs,
+                OrderStatus::Cancelled,
+                "cancelled_by_buyer",
+                false,
+            )
+            .await?
+        }
+        (Kind::InventoryCompensate, Batch::Orders(evs)) => {
+            close(&txn, evs, OrderStatus::Failed, "insufficient_stock", true).await?
+        }
+        (Kind::PaymentResult, Batch::Payments(evs)) => payment_result(&txn, evs).await?,
+        (kind, _) => {
+            return Err(invariant(format!(
+                "a batch of the wrong shape for {kind:?}"
+            )));
+        }
+    };
+    txn.commit().await?;
+    Ok(effects)
+}
+
+fn ids_of(events: &[OrderEvent]) -> Vec<i64> {
+    events.iter().map(|e| e.order_id.0 as i64).collect()
+}
+
+/// The read model of every order of the batch, and Redis units back for the closed ones.
+fn mirror(orders: &Orders, shown: &Shown, effects: &mut Effects) {
+    for o in orders.values() {
+        effects.statuses.push(StatusUpdate {
+            order_id: OrderId(o.id as u64),
+            status: o.status,
+            payment: shown.get(&o.id).cloned(),
+        });
+        if o.status.is_closed() {
+            effects.releases.push((o.clone(), o.status));
+        }
+    }
+}
+
+fn follow_up(effects: &mut Effects, kind: Kind, orders: Vec<&OrderRow>) {
+    if orders.is_empty() {
+        return;
+    }
+    for chunk in orders.chunks(store::CHUNK) {
+        effects.publish.push(Message::orders(
+            kind,
+            chunk.iter().map(|o| o.event()).collect(),
+        ));
+    }
+}
+
+async fn order_created(txn: &DatabaseTransaction, events: &[OrderEvent]) -> Result<Effects, DbErr> {
+    store::ensure_orders(txn, events).await?;
+    let orders = store::lock_orders(txn, &ids_of(events)).await?;
+    let mut effects = Effects::default();
+    follow_up(
+        &mut effects,
+        Kind::LockInventory,
+        orders
+            .values()
+            .filter(|o| o.status == OrderStatus::Created)
+            .collect(),
+    );
+    follow_up(
+        &mut effects,
+        Kind::OrderTimeout,
+        orders.values().filter(|o| !o.status.is_final()).collect(),
+    );
+    mirror(&orders, &Shown::new(), &mut effects);
+    Ok(effects)
+}
+
+async fn lock_inventory(
+    txn: &DatabaseTransaction,
+    events: &[OrderEvent],
+) -> Result<Effects, DbErr> {
+    let mut orders = store::lock_orders(txn, &ids_of(events)).await?;
+    let candidates: Vec<OrderRow> = orders
+        .values()
+        .filter(|o| o.status == OrderStatus::Created)
+        .cloned()
+        .collect();
+    let mut ledger = Ledger::default();
+    ledger
+        .load(txn, candidates.iter().map(|o| o.item_id))
+        .await?;
+    let (mut locked, mut short) = (Vec::new(), Vec::new());
+    for o in &candidates {
+        let q = o.quantity as i64;
+        if ledger.apply(o, "lock", -q, q, 0) {
+            locked.push(o);
+        } else {
+            short.push(o);
+        }
+    }
+    store::insert_locks(txn, &locked).await?;
+    let locked_ids: Vec<i64> = locked.iter().map(|o| o.id).collect();
+    store::move_orders(
+        txn,
+        &mut orders,
+        &locked_ids,
+        &[OrderStatus::Created],
+        OrderStatus::StockLocked,
+        None,
+    )
+    .await?;
+    ledger.flush(txn).await?;
+    let mut effects = Effects::default();
+    follow_up(
+        &mut effects,
+        Kind::PreparePayment,
+        orders
+            .values()
+            .filter(|o| o.status == OrderStatus::StockLocked)
+            .collect(),
+    );
+    follow_up(&mut effects, Kind::InventoryCompensate, short);
+    mirror(&orders, &Shown::new(), &mut effects);
+    Ok(effects)
+}
+
+fn intent_id(order_id: i64) -> String {
+    format!("pay_{order_id}")
+}
+
+async fn prepare_payment(
+    txn: &DatabaseTransaction,
+    events: &[OrderEvent],
+) -> Result<Effects, DbErr> {
+    let backend = txn.get_database_backend();
+    let mut orders = store::lock_orders(txn, &ids_of(events)).await?;
+    let ready: Vec<&OrderRow> = orders
+        .values()
+        .filter(|o| o.status == OrderStatus::StockLocked)
+        .collect();
+    let mut shown = Shown::new();
+    if !ready.is_empty() {
+        let now = store::now();
+        let rows: Vec<Vec<Value>> = ready
+            .iter()
+            .map(|o| {
+                shown.insert(
+                    o.id,
+                    (intent_id(o.id), o.amount_cents, PAYMENT_PENDING.to_owned()),
+                );
+                vec![
+                    intent_id(o.id).into(),
+                    o.id.into(),
+                    o.amount_cents.into(),
+                    PAYMENT_PENDING.into(),
+                    false.into(),
+                    now.into(),
+                    now.into(),
+                ]
+            })
+            .collect();
+        // The provider may have answered before we got here, under this very payment id: its
+        // result stays, the intent is skipped.
+        for chunk in rows.chunks(store::CHUNK) {
+            txn.execute_raw(crate::sql::insert_ignore(
+                backend,
+                "payments",
+                &[
+                    "payment_id",
+                    "order_id",
+                    "amount_cents",
+                    "status",
+                    "applied",
+                    "created_at_ms",
+                    "updated_at_ms",
+                ],
+                chunk.to_vec(),
+            ))
+            .await?;
+        }
+        let ids: Vec<i64> = ready.iter().map(|o| o.id).collect();
+        store::move_orders(
+            txn,
+            &mut orders,
+            &ids,
+            &[OrderStatus::StockLocked],
+            OrderStatus::AwaitingPayment,
+            None,
+        )
+        .await?;
+    }
+    let mut ledger = Ledger::default();
+    apply_results(txn, &mut orders, &mut ledger, &mut shown).await?;
+    ledger.flush(txn).await?;
+    let mut effects = Effects::default();
+    mirror(&orders, &shown, &mut effects);
+    Ok(effects)
+}
+
+/// Closes every order of the batch that is still open (only `CREATED` ones when `only_unlocked`):
+/// status to `to`, stock locks released, units back to `available`. Pending payment results are
+/// then applied, so a success that raced the close ends `REFUND_REQUIRED`.
+async fn close(
+    txn: &DatabaseTransaction,
+    events: &[OrderEvent],
+    to: OrderStatus,
+    reason: &str,
+    only_unlocked: bool,
+) -> Result<Effects, DbErr> {
+    let mut orders = store::lock_orders(txn, &ids_of(events)).await?;
+    let closing: Vec<OrderRow> = orders
+        .values()
+        .filter(|o| {
+            if only_unlocked {
+                o.status == OrderStatus::Created
+            } else {
+                o.status.is_cancellable()
+            }
+        })
+        .cloned()
+        .collect();
+    let holding: Vec<&OrderRow> = closing
+        .iter()
+        .filter(|o| {
+            matches!(
+                o.status,
+                OrderStatus::StockLocked | OrderStatus::AwaitingPayment
+            )
+        })
+        .collect();
+    let mut ledger = Ledger::default();
+    ledger.load(txn, holding.iter().map(|o| o.item_id)).await?;
+    let cause = format!("release:{reason}");
+    for o in &holding {
+        let q = o.quantity as i64;
+        if !ledger.apply(o, &cause, q, -q, 0) {
+            return Err(invariant(format!(
+                "order {} holds more than item {} has locked",
+                o.id, o.item_id
+            )));
+        }
+    }
+    let holding_ids: Vec<i64> = holding.iter().map(|o| o.id).collect();
+    store::settle_locks(txn, &holding_ids, LockStatus::Released).await?;
+    let ids: Vec<i64> = closing.iter().map(|o| o.id).collect();
+    store::move_orders(
+        txn,
+        &mut orders,
+        &ids,
+        &[
+            OrderStatus::Created,
+            OrderStatus::StockLocked,
+            OrderStatus::AwaitingPayment,
+        ],
+        to,
+        Some(reason),
+    )
+    .await?;
+    let mut shown = Shown::new();
+    apply_results(txn, &mut orders, &mut ledger, &mut shown).await?;
+    ledger.flush(txn).await?;
+    let mut effects = Effects::default();
+    mirror(&orders, &shown, &mut effects);
+    Ok(effects)
+}
+
+async fn payment_result(
+    txn: &DatabaseTransaction,
+    events: &[PaymentEvent],
+) -> Result<Effects, DbErr> {
+    let backend = txn.get_database_backend();
+    let order_ids: Vec<i64> = events.iter().map(|e| e.order_id.0 as i64).collect();
+    // Orders first, as every handler does.
+    let mut orders = store::lock_orders(txn, &order_ids).await?;
+    let mut seen = HashSet::new();
+    let fresh: Vec<&PaymentEvent> = events
+        .iter()
+        .filter(|e| seen.insert(e.payment_id.clone()))
+        .collect();
+    let now = store::now();
+    let rows: Vec<Vec<Value>> = fresh
+        .iter()
+        .map(|e| {
+            vec![
+                e.payment_id.clone().into(),
+                (e.order_id.0 as i64).into(),
+                e.amount_cents.into(),
+                PAYMENT_PENDING.into(),
+                false.into(),
+                now.into(),
+                now.into(),
+            ]
+        })
+        .collect();
+    for chunk in rows.chunks(store::CHUNK) {
+        txn.execute_raw(crate::sql::insert_ignore(
+            backend,
+            "payments",
+            &[
+                "payment_id",
+                "order_id",
+                "amount_cents",
+                "status",
+                "applied",
+                "created_at_ms",
+                "updated_at_ms",
+            ],
+            chunk.to_vec(),
+        ))
+        .await?;
+    }
+    let ids: Vec<String> = fresh.iter().map(|e| e.payment_id.clone()).collect();
+    let existing = store::lock_payments_by_id(txn, &ids).await?;
+    for e in fresh {
+        let Some(row) = existing.get(&e.payment_id) else {
+            return Err(invariant(format!(
+                "payment {} vanished under lock",
+                e.payment_id
+            )));
+        };
+        if row.order_id != e.order_id.0 as i64 {
+            tracing::warn!(payment.id = %e.payment_id, order.id = %e.order_id, "payment id reused for another order; ignored");
+            continue;
+        }
+        if row.status != PAYMENT_PENDING {
+            // The same payment_id again: recorded already, no second effect.
+            continue;
+        }
+        let status = match e.status {
+            PaymentOutcome::Succeeded => PAYMENT_SUCCEEDED,
+            PaymentOutcome::Failed => PAYMENT_FAILED,
+        };
+        store::update_payment(txn, &e.payment_id, status, e.amount_cents, false).await?;
+    }
+    let mut ledger = Ledger::default();
+    let mut shown = Shown::new();
+    apply_results(txn, &mut orders, &mut ledger, &mut shown).await?;
+    ledger.flush(txn).await?;
+    let mut effects = Effects::default();
+    mirror(&orders, &shown, &mut effects);
+    Ok(effects)
+}
+
+/// Applies received payment results to their (locked) orders, where the order's state allows:
+/// a success with the right amount pays an order awaiting payment; a success on a closed order
+/// (or a second success on a paid one) needs a refund; a wrong amount never pays; a failure is
+/// recorded and the order keeps waiting. Results for orders not yet awaiting payment wait.
+async fn apply_results(
+    txn: &DatabaseTransaction,
+    orders: &mut Orders,
+    ledger: &mut Ledger,
+    shown: &mut Shown,
+) -> Result<(), DbErr> {
+    let ids: Vec<i64> = orders.keys().copied().collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let results = store::lock_unapplied(txn, &ids, txn.get_database_backend()).await?;
+    if results.is_empty() {
+        return Ok(());
+    }
+    ledger
+        .load(
+            txn,
+            results
+                .iter()
+                .filter_map(|r| orders.get(&r.order_id))
+                .map(|o| o.item_id),
+        )
+        .await?;
+    for r in results {
+        let Some(order) = orders.get(&r.order_id).cloned() else {
+            continue;
+        };
+        let succeeded = r.status == PAYMENT_SUCCEEDED;
+        let (payment_status, order_to) = match order.status {
+            OrderStatus::Created | OrderStatus::StockLocked | OrderStatus::Pending => continue,
+            _ if !succeeded => (r.status.as_str(), None),
+            OrderStatus::AwaitingPayment if r.amount_cents == order.amount_cents => {
+                let q = order.quantity as i64;
+                if !ledger.apply(&order, "sold", 0, -q, q) {
+                    return Err(invariant(format!(
+                        "order {} paid but its units are not locked",
+                        order.id
+                    )));
+                }
+                store::settle_locks(txn, &[order.id], LockStatus::Deducted).await?;
+                (PAYMENT_SUCCEEDED, Some(OrderStatus::Paid))
+            }
+            OrderStatus::AwaitingPayment => {
+                tracing::warn!(order.id = order.id, payment.id = %r.payment_id, "payment amount does not match; not paid");
+                (PAYMENT_AMOUNT_MISMATCH, None)
+            }
+            OrderStatus::Paid | OrderStatus::RefundRequired => (PAYMENT_REFUND_REQUIRED, None),
+            OrderStatus::Failed | OrderStatus::Cancelled | OrderStatus::TimedOut => {
+                (PAYMENT_REFUND_REQUIRED, Some(OrderStatus::RefundRequired))
+            }
+        };
+        store::update_payment(txn, &r.payment_id, payment_status, r.amount_cents, true).await?;
+        if let Some(to) = order_to {
+            store::move_orders(txn, orders, &[order.id], &[order.status], to, None).await?;
+        }
+        if order.status != OrderStatus::Paid {
+            // A paid order keeps showing the payment that paid it.
+            shown.insert(
+                order.id,
+                (
+                    r.payment_id.clone(),
+                    r.amount_cents,
+                    payment_status.to_owned(),
+                ),
+            );
+        }
+    }
+    Ok(())
+}

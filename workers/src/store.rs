@@ -1,0 +1,433 @@
+//! The database side of the saga: rows read under lock, conditional status moves, and the item
+//! ledger that writes one update per item per batch with a history row per order.
+
+use crate::sql::{Query, insert};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Value};
+use seckill_schema::snowflake::now_ms;
+use seckill_schema::status::LockStatus;
+use seckill_schema::{ItemId, OrderEvent, OrderId, OrderStatus, Quantity, UserId};
+use std::collections::BTreeMap;
+
+/// Rows per statement, well under both backends' bind-parameter limits.
+pub const CHUNK: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct OrderRow {
+    pub id: i64,
+    pub user_id: i64,
+    pub item_id: i64,
+    pub quantity: i32,
+    pub amount_cents: i64,
+    pub created_at_ms: i64,
+    pub status: OrderStatus,
+}
+
+impl OrderRow {
+    pub fn event(&self) -> OrderEvent {
+        OrderEvent {
+            order_id: OrderId(self.id as u64),
+            user_id: UserId(self.user_id as u64),
+            item_id: ItemId(self.item_id as u64),
+            quantity: Quantity::new(self.quantity.max(1) as u32).unwrap_or(Quantity::ONE),
+            amount_cents: self.amount_cents,
+            created_at_ms: self.created_at_ms,
+        }
+    }
+}
+
+pub type Orders = BTreeMap<i64, OrderRow>;
+
+pub fn now() -> i64 {
+    now_ms() as i64
+}
+
+/// A logic error: the database disagrees with what a lock guaranteed. Not retried forever.
+pub fn invariant(msg: String) -> DbErr {
+    DbErr::Custom(format!("invariant broken: {msg}"))
+}
+
+/// Stores orders not stored yet, as `CREATED`. Existing rows are left alone.
+pub async fn ensure_orders(txn: &DatabaseTransaction, events: &[OrderEvent]) -> Result<(), DbErr> {
+    let backend = txn.get_database_backend();
+    let now = now();
+    for chunk in events.chunks(CHUNK) {
+        let rows = chunk
+            .iter()
+            .map(|e| {
+                vec![
+                    Value::from(e.order_id.0 as i64),
+                    (e.user_id.0 as i64).into(),
+                    (e.item_id.0 as i64).into(),
+                    (e.quantity.get() as i32).into(),
+                    e.amount_cents.into(),
+                    OrderStatus::Created.as_str().into(),
+                    e.created_at_ms.into(),
+                    now.into(),
+                ]
+            })
+            .collect();
+        txn.execute_raw(crate::sql::insert_ignore(
+            backend,
+            "orders",
+            &[
+                "id",
+                "user_id",
+                "item_id",
+                "quantity",
+                "amount_cents",
+                "status",
+                "created_at_ms",
+                "updated_at_ms",
+            ],
+            rows,
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Reads and row-locks the orders, in id order (every handler locks orders before items, so two
+/// batches never wait on each other in a cycle).
+pub async fn lock_orders(txn: &DatabaseTransaction, ids: &[i64]) -> Result<Orders, DbErr> {
+    let backend = txn.get_database_backend();
+    let mut sorted: Vec<i64> = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = Orders::new();
+    for chunk in sorted.chunks(CHUNK) {
+        let mut q = Query::new(backend).sql(
+            "SELECT id, user_id, item_id, quantity, amount_cents, created_at_ms, status FROM orders WHERE id IN ",
+        );
+        q.list(chunk.iter().copied())
+            .push(" ORDER BY id FOR UPDATE");
+        for row in txn.query_all_raw(q.build()).await? {
+            let status: String = row.try_get("", "status")?;
+            let r = OrderRow {
+                id: row.try_get("", "id")?,
+                user_id: row.try_get("", "user_id")?,
+                item_id: row.try_get("", "item_id")?,
+                quantity: row.try_get("", "quantity")?,
+                amount_cents: row.try_get("", "amount_cents")?,
+                created_at_ms: row.try_get("", "created_at_ms")?,
+                status: status.parse().map_err(|e| invariant(format!("{e}")))?,
+            };
+            out.insert(r.id, r);
+        }
+    }
+    Ok(out)
+}
+
+/// Moves orders from one of `from` to `to`: a conditional update on the current status. The rows
+/// are locked, so anything but every row moving is a broken invariant.
+pub async fn move_orders(
+    txn: &DatabaseTransaction,
+    orders: &mut Orders,
+    ids: &[i64],
+    from: &[OrderStatus],
+    to: OrderStatus,
+    reason: Option<&str>,
+) -> Result<(), DbErr> {
+    let backend = txn.get_database_backend();
+    let now = now();
+    for chunk in ids.chunks(CHUNK) {
+        let mut q = Query::new(backend).sql("UPDATE orders SET status = ");
+        q.bind(to.as_str()).push(", updated_at_ms = ").bind(now);
+        if let Some(r) = reason {
+            q.push(", close_reason = ").bind(r);
+        }
+        q.push(" WHERE id IN ")
+            .list(chunk.iter().copied())
+            .push(" AND status IN ")
+            .list(from.iter().map(|s| s.as_str()));
+        let res = txn.execute_raw(q.build()).await?;
+        if res.rows_affected() != chunk.len() as u64 {
+            return Err(invariant(format!(
+                "moved {} of {} locked orders to {to}",
+                res.rows_affected(),
+                chunk.len()
+            )));
+        }
+    }
+    for id in ids {
+        if let Some(o) = orders.get_mut(id) {
+            o.status = to;
+        }
+    }
+    Ok(())
+}
+
+pub async fn insert_locks(txn: &DatabaseTransaction, locked: &[&OrderRow]) -> Result<(), DbErr> {
+    let backend = txn.get_database_backend();
+    let now = now();
+    for chunk in locked.chunks(CHUNK) {
+        let rows = chunk
+            .iter()
+            .map(|o| {
+                vec![
+                    Value::from(o.id),
+                    o.item_id.into(),
+                    o.quantity.into(),
+                    LockStatus::Locked.as_str().into(),
+                    now.into(),
+                    now.into(),
+                ]
+            })
+            .collect();
+        txn.execute_raw(insert(
+            backend,
+            "stock_locks",
+            &[
+                "order_id",
+                "item_id",
+                "quantity",
+                "status",
+                "created_at_ms",
+                "updated_at_ms",
+            ],
+            rows,
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// `LOCKED` → `to` for these orders' stock locks; every one must move.
+pub async fn settle_locks(
+    txn: &DatabaseTransaction,
+    ids: &[i64],
+    to: LockStatus,
+) -> Result<(), DbErr> {
+    let backend = txn.get_database_backend();
+    for chunk in ids.chunks(CHUNK) {
+        let mut q = Query::new(backend).sql("UPDATE stock_locks SET status = ");
+        q.bind(to.as_str())
+            .push(", updated_at_ms = ")
+            .bind(now())
+            .push(" WHERE order_id IN ")
+            .list(chunk.iter().copied())
+            .push(" AND status = ")
+            .bind(LockStatus::Locked.as_str());
+        let res = txn.execute_raw(q.build()).await?;
+        if res.rows_affected() != chunk.len() as u64 {
+            return Err(invariant(format!(
+                "{} of {} stock locks were LOCKED",
+                res.rows_affected(),
+                chunk.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ItemStock {
+    pub available: i64,
+    pub locked: i64,
+    pub sold: i64,
+    dirty: bool,
+}
+
+/// The items a batch touches, locked and read once, changed in memory order by order (each change
+/// a history row), and written back with one update per item.
+#[derive(Default)]
+pub struct Ledger {
+    items: BTreeMap<i64, ItemStock>,
+    history: Vec<Vec<Value>>,
+}
+
+impl Ledger {
+    pub async fn load(
+        &mut self,
+        txn: &DatabaseTransaction,
+        item_ids: impl IntoIterator<Item = i64>,
+    ) -> Result<(), DbErr> {
+        let mut missing: Vec<i64> = item_ids
+            .into_iter()
+            .filter(|i| !self.items.contains_key(i))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut q = Query::new(txn.get_database_backend())
+            .sql("SELECT id, available, locked, sold FROM items WHERE id IN ");
+        q.list(missing.iter().copied())
+            .push(" ORDER BY id FOR UPDATE");
+        for row in txn.query_all_raw(q.build()).await? {
+            self.items.insert(
+                row.try_get("", "id")?,
+                ItemStock {
+                    available: row.try_get("", "available")?,
+                    locked: row.try_get("", "locked")?,
+                    sold: row.try_get("", "sold")?,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    pub fn available(&self, item: i64) -> Option<i64> {
+        self.items.get(&item).map(|s| s.available)
+    }
+
+    /// Applies one order's stock change; false (and nothing changed) when it would go negative or
+    /// the item is unknown.
+    pub fn apply(
+        &mut self,
+        order: &OrderRow,
+        cause: &str,
+        d_available: i64,
+        d_locked: i64,
+        d_sold: i64,
+    ) -> bool {
+        let Some(s) = self.items.get_mut(&order.item_id) else {
+            return false;
+        };
+        let after = (
+            s.available + d_available,
+            s.locked + d_locked,
+            s.sold + d_sold,
+        );
+        if after.0 < 0 || after.1 < 0 || after.2 < 0 {
+            return false;
+        }
+        self.history.push(vec![
+            order.item_id.into(),
+            Some(order.id).into(),
+            cause.into(),
+            (order.quantity as i64).into(),
+            s.available.into(),
+            after.0.into(),
+            s.locked.into(),
+            after.1.into(),
+            s.sold.into(),
+            after.2.into(),
+            now().into(),
+        ]);
+        (s.available, s.locked, s.sold, s.dirty) = (after.0, after.1, after.2, true);
+        true
+    }
+
+    pub async fn flush(self, txn: &DatabaseTransaction) -> Result<(), DbErr> {
+        let backend = txn.get_database_backend();
+        let now = now();
+        for (id, s) in self.items.iter().filter(|(_, s)| s.dirty) {
+            let mut q = Query::new(backend).sql("UPDATE items SET available = ");
+            q.bind(s.available)
+                .push(", locked = ")
+                .bind(s.locked)
+                .push(", sold = ")
+                .bind(s.sold)
+                .push(", updated_at_ms = ")
+                .bind(now)
+                .push(" WHERE id = ")
+                .bind(*id);
+            txn.execute_raw(q.build()).await?;
+        }
+        let mut rows = self.history;
+        while !rows.is_empty() {
+            let rest = rows.split_off(rows.len().min(CHUNK));
+            txn.execute_raw(insert(
+                backend,
+                "inventory_history",
+                &[
+                    "item_id",
+                    "order_id",
+                    "cause",
+                    "quantity",
+                    "available_before",
+                    "available_after",
+                    "locked_before",
+                    "locked_after",
+                    "sold_before",
+                    "sold_after",
+                    "created_at_ms",
+                ],
+                rows,
+            ))
+            .await?;
+            rows = rest;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PaymentRow {
+    pub payment_id: String,
+    pub order_id: i64,
+    pub amount_cents: i64,
+    pub status: String,
+    pub applied: bool,
+}
+
+pub async fn lock_payments_by_id(
+    txn: &DatabaseTransaction,
+    ids: &[String],
+) -> Result<BTreeMap<String, PaymentRow>, DbErr> {
+    let mut q = Query::new(txn.get_database_backend())
+        .sql("SELECT payment_id, order_id, amount_cents, status, applied FROM payments WHERE payment_id IN ");
+    q.list(ids.iter().cloned())
+        .push(" ORDER BY payment_id FOR UPDATE");
+    read_payments(txn, q)
+        .await
+        .map(|v| v.into_iter().map(|p| (p.payment_id.clone(), p)).collect())
+}
+
+/// Results received but not yet applied to their orders, oldest first.
+pub async fn lock_unapplied(
+    txn: &DatabaseTransaction,
+    order_ids: &[i64],
+    backend: DbBackend,
+) -> Result<Vec<PaymentRow>, DbErr> {
+    let mut out = Vec::new();
+    for chunk in order_ids.chunks(CHUNK) {
+        let mut q = Query::new(backend)
+            .sql("SELECT payment_id, order_id, amount_cents, status, applied FROM payments WHERE order_id IN ");
+        q.list(chunk.iter().copied())
+            .push(" AND applied = ")
+            .bind(false)
+            .push(" AND status <> ")
+            .bind("PENDING")
+            .push(" ORDER BY updated_at_ms, payment_id FOR UPDATE");
+        out.extend(read_payments(txn, q).await?);
+    }
+    Ok(out)
+}
+
+async fn read_payments(txn: &DatabaseTransaction, q: Query) -> Result<Vec<PaymentRow>, DbErr> {
+    let mut out = Vec::new();
+    for row in txn.query_all_raw(q.build()).await? {
+        out.push(PaymentRow {
+            payment_id: row.try_get("", "payment_id")?,
+            order_id: row.try_get("", "order_id")?,
+            amount_cents: row.try_get("", "amount_cents")?,
+            status: row.try_get("", "status")?,
+            applied: row.try_get("", "applied")?,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn update_payment(
+    txn: &DatabaseTransaction,
+    payment_id: &str,
+    status: &str,
+    amount_cents: i64,
+    applied: bool,
+) -> Result<(), DbErr> {
+    let mut q = Query::new(txn.get_database_backend()).sql("UPDATE payments SET status = ");
+    q.bind(status)
+        .push(", amount_cents = ")
+        .bind(amount_cents)
+        .push(", applied = ")
+        .bind(applied)
+        .push(", updated_at_ms = ")
+        .bind(now())
+        .push(" WHERE payment_id = ")
+        .bind(payment_id);
+    txn.execute_raw(q.build()).await?;
+    Ok(())
+}
