@@ -109,10 +109,10 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     }
     let starts = parse_time("starts_at", &new.starts_at)?;
     let ends = parse_time("ends_at", &new.ends_at)?;
-    if let (Some(s), Some(e)) = (starts, ends) {
-        if e <= s {
-            return bad("ends_at must be after starts_at");
-        }
+    if let (Some(s), Some(e)) = (starts, ends)
+        && e <= s
+    {
+        return bad("ends_at must be after starts_at");
     }
     let db = state.db().await?;
     let now = now_ms() as i64;

@@ -53,7 +53,7 @@ impl Application {
         let topology = Topology::new(&config.namespace, config.payment_timeout);
         let publisher = Arc::new(Publisher::new(
             &config.amqp_url,
-            "seckill-gateway",
+            &format!("{}/seckill-gateway", config.namespace),
             topology,
         ));
         // Declares the topology before the first order can be relayed.
@@ -149,8 +149,13 @@ impl Application {
         }
         tracing::info!("flushing the outbox relay");
         let _ = stop_tx.send(true);
-        for r in relays {
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, r).await;
+        if tokio::time::timeout(DRAIN_TIMEOUT, futures_util::future::join_all(relays))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the relay did not flush within {DRAIN_TIMEOUT:?}; other relays will claim the rest"
+            );
         }
         Ok(())
     }

@@ -65,6 +65,11 @@ impl Relay {
                 Ok(_) => backoff = Duration::from_millis(50),
                 Err(e) => {
                     metrics::counter!("seckill_relay_failures_total").increment(1);
+                    if stopping {
+                        // What is left stays in the stream for the next relay to claim.
+                        tracing::warn!(stream = %self.stream, error = %format!("{e:#}"), "relay stopped before the stream was empty");
+                        return;
+                    }
                     tracing::warn!(stream = %self.stream, error = %format!("{e:#}"), "relay step failed; retrying");
                     if e.to_string().contains("NOGROUP") {
                         let _ = self.ensure_group().await;
@@ -118,11 +123,7 @@ impl Relay {
                 })
                 .flatten()
                 .collect(),
-            Value::Map(map) => map
-                .inner()
-                .into_iter()
-                .flat_map(|(_, v)| parse_entries(v))
-                .collect(),
+            Value::Map(map) => map.inner().into_values().flat_map(parse_entries).collect(),
             other => anyhow::bail!("unexpected XREADGROUP reply {other:?}"),
         };
         let n = entries.len();
@@ -226,10 +227,10 @@ fn parse_entries(v: Value) -> Vec<Entry> {
             match fields_v {
                 Value::Array(kv) => {
                     for chunk in kv.chunks(2) {
-                        if let [k, v] = chunk {
-                            if let (Some(k), Some(v)) = (k.as_string(), v.as_string()) {
-                                fields.insert(k, v);
-                            }
+                        if let [k, v] = chunk
+                            && let (Some(k), Some(v)) = (k.as_string(), v.as_string())
+                        {
+                            fields.insert(k, v);
                         }
                     }
                 }

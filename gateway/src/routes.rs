@@ -105,15 +105,13 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Ans
 /// Reads the whole body, at most 16 KiB.
 pub async fn read_body(req: Request<Incoming>) -> Result<(http::request::Parts, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
-    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
-        if len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse::<usize>().ok())
-            .is_some_and(|n| n > MAX_BODY)
-        {
-            return Err(ApiError::PayloadTooLarge);
-        }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(ApiError::PayloadTooLarge);
     }
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok((parts, collected.to_bytes())),

@@ -180,10 +180,11 @@ impl Publisher {
 
     async fn channel(&self) -> anyhow::Result<Channel> {
         let mut link = self.link.lock().await;
-        if let Some((conn, ch)) = link.as_ref() {
-            if conn.status().connected() && ch.status().connected() {
-                return Ok(ch.clone());
-            }
+        if let Some((conn, ch)) = link.as_ref()
+            && conn.status().connected()
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
         }
         if let Some((conn, _)) = link.take() {
             let _ = tokio::time::timeout(

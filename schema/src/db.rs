@@ -64,10 +64,10 @@ async fn create_if_missing(url: &str) -> anyhow::Result<()> {
             _ => format!("CREATE DATABASE IF NOT EXISTS `{name}`"),
         };
         // Two processes starting together may race to create it; losing that race is fine.
-        if let Err(e) = admin.execute_unprepared(&sql).await {
-            if !e.to_string().contains("already exists") {
-                return Err(e).context("creating the database");
-            }
+        if let Err(e) = admin.execute_unprepared(&sql).await
+            && !e.to_string().contains("already exists")
+        {
+            return Err(e).context("creating the database");
         }
     }
     admin.close().await.ok();

@@ -43,7 +43,7 @@ impl Workers {
         let topology = Topology::new(&config.namespace, config.payment_timeout);
         let publisher = Arc::new(Publisher::new(
             &config.amqp_url,
-            "seckill-workers",
+            &format!("{}/seckill-workers", config.namespace),
             topology.clone(),
         ));
         anyhow::ensure!(

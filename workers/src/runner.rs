@@ -73,7 +73,11 @@ impl Runtime {
         kind: Kind,
         shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let name = format!("seckill-workers-{}", kind.routing_key());
+        let name = format!(
+            "{}/seckill-workers-{}",
+            self.config.namespace,
+            kind.routing_key()
+        );
         let conn = broker::connect(&self.config.amqp_url, &name).await?;
         let ch = conn.create_channel().await.context("opening a channel")?;
         ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;

@@ -1,0 +1,492 @@
+//! A whole stack for one test: its own namespace and database, the real gateway and workers
+//! in-process (or the workers as a child process, for crash tests), and the contract's invariants
+//! checked from the sources: the database, Redis and the broker.
+
+#![allow(dead_code)]
+
+use fred::prelude::*;
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use seckill_schema::auth::{Jwt, WebhookSigner};
+use seckill_schema::broker::Topology;
+use seckill_schema::testing::{Backend, TestEnv, wait_for};
+use seckill_schema::{ItemId, Keys, OrderId, UserId};
+use std::collections::{BTreeMap, HashSet};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+pub struct Stack {
+    pub env: TestEnv,
+    pub url: String,
+    pub http: reqwest::Client,
+    pub jwt: Jwt,
+    pub signer: WebhookSigner,
+    pub db: DatabaseConnection,
+    pub redis: Client,
+    pub keys: Keys,
+    gateway_stop: Option<oneshot::Sender<()>>,
+    workers_stop: Option<oneshot::Sender<()>>,
+    workers_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub workers_child: Option<tokio::process::Child>,
+}
+
+pub enum WorkersMode {
+    InProcess,
+    ChildProcess,
+    None,
+}
+
+impl Stack {
+    pub async fn start(backend: Backend, payment_timeout_secs: u64, mode: WorkersMode) -> Stack {
+        seckill_schema::telemetry::init_tracing();
+        let mut env = TestEnv::new(backend);
+        env.config.payment_timeout = Duration::from_secs(payment_timeout_secs);
+        let app = seckill_gateway::Application::build(env.config.clone())
+            .await
+            .expect("gateway starts");
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let (gtx, grx) = oneshot::channel::<()>();
+        tokio::spawn(app.run(async {
+            let _ = grx.await;
+        }));
+        let db = seckill_schema::db::connect(&env.config.database_url, 4)
+            .await
+            .expect("database");
+        let redis = seckill_schema::redis::client(&env.config.redis_url)
+            .await
+            .expect("redis");
+        let keys = Keys::new(&env.config.namespace);
+        let mut stack = Stack {
+            jwt: Jwt::new(&env.config.jwt_secret),
+            signer: WebhookSigner::new(&env.config.webhook_secret),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()
+                .expect("client"),
+            url,
+            db,
+            redis,
+            keys,
+            env,
+            gateway_stop: Some(gtx),
+            workers_stop: None,
+            workers_task: None,
+            workers_child: None,
+        };
+        match mode {
+            WorkersMode::InProcess => stack.start_workers_in_process().await,
+            WorkersMode::ChildProcess => stack.spawn_workers().await,
+            WorkersMode::None => {}
+        }
+        stack
+    }
+
+    pub async fn start_workers_in_process(&mut self) {
+        let workers = seckill_workers::Workers::build(self.env.config.clone())
+            .await
+            .expect("workers start");
+        let (tx, rx) = oneshot::channel::<()>();
+        self.workers_task = Some(tokio::spawn(workers.run(async {
+            let _ = rx.await;
+        })));
+        self.workers_stop = Some(tx);
+    }
+
+    /// Stops in-process workers gracefully and waits for them.
+    pub async fn stop_workers_in_process(&mut self) {
+        if let Some(tx) = self.workers_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.workers_task.take() {
+            t.await
+                .expect("workers task")
+                .expect("workers stop cleanly");
+        }
+    }
+
+    /// The real `seckill-workers` binary, configured like this stack.
+    pub async fn spawn_workers(&mut self) {
+        let c = &self.env.config;
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_seckill-workers"))
+            .env("SECKILL_NAMESPACE", &c.namespace)
+            .env("SECKILL_DATABASE_URL", &c.database_url)
+            .env("SECKILL_REDIS_URL", &c.redis_url)
+            .env("SECKILL_AMQP_URL", &c.amqp_url)
+            .env("SECKILL_WORKERS_ADDR", "127.0.0.1:0")
+            .env(
+                "SECKILL_PAYMENT_TIMEOUT_SECS",
+                c.payment_timeout.as_secs().to_string(),
+            )
+            .env("SECKILL_JWT_SECRET", &c.jwt_secret)
+            .env("SECKILL_TICKET_SECRET", &c.ticket_secret)
+            .env("SECKILL_ADMIN_TOKEN", &c.admin_token)
+            .env("SECKILL_WEBHOOK_SECRET", &c.webhook_secret)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawning seckill-workers");
+        self.workers_child = Some(child);
+    }
+
+    pub async fn sigkill_workers(&mut self) {
+        if let Some(mut child) = self.workers_child.take() {
+            child.start_kill().expect("SIGKILL");
+            child.wait().await.expect("reaped");
+        }
+    }
+
+    pub async fn create_item(&self, item: u64, stock: i64, per_user_limit: i32) {
+        let resp = self
+            .http
+            .post(format!("{}/admin/items", self.url))
+            .bearer_auth(&self.env.config.admin_token)
+            .json(&serde_json::json!({
+                "item_id": item, "name": format!("item {item}"), "price_cents": 1999,
+                "stock": stock, "per_user_limit": per_user_limit,
+            }))
+            .send()
+            .await
+            .expect("admin request");
+        assert_eq!(
+            resp.status(),
+            201,
+            "creating item {item}: {:?}",
+            resp.text().await
+        );
+    }
+
+    pub async fn buy(&self, user: u64, item: u64) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}/seckill", self.url))
+            .bearer_auth(self.jwt.mint(UserId(user), 3600))
+            .json(&serde_json::json!({ "item_id": item }))
+            .send()
+            .await
+            .expect("seckill request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or_default())
+    }
+
+    /// Buyers `users` each try once, `concurrency` at a time; the accepted order ids.
+    pub async fn buy_many(
+        &self,
+        users: impl IntoIterator<Item = u64>,
+        item: u64,
+        concurrency: usize,
+    ) -> Vec<OrderId> {
+        use futures_util::StreamExt;
+        let results: Vec<(u16, serde_json::Value)> = futures_util::stream::iter(users)
+            .map(|u| self.buy(u, item))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let mut ids = Vec::new();
+        for (status, body) in results {
+            match status {
+                202 => ids.push(OrderId(
+                    body["order_id"]
+                        .as_str()
+                        .expect("order id")
+                        .parse()
+                        .expect("numeric"),
+                )),
+                409 => assert_eq!(body["error"], "sold_out", "unexpected 409 {body}"),
+                other => panic!("unexpected status {other}: {body}"),
+            }
+        }
+        ids
+    }
+
+    pub async fn pay(
+        &self,
+        order: OrderId,
+        payment_id: &str,
+        amount_cents: i64,
+        succeeded: bool,
+    ) -> u16 {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "payment_id": payment_id, "order_id": order.to_string(),
+            "status": if succeeded { "SUCCEEDED" } else { "FAILED" }, "amount_cents": amount_cents,
+        }))
+        .expect("json");
+        let sig = self.signer.header(chrono::Utc::now().timestamp(), &body);
+        self.http
+            .post(format!("{}/payment/callback", self.url))
+            .header("x-seckill-signature", sig)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("callback")
+            .status()
+            .as_u16()
+    }
+
+    pub async fn cancel(&self, user: u64, order: OrderId) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}/orders/{order}/cancel", self.url))
+            .bearer_auth(self.jwt.mint(UserId(user), 3600))
+            .send()
+            .await
+            .expect("cancel");
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or_default(),
+        )
+    }
+
+    pub fn sql(&self, sql: &str) -> Statement {
+        let backend = self.db.get_database_backend();
+        let sql = match backend {
+            sea_orm::DbBackend::Postgres => sql.to_owned(),
+            _ => {
+                // `$1`-style placeholders to MySQL's `?`.
+                let mut out = String::new();
+                let mut chars = sql.chars().peekable();
+                while let Some(c) = chars.next() {
+                    if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                        while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                            chars.next();
+                        }
+                        out.push('?');
+                    } else {
+                        out.push(c);
+                    }
+                }
+                out
+            }
+        };
+        Statement::from_string(backend, sql)
+    }
+
+    /// Pays each order of `to_pay` (right amount, `pay_<id>`) as soon as it awaits payment.
+    pub async fn pay_as_they_await(&self, item: u64, to_pay: &HashSet<OrderId>) {
+        let paid = tokio::sync::Mutex::new(HashSet::new());
+        wait_for(
+            "the chosen orders paid",
+            Duration::from_secs(60),
+            || async {
+                let mut paid = paid.lock().await;
+                for id in self.order_ids_with_status(item, "AWAITING_PAYMENT").await {
+                    if to_pay.contains(&id) && paid.insert(id) {
+                        assert_eq!(self.pay(id, &format!("pay_{id}"), 1999, true).await, 200);
+                    }
+                }
+                (paid.len() == to_pay.len()).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Orders of an item by status, from the database.
+    pub async fn counts(&self, item: u64) -> BTreeMap<String, i64> {
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                self.sql(
+                    "SELECT status, COUNT(*) AS n FROM orders WHERE item_id = $1 GROUP BY status",
+                )
+                .sql,
+                [(item as i64).into()],
+            ))
+            .await
+            .expect("counts");
+        rows.into_iter()
+            .map(|r| {
+                (
+                    r.try_get::<String>("", "status").unwrap(),
+                    r.try_get::<i64>("", "n").unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn wait_counts(
+        &self,
+        item: u64,
+        what: &str,
+        deadline: Duration,
+        pred: impl Fn(&BTreeMap<String, i64>) -> bool,
+    ) -> BTreeMap<String, i64> {
+        wait_for(what, deadline, || async {
+            let c = self.counts(item).await;
+            pred(&c).then_some(c)
+        })
+        .await
+    }
+
+    pub async fn order_ids_with_status(&self, item: u64, status: &str) -> Vec<OrderId> {
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                self.db.get_database_backend(),
+                self.sql("SELECT id FROM orders WHERE item_id = $1 AND status = $2 ORDER BY id")
+                    .sql,
+                [(item as i64).into(), status.into()],
+            ))
+            .await
+            .expect("orders");
+        rows.into_iter()
+            .map(|r| OrderId(r.try_get::<i64>("", "id").unwrap() as u64))
+            .collect()
+    }
+
+    pub async fn remaining(&self, item: u64) -> i64 {
+        let v: Option<i64> = self
+            .redis
+            .hget(self.keys.item(ItemId(item)), "remaining")
+            .await
+            .expect("redis");
+        v.expect("item in redis")
+    }
+
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let conn = seckill_schema::broker::connect(&self.env.config.amqp_url, "test-probe")
+            .await
+            .expect("amqp");
+        let ch = conn.create_channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .expect("passive declare");
+        let _ = conn.close(200, "bye".into()).await;
+        q.message_count()
+    }
+
+    pub fn topology(&self) -> Topology {
+        Topology::new(&self.env.config.namespace, self.env.config.payment_timeout)
+    }
+
+    /// The contract's invariants for one item, once the pipeline is drained. `accepted` is every
+    /// order id a client got a 202 for.
+    pub async fn check_invariants(&self, item: u64, accepted: &HashSet<OrderId>) {
+        let db = &self.db;
+        let backend = db.get_database_backend();
+        let row = db
+            .query_one_raw(Statement::from_sql_and_values(
+                backend,
+                self.sql("SELECT stock, available, locked, sold, per_user_limit FROM items WHERE id = $1").sql,
+                [(item as i64).into()],
+            ))
+            .await
+            .expect("item")
+            .expect("item row");
+        let stock: i64 = row.try_get("", "stock").unwrap();
+        let available: i64 = row.try_get("", "available").unwrap();
+        let locked: i64 = row.try_get("", "locked").unwrap();
+        let sold: i64 = row.try_get("", "sold").unwrap();
+        let limit: i32 = row.try_get("", "per_user_limit").unwrap();
+        let orders = db
+            .query_all_raw(Statement::from_sql_and_values(
+                backend,
+                self.sql("SELECT id, user_id, quantity, status FROM orders WHERE item_id = $1")
+                    .sql,
+                [(item as i64).into()],
+            ))
+            .await
+            .expect("orders");
+        let mut holding = 0i64;
+        let mut paid_units = 0i64;
+        let mut locked_units = 0i64;
+        let mut per_user: BTreeMap<i64, i64> = BTreeMap::new();
+        let mut in_db = HashSet::new();
+        for o in &orders {
+            let id: i64 = o.try_get("", "id").unwrap();
+            let user: i64 = o.try_get("", "user_id").unwrap();
+            let q: i32 = o.try_get("", "quantity").unwrap();
+            let status: seckill_schema::OrderStatus =
+                o.try_get::<String>("", "status").unwrap().parse().unwrap();
+            in_db.insert(OrderId(id as u64));
+            assert!(
+                status.is_final() || status == seckill_schema::OrderStatus::AwaitingPayment,
+                "invariant 5: order {id} is stuck in {status}"
+            );
+            if status.holds_stock() {
+                holding += q as i64;
+                *per_user.entry(user).or_default() += q as i64;
+            }
+            match status {
+                seckill_schema::OrderStatus::Paid => paid_units += q as i64,
+                seckill_schema::OrderStatus::AwaitingPayment => locked_units += q as i64,
+                _ => {}
+            }
+        }
+        assert!(
+            holding <= stock,
+            "invariant 1: {holding} units held of {stock}"
+        );
+        for (user, units) in &per_user {
+            assert!(
+                *units <= limit as i64,
+                "invariant 1: user {user} holds {units} > {limit}"
+            );
+        }
+        let remaining = self.remaining(item).await;
+        assert_eq!(
+            remaining + holding,
+            stock,
+            "invariant 2: redis.remaining + held = stock"
+        );
+        assert_eq!(
+            available + locked + sold,
+            stock,
+            "invariant 2: db available + locked + sold = stock"
+        );
+        assert_eq!(
+            remaining, available,
+            "invariant 2: drained, redis.remaining = db.available"
+        );
+        assert_eq!(sold, paid_units, "sold units = units of PAID orders");
+        assert_eq!(
+            locked, locked_units,
+            "locked units = units of orders awaiting payment"
+        );
+        let missing: Vec<_> = accepted.difference(&in_db).collect();
+        assert!(
+            missing.is_empty(),
+            "invariant 3: accepted orders missing from the database: {missing:?}"
+        );
+        let extra: Vec<_> = in_db.difference(accepted).collect();
+        assert!(
+            extra.is_empty(),
+            "invariant 3: orders nobody was answered 202 for: {extra:?}"
+        );
+        let dead = self.queue_depth(&self.topology().dead()).await;
+        assert_eq!(dead, 0, "nothing may be dead-lettered");
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(tx) = self.gateway_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(tx) = self.workers_stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub async fn wait_all<T>(what: &str, deadline: Duration, f: impl FnMut() -> T) -> ()
+where
+    T: std::future::Future<Output = bool>,
+{
+    let mut f = f;
+    wait_for(what, deadline, || {
+        let fut = f();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+}
