@@ -1,1 +1,21 @@
-//! placeholder
+//! The seckill operator's tool, as a library: the binary is a thin command line over it, and the
+//! tests use its parts alone.
+//!
+//! - [`baseline`]: the ceilings the gateway is measured against (a bare hyper server, the purchase
+//!   script under redis-benchmark);
+//! - [`provider`]: a stand-in payment provider calling the real webhook;
+//! - [`sale`]: one whole flash sale, from item creation to the audit;
+//! - [`audit`]: the contract's invariants, checked from Redis, the database and the broker;
+//! - [`report`] and [`svg`]: the results, for people and for the record.
+
+pub mod audit;
+pub mod baseline;
+pub mod cli;
+pub mod db;
+pub mod http;
+pub mod oha;
+pub mod provider;
+pub mod report;
+pub mod rss;
+pub mod sale;
+pub mod svg;

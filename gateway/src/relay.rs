@@ -71,7 +71,8 @@ impl Relay {
                         return;
                     }
                     tracing::warn!(stream = %self.stream, error = %format!("{e:#}"), "relay step failed; retrying");
-                    if e.to_string().contains("NOGROUP") {
+                    // The server's text is in the cause; `to_string` shows only the context.
+                    if format!("{e:#}").contains("NOGROUP") {
                         let _ = self.ensure_group().await;
                     }
                     tokio::select! {
@@ -185,12 +186,19 @@ impl Relay {
                 .await
                 .context("publishing ORDER_CREATED")?;
         }
+        // Delete before acking: a relay killed between the two leaves a pending reference to a
+        // deleted entry, which the next `XAUTOCLAIM` drops from the group (Redis 7). The other
+        // order would leave an acked entry in the stream for good, counted as backlog forever.
         let _: i64 = self
             .control
-            .xack(&self.stream, GROUP, ids.clone())
+            .xdel(&self.stream, ids.clone())
+            .await
+            .context("XDEL")?;
+        let _: i64 = self
+            .control
+            .xack(&self.stream, GROUP, ids)
             .await
             .context("XACK")?;
-        let _: i64 = self.control.xdel(&self.stream, ids).await.context("XDEL")?;
         metrics::counter!("seckill_relay_published_total").increment(n as u64);
         metrics::counter!("seckill_relay_messages_total").increment(1);
         Ok(())

@@ -1,0 +1,301 @@
+//! The command line: `baseline`, `pay` and `flash-sale`.
+
+use crate::provider::{self, PayOptions};
+use crate::report;
+use crate::sale::{self, SaleOptions};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use seckill_schema::{Config, ItemId};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Unpaid orders are waited for up to this payment timeout; past it, they are left awaiting.
+const LONGEST_TIMEOUT_WAITED: Duration = Duration::from_secs(300);
+
+/// The seckill operator's tool: set up a sale, drive load with oha, pay orders as a payment
+/// provider would, audit the invariants, report.
+///
+/// Configuration comes from the SECKILL_* environment variables the gateway and workers read
+/// (SECKILL_HTTP_ADDR, SECKILL_REDIS_URL, SECKILL_AMQP_URL, SECKILL_DATABASE_URL,
+/// SECKILL_NAMESPACE, SECKILL_TICKET_SECRET, SECKILL_ADMIN_TOKEN, SECKILL_WEBHOOK_SECRET,
+/// SECKILL_PAYMENT_TIMEOUT_SECS): run the bench with the same values as the system under test.
+#[derive(Debug, Parser)]
+#[command(name = "seckill-bench", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Measure the ceilings the gateway is compared against, with the same oha settings: a bare
+    /// hyper server answering a constant JSON body, and redis-benchmark running the purchase
+    /// script from C clients. Writes DIR/baseline.json.
+    Baseline(BaselineArgs),
+    /// Act as the payment provider: pay orders awaiting payment through the gateway's real
+    /// webhook, with valid signatures, and optionally duplicates, reordering, wrong amounts and
+    /// failures. Exits non-zero unless every callback was answered 200.
+    Pay(PayArgs),
+    /// Run one whole flash sale against a running gateway and workers: create an item, fire
+    /// tickets at POST /seckill with oha, wait for the pipeline to drain, pay a share of the
+    /// orders, wait for the rest to time out, audit every invariant of the contract. Writes
+    /// DIR/report.json and DIR/report.svg; exits non-zero when an invariant is broken.
+    FlashSale(FlashSaleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BaselineArgs {
+    /// Requests per measurement.
+    #[arg(short = 'n', long, default_value_t = 20_000)]
+    pub requests: u64,
+    /// Concurrent connections (oha) or clients (redis-benchmark).
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub connections: u64,
+    /// Where to write baseline.json.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PayArgs {
+    /// The gateway's base URL [default: http://$SECKILL_HTTP_ADDR].
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Pay only orders this namespace's gateway knows [default: $SECKILL_NAMESPACE].
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// The workers' database [default: $SECKILL_DATABASE_URL].
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Pay only this item's orders.
+    #[arg(long)]
+    pub item: Option<u64>,
+    /// Share of the orders awaiting payment to pay.
+    #[arg(long, default_value_t = 1.0, value_parser = fraction)]
+    pub ratio: f64,
+    /// Wait this long before the first callback.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
+    /// Share of the callbacks delivered twice, with the same payment_id.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub duplicates: f64,
+    /// Deliver in random order instead of by order id, duplicates included.
+    #[arg(long)]
+    pub reorder: bool,
+    /// Share of the paid orders whose callback carries a wrong amount.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub wrong_amount: f64,
+    /// Share of the paid orders whose payment FAILED.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub fail: f64,
+    /// The webhook's HMAC secret [default: $SECKILL_WEBHOOK_SECRET].
+    #[arg(long)]
+    pub webhook_secret: Option<String>,
+    /// Callbacks in flight at once.
+    #[arg(long, default_value_t = provider::CONCURRENCY)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct FlashSaleArgs {
+    /// Units on sale.
+    #[arg(long)]
+    pub stock: i64,
+    /// POST /seckill requests to fire.
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    pub requests: u64,
+    /// Concurrent connections.
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub connections: u64,
+    /// Share of the orders awaiting payment that get paid; the rest time out.
+    #[arg(long, default_value_t = 0.5, value_parser = fraction)]
+    pub pay_ratio: f64,
+    /// Where to write report.json, report.svg, oha.json and the request bodies.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    /// The gateway's base URL [default: http://$SECKILL_HTTP_ADDR].
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Share of the requests that are repeat attempts by the same buyers. oha draws the bodies at
+    /// random, so more buyers than this repeat in practice.
+    #[arg(long, default_value_t = 0.2, value_parser = fraction)]
+    pub repeat_ratio: f64,
+    /// Units one buyer may hold.
+    #[arg(long, default_value_t = 1)]
+    pub per_user_limit: i32,
+    /// Price of one unit, in cents.
+    #[arg(long, default_value_t = 990)]
+    pub price_cents: i64,
+    /// Share of the payment callbacks delivered twice.
+    #[arg(long, default_value_t = 0.1, value_parser = fraction)]
+    pub duplicates: f64,
+    /// Deliver the payment callbacks in random order.
+    #[arg(long)]
+    pub reorder: bool,
+    /// Share of the paid orders whose callback carries a wrong amount.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub wrong_amount: f64,
+    /// Share of the paid orders whose payment FAILED.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub fail: f64,
+    /// How long the workers get to take every accepted order to AWAITING_PAYMENT.
+    #[arg(long, default_value_t = 120)]
+    pub drain_timeout_secs: u64,
+    /// Audit without waiting for unpaid orders to time out (done anyway when
+    /// SECKILL_PAYMENT_TIMEOUT_SECS is over 300).
+    #[arg(long)]
+    pub skip_timeouts: bool,
+    /// Also measure the baseline first, and show the gateway's rates against it.
+    #[arg(long)]
+    pub baseline: bool,
+    /// The gateway's pid, for its memory [default: the one seckill-gateway process found].
+    #[arg(long)]
+    pub gateway_pid: Option<u32>,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    let f: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&f) {
+        Ok(f)
+    } else {
+        Err("must be between 0 and 1".to_owned())
+    }
+}
+
+/// `http://$SECKILL_HTTP_ADDR`, with a wildcard listen address made reachable.
+fn default_gateway(config: &Config) -> String {
+    let mut addr = config.http_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}")
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::from_env()?;
+    match cli.command {
+        Command::Baseline(args) => baseline(&config, args).await,
+        Command::Pay(args) => pay(&config, args).await,
+        Command::FlashSale(args) => flash_sale(&config, args).await,
+    }
+}
+
+async fn baseline(config: &Config, args: BaselineArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    crate::oha::ensure_installed().await?;
+    let b = crate::baseline::run(
+        &config.redis_url,
+        args.requests,
+        args.connections,
+        &args.out,
+    )
+    .await?;
+    print!("{}", report::baseline_table(&b));
+    let path = args.out.join("baseline.json");
+    report::write_json(&path, &b)?;
+    println!("wrote {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn pay(config: &Config, args: PayArgs) -> anyhow::Result<ExitCode> {
+    let gateway = args.gateway.unwrap_or_else(|| default_gateway(config));
+    let mut opts = PayOptions::new(config, &gateway);
+    opts.namespace = args.namespace.unwrap_or(opts.namespace);
+    opts.database_url = args.database_url.unwrap_or(opts.database_url);
+    opts.webhook_secret = args.webhook_secret.unwrap_or(opts.webhook_secret);
+    opts.item = args.item.map(ItemId);
+    opts.ratio = args.ratio;
+    opts.delay = Duration::from_millis(args.delay_ms);
+    opts.duplicates = args.duplicates;
+    opts.reorder = args.reorder;
+    opts.wrong_amount = args.wrong_amount;
+    opts.fail = args.fail;
+    opts.concurrency = args.concurrency;
+    let r = provider::pay(&opts).await?;
+    println!(
+        "{} orders awaiting payment ({} of other namespaces left alone); callbacks for {}: \
+         {} paid, {} wrong amount, {} failed, {} duplicates",
+        r.awaiting, r.elsewhere, r.chosen, r.paid, r.wrong_amount, r.failed, r.duplicates
+    );
+    let answers: Vec<String> = r
+        .answers
+        .iter()
+        .map(|(k, n)| format!("{k} × {n}"))
+        .collect();
+    println!(
+        "answers: {}",
+        if answers.is_empty() {
+            "none".to_owned()
+        } else {
+            answers.join(" · ")
+        }
+    );
+    let all_ok = r.answers.keys().all(|k| k == "200");
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn flash_sale(config: &Config, args: FlashSaleArgs) -> anyhow::Result<ExitCode> {
+    let wait_for_timeouts = !args.skip_timeouts && config.payment_timeout <= LONGEST_TIMEOUT_WAITED;
+    if !args.skip_timeouts && !wait_for_timeouts {
+        eprintln!(
+            "SECKILL_PAYMENT_TIMEOUT_SECS is {}: unpaid orders are audited while they await payment",
+            config.payment_timeout.as_secs()
+        );
+    }
+    let opts = SaleOptions {
+        gateway: args
+            .gateway
+            .unwrap_or_else(|| default_gateway(config))
+            .trim_end_matches('/')
+            .to_owned(),
+        stock: args.stock,
+        requests: args.requests,
+        connections: args.connections,
+        repeat_ratio: args.repeat_ratio,
+        per_user_limit: args.per_user_limit,
+        price_cents: args.price_cents,
+        pay_ratio: args.pay_ratio,
+        duplicates: args.duplicates,
+        reorder: args.reorder,
+        wrong_amount: args.wrong_amount,
+        fail: args.fail,
+        drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        wait_for_timeouts,
+        baseline: args.baseline,
+        gateway_pid: args.gateway_pid,
+        out: args.out,
+    };
+    let r = sale::flash_sale(config, &opts).await?;
+    print!("{}", report::table(&r));
+    report::write(&opts.out, &r)?;
+    println!(
+        "wrote {} and {}",
+        opts.out.join("report.json").display(),
+        opts.out.join("report.svg").display()
+    );
+    Ok(if r.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+        assert!(fraction("0.5").is_ok());
+        assert!(fraction("1.5").is_err());
+        assert!(fraction("x").is_err());
+    }
+}

@@ -1,0 +1,138 @@
+//! The bench's reads of the workers' database, the same on PostgreSQL and MySQL.
+//!
+//! The bench is a client: it connects to the database the workers own, and never creates or
+//! migrates it.
+
+use anyhow::Context;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, Value,
+};
+use seckill_schema::ItemId;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.max_connections(4)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(5))
+        .sqlx_logging(false);
+    Database::connect(opts)
+        .await
+        .context("connecting to the database of SECKILL_DATABASE_URL")
+}
+
+/// A raw statement written with PostgreSQL's `$1, $2, …` placeholders, which are rewritten to `?`
+/// for MySQL; the values must therefore appear in the order of their placeholders.
+pub fn statement(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
+    let sql = match backend {
+        DbBackend::Postgres => sql.to_owned(),
+        _ => question_marks(sql),
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+fn question_marks(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn item_value(item: ItemId) -> Value {
+    (item.0 as i64).into()
+}
+
+/// How many of the item's orders the database holds in each status.
+pub async fn status_counts(
+    db: &DatabaseConnection,
+    item: ItemId,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let sql = "SELECT status, COUNT(*) AS n FROM orders WHERE item_id = $1 GROUP BY status";
+    let rows = db
+        .query_all_raw(statement(
+            db.get_database_backend(),
+            sql,
+            vec![item_value(item)],
+        ))
+        .await
+        .context("counting orders by status")?;
+    rows.iter()
+        .map(|row| {
+            let status: String = row.try_get("", "status")?;
+            let n: i64 = row.try_get("", "n")?;
+            Ok((status, n as u64))
+        })
+        .collect()
+}
+
+/// The first acceptance and the latest change among the item's orders, in ms since the epoch.
+pub async fn order_span(
+    db: &DatabaseConnection,
+    item: ItemId,
+) -> anyhow::Result<Option<(i64, i64)>> {
+    let sql = "SELECT MIN(created_at_ms) AS first, MAX(updated_at_ms) AS last \
+               FROM orders WHERE item_id = $1";
+    let row = db
+        .query_one_raw(statement(
+            db.get_database_backend(),
+            sql,
+            vec![item_value(item)],
+        ))
+        .await
+        .context("reading the orders' time span")?;
+    let Some(row) = row else { return Ok(None) };
+    let first: Option<i64> = row.try_get("", "first")?;
+    let last: Option<i64> = row.try_get("", "last")?;
+    Ok(first.zip(last))
+}
+
+/// Orders awaiting payment, oldest first, with their amounts; of one item, or of all.
+pub async fn awaiting_payment(
+    db: &DatabaseConnection,
+    item: Option<ItemId>,
+) -> anyhow::Result<Vec<(i64, i64)>> {
+    let awaiting = seckill_schema::OrderStatus::AwaitingPayment.as_str();
+    let (sql, values) = match item {
+        Some(item) => (
+            "SELECT id, amount_cents FROM orders WHERE status = $1 AND item_id = $2 ORDER BY id",
+            vec![awaiting.into(), item_value(item)],
+        ),
+        None => (
+            "SELECT id, amount_cents FROM orders WHERE status = $1 ORDER BY id",
+            vec![awaiting.into()],
+        ),
+    };
+    let rows = db
+        .query_all_raw(statement(db.get_database_backend(), sql, values))
+        .await
+        .context("finding orders awaiting payment")?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("", "id")?, row.try_get("", "amount_cents")?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_follow_the_backend() {
+        let sql = "SELECT 1 FROM t WHERE a = $1 AND b = $2 AND c = '$'";
+        assert_eq!(statement(DbBackend::Postgres, sql, vec![]).sql, sql);
+        assert_eq!(
+            statement(DbBackend::MySql, sql, vec![]).sql,
+            "SELECT 1 FROM t WHERE a = ? AND b = ? AND c = '$'"
+        );
+        assert_eq!(question_marks("$12,$3"), "?,?");
+    }
+}

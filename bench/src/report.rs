@@ -1,0 +1,333 @@
+//! The results of a run: as a table for people, as `report.json` and `report.svg` for the record.
+
+use crate::audit::Check;
+use crate::baseline::Baseline;
+use crate::oha::LoadStats;
+use crate::provider::PayReport;
+use crate::rss::Rss;
+use anyhow::Context;
+use seckill_schema::{ItemId, OrderStatus};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub item_id: ItemId,
+    pub gateway: String,
+    pub stock: i64,
+    pub requests: u64,
+    pub connections: u64,
+    /// Distinct buyers among the requests.
+    pub buyers: u64,
+    pub load: LoadStats,
+    pub drain: Drain,
+    pub payments: PayReport,
+    /// The item's orders by status once the run was over.
+    pub end_states: BTreeMap<String, u64>,
+    /// Messages ready in each queue of the namespace (`null`: not declared).
+    pub queues: BTreeMap<String, Option<u32>>,
+    pub checks: Vec<Check>,
+    /// Every invariant held.
+    pub passed: bool,
+    /// The item's orders by status, sampled from the start of the load to the audit.
+    pub timeline: Vec<Sample>,
+    pub rss: Option<Rss>,
+    pub baseline: Option<Baseline>,
+}
+
+/// How fast the workers took the accepted orders to `AWAITING_PAYMENT`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Drain {
+    pub orders: u64,
+    /// Every accepted order left `PENDING`/`CREATED`/`STOCK_LOCKED` before the deadline.
+    pub finished: bool,
+    /// From the first order's acceptance to the pipeline's last step.
+    pub seconds: Option<f64>,
+    pub orders_per_sec: Option<f64>,
+}
+
+impl Drain {
+    /// `span`: the first acceptance and the latest order change, in ms since the epoch.
+    pub fn new(orders: u64, finished: bool, span: Option<(i64, i64)>) -> Drain {
+        let seconds = span.map(|(first, last)| (last - first).max(1) as f64 / 1000.0);
+        Drain {
+            orders,
+            finished,
+            seconds,
+            orders_per_sec: seconds.map(|s| orders as f64 / s),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Since the load started.
+    pub secs: f64,
+    pub orders: BTreeMap<String, u64>,
+}
+
+/// `PENDING 3 · AWAITING_PAYMENT 47`, in the order of an order's life.
+pub fn by_status(counts: &BTreeMap<String, u64>) -> String {
+    let known = OrderStatus::ALL.map(OrderStatus::as_str);
+    let ordered = known
+        .iter()
+        .filter_map(|s| counts.get_key_value(*s))
+        .chain(counts.iter().filter(|(s, _)| !known.contains(&s.as_str())));
+    let parts: Vec<String> = ordered
+        .filter(|(_, n)| **n > 0)
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
+    if parts.is_empty() {
+        "no orders".to_owned()
+    } else {
+        parts.join(" · ")
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".to_owned(), |v| format!("{v:.2}"))
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn mark(ok: bool) -> char {
+    if ok { '✓' } else { '✗' }
+}
+
+fn answers<K: std::fmt::Display>(counts: impl IntoIterator<Item = (K, u64)>) -> String {
+    let parts: Vec<String> = counts
+        .into_iter()
+        .map(|(k, n)| format!("{k} × {n}"))
+        .collect();
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(" · ")
+    }
+}
+
+const ROW: &str = "                                   requests/s    p50 ms    p99 ms";
+
+fn row(name: &str, rps: f64, p50: Option<f64>, p99: Option<f64>) -> String {
+    format!("  {name:<32} {rps:>10.1} {:>9} {:>9}", ms(p50), ms(p99))
+}
+
+/// The baseline on its own, as `seckill-bench baseline` prints it.
+pub fn baseline_table(b: &Baseline) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "baseline: {} requests over {} connections",
+        b.requests, b.connections
+    );
+    let _ = writeln!(t, "{ROW}");
+    let _ = writeln!(
+        t,
+        "{}",
+        row(
+            "bare hyper server (oha)",
+            b.http.requests_per_sec,
+            b.http.p50_ms,
+            b.http.p99_ms
+        )
+    );
+    let _ = writeln!(
+        t,
+        "{}   {} purchases",
+        row(
+            "redis-benchmark purchase.lua",
+            b.redis.requests_per_sec,
+            Some(b.redis.p50_ms),
+            Some(b.redis.p99_ms)
+        ),
+        b.redis.purchases
+    );
+    t
+}
+
+/// The human report of a flash sale.
+pub fn table(r: &Report) -> String {
+    let mut t = String::new();
+    let l = &r.load;
+    let _ = writeln!(
+        t,
+        "flash sale of item {} at {}: stock {}, {} requests from {} buyers over {} connections\n",
+        r.item_id, r.gateway, r.stock, r.requests, r.buyers, r.connections
+    );
+    let _ = writeln!(t, "load (oha)");
+    let _ = writeln!(
+        t,
+        "  throughput   {:.1} requests/s over {:.2} s",
+        l.requests_per_sec, l.total_secs
+    );
+    let _ = writeln!(
+        t,
+        "  latency      p50 {} ms · p99 {} ms",
+        ms(l.p50_ms),
+        ms(l.p99_ms)
+    );
+    let _ = writeln!(
+        t,
+        "  answers      {}",
+        answers(l.status_codes.iter().map(|(k, n)| (k, *n)))
+    );
+    if !l.errors.is_empty() {
+        let _ = writeln!(
+            t,
+            "  unanswered   {}",
+            answers(l.errors.iter().map(|(k, n)| (k, *n)))
+        );
+    }
+    let d = &r.drain;
+    let _ = writeln!(t, "drain");
+    let _ = match (d.seconds, d.orders_per_sec) {
+        (Some(s), Some(rate)) => writeln!(
+            t,
+            "  {} orders, {s:.2} s from the first 202 to the last AWAITING_PAYMENT: {rate:.1} orders/s{}",
+            d.orders,
+            if d.finished { "" } else { " (unfinished)" }
+        ),
+        _ => writeln!(t, "  no orders"),
+    };
+    let p = &r.payments;
+    let _ = writeln!(t, "payments");
+    let _ = writeln!(
+        t,
+        "  {} of {} orders awaiting payment: {} paid, {} wrong amount, {} failed; {} duplicates",
+        p.chosen, p.awaiting, p.paid, p.wrong_amount, p.failed, p.duplicates
+    );
+    let _ = writeln!(
+        t,
+        "  answers      {}",
+        answers(p.answers.iter().map(|(k, n)| (k, *n as u64)))
+    );
+    let _ = writeln!(t, "end states\n  {}", by_status(&r.end_states));
+    let busy: Vec<(&String, u64)> = r
+        .queues
+        .iter()
+        .filter_map(|(q, n)| Some((q, u64::from((*n)?))))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let _ = writeln!(
+        t,
+        "queues\n  {}",
+        if busy.is_empty() {
+            "all empty".to_owned()
+        } else {
+            answers(busy)
+        }
+    );
+    if let Some(m) = &r.rss {
+        let _ = writeln!(
+            t,
+            "gateway memory\n  {} pid {}: peak VmRSS {} under load, {} after (target {})",
+            mark(m.within_target()),
+            m.pid,
+            mib(m.peak_kib),
+            mib(m.after_kib),
+            mib(m.target_kib)
+        );
+    }
+    if let Some(b) = &r.baseline {
+        let ratio = |x: f64, of: f64| {
+            if of > 0.0 {
+                format!("{:.1} %", 100.0 * x / of)
+            } else {
+                "-".into()
+            }
+        };
+        let _ = writeln!(
+            t,
+            "against the baseline (same requests and connections)\n{ROW}   gateway at"
+        );
+        let _ = writeln!(
+            t,
+            "{}",
+            row(
+                "gateway POST /seckill",
+                l.requests_per_sec,
+                l.p50_ms,
+                l.p99_ms
+            )
+        );
+        let _ = writeln!(
+            t,
+            "{}   {}",
+            row(
+                "bare hyper server",
+                b.http.requests_per_sec,
+                b.http.p50_ms,
+                b.http.p99_ms
+            ),
+            ratio(l.requests_per_sec, b.http.requests_per_sec)
+        );
+        let _ = writeln!(
+            t,
+            "{}   {}",
+            row(
+                "redis-benchmark purchase.lua",
+                b.redis.requests_per_sec,
+                Some(b.redis.p50_ms),
+                Some(b.redis.p99_ms)
+            ),
+            ratio(l.requests_per_sec, b.redis.requests_per_sec)
+        );
+    }
+    let _ = writeln!(t, "invariants");
+    for c in &r.checks {
+        let _ = writeln!(
+            t,
+            "  {} {} {:<24} {}",
+            mark(c.passed),
+            c.invariant,
+            c.name,
+            c.detail
+        );
+    }
+    let failed = r.checks.iter().filter(|c| !c.passed).count();
+    let _ = match failed {
+        0 => writeln!(t, "\nevery invariant holds"),
+        n => writeln!(t, "\n{n} invariant checks FAILED"),
+    };
+    t
+}
+
+pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(value)?;
+    std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes `report.json` and `report.svg` into `dir`.
+pub fn write(dir: &Path, r: &Report) -> anyhow::Result<()> {
+    write_json(&dir.join("report.json"), r)?;
+    let svg = dir.join("report.svg");
+    std::fs::write(&svg, crate::svg::render(r))
+        .with_context(|| format!("writing {}", svg.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_read_in_life_order() {
+        let counts: BTreeMap<String, u64> =
+            [("TIMED_OUT", 2), ("PENDING", 1), ("PAID", 0), ("ODD", 1)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+        assert_eq!(by_status(&counts), "PENDING 1 · TIMED_OUT 2 · ODD 1");
+        assert_eq!(by_status(&BTreeMap::new()), "no orders");
+    }
+
+    #[test]
+    fn drain_rate() {
+        let d = Drain::new(50, true, Some((1_000, 3_000)));
+        assert_eq!((d.seconds, d.orders_per_sec), (Some(2.0), Some(25.0)));
+        assert_eq!(Drain::new(0, true, None).orders_per_sec, None);
+    }
+}

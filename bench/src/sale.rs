@@ -1,0 +1,407 @@
+//! One whole flash sale against a running gateway and workers: create an item, fire tickets at
+//! `POST /seckill` with oha, wait for the pipeline to drain, pay a share of the orders through the
+//! webhook, wait for the rest to time out, and audit.
+
+use crate::audit::{self, Accepted, Snapshot};
+use crate::baseline;
+use crate::http::HttpClient;
+use crate::oha::{self, Body, Load};
+use crate::provider::{self, PayOptions};
+use crate::report::{Drain, Report, Sample};
+use crate::rss::{self, Rss};
+use anyhow::{Context, ensure};
+use fred::prelude::*;
+use http::StatusCode;
+use rand::Rng;
+use sea_orm::{DatabaseConnection, EntityTrait};
+use seckill_schema::auth::Tickets;
+use seckill_schema::broker::Topology;
+use seckill_schema::entity::items;
+use seckill_schema::snowflake::now_ms;
+use seckill_schema::{Config, ItemId, Keys, Kind, OrderStatus, UserId};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long the bench's tickets are good for: the whole run, however slow.
+const TICKET_LIFETIME_SECS: i64 = 3600;
+const POLL_EVERY: Duration = Duration::from_millis(100);
+/// How long paid orders get to show as paid, on top of any payment timeout waited for.
+const SETTLE_SLACK: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct SaleOptions {
+    /// Base URL of the gateway.
+    pub gateway: String,
+    pub stock: i64,
+    pub requests: u64,
+    pub connections: u64,
+    /// Share of the requests that are repeat attempts by buyers who already tried.
+    pub repeat_ratio: f64,
+    pub per_user_limit: i32,
+    pub price_cents: i64,
+    pub pay_ratio: f64,
+    pub duplicates: f64,
+    pub reorder: bool,
+    pub wrong_amount: f64,
+    pub fail: f64,
+    pub drain_timeout: Duration,
+    /// Wait for unpaid orders to time out before the audit.
+    pub wait_for_timeouts: bool,
+    pub baseline: bool,
+    pub gateway_pid: Option<u32>,
+    pub out: PathBuf,
+}
+
+pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    oha::ensure_installed().await?;
+    let baseline = if opts.baseline {
+        let b = baseline::run(
+            &config.redis_url,
+            opts.requests,
+            opts.connections,
+            &opts.out,
+        );
+        Some(b.await?)
+    } else {
+        None
+    };
+    let http = HttpClient::default();
+    let ready = http.get(&format!("{}/readyz", opts.gateway)).await;
+    ensure!(
+        matches!(ready, Ok((StatusCode::OK, _))),
+        "the gateway at {} is not ready: {ready:?}",
+        opts.gateway
+    );
+    let item = create_item(&http, config, opts).await?;
+    eprintln!("created item {item} with a stock of {}", opts.stock);
+    let bodies = opts.out.join("bodies.jsonl");
+    let buyers = write_bodies(&bodies, &Tickets::new(&config.ticket_secret), item, opts)?;
+
+    let gateway_pid = opts.gateway_pid.or_else(rss::find_gateway);
+    let sampler = gateway_pid.map(rss::Sampler::start);
+    let mut watch = Watch::new(config, item, opts.stock).await?;
+    let output = opts.out.join("oha.json");
+    let load = Load {
+        url: &format!("{}/seckill", opts.gateway),
+        requests: opts.requests,
+        connections: opts.connections,
+        body: Body::Lines(&bodies),
+        tui: std::io::stdout().is_terminal(),
+        output: &output,
+    };
+    let load = watch.during(oha::run(&load)).await?;
+    let peak_kib = match sampler {
+        Some(s) => Some(s.stop().await),
+        None => None,
+    };
+    let accepted = load.count(202);
+    ensure!(
+        accepted > 0 || opts.stock == 0,
+        "no purchase was accepted (answers {:?}): do the bench and the gateway share \
+         SECKILL_TICKET_SECRET?",
+        load.status_codes
+    );
+    let drained = watch
+        .until("drain", opts.drain_timeout, |s| {
+            s.stored >= accepted && s.in_flight() == 0
+        })
+        .await?;
+    let drain = Drain::new(
+        watch.stored,
+        drained,
+        crate::db::order_span(&watch.db, item).await?,
+    );
+
+    let payments = provider::pay(&PayOptions {
+        item: Some(item),
+        ratio: opts.pay_ratio,
+        duplicates: opts.duplicates,
+        reorder: opts.reorder,
+        wrong_amount: opts.wrong_amount,
+        fail: opts.fail,
+        ..PayOptions::new(config, &opts.gateway)
+    })
+    .await?;
+    let paid = payments.paid_orders().count() as u64;
+    let wait_for_timeouts = opts.wait_for_timeouts;
+    let settle_deadline = if wait_for_timeouts {
+        config.payment_timeout + SETTLE_SLACK
+    } else {
+        SETTLE_SLACK
+    };
+    watch
+        .until("settle", settle_deadline, |s| {
+            s.in_flight() == 0
+                && s.count(OrderStatus::Paid) + s.count(OrderStatus::RefundRequired) >= paid
+                && (!wait_for_timeouts || s.count(OrderStatus::AwaitingPayment) == 0)
+                && s.redis_remaining == s.db_available
+        })
+        .await?;
+    let timeline = watch.close().await;
+
+    let snapshot = Snapshot::load(config, item).await?;
+    let mut checks = snapshot.checks(
+        Accepted {
+            answered: accepted,
+            cut_off: load.unanswered(),
+        },
+        config.payment_timeout,
+        now_ms() as i64,
+    );
+    checks.push(audit::callbacks_reflected(&snapshot.orders, &payments));
+    checks.sort_by_key(|c| c.invariant);
+    let mut end_states = BTreeMap::new();
+    for o in &snapshot.orders {
+        *end_states.entry(o.status.clone()).or_default() += 1;
+    }
+    let queues = audit::queue_depths(&config.amqp_url, &queue_names(config)).await?;
+    let rss = gateway_pid.zip(peak_kib).map(|(pid, peak_kib)| Rss {
+        pid,
+        peak_kib,
+        after_kib: rss::status_kib(pid, "VmRSS").unwrap_or(0),
+        target_kib: rss::TARGET_KIB,
+    });
+    Ok(Report {
+        item_id: item,
+        gateway: opts.gateway.clone(),
+        stock: opts.stock,
+        requests: opts.requests,
+        connections: opts.connections,
+        buyers,
+        passed: checks.iter().all(|c| c.passed),
+        load,
+        drain,
+        payments,
+        end_states,
+        queues,
+        checks,
+        timeline,
+        rss,
+        baseline,
+    })
+}
+
+async fn create_item(
+    http: &HttpClient,
+    config: &Config,
+    opts: &SaleOptions,
+) -> anyhow::Result<ItemId> {
+    // Unique per run, and readable as the time it was made.
+    let item = ItemId(now_ms());
+    let body = serde_json::json!({
+        "item_id": item.0,
+        "name": format!("flash sale {item}"),
+        "price_cents": opts.price_cents,
+        "stock": opts.stock,
+        "per_user_limit": opts.per_user_limit,
+    });
+    let auth = format!("Bearer {}", config.admin_token);
+    let (status, answer) = http
+        .post_json(
+            &format!("{}/admin/items", opts.gateway),
+            &[("authorization", &auth)],
+            &body,
+        )
+        .await?;
+    ensure!(
+        status == StatusCode::CREATED,
+        "creating item {item}: {status} {}",
+        String::from_utf8_lossy(&answer)
+    );
+    Ok(item)
+}
+
+/// Writes one `POST /seckill` body per request: a ticket for each distinct buyer, then repeat
+/// attempts by buyers drawn at random. Returns the number of distinct buyers.
+fn write_bodies(
+    path: &Path,
+    tickets: &Tickets,
+    item: ItemId,
+    opts: &SaleOptions,
+) -> anyhow::Result<u64> {
+    let buyers = ((opts.requests as f64 * (1.0 - opts.repeat_ratio)).round() as u64).max(1);
+    let expires = chrono::Utc::now().timestamp() + TICKET_LIFETIME_SECS;
+    let mut rng = rand::rng();
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for i in 0..opts.requests {
+        let user = if i < buyers {
+            i + 1
+        } else {
+            rng.random_range(1..=buyers)
+        };
+        let body = serde_json::json!({
+            "item_id": item.0,
+            "ticket": tickets.mint(UserId(user), item, expires),
+        });
+        writeln!(out, "{body}")?;
+    }
+    out.flush()?;
+    Ok(buyers)
+}
+
+fn queue_names(config: &Config) -> Vec<String> {
+    let t = Topology::new(&config.namespace, config.payment_timeout);
+    let mut names: Vec<String> = Kind::ALL.iter().map(|k| t.queue(*k)).collect();
+    names.push(t.delay_queue());
+    names.push(t.dead());
+    names
+}
+
+/// The item's orders at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// By status, `PENDING` being the orders taken in Redis that the database does not hold yet.
+    pub orders: BTreeMap<String, u64>,
+    /// Orders the database holds.
+    pub stored: u64,
+    pub redis_remaining: Option<i64>,
+    pub db_available: Option<i64>,
+}
+
+impl State {
+    pub fn count(&self, status: OrderStatus) -> u64 {
+        self.orders.get(status.as_str()).copied().unwrap_or(0)
+    }
+
+    /// Stored orders whose stock the database has not locked yet.
+    pub fn in_flight(&self) -> u64 {
+        self.count(OrderStatus::Created) + self.count(OrderStatus::StockLocked)
+    }
+}
+
+/// Polls the item's orders, keeps the timeline, and shows progress on stderr.
+struct Watch {
+    db: DatabaseConnection,
+    redis: Client,
+    keys: Keys,
+    item: ItemId,
+    stock: i64,
+    started: Instant,
+    stored: u64,
+    timeline: Vec<Sample>,
+    tty: bool,
+    shown: (String, Instant),
+}
+
+impl Watch {
+    async fn new(config: &Config, item: ItemId, stock: i64) -> anyhow::Result<Watch> {
+        Ok(Watch {
+            db: crate::db::connect(&config.database_url).await?,
+            redis: seckill_schema::redis::client(&config.redis_url).await?,
+            keys: Keys::new(&config.namespace),
+            item,
+            stock,
+            started: Instant::now(),
+            stored: 0,
+            timeline: vec![],
+            tty: std::io::stderr().is_terminal(),
+            shown: (String::new(), Instant::now()),
+        })
+    }
+
+    async fn poll(&mut self) -> anyhow::Result<State> {
+        let mut orders = crate::db::status_counts(&self.db, self.item).await?;
+        let stored: u64 = orders.values().sum();
+        let db_available = items::Entity::find_by_id(self.item.0 as i64)
+            .one(&self.db)
+            .await
+            .context("reading the item")?
+            .map(|i| i.available);
+        let redis_remaining: Option<i64> = self
+            .redis
+            .hget(self.keys.item(self.item), "remaining")
+            .await
+            .context("reading the item from Redis")?;
+        // Every order of the bench is of one unit: the units Redis gave out that no stored live
+        // order holds are the orders still on their way to the database.
+        let held: u64 = OrderStatus::ALL
+            .into_iter()
+            .filter(|s| s.holds_stock())
+            .filter_map(|s| orders.get(s.as_str()))
+            .sum();
+        let taken = redis_remaining.map_or(0, |r| (self.stock - r).max(0) as u64);
+        if taken > held {
+            orders.insert(OrderStatus::Pending.as_str().to_owned(), taken - held);
+        }
+        self.stored = stored;
+        self.timeline.push(Sample {
+            secs: self.started.elapsed().as_secs_f64(),
+            orders: orders.clone(),
+        });
+        Ok(State {
+            orders,
+            stored,
+            redis_remaining,
+            db_available,
+        })
+    }
+
+    /// Runs `work` while sampling the orders, from a first sample before it starts: the pipeline
+    /// drains while the load runs.
+    async fn during<T>(
+        &mut self,
+        work: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        self.poll().await?;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = tokio::time::sleep(POLL_EVERY) => { self.poll().await?; }
+            }
+        }
+    }
+
+    /// Polls until `done` holds or `deadline` passes; true when it held.
+    async fn until(
+        &mut self,
+        phase: &str,
+        deadline: Duration,
+        done: impl Fn(&State) -> bool,
+    ) -> anyhow::Result<bool> {
+        let end = Instant::now() + deadline;
+        loop {
+            let state = self.poll().await?;
+            let finished = done(&state);
+            self.show(phase, &state, finished);
+            if finished {
+                return Ok(true);
+            }
+            if Instant::now() >= end {
+                eprintln!("{phase}: not done after {deadline:?}; auditing as it stands");
+                return Ok(false);
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+
+    fn show(&mut self, phase: &str, state: &State, last: bool) {
+        let status = crate::report::by_status(&state.orders);
+        let line = format!(
+            "{phase} {:>6.1}s  {status}",
+            self.started.elapsed().as_secs_f64()
+        );
+        if self.tty {
+            eprint!("\r{line}\x1b[K{}", if last { "\n" } else { "" });
+            return;
+        }
+        // Without a terminal, a line when something changed, every few seconds at most.
+        let (shown, at) = &self.shown;
+        if last || (status != *shown && at.elapsed() >= Duration::from_secs(2)) {
+            eprintln!("{line}");
+            self.shown = (status, Instant::now());
+        }
+    }
+
+    async fn close(self) -> Vec<Sample> {
+        let _ = self.db.close().await;
+        let _ = self.redis.quit().await;
+        self.timeline
+    }
+}

@@ -1,0 +1,217 @@
+//! `report.svg`, written by hand: the latency histogram of the load (oha's buckets), and the
+//! item's orders by status over time, as sampled while the pipeline drained and settled.
+
+use crate::report::{Report, Sample};
+use seckill_schema::OrderStatus;
+use std::fmt::Write;
+
+const WIDTH: f64 = 900.0;
+const PANEL: f64 = 320.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 190.0;
+const TOP: f64 = 40.0;
+const BOTTOM: f64 = 50.0;
+const TICKS: usize = 4;
+
+/// The area a panel draws in, `top` being the panel's offset in the picture.
+struct Plot {
+    top: f64,
+}
+
+impl Plot {
+    fn x0(&self) -> f64 {
+        LEFT
+    }
+    fn width(&self) -> f64 {
+        WIDTH - LEFT - RIGHT
+    }
+    fn y0(&self) -> f64 {
+        self.top + PANEL - BOTTOM
+    }
+    fn height(&self) -> f64 {
+        PANEL - TOP - BOTTOM
+    }
+
+    /// Title, axes, horizontal grid lines and their labels, for values `0..=max`.
+    fn frame(&self, s: &mut String, title: &str, x_label: &str, y_label: &str, max: f64) {
+        let (x0, y0, w, h) = (self.x0(), self.y0(), self.width(), self.height());
+        let _ = writeln!(
+            s,
+            r#"<text x="{x0}" y="{}" font-size="15" font-weight="bold">{title}</text>"#,
+            self.top + 24.0
+        );
+        for i in 0..=TICKS {
+            let v = max * i as f64 / TICKS as f64;
+            let y = y0 - h * i as f64 / TICKS as f64;
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x0}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e0e0e0"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                x0 + w,
+                x0 - 6.0,
+                y + 4.0,
+                number(v)
+            );
+        }
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x0}" y1="{y0}" x2="{:.1}" y2="{y0}" stroke="#424242"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{:.1}" stroke="#424242"/>"##,
+            x0 + w,
+            y0 - h
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{x_label}</text><text x="16" y="{:.1}" transform="rotate(-90 16 {:.1})" text-anchor="middle">{y_label}</text>"#,
+            x0 + w / 2.0,
+            y0 + 38.0,
+            y0 - h / 2.0,
+            y0 - h / 2.0
+        );
+    }
+}
+
+fn number(v: f64) -> String {
+    if v >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn color(status: &str) -> &'static str {
+    match status.parse::<OrderStatus>() {
+        Ok(OrderStatus::Pending) => "#9e9e9e",
+        Ok(OrderStatus::Created) => "#90caf9",
+        Ok(OrderStatus::StockLocked) => "#1e88e5",
+        Ok(OrderStatus::AwaitingPayment) => "#ffb300",
+        Ok(OrderStatus::Paid) => "#43a047",
+        Ok(OrderStatus::Failed) => "#e53935",
+        Ok(OrderStatus::Cancelled) => "#8e24aa",
+        Ok(OrderStatus::TimedOut) => "#6d4c41",
+        Ok(OrderStatus::RefundRequired) => "#d81b60",
+        Err(_) => "#000000",
+    }
+}
+
+pub fn render(r: &Report) -> String {
+    let mut s = String::new();
+    let height = 2.0 * PANEL;
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    histogram(&mut s, &r.load.histogram_ms, &Plot { top: 0.0 });
+    timeline(&mut s, &r.timeline, &Plot { top: PANEL });
+    s.push_str("</svg>\n");
+    s
+}
+
+fn histogram(s: &mut String, buckets: &[(f64, u64)], p: &Plot) {
+    let max = buckets.iter().map(|b| b.1).max().unwrap_or(0).max(1) as f64;
+    p.frame(
+        s,
+        "Latency of POST /seckill",
+        "latency, ms (bucket upper bound)",
+        "responses",
+        max,
+    );
+    if buckets.is_empty() {
+        return;
+    }
+    let slot = p.width() / buckets.len() as f64;
+    let label_every = buckets.len().div_ceil(12);
+    for (i, (upper, n)) in buckets.iter().enumerate() {
+        let h = p.height() * *n as f64 / max;
+        let x = p.x0() + slot * i as f64;
+        let _ = writeln!(
+            s,
+            r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="#1e88e5"><title>≤ {upper:.3} ms: {n}</title></rect>"##,
+            x + 1.0,
+            p.y0() - h,
+            (slot - 2.0).max(1.0)
+        );
+        if i % label_every == 0 {
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                x + slot / 2.0,
+                p.y0() + 16.0,
+                number(*upper)
+            );
+        }
+    }
+}
+
+fn timeline(s: &mut String, samples: &[Sample], p: &Plot) {
+    let max = samples
+        .iter()
+        .flat_map(|x| x.orders.values())
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    p.frame(
+        s,
+        "Orders by status",
+        "seconds since the load started",
+        "orders",
+        max,
+    );
+    let Some(last) = samples.last() else {
+        return;
+    };
+    let span = last.secs.max(1e-3);
+    for i in 0..=TICKS {
+        let t = span * i as f64 / TICKS as f64;
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            p.x0() + p.width() * i as f64 / TICKS as f64,
+            p.y0() + 16.0,
+            number(t)
+        );
+    }
+    let mut statuses: Vec<&str> = OrderStatus::ALL.map(OrderStatus::as_str).to_vec();
+    for sample in samples {
+        for k in sample.orders.keys() {
+            if !statuses.contains(&k.as_str()) {
+                statuses.push(k);
+            }
+        }
+    }
+    statuses.retain(|st| {
+        samples
+            .iter()
+            .any(|x| x.orders.get(*st).is_some_and(|n| *n > 0))
+    });
+    for (row, status) in statuses.iter().enumerate() {
+        let points: Vec<String> = samples
+            .iter()
+            .map(|x| {
+                let n = x.orders.get(*status).copied().unwrap_or(0) as f64;
+                format!(
+                    "{:.1},{:.1}",
+                    p.x0() + p.width() * x.secs / span,
+                    p.y0() - p.height() * n / max
+                )
+            })
+            .collect();
+        let c = color(status);
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2"/>"#,
+            points.join(" ")
+        );
+        let y = p.top + TOP + 16.0 * row as f64;
+        let x = WIDTH - RIGHT + 16.0;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x}" y="{:.1}" width="12" height="12" fill="{c}"/><text x="{:.1}" y="{:.1}">{status}</text>"#,
+            y,
+            x + 18.0,
+            y + 10.0
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! A small sale written straight into the database and Redis of a test namespace, as the gateway
+//! and workers would have left it: the audit's raw material, and the bench's database reads'.
+
+// Each test crate uses a part of it.
+#![allow(dead_code)]
+
+use fred::prelude::*;
+use sea_orm::{ActiveModelTrait, ActiveValue::NotSet, DatabaseConnection, EntityTrait, Set};
+use seckill_bench::audit::{self, Accepted, Check};
+use seckill_schema::entity::{inventory_history, items, orders, payments, stock_locks};
+use seckill_schema::snowflake::now_ms;
+use seckill_schema::status::LockStatus;
+use seckill_schema::testing::{Backend, TestEnv};
+use seckill_schema::{ItemId, Keys, OrderId, OrderStatus};
+use std::collections::BTreeSet;
+
+pub const ITEM: ItemId = ItemId(7);
+pub const STOCK: i64 = 10;
+pub const PRICE: i64 = 990;
+
+/// A sale of 10 units after five orders, each in a different end state:
+///
+/// | order | user | status | stock lock | payment |
+/// |---|---|---|---|---|
+/// | 1 | 1 | PAID | DEDUCTED | SUCCEEDED |
+/// | 2 | 2 | AWAITING_PAYMENT | LOCKED | |
+/// | 3 | 3 | TIMED_OUT | RELEASED | |
+/// | 4 | 4 | FAILED | | |
+/// | 5 | 5 | REFUND_REQUIRED | RELEASED | SUCCEEDED (after the timeout) |
+///
+/// so the database holds available 8, locked 1, sold 1, and Redis has 8 remaining.
+pub struct Sale {
+    pub env: TestEnv,
+    pub db: DatabaseConnection,
+    pub redis: Client,
+    pub keys: Keys,
+    /// The `202`s the load generator would have seen.
+    pub accepted: u64,
+    /// The database's stock columns, as the history last left them.
+    pub stock: (i64, i64, i64),
+}
+
+impl Sale {
+    pub async fn new() -> Sale {
+        Sale::on(Backend::Postgres).await
+    }
+
+    pub async fn on(backend: Backend) -> Sale {
+        let env = TestEnv::new(backend);
+        let db = seckill_schema::db::connect(&env.config.database_url, 2)
+            .await
+            .expect("test database");
+        let redis = seckill_schema::redis::client(&env.config.redis_url)
+            .await
+            .expect("redis");
+        let keys = Keys::new(&env.config.namespace);
+        let mut sale = Sale {
+            env,
+            db,
+            redis,
+            keys,
+            accepted: 0,
+            stock: (STOCK, 0, 0),
+        };
+        let now = now_ms() as i64;
+        items::ActiveModel {
+            id: Set(ITEM.0 as i64),
+            name: Set("audit test".into()),
+            price_cents: Set(PRICE),
+            stock: Set(STOCK),
+            available: Set(STOCK),
+            locked: Set(0),
+            sold: Set(0),
+            per_user_limit: Set(1),
+            starts_at_ms: Set(None),
+            ends_at_ms: Set(None),
+            created_at_ms: Set(now),
+            updated_at_ms: Set(now),
+        }
+        .insert(&sale.db)
+        .await
+        .unwrap();
+        let _: () = sale
+            .redis
+            .hset(
+                sale.keys.item(ITEM),
+                [
+                    ("remaining", STOCK.to_string()),
+                    ("stock", STOCK.to_string()),
+                    ("limit", "1".into()),
+                    ("price", PRICE.to_string()),
+                ],
+            )
+            .await
+            .unwrap();
+
+        use OrderStatus::*;
+        sale.order(1, 1, Paid).await;
+        sale.step(1, "LOCK", (-1, 1, 0)).await;
+        sale.lock(1, LockStatus::Deducted).await;
+        sale.step(1, "DEDUCT", (0, -1, 1)).await;
+        sale.payment("pay_1", 1, "SUCCEEDED", PRICE).await;
+
+        sale.order(2, 2, AwaitingPayment).await;
+        sale.lock(2, LockStatus::Locked).await;
+        sale.step(2, "LOCK", (-1, 1, 0)).await;
+
+        sale.order(3, 3, TimedOut).await;
+        sale.lock(3, LockStatus::Released).await;
+        sale.step(3, "LOCK", (-1, 1, 0)).await;
+        sale.step(3, "RELEASE", (1, -1, 0)).await;
+
+        sale.order(4, 4, Failed).await;
+
+        sale.order(5, 5, RefundRequired).await;
+        sale.lock(5, LockStatus::Released).await;
+        sale.step(5, "LOCK", (-1, 1, 0)).await;
+        sale.step(5, "RELEASE", (1, -1, 0)).await;
+        sale.payment("pay_5", 5, "SUCCEEDED", PRICE).await;
+        sale
+    }
+
+    /// An accepted order of one unit, in the database and in the read model; a live one also
+    /// holds its unit in Redis.
+    pub async fn order(&mut self, id: i64, user: i64, status: OrderStatus) {
+        let now = now_ms() as i64;
+        orders::ActiveModel {
+            id: Set(id),
+            user_id: Set(user),
+            item_id: Set(ITEM.0 as i64),
+            quantity: Set(1),
+            amount_cents: Set(PRICE),
+            status: Set(status.as_str().into()),
+            close_reason: Set(None),
+            created_at_ms: Set(now),
+            updated_at_ms: Set(now),
+        }
+        .insert(&self.db)
+        .await
+        .unwrap();
+        let _: () = self
+            .redis
+            .hset(
+                self.keys.order(OrderId(id as u64)),
+                [("status", status.as_str()), ("user", &user.to_string())],
+            )
+            .await
+            .unwrap();
+        if status.holds_stock() {
+            let _: i64 = self
+                .redis
+                .hincrby(self.keys.item(ITEM), "remaining", -1)
+                .await
+                .unwrap();
+            let _: i64 = self
+                .redis
+                .hincrby(self.keys.buyers(ITEM), user.to_string(), 1)
+                .await
+                .unwrap();
+        }
+        self.accepted += 1;
+    }
+
+    pub async fn lock(&self, order: i64, status: LockStatus) {
+        stock_locks::ActiveModel {
+            order_id: Set(order),
+            item_id: Set(ITEM.0 as i64),
+            quantity: Set(1),
+            status: Set(status.as_str().into()),
+            created_at_ms: Set(0),
+            updated_at_ms: Set(0),
+        }
+        .insert(&self.db)
+        .await
+        .unwrap();
+    }
+
+    /// A change of the database's stock, recorded in the history and applied to the item.
+    pub async fn step(&mut self, order: i64, cause: &str, delta: (i64, i64, i64)) {
+        let before = self.stock;
+        let after = (before.0 + delta.0, before.1 + delta.1, before.2 + delta.2);
+        self.record(order, cause, before, after).await;
+        self.stock = after;
+        let mut item: items::ActiveModel = items::Entity::find_by_id(ITEM.0 as i64)
+            .one(&self.db)
+            .await
+            .unwrap()
+            .unwrap()
+            .into();
+        item.available = Set(after.0);
+        item.locked = Set(after.1);
+        item.sold = Set(after.2);
+        item.update(&self.db).await.unwrap();
+    }
+
+    pub async fn record(
+        &self,
+        order: i64,
+        cause: &str,
+        before: (i64, i64, i64),
+        after: (i64, i64, i64),
+    ) {
+        inventory_history::ActiveModel {
+            id: NotSet,
+            item_id: Set(ITEM.0 as i64),
+            order_id: Set(Some(order)),
+            cause: Set(cause.into()),
+            quantity: Set(1),
+            available_before: Set(before.0),
+            available_after: Set(after.0),
+            locked_before: Set(before.1),
+            locked_after: Set(after.1),
+            sold_before: Set(before.2),
+            sold_after: Set(after.2),
+            created_at_ms: Set(0),
+        }
+        .insert(&self.db)
+        .await
+        .unwrap();
+    }
+
+    pub async fn payment(&self, id: &str, order: i64, status: &str, amount: i64) {
+        payments::ActiveModel {
+            payment_id: Set(id.into()),
+            order_id: Set(order),
+            amount_cents: Set(amount),
+            status: Set(status.into()),
+            applied: Set(true),
+            created_at_ms: Set(0),
+            updated_at_ms: Set(0),
+        }
+        .insert(&self.db)
+        .await
+        .unwrap();
+    }
+
+    pub async fn audit(&self) -> Vec<Check> {
+        audit::audit(&self.env.config, ITEM, Accepted::exactly(self.accepted))
+            .await
+            .expect("the audit runs")
+    }
+
+    /// The invariants the audit finds broken.
+    pub async fn broken(&self) -> BTreeSet<u8> {
+        let checks = self.audit().await;
+        for c in checks.iter().filter(|c| !c.passed) {
+            eprintln!("✗ {} {}: {}", c.invariant, c.name, c.detail);
+        }
+        checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.invariant)
+            .collect()
+    }
+
+    pub async fn done(mut self) {
+        let _ = self.redis.quit().await;
+        let _ = self.db.close().await;
+        self.env.cleanup().await;
+    }
+}

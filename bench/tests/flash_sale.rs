@@ -1,0 +1,164 @@
+//! End to end: the real `seckill-gateway` and `seckill-workers` binaries on free ports of a test
+//! namespace and database, and `seckill-bench flash-sale` run against them as an operator would.
+
+use seckill_schema::Config;
+use seckill_schema::testing::{Backend, TestEnv, wait_for};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A child process, killed when the test ends however it ends.
+struct Running(Child);
+
+impl Running {
+    fn spawn(binary: &Path, vars: &[(String, String)], log: &Path) -> Running {
+        let log = std::fs::File::create(log).unwrap();
+        let child = Command::new(binary)
+            .envs(vars.iter().cloned())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        Running(child)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Builds the gateway and workers binaries (a no-op when they are fresh) next to this crate's
+/// own, whose path is the only one Cargo tells integration tests.
+fn sibling_binaries() -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_BIN_EXE_seckill-bench"))
+        .parent()
+        .unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args([
+            "build",
+            "--bins",
+            "-p",
+            "seckill-gateway",
+            "-p",
+            "seckill-workers",
+        ]);
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    assert!(build.status().unwrap().success(), "building the binaries");
+    (dir.join("seckill-gateway"), dir.join("seckill-workers"))
+}
+
+fn vars(c: &Config) -> Vec<(String, String)> {
+    [
+        ("SECKILL_HTTP_ADDR", c.http_addr.to_string()),
+        ("SECKILL_WORKERS_ADDR", c.workers_addr.to_string()),
+        ("SECKILL_REDIS_URL", c.redis_url.clone()),
+        ("SECKILL_AMQP_URL", c.amqp_url.clone()),
+        ("SECKILL_DATABASE_URL", c.database_url.clone()),
+        ("SECKILL_NAMESPACE", c.namespace.clone()),
+        ("SECKILL_JWT_SECRET", c.jwt_secret.clone()),
+        ("SECKILL_TICKET_SECRET", c.ticket_secret.clone()),
+        ("SECKILL_ADMIN_TOKEN", c.admin_token.clone()),
+        ("SECKILL_WEBHOOK_SECRET", c.webhook_secret.clone()),
+        (
+            "SECKILL_PAYMENT_TIMEOUT_SECS",
+            c.payment_timeout.as_secs().to_string(),
+        ),
+        ("SECKILL_RATE_PER_USER", c.rate_per_user.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+async fn ready(addr: SocketAddr) -> Option<()> {
+    let client = seckill_bench::http::HttpClient::default();
+    let (status, _) = client.get(&format!("http://{addr}/readyz")).await.ok()?;
+    status.is_success().then_some(())
+}
+
+#[tokio::test]
+#[ignore = "needs workers"]
+async fn a_flash_sale_keeps_every_invariant() {
+    let mut env = TestEnv::new(Backend::Postgres);
+    env.config.http_addr = free_addr();
+    env.config.workers_addr = free_addr();
+    env.config.payment_timeout = Duration::from_secs(5);
+    let c = env.config.clone();
+    let vars = vars(&c);
+    let out = std::env::temp_dir().join(format!("seckill-bench-{}", c.namespace));
+    std::fs::create_dir_all(&out).unwrap();
+
+    let (gateway, workers) = sibling_binaries();
+    let _workers = Running::spawn(&workers, &vars, &out.join("workers.log"));
+    let gateway_process = Running::spawn(&gateway, &vars, &out.join("gateway.log"));
+    wait_for("the workers to be ready", Duration::from_secs(60), || {
+        ready(c.workers_addr)
+    })
+    .await;
+    wait_for("the gateway to be ready", Duration::from_secs(60), || {
+        ready(c.http_addr)
+    })
+    .await;
+
+    let gateway_pid = gateway_process.0.id().to_string();
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_seckill-bench"))
+        .envs(vars.iter().cloned())
+        .args(["flash-sale", "--stock", "50", "--requests", "2000"])
+        .args([
+            "--connections",
+            "32",
+            "--pay-ratio",
+            "0.5",
+            "--duplicates",
+            "0.2",
+        ])
+        .args(["--reorder", "--gateway-pid", &gateway_pid, "--out"])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    let report: serde_json::Value = std::fs::read(out.join("report.json"))
+        .map(|json| serde_json::from_slice(&json).unwrap())
+        .unwrap_or_default();
+    assert!(
+        status.success(),
+        "seckill-bench flash-sale failed ({status}); checks: {:#}; logs in {}",
+        report["checks"],
+        out.display()
+    );
+    assert_eq!(report["passed"], true);
+    assert_eq!(report["load"]["status_codes"]["202"], 50);
+    let ends = &report["end_states"];
+    let count = |s: &str| ends[s].as_u64().unwrap_or(0);
+    assert_eq!(count("PAID") + count("REFUND_REQUIRED"), 25, "{ends}");
+    assert_eq!(
+        count("PAID") + count("REFUND_REQUIRED") + count("TIMED_OUT"),
+        50,
+        "{ends}"
+    );
+    assert!(out.join("report.svg").exists());
+    assert!(
+        report["rss"]["peak_kib"].as_u64() > Some(0),
+        "the gateway's memory was read"
+    );
+
+    let _ = std::fs::remove_dir_all(&out);
+    env.cleanup().await;
+}

@@ -1,0 +1,168 @@
+//! The payment provider against the real gateway (in process, on a free port): it pays the chosen
+//! share of the orders awaiting payment with signatures the gateway accepts, and each callback it
+//! delivers becomes one `PAYMENT_RESULT` on the broker.
+
+use fred::prelude::*;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use sea_orm::{ActiveModelTrait, DatabaseConnection, Set};
+use seckill_bench::provider::{self, Intent, PayOptions};
+use seckill_schema::broker::Topology;
+use seckill_schema::entity::orders;
+use seckill_schema::testing::{Backend, TestEnv, wait_for};
+use seckill_schema::{ItemId, Keys, Kind, Message, OrderId, OrderStatus, PaymentOutcome};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const ITEM: ItemId = ItemId(7);
+const PRICE: i64 = 990;
+
+async fn order(
+    db: &DatabaseConnection,
+    redis: &Client,
+    keys: Option<&Keys>,
+    id: i64,
+    status: OrderStatus,
+) {
+    orders::ActiveModel {
+        id: Set(id),
+        user_id: Set(id),
+        item_id: Set(ITEM.0 as i64),
+        quantity: Set(1),
+        amount_cents: Set(PRICE),
+        status: Set(status.as_str().into()),
+        close_reason: Set(None),
+        created_at_ms: Set(0),
+        updated_at_ms: Set(0),
+    }
+    .insert(db)
+    .await
+    .unwrap();
+    // The read model the gateway looks orders up in; missing for another namespace's orders.
+    if let Some(keys) = keys {
+        let _: () = redis
+            .hset(
+                keys.order(OrderId(id as u64)),
+                [("status", status.as_str())],
+            )
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn pays_the_chosen_share_through_the_real_webhook() {
+    let mut env = TestEnv::new(Backend::Postgres);
+    let config = env.config.clone();
+    let db = seckill_schema::db::connect(&config.database_url, 2)
+        .await
+        .unwrap();
+    let redis = seckill_schema::redis::client(&config.redis_url)
+        .await
+        .unwrap();
+    let keys = Keys::new(&config.namespace);
+    for id in 1..=10 {
+        order(&db, &redis, Some(&keys), id, OrderStatus::AwaitingPayment).await;
+    }
+    order(&db, &redis, Some(&keys), 11, OrderStatus::Paid).await;
+    order(&db, &redis, None, 12, OrderStatus::AwaitingPayment).await;
+
+    let app = seckill_gateway::Application::build(config.clone())
+        .await
+        .unwrap();
+    let gateway = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async {
+        let _ = stopped.await;
+    }));
+
+    let opts = PayOptions {
+        item: Some(ITEM),
+        ratio: 0.6,
+        duplicates: 0.5,
+        reorder: true,
+        wrong_amount: 0.17,
+        fail: 0.17,
+        ..PayOptions::new(&config, &gateway)
+    };
+    let report = provider::pay(&opts).await.unwrap();
+    assert_eq!(
+        (report.awaiting, report.elsewhere, report.chosen),
+        (10, 1, 6)
+    );
+    assert_eq!(
+        (
+            report.paid,
+            report.wrong_amount,
+            report.failed,
+            report.duplicates
+        ),
+        (4, 1, 1, 3)
+    );
+    assert_eq!(report.answers, BTreeMap::from([("200".to_owned(), 9)]));
+    assert_eq!(report.accepted.len(), 6);
+    assert_eq!(report.paid_orders().count(), 4);
+
+    // Every delivery, duplicates included, reached the broker as the callback said.
+    let queue = Topology::new(&config.namespace, config.payment_timeout).queue(Kind::PaymentResult);
+    let conn = seckill_schema::broker::connect(&config.amqp_url, "provider-test")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    wait_for("9 payment results", Duration::from_secs(10), || async {
+        let q = ch
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+            .ok()?;
+        (q.message_count() == 9).then_some(())
+    })
+    .await;
+    let mut deliveries: BTreeMap<OrderId, usize> = BTreeMap::new();
+    for _ in 0..9 {
+        let msg = ch
+            .basic_get(queue.as_str().into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+            .expect("a payment result");
+        msg.delivery.ack(BasicAckOptions::default()).await.unwrap();
+        let Message::PaymentResult { events } = serde_json::from_slice(&msg.delivery.data).unwrap()
+        else {
+            panic!("not a PAYMENT_RESULT");
+        };
+        for e in events {
+            let intent = report.accepted[&e.order_id];
+            assert_eq!(e.payment_id, format!("pay_{}", e.order_id));
+            let expected = match intent {
+                Intent::Pay => (PaymentOutcome::Succeeded, PRICE),
+                Intent::WrongAmount => (PaymentOutcome::Succeeded, PRICE + 1),
+                Intent::Fail => (PaymentOutcome::Failed, PRICE),
+            };
+            assert_eq!((e.status, e.amount_cents), expected);
+            *deliveries.entry(e.order_id).or_default() += 1;
+        }
+    }
+    assert_eq!(deliveries.len(), 6);
+    assert_eq!(deliveries.values().filter(|n| **n == 2).count(), 3);
+    assert!(deliveries.keys().all(|o| (1..=10).contains(&o.0)));
+
+    // A provider with the wrong secret is turned away.
+    let forged = PayOptions {
+        webhook_secret: "not the secret".into(),
+        item: Some(ITEM),
+        ..PayOptions::new(&config, &gateway)
+    };
+    let report = provider::pay(&forged).await.unwrap();
+    assert_eq!(report.answers, BTreeMap::from([("401".to_owned(), 10)]));
+    assert!(report.accepted.is_empty());
+
+    let _ = conn.close(200, "done".into()).await;
+    let _ = stop.send(());
+    let _ = server.await;
+    let _ = redis.quit().await;
+    let _ = db.close().await;
+    env.cleanup().await;
+}
