@@ -1,0 +1,139 @@
+//! The gateway's operational surface: health, readiness and metrics, and a graceful shutdown that
+//! lets in-flight requests finish before `run()` returns.
+
+mod common;
+
+use common::TestApp;
+use http::StatusCode;
+use seckill_schema::testing::wait_for;
+use serde_json::json;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let app = TestApp::spawn().await;
+    let health = app.http.get("/healthz", None).await;
+    assert_eq!(health.status, StatusCode::OK, "{}", health.text());
+    let ready = app.http.get("/readyz", None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
+    assert_eq!(ready.json(), json!({"redis": true, "rabbitmq": true}));
+    app.http
+        .get("/no-such-route", None)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    app.http
+        .get("/seckill", None)
+        .await
+        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let metrics = app.http.get("/metrics", None).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let text = metrics.text();
+    assert!(
+        text.contains("seckill_http_requests_total"),
+        "metrics: {text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("seckill_http_requests_total{")
+                && l.contains("route=\"healthz\"")
+                && l.contains("status=\"200\"")),
+        "requests are counted by route and status: {text}"
+    );
+    app.stop().await.expect("run() returns Ok");
+}
+
+/// Reads one CRLF-terminated line, within a deadline.
+async fn read_line(conn: &mut BufReader<TcpStream>) -> String {
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_line(&mut line))
+        .await
+        .expect("a line within 10 s")
+        .expect("reading from the gateway");
+    line
+}
+
+/// Reads header lines up to the blank line; returns the Content-Length.
+async fn read_headers(conn: &mut BufReader<TcpStream>) -> usize {
+    let mut length = 0;
+    loop {
+        let line = read_line(conn).await;
+        assert!(!line.is_empty(), "the connection closed inside the headers");
+        let line = line.trim_end();
+        if line.is_empty() {
+            return length;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().expect("a numeric Content-Length");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_an_in_flight_purchase_finish_then_run_returns_ok() {
+    const ITEM: u64 = 51;
+    let mut app = TestApp::spawn().await;
+    app.create_item(ITEM, 5, 1).await;
+    let body = app.purchase(1, ITEM).to_string();
+
+    let stream = TcpStream::connect(app.addr()).await.expect("connecting");
+    let mut conn = BufReader::new(stream);
+    let head = format!(
+        "POST /seckill HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    conn.get_mut()
+        .write_all(head.as_bytes())
+        .await
+        .expect("sending the head");
+    // hyper sends `100 Continue` when the handler starts reading the body: from here on the request
+    // is in flight.
+    let status = read_line(&mut conn).await;
+    assert!(status.starts_with("HTTP/1.1 100"), "got {status:?}");
+    read_headers(&mut conn).await;
+
+    let mut run = app.begin_shutdown();
+    let addr = app.addr();
+    wait_for(
+        "the listener to close",
+        Duration::from_secs(10),
+        || async move { TcpStream::connect(addr).await.is_err().then_some(()) },
+    )
+    .await;
+    // Without the wait, run() would be back within about a second (the relays' blocking read).
+    // This bounds a wait for something that must not happen; DRAIN_TIMEOUT is far longer.
+    let early = tokio::time::timeout(Duration::from_secs(2), &mut run).await;
+    assert!(
+        early.is_err(),
+        "run() returned while a request was in flight: {early:?}"
+    );
+
+    conn.get_mut()
+        .write_all(body.as_bytes())
+        .await
+        .expect("sending the body");
+    let status = read_line(&mut conn).await;
+    assert!(status.starts_with("HTTP/1.1 202"), "got {status:?}");
+    let length = read_headers(&mut conn).await;
+    let mut answer = vec![0; length];
+    conn.read_exact(&mut answer)
+        .await
+        .expect("reading the body");
+    let answer: serde_json::Value = serde_json::from_slice(&answer).expect("a JSON body");
+    assert_eq!(answer["status"], "PENDING", "{answer}");
+
+    let result = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("run() returns once the request is answered")
+        .expect("the gateway task does not panic");
+    assert!(result.is_ok(), "run() returns Ok: {result:?}");
+    assert_eq!(
+        app.remaining(ITEM).await,
+        Some(4),
+        "the in-flight purchase sold"
+    );
+}
