@@ -7,7 +7,7 @@
 -- KEYS[3] order hash     (the order's read model)
 -- KEYS[4] outbox stream
 -- KEYS[5] idempotency key, or a placeholder in the same slot when ARGV[5] == '0'
--- ARGV: order_id, user_id, quantity, item_id, has_idempotency_key, idempotency_ttl_secs
+-- ARGV: order_id, user_id, quantity, item_id, has_idempotency_key, idempotency_ttl_secs, now (ms)
 --
 -- Returns {code, value}: 0 accepted (order id, created ms), 1 unknown item, 2 not started,
 -- 3 ended, 4 replay of an accepted request (order id), 5 limit reached (the held order id),
@@ -22,8 +22,8 @@ local price = tonumber(item[3]) or 0
 local starts = tonumber(item[4]) or 0
 local ends = tonumber(item[5]) or 0
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The gateway's clock, not TIME: one call less on the hottest script.
+local now = tonumber(ARGV[7])
 if starts > 0 and now < starts then
   return {2, ''}
 end
@@ -55,7 +55,8 @@ redis.call('HSET', KEYS[2], user .. ':o', order_id)
 local amount = price * qty
 redis.call('HSET', KEYS[3], 'user', user, 'item', ARGV[4], 'qty', qty, 'amount', amount,
   'status', 'PENDING', 'created', now, 'updated', now)
-redis.call('XADD', KEYS[4], '*', 'o', order_id, 'u', user, 'i', ARGV[4], 'q', qty, 'a', amount, 't', now)
+-- One field: the relay splits it (order id, user, item, quantity, amount, accepted ms).
+redis.call('XADD', KEYS[4], '*', 'e', order_id .. ' ' .. user .. ' ' .. ARGV[4] .. ' ' .. qty .. ' ' .. amount .. ' ' .. now)
 if ARGV[5] == '1' then
   redis.call('SET', KEYS[5], order_id, 'EX', tonumber(ARGV[6]))
 end

@@ -76,10 +76,15 @@ impl ApiError {
                 "internal error".to_owned()
             }
         };
-        let mut body = serde_json::json!({ "error": code, "message": message });
-        if let ApiError::LimitReached(Some(id)) = &self {
-            body["order_id"] = serde_json::Value::String(id.to_string());
-        }
+        let order_id = match &self {
+            ApiError::LimitReached(Some(id)) => Some(*id),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: code,
+            message: &message,
+            order_id,
+        };
         let mut resp = json(status, &body);
         if let ApiError::RateLimited { retry_after_secs } = self {
             resp.headers_mut().insert(
@@ -95,6 +100,14 @@ impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
         ApiError::Internal(e)
     }
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order_id: Option<OrderId>,
 }
 
 pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {

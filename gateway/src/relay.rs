@@ -24,22 +24,26 @@ pub struct Relay {
     pub redis: Client,
     pub control: Pool,
     pub publisher: Arc<Publisher>,
+    pub scripts: seckill_schema::scripts::Scripts,
     pub stream: String,
     pub consumer: String,
 }
 
 type Entry = (String, HashMap<String, String>);
 
+/// An entry's one field `e`: "order user item quantity amount accepted_ms" (see `lua/purchase.lua`).
 fn decode(fields: &HashMap<String, String>) -> Option<OrderEvent> {
-    let num = |k: &str| fields.get(k)?.parse::<u64>().ok();
-    Some(OrderEvent {
-        order_id: OrderId(num("o")?),
-        user_id: UserId(num("u")?),
-        item_id: ItemId(num("i")?),
-        quantity: Quantity::new(u32::try_from(num("q")?).ok()?)?,
-        amount_cents: fields.get("a")?.parse().ok()?,
-        created_at_ms: fields.get("t")?.parse().ok()?,
-    })
+    let mut parts = fields.get("e")?.split(' ');
+    let mut num = || parts.next()?.parse::<i64>().ok();
+    let event = OrderEvent {
+        order_id: OrderId(u64::try_from(num()?).ok()?),
+        user_id: UserId(u64::try_from(num()?).ok()?),
+        item_id: ItemId(u64::try_from(num()?).ok()?),
+        quantity: Quantity::new(u32::try_from(num()?).ok()?)?,
+        amount_cents: num()?,
+        created_at_ms: num()?,
+    };
+    Some(event)
 }
 
 impl Relay {
@@ -186,19 +190,16 @@ impl Relay {
                 .await
                 .context("publishing ORDER_CREATED")?;
         }
-        // Delete before acking: a relay killed between the two leaves a pending reference to a
-        // deleted entry, which the next `XAUTOCLAIM` drops from the group (Redis 7). The other
-        // order would leave an acked entry in the stream for good, counted as backlog forever.
-        let _: i64 = self
-            .control
-            .xdel(&self.stream, ids.clone())
-            .await
-            .context("XDEL")?;
         let _: i64 = self
             .control
             .xack(&self.stream, GROUP, ids)
             .await
             .context("XACK")?;
+        // A relay killed here leaves acked entries that the next trim, by any relay, drops.
+        self.scripts
+            .trim_outbox(self.control.next(), &self.stream, GROUP)
+            .await
+            .context("trimming the outbox")?;
         metrics::counter!("seckill_relay_published_total").increment(n as u64);
         metrics::counter!("seckill_relay_messages_total").increment(1);
         Ok(())

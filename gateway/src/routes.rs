@@ -167,6 +167,12 @@ struct SeckillBody {
     ticket: Option<String>,
 }
 
+#[derive(serde::Serialize)]
+struct Accepted {
+    order_id: OrderId,
+    status: &'static str,
+}
+
 fn one() -> u32 {
     1
 }
@@ -226,7 +232,10 @@ async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
         Purchase::Accepted { order_id, .. } | Purchase::Replayed { order_id } => {
             let mut resp = json(
                 StatusCode::ACCEPTED,
-                &serde_json::json!({"order_id": order_id, "status": "PENDING"}),
+                &Accepted {
+                    order_id,
+                    status: "PENDING",
+                },
             );
             if let Ok(loc) = HeaderValue::from_str(&format!("/orders/{order_id}")) {
                 resp.headers_mut().insert(header::LOCATION, loc);

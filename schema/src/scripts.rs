@@ -13,6 +13,7 @@ pub const RELEASE: &str = include_str!("../../lua/release.lua");
 pub const SET_STATUS: &str = include_str!("../../lua/set_status.lua");
 pub const WARM_ITEM: &str = include_str!("../../lua/warm_item.lua");
 pub const LEASE: &str = include_str!("../../lua/lease.lua");
+pub const TRIM_OUTBOX: &str = include_str!("../../lua/trim_outbox.lua");
 
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
@@ -103,6 +104,7 @@ pub struct Scripts {
     set_status: Script,
     warm_item: Script,
     lease: Script,
+    trim_outbox: Script,
 }
 
 pub struct PurchaseRequest<'a> {
@@ -122,6 +124,7 @@ impl Scripts {
             set_status: Script::from_lua(SET_STATUS),
             warm_item: Script::from_lua(WARM_ITEM),
             lease: Script::from_lua(LEASE),
+            trim_outbox: Script::from_lua(TRIM_OUTBOX),
         }
     }
 
@@ -159,11 +162,20 @@ impl Scripts {
             }
             .to_owned(),
             IDEMPOTENCY_TTL_SECS.to_string(),
+            now_ms().to_string(),
         ];
-        let reply: Vec<Value> = self
-            .purchase
-            .evalsha_with_reload(client, keys, args)
-            .await?;
+        let reply: Vec<Value> = match client
+            .evalsha(self.purchase.sha1().clone(), keys, args)
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                // Only after a Redis restart or SCRIPT FLUSH: load it and go again. (fred's
+                // `evalsha_with_reload` clones every key and argument up front for this case.)
+                self.purchase.load(client).await?;
+                return Box::pin(self.purchase(client, req)).await;
+            }
+            other => other?,
+        };
         Ok(Purchase::decode(reply)?)
     }
 
@@ -261,6 +273,19 @@ impl Scripts {
             .evalsha_with_reload(client, vec![self.keys.item(item)], args)
             .await?;
         Ok(n == 1)
+    }
+
+    /// Drops the outbox entries the relay group is done with (see `lua/trim_outbox.lua`).
+    pub async fn trim_outbox(
+        &self,
+        client: &Client,
+        stream: &str,
+        group: &str,
+    ) -> Result<i64, ScriptError> {
+        Ok(self
+            .trim_outbox
+            .evalsha_with_reload(client, vec![stream.to_owned()], vec![group.to_owned()])
+            .await?)
     }
 
     /// Takes or renews a node lease; `Some(high water ms)` when it is ours.
