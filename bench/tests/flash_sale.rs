@@ -93,7 +93,6 @@ async fn ready(addr: SocketAddr) -> Option<()> {
 }
 
 #[tokio::test]
-#[ignore = "needs workers"]
 async fn a_flash_sale_keeps_every_invariant() {
     let mut env = TestEnv::new(Backend::Postgres);
     env.config.http_addr = free_addr();
