@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One whole local flash sale: services up, release build, gateway and workers started (migrations
 # apply themselves), an oha burst through seckill-bench, payments, timeouts, the audit report.
-# Stops what it started. Extra arguments go to `seckill-bench flash-sale`.
+# Stops what it started. Extra arguments go to `seckill-bench flash-sale` and override the defaults.
 #
 #   scripts/flash-sale.sh                       # defaults below
 #   scripts/flash-sale.sh --stock 10000 --requests 1000000

@@ -21,7 +21,7 @@ const LONGEST_TIMEOUT_WAITED: Duration = Duration::from_secs(300);
 /// SECKILL_NAMESPACE, SECKILL_TICKET_SECRET, SECKILL_ADMIN_TOKEN, SECKILL_WEBHOOK_SECRET,
 /// SECKILL_PAYMENT_TIMEOUT_SECS): run the bench with the same values as the system under test.
 #[derive(Debug, Parser)]
-#[command(name = "seckill-bench", version)]
+#[command(name = "seckill-bench", version, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

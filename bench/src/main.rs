@@ -1,10 +1,5 @@
 //! `seckill-bench`: see `seckill-bench --help`.
 
-// Many small short-lived allocations per request: mimalloc spends far less time in them than
-// glibc's malloc did under load (it was a fifth of the gateway's CPU).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::Parser;
 use seckill_bench::cli::{self, Cli};
 use std::process::ExitCode;

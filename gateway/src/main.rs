@@ -1,10 +1,5 @@
 //! `seckill-gateway`: the HTTP API. Configured by `SECKILL_*` environment variables.
 
-// Many small short-lived allocations per request: mimalloc spends far less time in them than
-// glibc's malloc did under load (it was a fifth of the gateway's CPU).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::Parser;
 
 /// The seckill gateway: POST /seckill runs one Redis script and answers; an outbox relay carries

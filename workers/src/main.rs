@@ -1,10 +1,5 @@
 //! `seckill-workers`: the order saga. Configured by `SECKILL_*` environment variables.
 
-// Many small short-lived allocations per request: mimalloc spends far less time in them than
-// glibc's malloc did under load (it was a fifth of the gateway's CPU).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::Parser;
 
 /// The seckill workers: consume ORDER_CREATED, LOCK_INVENTORY, PREPARE_PAYMENT, PAYMENT_RESULT,
