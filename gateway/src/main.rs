@@ -18,7 +18,8 @@ async fn main() -> anyhow::Result<()> {
     let config = seckill_schema::Config::from_env()?;
     tracing::info!(?config, "starting");
     let app = seckill_gateway::Application::build(config).await?;
-    app.run(seckill_gateway::shutdown_signal()).await?;
+    app.run(seckill_schema::telemetry::shutdown_signal())
+        .await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -18,16 +18,9 @@ async fn main() -> anyhow::Result<()> {
     let config = seckill_schema::Config::from_env()?;
     tracing::info!(?config, "starting");
     let workers = seckill_workers::Workers::build(config).await?;
-    workers.run(shutdown_signal()).await?;
+    workers
+        .run(seckill_schema::telemetry::shutdown_signal())
+        .await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

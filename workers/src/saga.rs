@@ -8,9 +8,7 @@
 //! its publishes is repaired by the redelivery.
 
 use crate::store::{self, Ledger, OrderRow, Orders, invariant};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use seckill_schema::messages::PaymentOutcome;
 use seckill_schema::scripts::StatusUpdate;
 use seckill_schema::status::LockStatus;
@@ -197,7 +195,6 @@ async fn prepare_payment(
     txn: &DatabaseTransaction,
     events: &[OrderEvent],
 ) -> Result<Effects, DbErr> {
-    let backend = txn.get_database_backend();
     let mut orders = store::lock_orders(txn, &ids_of(events)).await?;
     let ready: Vec<&OrderRow> = orders
         .values()
@@ -205,44 +202,21 @@ async fn prepare_payment(
         .collect();
     let mut shown = Shown::new();
     if !ready.is_empty() {
-        let now = store::now();
-        let rows: Vec<Vec<Value>> = ready
-            .iter()
-            .map(|o| {
-                shown.insert(
-                    o.id,
-                    (intent_id(o.id), o.amount_cents, PAYMENT_PENDING.to_owned()),
-                );
-                vec![
-                    intent_id(o.id).into(),
-                    o.id.into(),
-                    o.amount_cents.into(),
-                    PAYMENT_PENDING.into(),
-                    false.into(),
-                    now.into(),
-                    now.into(),
-                ]
-            })
-            .collect();
+        for o in &ready {
+            shown.insert(
+                o.id,
+                (intent_id(o.id), o.amount_cents, PAYMENT_PENDING.to_owned()),
+            );
+        }
         // The provider may have answered before we got here, under this very payment id: its
         // result stays, the intent is skipped.
-        for chunk in rows.chunks(store::CHUNK) {
-            txn.execute_raw(crate::sql::insert_ignore(
-                backend,
-                "payments",
-                &[
-                    "payment_id",
-                    "order_id",
-                    "amount_cents",
-                    "status",
-                    "applied",
-                    "created_at_ms",
-                    "updated_at_ms",
-                ],
-                chunk.to_vec(),
-            ))
-            .await?;
-        }
+        store::insert_pending_payments(
+            txn,
+            ready
+                .iter()
+                .map(|o| (intent_id(o.id), o.id, o.amount_cents)),
+        )
+        .await?;
         let ids: Vec<i64> = ready.iter().map(|o| o.id).collect();
         store::move_orders(
             txn,
@@ -333,7 +307,6 @@ async fn payment_result(
     txn: &DatabaseTransaction,
     events: &[PaymentEvent],
 ) -> Result<Effects, DbErr> {
-    let backend = txn.get_database_backend();
     let order_ids: Vec<i64> = events.iter().map(|e| e.order_id.0 as i64).collect();
     // Orders first, as every handler does.
     let mut orders = store::lock_orders(txn, &order_ids).await?;
@@ -342,38 +315,13 @@ async fn payment_result(
         .iter()
         .filter(|e| seen.insert(e.payment_id.clone()))
         .collect();
-    let now = store::now();
-    let rows: Vec<Vec<Value>> = fresh
-        .iter()
-        .map(|e| {
-            vec![
-                e.payment_id.clone().into(),
-                (e.order_id.0 as i64).into(),
-                e.amount_cents.into(),
-                PAYMENT_PENDING.into(),
-                false.into(),
-                now.into(),
-                now.into(),
-            ]
-        })
-        .collect();
-    for chunk in rows.chunks(store::CHUNK) {
-        txn.execute_raw(crate::sql::insert_ignore(
-            backend,
-            "payments",
-            &[
-                "payment_id",
-                "order_id",
-                "amount_cents",
-                "status",
-                "applied",
-                "created_at_ms",
-                "updated_at_ms",
-            ],
-            chunk.to_vec(),
-        ))
-        .await?;
-    }
+    store::insert_pending_payments(
+        txn,
+        fresh
+            .iter()
+            .map(|e| (e.payment_id.clone(), e.order_id.0 as i64, e.amount_cents)),
+    )
+    .await?;
     let ids: Vec<String> = fresh.iter().map(|e| e.payment_id.clone()).collect();
     let existing = store::lock_payments_by_id(txn, &ids).await?;
     for e in fresh {

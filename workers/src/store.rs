@@ -354,6 +354,47 @@ impl Ledger {
     }
 }
 
+/// Payments not stored yet, as `PENDING` and unapplied: `(payment id, order id, amount)`. A row
+/// whose id exists is left alone.
+pub async fn insert_pending_payments(
+    txn: &DatabaseTransaction,
+    payments: impl Iterator<Item = (String, i64, i64)>,
+) -> Result<(), DbErr> {
+    let backend = txn.get_database_backend();
+    let now = now();
+    let rows: Vec<Vec<Value>> = payments
+        .map(|(id, order, amount)| {
+            vec![
+                id.into(),
+                order.into(),
+                amount.into(),
+                "PENDING".into(),
+                false.into(),
+                now.into(),
+                now.into(),
+            ]
+        })
+        .collect();
+    for chunk in rows.chunks(CHUNK) {
+        txn.execute_raw(crate::sql::insert_ignore(
+            backend,
+            "payments",
+            &[
+                "payment_id",
+                "order_id",
+                "amount_cents",
+                "status",
+                "applied",
+                "created_at_ms",
+                "updated_at_ms",
+            ],
+            chunk.to_vec(),
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub struct PaymentRow {
     pub payment_id: String,
