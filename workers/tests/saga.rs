@@ -409,3 +409,70 @@ async fn cancel_returns_the_stock_and_the_buyer_may_buy_again() {
         .check_invariants(13, &[id, again[0]].into_iter().collect())
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_wait_while_the_database_is_down_and_flow_when_it_is_back() {
+    let mut stack = Stack::start(Backend::Postgres, 600, WorkersMode::None).await;
+    // The workers reach PostgreSQL through a proxy this test can cut; the test itself does not.
+    let proxy = common::Cuttable::start("127.0.0.1:5432".parse().unwrap()).await;
+    let mut config = stack.env.config.clone();
+    config.database_url = config
+        .database_url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    stack.start_workers_with(config).await;
+    stack.create_item(15, 400, 1).await;
+    let first = stack.buy_many(1..=100, 15, 50).await;
+    stack
+        .wait_counts(15, "the first wave awaits payment", DRAIN, |c| {
+            n(c, "AWAITING_PAYMENT") == 100
+        })
+        .await;
+
+    proxy.cut();
+    let retries = || {
+        let text = seckill_schema::telemetry::metrics().render();
+        text.lines()
+            .filter(|l| {
+                l.starts_with("seckill_worker_messages_total") && l.contains("outcome=\"retry\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = retries();
+    let second = stack.buy_many(101..=200, 15, 50).await;
+    assert_eq!(
+        second.len(),
+        100,
+        "the gateway sells while the database is down"
+    );
+    wait_for(
+        "the workers retrying against the dead database",
+        DRAIN,
+        || async { (retries() >= before + 3.0).then_some(()) },
+    )
+    .await;
+    let c = stack.counts(15).await;
+    assert_eq!(
+        c.values().sum::<i64>(),
+        100,
+        "nothing of the second wave was stored: {c:?}"
+    );
+    assert_eq!(
+        stack.queue_depth(&stack.topology().dead()).await,
+        0,
+        "waiting messages are not dead-lettered"
+    );
+
+    proxy.restore();
+    stack
+        .wait_counts(
+            15,
+            "both waves await payment once the database is back",
+            DRAIN,
+            |c| n(c, "AWAITING_PAYMENT") == 200,
+        )
+        .await;
+    stack
+        .check_invariants(15, &first.into_iter().chain(second).collect())
+        .await;
+}

@@ -82,7 +82,13 @@ impl Stack {
     }
 
     pub async fn start_workers_in_process(&mut self) {
-        let workers = seckill_workers::Workers::build(self.env.config.clone())
+        let config = self.env.config.clone();
+        self.start_workers_with(config).await;
+    }
+
+    /// In-process workers with a configuration of their own (another database URL, say).
+    pub async fn start_workers_with(&mut self, config: seckill_schema::Config) {
+        let workers = seckill_workers::Workers::build(config)
             .await
             .expect("workers start");
         let (tx, rx) = oneshot::channel::<()>();
@@ -489,4 +495,60 @@ where
         async move { fut.await.then_some(()) }
     })
     .await
+}
+
+/// A TCP proxy to a server that a test can cut (every connection dropped, new ones refused) and
+/// restore: the database going down and coming back, for one test only.
+pub struct Cuttable {
+    pub port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Cuttable {
+    pub async fn start(target: std::net::SocketAddr) -> Cuttable {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let (up2, conns2) = (up.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                conns2.lock().unwrap().spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Cuttable {
+            port,
+            up,
+            conns,
+            accept,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.conns.lock().unwrap().abort_all();
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Cuttable {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.conns.lock().unwrap().abort_all();
+    }
 }
