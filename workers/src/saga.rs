@@ -228,12 +228,7 @@ async fn prepare_payment(
         )
         .await?;
     }
-    let mut ledger = Ledger::default();
-    apply_results(txn, &mut orders, &mut ledger, &mut shown).await?;
-    ledger.flush(txn).await?;
-    let mut effects = Effects::default();
-    mirror(&orders, &shown, &mut effects);
-    Ok(effects)
+    finish(txn, orders, Ledger::default(), shown).await
 }
 
 /// Closes every order of the batch that is still open (only `CREATED` ones when `only_unlocked`):
@@ -295,12 +290,7 @@ async fn close(
         Some(reason),
     )
     .await?;
-    let mut shown = Shown::new();
-    apply_results(txn, &mut orders, &mut ledger, &mut shown).await?;
-    ledger.flush(txn).await?;
-    let mut effects = Effects::default();
-    mirror(&orders, &shown, &mut effects);
-    Ok(effects)
+    finish(txn, orders, ledger, Shown::new()).await
 }
 
 async fn payment_result(
@@ -309,7 +299,7 @@ async fn payment_result(
 ) -> Result<Effects, DbErr> {
     let order_ids: Vec<i64> = events.iter().map(|e| e.order_id.0 as i64).collect();
     // Orders first, as every handler does.
-    let mut orders = store::lock_orders(txn, &order_ids).await?;
+    let orders = store::lock_orders(txn, &order_ids).await?;
     let mut seen = HashSet::new();
     let fresh: Vec<&PaymentEvent> = events
         .iter()
@@ -345,8 +335,17 @@ async fn payment_result(
         };
         store::update_payment(txn, &e.payment_id, status, e.amount_cents, false).await?;
     }
-    let mut ledger = Ledger::default();
-    let mut shown = Shown::new();
+    finish(txn, orders, Ledger::default(), Shown::new()).await
+}
+
+/// The end every payment-aware handler shares: apply the payment results waiting for these orders,
+/// write the item ledger, and mirror the orders into the read model.
+async fn finish(
+    txn: &DatabaseTransaction,
+    mut orders: Orders,
+    mut ledger: Ledger,
+    mut shown: Shown,
+) -> Result<Effects, DbErr> {
     apply_results(txn, &mut orders, &mut ledger, &mut shown).await?;
     ledger.flush(txn).await?;
     let mut effects = Effects::default();

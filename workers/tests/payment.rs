@@ -363,11 +363,12 @@ async fn cancel_racing_payment_ends_paid_or_refund_required() {
         .await
         .into_iter()
         .collect();
-    let returned = stack.remaining(6).await;
-    assert_eq!(
-        returned,
-        refunds.len() as i64,
-        "cancelled-then-refunded units are back on sale"
-    );
+    // The units go back to Redis right after the commit that closed the order.
+    wait_for(
+        "cancelled-then-refunded units back on sale",
+        DRAIN,
+        || async { (stack.remaining(6).await == refunds.len() as i64).then_some(()) },
+    )
+    .await;
     stack.check_invariants(6, &ids.into_iter().collect()).await;
 }

@@ -439,7 +439,15 @@ impl Stack {
                 "invariant 1: user {user} holds {units} > {limit}"
             );
         }
-        let remaining = self.remaining(item).await;
+        // Redis follows the database right after each commit: give it a moment to catch up.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut remaining = self.remaining(item).await;
+        while (remaining + holding != stock || remaining != available)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            remaining = self.remaining(item).await;
+        }
         assert_eq!(
             remaining + holding,
             stock,
