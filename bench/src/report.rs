@@ -277,6 +277,13 @@ pub fn table(r: &Report) -> String {
             ratio(l.requests_per_sec, b.redis.requests_per_sec)
         );
     }
+    let goals = targets(r);
+    if !goals.is_empty() {
+        let _ = writeln!(t, "targets");
+        for (met, line) in goals {
+            let _ = writeln!(t, "  {} {line}", mark(met));
+        }
+    }
     let _ = writeln!(t, "invariants");
     for c in &r.checks {
         let _ = writeln!(
@@ -307,6 +314,76 @@ pub fn write(dir: &Path, r: &Report) -> anyhow::Result<()> {
     let svg = dir.join("report.svg");
     std::fs::write(&svg, crate::svg::render(r))
         .with_context(|| format!("writing {}", svg.display()))
+}
+
+/// The performance targets this run can speak to, each met or missed by how much. Which path the
+/// load measured follows from its answers: nine in ten `409`s is the sold-out path, nine in ten
+/// `202`s the in-stock path.
+pub fn targets(r: &Report) -> Vec<(bool, String)> {
+    let mut out = Vec::new();
+    let l = &r.load;
+    let answered: u64 = l.status_codes.values().sum();
+    let share = |code: u16| {
+        if answered == 0 {
+            0.0
+        } else {
+            *l.status_codes.get(&code).unwrap_or(&0) as f64 / answered as f64
+        }
+    };
+    let ratio_goal = |name: &str, got: f64, of: f64, goal: f64| {
+        let ratio = got / of;
+        let verdict = if ratio >= goal {
+            "met".to_owned()
+        } else {
+            format!("{:.1} points short", 100.0 * (goal - ratio))
+        };
+        (
+            ratio >= goal,
+            format!(
+                "{name} ≥ {:.0} %: {:.1} % ({verdict})",
+                100.0 * goal,
+                100.0 * ratio
+            ),
+        )
+    };
+    if let Some(b) = &r.baseline {
+        if share(409) >= 0.9 && b.http.requests_per_sec > 0.0 {
+            out.push(ratio_goal(
+                "sold-out path vs the bare hyper server",
+                l.requests_per_sec,
+                b.http.requests_per_sec,
+                0.85,
+            ));
+        }
+        if share(202) >= 0.9 && b.redis.requests_per_sec > 0.0 {
+            out.push(ratio_goal(
+                "in-stock path vs redis-benchmark",
+                l.requests_per_sec,
+                b.redis.requests_per_sec,
+                0.8,
+            ));
+        }
+        if let (Some(p99), Some(bare)) = (l.p99_ms, b.http.p99_ms) {
+            let x = p99 / bare;
+            out.push((
+                x <= 3.0,
+                format!("p99 ≤ 3× the bare server's: {x:.1}× ({p99:.2} ms vs {bare:.2} ms)"),
+            ));
+        }
+    }
+    // Small sales drain faster than they arrive; only a big one measures the drain itself.
+    if let Some(rate) = r.drain.orders_per_sec.filter(|_| r.drain.orders >= 10_000) {
+        let verdict = if rate >= 5000.0 {
+            "met".to_owned()
+        } else {
+            format!("{:.0} short", 5000.0 - rate)
+        };
+        out.push((
+            rate >= 5000.0,
+            format!("drain ≥ 5,000 orders/s: {rate:.0} ({verdict})"),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
