@@ -493,18 +493,6 @@ impl Drop for Stack {
     }
 }
 
-pub async fn wait_all<T>(what: &str, deadline: Duration, f: impl FnMut() -> T) -> ()
-where
-    T: std::future::Future<Output = bool>,
-{
-    let mut f = f;
-    wait_for(what, deadline, || {
-        let fut = f();
-        async move { fut.await.then_some(()) }
-    })
-    .await
-}
-
 /// A TCP proxy to a server that a test can cut (every connection dropped, new ones refused) and
 /// restore: the database going down and coming back, for one test only.
 pub struct Cuttable {
