@@ -1,21 +1,43 @@
--- One purchase, atomically: the item, its sale window, the idempotency key, the buyer's limit
--- (before any decrement, so a repeat click never burns stock), the stock, the decrement, the
--- order's read model and its ORDER_CREATED event in the outbox stream.
+-- One purchase, atomically: the gene's state, the item, the idempotency key (before the sale
+-- window, so a retry after the sale ended still gets its first answer), the sale window, the
+-- buyer's limit (before any decrement, so a repeat click never burns stock), the stock, the
+-- decrement, the order's read model and its ORDER_CREATED event in the outbox stream.
 --
 -- KEYS[1] item hash      (remaining, limit, price, starts, ends; ms, 0 = open)
 -- KEYS[2] buyers hash    (<user> = units held by live orders, <user>:o = latest order id)
 -- KEYS[3] order hash     (the order's read model)
 -- KEYS[4] outbox stream
 -- KEYS[5] idempotency key, or a placeholder in the same slot when ARGV[5] == '0'
+-- KEYS[6] the gene's state hash (ready = epoch of what Redis holds, i:<item> = known item)
+-- KEYS[7] the order id's void key (its owner was told it does not exist)
 -- ARGV: order_id, user_id, quantity, item_id, has_idempotency_key, idempotency_ttl_secs, now (ms)
 --
 -- Returns {code, value}: 0 accepted (order id, created ms), 1 unknown item, 2 not started,
 -- 3 ended, 4 replay of an accepted request (order id), 5 limit reached (the held order id),
--- 6 sold out (units remaining).
+-- 6 sold out (units remaining), 7 recovering (Redis lost the gene's state: nothing sold),
+-- 8 void (the order id was declared unknown to its owner: nothing sold).
+local state = redis.call('HMGET', KEYS[6], 'ready', 'i:' .. ARGV[4])
+local epoch = state[1]
+if not epoch then
+  return {7, ''}
+end
 local item = redis.call('HMGET', KEYS[1], 'remaining', 'limit', 'price', 'starts', 'ends')
 if not item[1] then
+  if state[2] then
+    -- A known item lost its hash (a flushed key): the gene is rebuilt from the database.
+    redis.call('HDEL', KEYS[6], 'ready')
+    return {7, ''}
+  end
   return {1, ''}
 end
+
+if ARGV[5] == '1' then
+  local first = redis.call('GET', KEYS[5])
+  if first then
+    return {4, first}
+  end
+end
+
 local remaining = tonumber(item[1])
 local limit = tonumber(item[2]) or 1
 local price = tonumber(item[3]) or 0
@@ -31,13 +53,6 @@ if ends > 0 and now >= ends then
   return {3, ''}
 end
 
-if ARGV[5] == '1' then
-  local first = redis.call('GET', KEYS[5])
-  if first then
-    return {4, first}
-  end
-end
-
 local user = ARGV[2]
 local qty = tonumber(ARGV[3])
 local held = tonumber(redis.call('HGET', KEYS[2], user) or '0')
@@ -47,6 +62,11 @@ end
 if remaining < qty then
   return {6, tostring(remaining)}
 end
+-- Only on the selling path: the owner's GET may have declared this id unknown while the purchase
+-- was in flight; then it must not sell, or that answer would have been a lie.
+if redis.call('GET', KEYS[7]) == user then
+  return {8, ''}
+end
 
 local order_id = ARGV[1]
 redis.call('HINCRBY', KEYS[1], 'remaining', -qty)
@@ -54,7 +74,7 @@ redis.call('HINCRBY', KEYS[2], user, qty)
 redis.call('HSET', KEYS[2], user .. ':o', order_id)
 local amount = price * qty
 redis.call('HSET', KEYS[3], 'user', user, 'item', ARGV[4], 'qty', qty, 'amount', amount,
-  'status', 'PENDING', 'created', now, 'updated', now)
+  'status', 'PENDING', 'created', now, 'updated', now, 'epoch', epoch)
 -- One field: the relay splits it (order id, user, item, quantity, amount, accepted ms).
 redis.call('XADD', KEYS[4], '*', 'e', order_id .. ' ' .. user .. ' ' .. ARGV[4] .. ' ' .. qty .. ' ' .. amount .. ' ' .. now)
 if ARGV[5] == '1' then

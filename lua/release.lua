@@ -1,18 +1,27 @@
 -- Closes an order in Redis and gives its units back, exactly once: the `released` field of the
--- order's record is the guard, so a redelivered close changes nothing.
+-- order's record is the guard, so a redelivered close changes nothing. Units go back only when the
+-- record was counted by the state Redis holds now (its `epoch` is the gene's): an order sold
+-- before Redis lost its data and was rebuilt holds nothing here.
 --
--- KEYS[1] item hash, KEYS[2] buyers hash, KEYS[3] order hash
+-- KEYS[1] item hash, KEYS[2] buyers hash, KEYS[3] order hash, KEYS[4] the gene's state hash
 -- ARGV: order_id, user_id, quantity, final status, rank of that status, now (ms)
--- Returns 1 when units went back, 0 when they already had, -1 when Redis has no record of the
--- order (flushed, or never sold here): nothing is touched then.
+-- Returns 1 when units went back, 0 when they already had (or were never held here), -1 when
+-- Redis has no record of the order (nothing is touched then), -2 while the gene is recovering.
+local epoch = redis.call('HGET', KEYS[4], 'ready')
+if not epoch then
+  return -2
+end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return -1
 end
-local rank = tonumber(redis.call('HGET', KEYS[3], 'rank') or '0')
-if tonumber(ARGV[5]) > rank then
+local rec = redis.call('HMGET', KEYS[3], 'rank', 'epoch')
+if tonumber(ARGV[5]) > tonumber(rec[1] or '0') then
   redis.call('HSET', KEYS[3], 'status', ARGV[4], 'rank', ARGV[5], 'updated', ARGV[6])
 end
 if redis.call('HSETNX', KEYS[3], 'released', ARGV[6]) == 0 then
+  return 0
+end
+if rec[2] ~= epoch then
   return 0
 end
 local qty = tonumber(ARGV[3])

@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
+# The project's durable Redis (deploy/redis.conf: AOF, appendfsync always), which services.sh runs,
+# not the machine's shared one on 6379.
+export SECKILL_REDIS_URL="${SECKILL_REDIS_URL:-redis://127.0.0.1:${SECKILL_LOCAL_REDIS_PORT:-6390}}"
 cargo build --release --bins --quiet
 
 export SECKILL_NAMESPACE="${SECKILL_NAMESPACE:-seckill_demo}"

@@ -2,6 +2,12 @@
 # Makes sure Redis, RabbitMQ, PostgreSQL (and MariaDB for the MySQL tests) answer on loopback, and
 # that oha is installed. Starts a stopped service with its usual command; installs a missing one
 # from Debian's packages. Idempotent: a no-op when everything is up.
+#
+# Two Redis servers: the machine's shared one on 6379 (left as it is, never reconfigured), and the
+# project's durable one on $SECKILL_LOCAL_REDIS_PORT (default 6390), run from deploy/redis.conf the
+# way production must (append-only file, `appendfsync always`, `noeviction`); scripts/test.sh and
+# scripts/flash-sale.sh point SECKILL_REDIS_URL at the latter. Also makes sure Redis Sentinel can
+# run (tests start their own sentinels).
 set -euo pipefail
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -25,6 +31,48 @@ if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
     --dir /var/lib/redis --logfile /var/log/redis/ci.log
   wait_for redis 40 redis-cli -h 127.0.0.1 ping
+fi
+
+# The project's durable Redis, from deploy/redis.conf.
+repo=$(cd "$(dirname "$0")/.." && pwd)
+redis_port=${SECKILL_LOCAL_REDIS_PORT:-6390}
+redis_dir=${SECKILL_LOCAL_REDIS_DIR:-/var/lib/seckill-redis-$redis_port}
+redis_log=/var/log/seckill-redis-$redis_port.log
+rcli() { redis-cli -h 127.0.0.1 -p "$redis_port" "$@"; }
+# PONG only: a server still replaying its AOF answers LOADING.
+redis_pong() { [ "$(rcli ping 2>/dev/null)" = PONG ]; }
+redis_conf() { rcli config get "$1" 2>/dev/null | sed -n 2p; }
+have redis-server && have redis-cli || { log "installing redis"; apt_install redis-server redis-tools; }
+if ! (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null; then
+  log "starting the project's redis on $redis_port (AOF, appendfsync always; data in $redis_dir)"
+  mkdir -p "$redis_dir" "$(dirname "$redis_log")"
+  redis-server "$repo/deploy/redis.conf" --port "$redis_port" --bind 127.0.0.1 --dir "$redis_dir" \
+    --daemonize yes --logfile "$redis_log" --pidfile "/run/seckill-redis-$redis_port.pid"
+fi
+# Replaying a large AOF takes a while: wait for PONG, not for the port.
+if ! wait_for "redis on $redis_port (see $redis_log)" 240 redis_pong; then
+  log "!!! whatever listens on 127.0.0.1:$redis_port does not answer PING with PONG; not touching it."
+  log "!!! Stop it, or choose another port with SECKILL_LOCAL_REDIS_PORT."
+  exit 1
+fi
+aof=$(redis_conf appendonly) fsync=$(redis_conf appendfsync) policy=$(redis_conf maxmemory-policy)
+if [ "$aof" != yes ] || [ "$fsync" != always ] || [ "$policy" != noeviction ]; then
+  log "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+  log "!!! a Redis on 127.0.0.1:$redis_port is not the project's durable Redis:"
+  log "!!!   appendonly=${aof:-?} appendfsync=${fsync:-?} maxmemory-policy=${policy:-?}"
+  log "!!!   (needs appendonly=yes appendfsync=always maxmemory-policy=noeviction, deploy/redis.conf)"
+  log "!!! Stop it, or choose another port with SECKILL_LOCAL_REDIS_PORT. Not touching it."
+  log "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+  exit 1
+fi
+
+# Redis Sentinel: `redis-sentinel`, or the redis-server binary run with `--sentinel` (every Redis
+# since 2.8; Debian's redis-server binary is the same executable). Install the package only when
+# neither works.
+redis_help=$(redis-server --help 2>&1 || true) # exits 1 after printing its usage
+if ! have redis-sentinel && [[ $redis_help != *--sentinel* ]]; then
+  log "installing redis-sentinel"
+  apt_install redis-sentinel
 fi
 
 # PostgreSQL
@@ -57,4 +105,4 @@ if ! have oha; then
   log "installing oha (cargo install, a few minutes once)"
   cargo install oha --locked --quiet
 fi
-log "redis, postgresql, mariadb, rabbitmq and oha are ready"
+log "redis (shared 6379, project $redis_port), postgresql, mariadb, rabbitmq and oha are ready"

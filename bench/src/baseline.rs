@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use seckill_schema::keys::gene_of_item;
-use seckill_schema::scripts::{PURCHASE, Scripts};
+use seckill_schema::scripts::{ItemState, PURCHASE, Scripts};
 use seckill_schema::snowflake::{Snowflake, now_ms};
 use seckill_schema::{ItemId, Keys, OrderId};
 use serde::{Deserialize, Serialize};
@@ -157,17 +157,28 @@ pub async fn redis_purchase(
         keys.order(order),
         keys.outbox(gene),
         keys.no_idempotency(item),
+        keys.state_of_item(item),
+        keys.void(order),
     ];
+    // A scratch namespace no rebuild ever watches: its gene is marked ready by hand.
+    let _: i64 = redis
+        .hset(keys.state_of_item(item), ("ready", "1"))
+        .await
+        .context("marking the scratch gene ready")?;
     Scripts::new(keys.clone())
         .warm_item(
             &redis,
-            item,
-            HUGE_STOCK,
-            1,
-            990,
-            None,
-            None,
-            "redis-benchmark",
+            &ItemState {
+                item,
+                remaining: HUGE_STOCK,
+                stock: HUGE_STOCK,
+                per_user_limit: 1,
+                price_cents: 990,
+                starts_at_ms: None,
+                ends_at_ms: None,
+                name: "redis-benchmark".into(),
+                buyers: Vec::new(),
+            },
         )
         .await?;
     let sha: String = redis
@@ -176,7 +187,7 @@ pub async fn redis_purchase(
         .context("SCRIPT LOAD purchase.lua")?;
     // KEYS as in `Scripts::purchase`; ARGV: order, buyer, quantity, item, no idempotency key, ttl,
     // now (the item has no sale window, so a fixed clock is fine).
-    let mut command = vec!["EVALSHA".to_owned(), sha, "5".to_owned()];
+    let mut command = vec!["EVALSHA".to_owned(), sha, scratch.len().to_string()];
     command.extend(scratch.iter().cloned());
     command.extend([
         order.to_string(),

@@ -49,6 +49,7 @@ async fn the_provider_pays_half_of_1000_orders_with_duplicates_and_reordering() 
     tokio::spawn(app.run(async {
         let _ = grx.await;
     }));
+    seckill_schema::testing::wait_for_redis_state(&config).await;
     let workers = seckill_workers::Workers::build(config.clone())
         .await
         .unwrap();

@@ -8,6 +8,8 @@ use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, DbBackend, EntityTrait, Set, SqlErr, Statement};
 use seckill_schema::entity::items;
+use seckill_schema::recovery::Rebuilt;
+use seckill_schema::scripts::{ItemState, ScriptError, Warmed};
 use seckill_schema::snowflake::now_ms;
 use seckill_schema::{ItemId, OrderStatus};
 use serde::Deserialize;
@@ -57,7 +59,7 @@ fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> 
 }
 
 fn item_json(m: &items::Model) -> serde_json::Value {
-    let t = |v: Option<i64>| v.map(crate::routes::rfc3339_ms);
+    let t = |v: Option<i64>| v.map(crate::orders::rfc3339_ms);
     serde_json::json!({
         "item_id": m.id,
         "name": m.name,
@@ -69,22 +71,47 @@ fn item_json(m: &items::Model) -> serde_json::Value {
     })
 }
 
+/// Loads the item into Redis unless it is there; in a gene Redis does not hold (never built, or
+/// lost), the gene is rebuilt from the database instead, this item included.
 async fn warm(state: &State, m: &items::Model) -> Result<(), ApiError> {
-    state
-        .scripts
-        .warm_item(
-            state.redis.next(),
-            ItemId(m.id as u64),
-            m.available,
-            m.per_user_limit,
-            m.price_cents,
-            m.starts_at_ms,
-            m.ends_at_ms,
-            &m.name,
-        )
-        .await
-        .map_err(|_| ApiError::Unavailable("Redis"))?;
-    Ok(())
+    let item = ItemState {
+        item: ItemId(m.id as u64),
+        remaining: m.stock,
+        stock: m.stock,
+        per_user_limit: m.per_user_limit,
+        price_cents: m.price_cents,
+        starts_at_ms: m.starts_at_ms,
+        ends_at_ms: m.ends_at_ms,
+        name: m.name.clone(),
+        buyers: Vec::new(),
+    };
+    let redis_err = |e: ScriptError| {
+        tracing::warn!(error = %e, "warming an item failed");
+        ApiError::Unavailable("Redis")
+    };
+    for _ in 0..3 {
+        match state
+            .scripts
+            .warm_item(state.redis.next(), &item)
+            .await
+            .map_err(redis_err)?
+        {
+            Warmed::Loaded | Warmed::AlreadyThere => return Ok(()),
+            Warmed::NeedsRebuild => {
+                let gene = seckill_schema::keys::gene_of_item(item.item);
+                match state.recovery.rebuild_gene(gene).await {
+                    Ok(Rebuilt::Done { .. } | Rebuilt::AlreadyReady) => {}
+                    // Someone else is at it: the item is in the database, the gene will have it.
+                    Ok(Rebuilt::Busy | Rebuilt::LostLock) => return Err(ApiError::Recovering),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), gene, "rebuilding a gene failed");
+                        return Err(ApiError::Recovering);
+                    }
+                }
+            }
+        }
+    }
+    Err(ApiError::Recovering)
 }
 
 pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
@@ -137,7 +164,17 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
         }
         Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
             // A retry after a failed warm-up must still leave the item sellable.
-            if let Ok(Some(m)) = items::Entity::find_by_id(new.item_id as i64).one(db).await {
+            let existing = items::Entity::find_by_id(new.item_id as i64)
+                .one(db)
+                .await
+                .map_err(|e| {
+                    if seckill_schema::db::is_connection_error(&e) {
+                        ApiError::Unavailable("the database")
+                    } else {
+                        ApiError::Internal(e.into())
+                    }
+                })?;
+            if let Some(m) = existing {
                 warm(state, &m).await?;
             }
             Err(ApiError::Conflict(

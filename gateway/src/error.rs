@@ -22,6 +22,12 @@ pub enum ApiError {
     MethodNotAllowed,
     /// A dependency is unreachable; the request changed nothing.
     Unavailable(&'static str),
+    /// The purchase was sent to Redis and no answer came back: it may have sold. `GET
+    /// /orders/{id}` tells once Redis answers again.
+    OutcomeUnknown(OrderId),
+    /// Redis lost this part of its state and it is being rebuilt from the database; nothing was
+    /// changed.
+    Recovering,
     /// Our fault. The error is logged, never shown.
     Internal(anyhow::Error),
 }
@@ -38,6 +44,8 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::OutcomeUnknown(_) => "outcome_unknown",
+            ApiError::Recovering => "recovering",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -51,7 +59,9 @@ impl ApiError {
             ApiError::Conflict(..) | ApiError::LimitReached(_) => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) | ApiError::Recovering => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -71,13 +81,24 @@ impl ApiError {
                 tracing::warn!(dependency = what, "answering 503");
                 format!("{what} is unavailable; nothing was changed, retry later")
             }
+            ApiError::OutcomeUnknown(id) => {
+                tracing::warn!(order.id = %id, "answering 503 outcome_unknown");
+                format!(
+                    "the purchase was sent but its answer was lost; GET /orders/{id} tells whether \
+                     it was sold once the service answers again, and a retry with the same \
+                     Idempotency-Key returns it"
+                )
+            }
+            ApiError::Recovering => "this item's state is being rebuilt after a storage failure; \
+                nothing was changed, retry shortly"
+                .to_owned(),
             ApiError::Internal(e) => {
                 tracing::error!(error = ?e, "internal error");
                 "internal error".to_owned()
             }
         };
         let order_id = match &self {
-            ApiError::LimitReached(Some(id)) => Some(*id),
+            ApiError::LimitReached(Some(id)) | ApiError::OutcomeUnknown(id) => Some(*id),
             _ => None,
         };
         let body = ErrorBody {
@@ -86,11 +107,14 @@ impl ApiError {
             order_id,
         };
         let mut resp = json(status, &body);
-        if let ApiError::RateLimited { retry_after_secs } = self {
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs.max(1)),
-            );
+        let retry_after = match self {
+            ApiError::RateLimited { retry_after_secs } => Some(retry_after_secs.max(1)),
+            ApiError::Recovering | ApiError::OutcomeUnknown(_) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -3,9 +3,11 @@
 
 pub mod admin;
 pub mod error;
+pub mod orders;
 pub mod payment;
 pub mod ratelimit;
 pub mod relay;
+pub mod replication;
 pub mod routes;
 pub mod soldout;
 pub mod state;
@@ -14,7 +16,10 @@ use anyhow::Context;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use replication::GroupCommit;
 use seckill_schema::broker::{Publisher, Topology};
+use seckill_schema::durability::{Durability, DurabilityWatch};
+use seckill_schema::recovery::Recovery;
 use seckill_schema::scripts::Scripts;
 use seckill_schema::{Config, Keys};
 use state::State;
@@ -36,6 +41,8 @@ pub struct Application {
     listener: TcpListener,
     state: Arc<State>,
     lease_token: String,
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
 }
 
 impl Application {
@@ -68,11 +75,31 @@ impl Application {
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("binding SECKILL_HTTP_ADDR={}", config.http_addr))?;
-        let state = Arc::new(State::new(config, redis, scripts, ids, publisher, metrics));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let durability = DurabilityWatch::spawn(
+            redis.next().clone(),
+            config.redis_durability,
+            seckill_schema::durability::WATCH_INTERVAL,
+            stop_rx.clone(),
+        );
+        let group_commit = (config.redis_durability == Durability::Replica)
+            .then(|| GroupCommit::new(redis.next().clone(), replication::DEFAULT_TIMEOUT));
+        let recovery = Recovery::new(redis.clone(), scripts.clone(), &config.database_url, None);
+        let parts = state::Parts {
+            ids,
+            publisher,
+            metrics,
+            durability,
+            recovery,
+            group_commit,
+        };
+        let state = Arc::new(State::new(config, redis, scripts, parts));
         Ok(Application {
             listener,
             state,
             lease_token,
+            stop_tx,
+            stop_rx,
         })
     }
 
@@ -88,7 +115,9 @@ impl Application {
     /// flushes the relay, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let state = self.state;
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = (self.stop_tx, self.stop_rx);
+        // The gateway rebuilds what Redis lost too, so it sells again even before a worker does.
+        tokio::spawn(state.recovery.clone().watch(stop_rx.clone()));
         let mut relays = Vec::new();
         for (gene, stream) in state.keys.outboxes() {
             let relay = relay::Relay {

@@ -3,7 +3,7 @@
 //! workers apply it once per `payment_id`.
 
 use crate::error::{ApiError, json};
-use crate::routes::{read_body, read_order};
+use crate::routes::read_body;
 use crate::state::State;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
@@ -53,7 +53,7 @@ pub async fn callback(
             "payment_id must be 1 to 64 letters, digits or - _ . :".into(),
         ));
     }
-    if read_order(state, cb.order_id).await?.is_none() {
+    if crate::orders::find(state, cb.order_id).await?.is_none() {
         return Err(ApiError::NotFound("not_found", "no such order"));
     }
     let event = PaymentEvent {

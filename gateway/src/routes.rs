@@ -7,11 +7,10 @@ use fred::prelude::*;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use seckill_schema::scripts::{Purchase, PurchaseRequest};
+use seckill_schema::scripts::{Purchase, PurchaseFailure, PurchaseRequest};
 use seckill_schema::snowflake::now_ms;
-use seckill_schema::{ItemId, Message, OrderEvent, OrderId, OrderStatus, Quantity, UserId};
+use seckill_schema::{ItemId, OrderId, Quantity, UserId};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -90,7 +89,7 @@ fn status_label(s: StatusCode) -> &'static str {
     }
 }
 
-type Answer = Result<Response<Body>, ApiError>;
+pub type Answer = Result<Response<Body>, ApiError>;
 
 async fn route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Answer) {
     // The hot path first, matched without allocating. Every other route runs in a boxed future
@@ -109,10 +108,13 @@ async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static st
     match (segs.as_slice(), &method) {
         (["seckill"], &Method::POST) => ("seckill", seckill(state, req).await),
         (["items", id, "ticket"], &Method::POST) => ("ticket", ticket(state, req, id).await),
-        (["orders", id], &Method::GET) => ("order", get_order(state, req.headers(), id).await),
-        (["orders", id, "cancel"], &Method::POST) => {
-            ("cancel", cancel(state, req.headers(), id).await)
+        (["orders", id], &Method::GET) => {
+            ("order", crate::orders::get(state, req.headers(), id).await)
         }
+        (["orders", id, "cancel"], &Method::POST) => (
+            "cancel",
+            crate::orders::cancel(state, req.headers(), id).await,
+        ),
         (["payment", "callback"], &Method::POST) => (
             "payment_callback",
             crate::payment::callback(state, req).await,
@@ -195,7 +197,7 @@ pub fn user_from_jwt(state: &State, headers: &HeaderMap) -> Result<UserId, ApiEr
         .ok_or(ApiError::Unauthorized("the token is invalid or expired"))
 }
 
-fn parse_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> Result<T, ApiError> {
+pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> Result<T, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::NotFound(what, "no such resource"))
 }
@@ -272,24 +274,24 @@ async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
             },
         )
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "purchase script failed");
-            ApiError::Unavailable("Redis")
+        .map_err(|e| match e {
+            PurchaseFailure::NotRun(e) => {
+                tracing::warn!(error = %e, "purchase not run");
+                ApiError::Unavailable("Redis")
+            }
+            PurchaseFailure::MaybeRan(e) => {
+                tracing::warn!(error = %e, order.id = %order_id, "purchase sent, answer lost");
+                ApiError::OutcomeUnknown(order_id)
+            }
+            PurchaseFailure::Reply(e) => ApiError::Internal(e.into()),
         })?;
     match outcome {
-        Purchase::Accepted { order_id, .. } | Purchase::Replayed { order_id } => {
-            let mut resp = json(
-                StatusCode::ACCEPTED,
-                &Accepted {
-                    order_id,
-                    status: "PENDING",
-                },
-            );
-            if let Ok(loc) = HeaderValue::from_str(&format!("/orders/{order_id}")) {
-                resp.headers_mut().insert(header::LOCATION, loc);
-            }
-            Ok(resp)
-        }
+        // A purchase that ran twice (a retry of a lost answer) finds its own order held.
+        Purchase::LimitReached {
+            order_id: Some(held),
+        } if held == order_id => accepted(state, item, order_id).await,
+        Purchase::Accepted { order_id, .. } => accepted(state, item, order_id).await,
+        Purchase::Replayed { order_id } => Ok(accepted_response(order_id)),
         Purchase::UnknownItem => Err(ApiError::NotFound("unknown_item", "no such item")),
         Purchase::NotStarted => Err(ApiError::Conflict(
             "not_started",
@@ -303,7 +305,34 @@ async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
             }
             Err(ApiError::Conflict("sold_out", "the item is sold out"))
         }
+        Purchase::Recovering => Err(ApiError::Recovering),
+        Purchase::Void => Err(ApiError::Unavailable("Redis")),
     }
+}
+
+/// A purchase that sold: answered once it is as durable as `SECKILL_REDIS_DURABILITY` asks.
+async fn accepted(state: &State, item: ItemId, order_id: OrderId) -> Answer {
+    if let Some(commit) = &state.group_commit
+        && commit.replicated_for(&state.keys.item(item)).await.is_err()
+    {
+        // Sold on the master, not known to be on a replica: a failover may lose it.
+        return Err(ApiError::OutcomeUnknown(order_id));
+    }
+    Ok(accepted_response(order_id))
+}
+
+fn accepted_response(order_id: OrderId) -> Response<Body> {
+    let mut resp = json(
+        StatusCode::ACCEPTED,
+        &Accepted {
+            order_id,
+            status: "PENDING",
+        },
+    );
+    if let Ok(loc) = HeaderValue::from_str(&format!("/orders/{order_id}")) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    resp
 }
 
 async fn ticket(state: &Arc<State>, req: Request<Incoming>, raw_id: &str) -> Answer {
@@ -316,7 +345,7 @@ async fn ticket(state: &Arc<State>, req: Request<Incoming>, raw_id: &str) -> Ans
         .await
         .map_err(|_| ApiError::Unavailable("Redis"))?;
     if window.get(2).copied().flatten().is_none() {
-        return Err(ApiError::NotFound("unknown_item", "no such item"));
+        return Err(missing_item(state, item).await);
     }
     let starts = window[0].unwrap_or(0);
     let ends = window[1].unwrap_or(0);
@@ -344,125 +373,45 @@ async fn ticket(state: &Arc<State>, req: Request<Incoming>, raw_id: &str) -> Ans
     ))
 }
 
-/// The order's read model in Redis, if it exists and belongs to `user`.
-pub async fn read_order(
-    state: &State,
-    order_id: OrderId,
-) -> Result<Option<HashMap<String, String>>, ApiError> {
-    let fields: HashMap<String, String> = state
+/// An item Redis has no hash for: unknown, or lost and being rebuilt (never `404` for an item the
+/// database knows).
+pub async fn missing_item(state: &State, item: ItemId) -> ApiError {
+    let known: Result<Vec<Option<String>>, _> = state
         .redis
-        .hgetall(state.keys.order(order_id))
-        .await
-        .map_err(|_| ApiError::Unavailable("Redis"))?;
-    Ok((!fields.is_empty()).then_some(fields))
-}
-
-pub fn rfc3339_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
-
-async fn owned_order(
-    state: &State,
-    headers: &HeaderMap,
-    raw_id: &str,
-) -> Result<(OrderId, UserId, HashMap<String, String>), ApiError> {
-    let user = user_from_jwt(state, headers)?;
-    let order_id: OrderId = parse_id(raw_id, "not_found")?;
-    let fields = read_order(state, order_id)
-        .await?
-        .filter(|f| f.get("user").and_then(|u| u.parse().ok()) == Some(user.0))
-        .ok_or(ApiError::NotFound("not_found", "no such order"))?;
-    Ok((order_id, user, fields))
-}
-
-async fn get_order(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
-    let (order_id, user, f) = owned_order(state, headers, raw_id).await?;
-    let num = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-    let payment = match f.get("pay_id") {
-        Some(id) => serde_json::json!({
-            "payment_id": id,
-            "amount_cents": num("pay_amount"),
-            "status": f.get("pay_status").cloned().unwrap_or_default(),
-        }),
-        None => serde_json::Value::Null,
-    };
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({
-            "order_id": order_id,
-            "user_id": user.0,
-            "item_id": num("item"),
-            "quantity": num("qty"),
-            "amount_cents": num("amount"),
-            "status": f.get("status").cloned().unwrap_or_else(|| "PENDING".into()),
-            "created_at": rfc3339_ms(num("created")),
-            "updated_at": rfc3339_ms(num("updated")),
-            "payment": payment,
-        }),
-    ))
-}
-
-pub fn order_event(order_id: OrderId, f: &HashMap<String, String>) -> Result<OrderEvent, ApiError> {
-    let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
-    let bad = || {
-        ApiError::Internal(anyhow::anyhow!(
-            "order {order_id} has a malformed record in Redis"
-        ))
-    };
-    Ok(OrderEvent {
-        order_id,
-        user_id: UserId(num("user").ok_or_else(bad)?),
-        item_id: ItemId(num("item").ok_or_else(bad)?),
-        quantity: num("qty")
-            .and_then(|q| Quantity::new(q as u32))
-            .ok_or_else(bad)?,
-        amount_cents: num("amount").ok_or_else(bad)? as i64,
-        created_at_ms: num("created").ok_or_else(bad)? as i64,
-    })
-}
-
-async fn cancel(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
-    let (order_id, _user, f) = owned_order(state, headers, raw_id).await?;
-    let status: OrderStatus = f
-        .get("status")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(OrderStatus::Pending);
-    if !status.is_cancellable() {
-        return Err(ApiError::Conflict(
-            "not_cancellable",
-            "the order is already paid or closed",
-        ));
+        .hmget(
+            state.keys.state_of_item(item),
+            vec!["ready".to_owned(), format!("i:{item}")],
+        )
+        .await;
+    match known.as_deref() {
+        Ok([Some(_), None]) => ApiError::NotFound("unknown_item", "no such item"),
+        Ok(_) => ApiError::Recovering,
+        Err(_) => ApiError::Unavailable("Redis"),
     }
-    let event = order_event(order_id, &f)?;
-    state
-        .publisher
-        .publish(&Message::OrderCancel {
-            events: vec![event],
-        })
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "publishing ORDER_CANCEL failed");
-            ApiError::Unavailable("RabbitMQ")
-        })?;
-    Ok(json(
-        StatusCode::ACCEPTED,
-        &serde_json::json!({"order_id": order_id, "status": "CANCEL_REQUESTED"}),
-    ))
 }
 
 async fn readyz(state: &Arc<State>) -> Response<Body> {
     let redis_ok = state.redis.next().ping::<String>(None).await.is_ok();
     let broker_ok = state.publisher.ready().await;
-    let status = if redis_ok && broker_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let durability = state.durability.check_now().await;
+    let recovering = state.recovery.genes_not_ready().await.unwrap_or_default();
+    let ok = redis_ok && broker_ok && durability.ok && recovering.is_empty();
     json(
-        status,
-        &serde_json::json!({"redis": redis_ok, "rabbitmq": broker_ok}),
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &serde_json::json!({
+            "redis": redis_ok,
+            "rabbitmq": broker_ok,
+            "redis_durability": {
+                "mode": durability.mode.as_str(),
+                "ok": durability.ok,
+                "reasons": durability.reasons,
+            },
+            "redis_recovering_genes": recovering,
+        }),
     )
 }
 

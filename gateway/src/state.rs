@@ -8,11 +8,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sea_orm::DatabaseConnection;
 use seckill_schema::auth::{Jwt, Tickets, WebhookSigner};
 use seckill_schema::broker::Publisher;
+use seckill_schema::durability::DurabilityWatch;
+use seckill_schema::recovery::Recovery;
 use seckill_schema::scripts::Scripts;
 use seckill_schema::snowflake::Snowflake;
 use seckill_schema::{Config, Keys};
 use std::sync::Arc;
-use tokio::sync::OnceCell;
 
 pub struct State {
     pub config: Config,
@@ -28,19 +29,34 @@ pub struct State {
     pub sold_out: SoldOut,
     pub metrics: PrometheusHandle,
     pub outboxes: Vec<String>,
-    db: OnceCell<DatabaseConnection>,
+    /// What Redis promises of an accepted order, re-read every few seconds and by `/readyz`.
+    pub durability: DurabilityWatch,
+    /// Rebuilds what Redis lost from the database.
+    pub recovery: Arc<Recovery>,
+    /// In `replica` mode: a `202` waits for a replica to take the purchase.
+    pub group_commit: Option<Arc<crate::replication::GroupCommit>>,
+}
+
+/// What a gateway runs on besides its configuration and clients.
+pub struct Parts {
+    pub ids: Arc<Snowflake>,
+    pub publisher: Arc<Publisher>,
+    pub metrics: PrometheusHandle,
+    pub durability: DurabilityWatch,
+    pub recovery: Arc<Recovery>,
+    pub group_commit: Option<Arc<crate::replication::GroupCommit>>,
 }
 
 impl State {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: Config,
-        redis: Pool,
-        scripts: Scripts,
-        ids: Arc<Snowflake>,
-        publisher: Arc<Publisher>,
-        metrics: PrometheusHandle,
-    ) -> State {
+    pub fn new(config: Config, redis: Pool, scripts: Scripts, parts: Parts) -> State {
+        let Parts {
+            ids,
+            publisher,
+            metrics,
+            durability,
+            recovery,
+            group_commit,
+        } = parts;
         let keys = scripts.keys().clone();
         State {
             jwt: Jwt::new(&config.jwt_secret),
@@ -56,19 +72,18 @@ impl State {
             ids,
             publisher,
             metrics,
-            db: OnceCell::new(),
+            durability,
+            recovery,
+            group_commit,
         }
     }
 
     /// The database, connected on first use: only the admin routes need it, and the hot path must
     /// not wait for it at start either.
     pub async fn db(&self) -> Result<&DatabaseConnection, ApiError> {
-        self.db
-            .get_or_try_init(|| seckill_schema::db::connect(&self.config.database_url, 4))
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "database unavailable");
-                ApiError::Unavailable("the database")
-            })
+        self.recovery.db().await.map_err(|e| {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError::Unavailable("the database")
+        })
     }
 }

@@ -1,12 +1,14 @@
 //! Configuration from the environment: every variable of the contract, each with a working local
 //! default, parsed once at start. An unparsable value is an error that names its variable.
 
+use crate::durability::Durability;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_WORKERS_ADDR: &str = "127.0.0.1:9091";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_REDIS_DURABILITY: Durability = Durability::Fsync;
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/seckill";
 pub const DEFAULT_NAMESPACE: &str = "seckill";
@@ -32,6 +34,7 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub workers_addr: SocketAddr,
     pub redis_url: String,
+    pub redis_durability: Durability,
     pub amqp_url: String,
     pub database_url: String,
     pub namespace: String,
@@ -51,6 +54,7 @@ impl std::fmt::Debug for Config {
             .field("http_addr", &self.http_addr)
             .field("workers_addr", &self.workers_addr)
             .field("redis_url", &self.redis_url)
+            .field("redis_durability", &self.redis_durability)
             .field("amqp_url", &self.amqp_url)
             .field("database_url", &self.database_url)
             .field("namespace", &self.namespace)
@@ -132,6 +136,7 @@ impl Config {
                 DEFAULT_WORKERS_ADDR.parse().expect("valid default"),
             )?,
             redis_url: var("SECKILL_REDIS_URL").unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
+            redis_durability: parsed("SECKILL_REDIS_DURABILITY", DEFAULT_REDIS_DURABILITY)?,
             amqp_url: var("SECKILL_AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned()),
             database_url: var("SECKILL_DATABASE_URL")
                 .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),

@@ -66,6 +66,34 @@ impl Keys {
         self.tagged(gene_of_item(item), format_args!("idem:-"))
     }
 
+    /// Hash: what Redis holds of one shard gene. `ready` = the epoch (ms) of the state it holds,
+    /// written last by the rebuild from the database (`lua/rebuild_done.lua`); its absence means
+    /// Redis lost (or never had) the gene's data, and nothing is sold or released in the gene until
+    /// it is rebuilt. `i:<item>` = 1 for every item warmed in the gene, so a lost item hash is told
+    /// apart from an unknown item.
+    pub fn state(&self, gene: u8) -> String {
+        self.tagged(gene, format_args!("state"))
+    }
+
+    pub fn state_of_item(&self, item: ItemId) -> String {
+        self.state(gene_of_item(item))
+    }
+
+    pub fn states(&self) -> impl Iterator<Item = (u8, String)> + '_ {
+        (0..GENES as u8).map(|g| (g, self.state(g)))
+    }
+
+    /// String: the token of the process rebuilding a gene, in the gene's slot.
+    pub fn rebuild_lock(&self, gene: u8) -> String {
+        self.tagged(gene, format_args!("rebuild"))
+    }
+
+    /// String: the user who was told an order id does not exist (`GET /orders/{id}` answered
+    /// `404`); a purchase of that id still in flight must then not sell (`lua/purchase.lua`).
+    pub fn void(&self, order: OrderId) -> String {
+        self.tagged(gene_of(order.0), format_args!("void:{order}"))
+    }
+
     /// String: the token of the process that leases a snowflake node id.
     pub fn node_lease(&self, node: u16) -> String {
         format!("{}:{{node:{node}}}", self.ns)
@@ -91,6 +119,9 @@ mod tests {
         assert_eq!(tag(&keys.order(order)), tag(&keys.item(item)));
         assert_eq!(tag(&keys.buyers(item)), tag(&keys.item(item)));
         assert_eq!(tag(&keys.outbox(gene)), tag(&keys.item(item)));
+        assert_eq!(tag(&keys.state_of_item(item)), tag(&keys.item(item)));
+        assert_eq!(tag(&keys.void(order)), tag(&keys.item(item)));
+        assert_eq!(tag(&keys.rebuild_lock(gene)), tag(&keys.item(item)));
         assert!(keys.item(item).starts_with("t1:"));
     }
 }

@@ -2,21 +2,29 @@
 //! Rust types at once: no magic numbers travel further than this module.
 
 use crate::ids::{ItemId, OrderId, Quantity, UserId};
-use crate::keys::Keys;
-use crate::snowflake::now_ms;
+use crate::keys::{Keys, gene_of_item};
+use crate::messages::OrderEvent;
+use crate::record::{OrderRecord, ShownPayment};
+use crate::snowflake::{gene_of, now_ms};
 use crate::status::OrderStatus;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
 pub const PURCHASE: &str = include_str!("../../lua/purchase.lua");
 pub const RELEASE: &str = include_str!("../../lua/release.lua");
-pub const SET_STATUS: &str = include_str!("../../lua/set_status.lua");
+pub const MIRROR: &str = include_str!("../../lua/mirror.lua");
 pub const WARM_ITEM: &str = include_str!("../../lua/warm_item.lua");
 pub const LEASE: &str = include_str!("../../lua/lease.lua");
 pub const TRIM_OUTBOX: &str = include_str!("../../lua/trim_outbox.lua");
+pub const LOOKUP_ORDER: &str = include_str!("../../lua/lookup_order.lua");
+pub const REBUILD_ITEM: &str = include_str!("../../lua/rebuild_item.lua");
+pub const REBUILD_ORDERS: &str = include_str!("../../lua/rebuild_orders.lua");
+pub const REBUILD_DONE: &str = include_str!("../../lua/rebuild_done.lua");
 
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
+/// How long a "no such order" answer fences a purchase of that id still in flight.
+pub const VOID_TTL_SECS: u64 = 600;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Purchase {
@@ -36,6 +44,10 @@ pub enum Purchase {
     SoldOut {
         remaining: i64,
     },
+    /// Redis lost the gene's state; it is being rebuilt from the database. Nothing was sold.
+    Recovering,
+    /// The order id was declared unknown to its owner while this purchase was in flight.
+    Void,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +79,8 @@ impl Purchase {
             6 => Purchase::SoldOut {
                 remaining: text.parse().map_err(|_| bad())?,
             },
+            7 => Purchase::Recovering,
+            8 => Purchase::Void,
             _ => return Err(bad()),
         })
     }
@@ -78,22 +92,105 @@ pub enum ScriptError {
     Redis(#[from] fred::error::Error),
     #[error(transparent)]
     Reply(#[from] BadScriptReply),
+    /// The gene's state is being rebuilt from the database: try again shortly.
+    #[error("Redis is rebuilding the state of hash tag {{g{0}}} from the database")]
+    Recovering(u8),
 }
 
 /// What a release did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Released {
     Returned,
+    /// Returned before, or never held by the state Redis holds now.
     AlreadyReturned,
     UnknownOrder,
 }
 
-/// A status change of the read model, with the payment to show, if any.
+/// How an order's units relate to the Redis state it is mirrored into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    /// Holds stock, not yet locked in the database: may be refused if Redis has no room for it.
+    Refusable,
+    /// Holds stock the database already counts.
+    Held,
+    /// Holds none.
+    None,
+}
+
+impl Holding {
+    pub fn of(status: OrderStatus) -> Holding {
+        match status {
+            OrderStatus::Pending | OrderStatus::Created => Holding::Refusable,
+            s if s.holds_stock() => Holding::Held,
+            _ => Holding::None,
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Holding::Refusable => "r",
+            Holding::Held => "h",
+            Holding::None => "n",
+        }
+    }
+}
+
+/// A status change of the read model, with the order itself (to write its record again if Redis
+/// lost it) and the payment to show, if any.
 #[derive(Debug, Clone)]
 pub struct StatusUpdate {
-    pub order_id: OrderId,
+    pub order: OrderEvent,
     pub status: OrderStatus,
-    pub payment: Option<(String, i64, String)>,
+    pub payment: Option<ShownPayment>,
+}
+
+/// What Redis made of an order mirrored into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mirrored {
+    Counted,
+    /// Adopted after a rebuild, there was no room for it (stock or the buyer's limit): the
+    /// workers compensate it.
+    Refused,
+}
+
+/// What `warm_item` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warmed {
+    Loaded,
+    AlreadyThere,
+    /// The gene is not ready (never built, or lost): rebuild it from the database.
+    NeedsRebuild,
+}
+
+/// What Redis knows of an order for its owner (`lua/lookup_order.lua`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Found(OrderRecord),
+    /// No record; if the id was recent, it is now void for this user.
+    Missing,
+    Recovering,
+}
+
+/// One item of a gene, as the database has it, for a rebuild.
+#[derive(Debug, Clone)]
+pub struct ItemState {
+    pub item: ItemId,
+    pub remaining: i64,
+    pub stock: i64,
+    pub per_user_limit: i32,
+    pub price_cents: i64,
+    pub starts_at_ms: Option<i64>,
+    pub ends_at_ms: Option<i64>,
+    pub name: String,
+    /// (buyer, units held by live orders, latest held order)
+    pub buyers: Vec<(UserId, i64, OrderId)>,
+}
+
+/// A live order's record, as the database has it, for a rebuild.
+#[derive(Debug, Clone)]
+pub struct RebuiltOrder {
+    pub order_id: OrderId,
+    pub record: OrderRecord,
 }
 
 #[derive(Clone)]
@@ -101,10 +198,14 @@ pub struct Scripts {
     keys: Keys,
     purchase: Script,
     release: Script,
-    set_status: Script,
+    mirror: Script,
     warm_item: Script,
     lease: Script,
     trim_outbox: Script,
+    lookup_order: Script,
+    rebuild_item: Script,
+    rebuild_orders: Script,
+    rebuild_done: Script,
 }
 
 pub struct PurchaseRequest<'a> {
@@ -115,16 +216,50 @@ pub struct PurchaseRequest<'a> {
     pub idempotency_key: Option<&'a str>,
 }
 
+/// Why a purchase has no answer, told apart by whether it may have run.
+#[derive(Debug, thiserror::Error)]
+pub enum PurchaseFailure {
+    /// Nothing reached Redis, or Redis refused the script before it could sell: nothing was sold.
+    #[error("the purchase was not run: {0}")]
+    NotRun(fred::error::Error),
+    /// The purchase was sent and no answer came back: it may have sold.
+    #[error("the purchase may have run: {0}")]
+    MaybeRan(fred::error::Error),
+    #[error(transparent)]
+    Reply(#[from] BadScriptReply),
+}
+
+/// Did Redis itself answer with an error (`ERR`, `NOSCRIPT`, `READONLY`, `LOADING`, `BUSY`, `OOM`,
+/// …)? Then the script did not sell: its first write comes after every check.
+fn refused_by_server(e: &fred::error::Error) -> bool {
+    let first = e.details().split_whitespace().next().unwrap_or("");
+    first.len() >= 3 && first.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// Per-command options of the purchase: never queued while disconnected and never written twice,
+/// so that a purchase the gateway gave up on cannot run later behind its back.
+fn once() -> fred::types::config::Options {
+    fred::types::config::Options {
+        max_attempts: Some(1),
+        fail_fast: true,
+        ..Default::default()
+    }
+}
+
 impl Scripts {
     pub fn new(keys: Keys) -> Self {
         Scripts {
             keys,
             purchase: Script::from_lua(PURCHASE),
             release: Script::from_lua(RELEASE),
-            set_status: Script::from_lua(SET_STATUS),
+            mirror: Script::from_lua(MIRROR),
             warm_item: Script::from_lua(WARM_ITEM),
             lease: Script::from_lua(LEASE),
             trim_outbox: Script::from_lua(TRIM_OUTBOX),
+            lookup_order: Script::from_lua(LOOKUP_ORDER),
+            rebuild_item: Script::from_lua(REBUILD_ITEM),
+            rebuild_orders: Script::from_lua(REBUILD_ORDERS),
+            rebuild_done: Script::from_lua(REBUILD_DONE),
         }
     }
 
@@ -137,7 +272,13 @@ impl Scripts {
         &self,
         client: &Client,
         req: &PurchaseRequest<'_>,
-    ) -> Result<Purchase, ScriptError> {
+    ) -> Result<Purchase, PurchaseFailure> {
+        if !client.is_connected() {
+            return Err(PurchaseFailure::NotRun(fred::error::Error::new(
+                fred::error::ErrorKind::IO,
+                "not connected to Redis",
+            )));
+        }
         let k = &self.keys;
         let idem = match req.idempotency_key {
             Some(key) => k.idempotency(req.item, req.user, key),
@@ -147,8 +288,10 @@ impl Scripts {
             k.item(req.item),
             k.buyers(req.item),
             k.order(req.order_id),
-            k.outbox(crate::keys::gene_of_item(req.item)),
+            k.outbox(gene_of_item(req.item)),
             idem,
+            k.state_of_item(req.item),
+            k.void(req.order_id),
         ];
         let args = vec![
             req.order_id.0.to_string(),
@@ -165,16 +308,22 @@ impl Scripts {
             now_ms().to_string(),
         ];
         let reply: Vec<Value> = match client
+            .with_options(&once())
             .evalsha(self.purchase.sha1().clone(), keys, args)
             .await
         {
+            Ok(reply) => reply,
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 // Only after a Redis restart or SCRIPT FLUSH: load it and go again. (fred's
                 // `evalsha_with_reload` clones every key and argument up front for this case.)
-                self.purchase.load(client).await?;
+                self.purchase
+                    .load(client)
+                    .await
+                    .map_err(PurchaseFailure::NotRun)?;
                 return Box::pin(self.purchase(client, req)).await;
             }
-            other => other?,
+            Err(e) if refused_by_server(&e) => return Err(PurchaseFailure::NotRun(e)),
+            Err(e) => return Err(PurchaseFailure::MaybeRan(e)),
         };
         Ok(Purchase::decode(reply)?)
     }
@@ -183,18 +332,20 @@ impl Scripts {
     pub async fn release(
         &self,
         client: &Client,
-        order_id: OrderId,
-        user: UserId,
-        item: ItemId,
-        quantity: i64,
+        order: &OrderEvent,
         status: OrderStatus,
     ) -> Result<Released, ScriptError> {
         let k = &self.keys;
-        let keys = vec![k.item(item), k.buyers(item), k.order(order_id)];
+        let keys = vec![
+            k.item(order.item_id),
+            k.buyers(order.item_id),
+            k.order(order.order_id),
+            k.state_of_item(order.item_id),
+        ];
         let args = vec![
-            order_id.0.to_string(),
-            user.0.to_string(),
-            quantity.to_string(),
+            order.order_id.0.to_string(),
+            order.user_id.0.to_string(),
+            order.quantity.get().to_string(),
             status.as_str().to_owned(),
             status.rank().to_string(),
             now_ms().to_string(),
@@ -203,74 +354,271 @@ impl Scripts {
         Ok(match n {
             1 => Released::Returned,
             0 => Released::AlreadyReturned,
-            _ => Released::UnknownOrder,
+            -1 => Released::UnknownOrder,
+            -2 => return Err(ScriptError::Recovering(gene_of_item(order.item_id))),
+            _ => return Err(BadScriptReply(format!("release answered {n}")).into()),
         })
     }
 
-    /// Moves read-model statuses forward, one script call per hash slot.
-    pub async fn set_statuses(
+    /// Mirrors orders' statuses into the read model, one script call per hash slot, adopting the
+    /// orders that Redis lost (see `lua/mirror.lua`). Answers, per order, what Redis made of it.
+    pub async fn mirror(
         &self,
         client: &Client,
         updates: &[StatusUpdate],
-    ) -> Result<(), ScriptError> {
+    ) -> Result<Vec<(OrderId, Mirrored)>, ScriptError> {
         let mut by_gene: std::collections::BTreeMap<u8, Vec<&StatusUpdate>> = Default::default();
         for u in updates {
             by_gene
-                .entry(crate::snowflake::gene_of(u.order_id.0))
+                .entry(gene_of(u.order.order_id.0))
                 .or_default()
                 .push(u);
         }
         let now = now_ms().to_string();
-        for group in by_gene.values() {
+        let mut out = Vec::with_capacity(updates.len());
+        for (gene, group) in by_gene {
             for chunk in group.chunks(500) {
-                let keys: Vec<String> = chunk.iter().map(|u| self.keys.order(u.order_id)).collect();
-                let mut args = Vec::with_capacity(1 + chunk.len() * 5);
+                let mut keys: Vec<String> = Vec::with_capacity(1 + chunk.len() * 3);
+                keys.push(self.keys.state(gene));
+                let mut args = Vec::with_capacity(1 + chunk.len() * 12);
                 args.push(now.clone());
                 for u in chunk {
+                    let o = &u.order;
+                    keys.push(self.keys.order(o.order_id));
+                    keys.push(self.keys.item(o.item_id));
+                    keys.push(self.keys.buyers(o.item_id));
+                    args.push(o.order_id.0.to_string());
                     args.push(u.status.as_str().to_owned());
                     args.push(u.status.rank().to_string());
                     match &u.payment {
-                        Some((id, amount, status)) => {
-                            args.push(id.clone());
-                            args.push(amount.to_string());
-                            args.push(status.clone());
+                        Some(p) => {
+                            args.push(p.payment_id.clone());
+                            args.push(p.amount_cents.to_string());
+                            args.push(p.status.clone());
                         }
                         None => args.extend([String::new(), String::new(), String::new()]),
                     }
+                    args.push(o.user_id.0.to_string());
+                    args.push(o.item_id.0.to_string());
+                    args.push(o.quantity.get().to_string());
+                    args.push(o.amount_cents.to_string());
+                    args.push(o.created_at_ms.to_string());
+                    args.push(Holding::of(u.status).code().to_owned());
                 }
-                let _: i64 = self
-                    .set_status
-                    .evalsha_with_reload(client, keys, args)
-                    .await?;
+                let reply: Vec<i64> = self.mirror.evalsha_with_reload(client, keys, args).await?;
+                if reply.first() == Some(&-1) {
+                    return Err(ScriptError::Recovering(gene));
+                }
+                if reply.len() != chunk.len() {
+                    return Err(BadScriptReply(format!(
+                        "mirror answered {} results for {} orders",
+                        reply.len(),
+                        chunk.len()
+                    ))
+                    .into());
+                }
+                out.extend(chunk.iter().zip(reply).map(|(u, r)| {
+                    let m = if r == 0 {
+                        Mirrored::Refused
+                    } else {
+                        Mirrored::Counted
+                    };
+                    (u.order.order_id, m)
+                }));
             }
         }
-        Ok(())
+        Ok(out)
     }
 
-    /// Loads an item into Redis unless it is there already. True when it was loaded now.
-    #[allow(clippy::too_many_arguments)]
+    /// Loads a new item into Redis unless it is there already.
     pub async fn warm_item(
         &self,
         client: &Client,
-        item: ItemId,
-        stock: i64,
-        per_user_limit: i32,
-        price_cents: i64,
-        starts_at_ms: Option<i64>,
-        ends_at_ms: Option<i64>,
-        name: &str,
-    ) -> Result<bool, ScriptError> {
+        item: &ItemState,
+    ) -> Result<Warmed, ScriptError> {
         let args = vec![
-            stock.to_string(),
-            per_user_limit.to_string(),
-            price_cents.to_string(),
-            starts_at_ms.unwrap_or(0).to_string(),
-            ends_at_ms.unwrap_or(0).to_string(),
-            name.to_owned(),
+            item.item.0.to_string(),
+            item.stock.to_string(),
+            item.per_user_limit.to_string(),
+            item.price_cents.to_string(),
+            item.starts_at_ms.unwrap_or(0).to_string(),
+            item.ends_at_ms.unwrap_or(0).to_string(),
+            item.name.clone(),
+        ];
+        let keys = vec![
+            self.keys.item(item.item),
+            self.keys.state_of_item(item.item),
         ];
         let n: i64 = self
             .warm_item
-            .evalsha_with_reload(client, vec![self.keys.item(item)], args)
+            .evalsha_with_reload(client, keys, args)
+            .await?;
+        Ok(match n {
+            1 => Warmed::Loaded,
+            0 => Warmed::AlreadyThere,
+            _ => Warmed::NeedsRebuild,
+        })
+    }
+
+    /// Reads an order's record for `user`, declaring a recent missing id void for them.
+    pub async fn lookup_order(
+        &self,
+        client: &Client,
+        order_id: OrderId,
+        user: UserId,
+        recent: bool,
+    ) -> Result<Lookup, ScriptError> {
+        let keys = vec![
+            self.keys.order(order_id),
+            self.keys.void(order_id),
+            self.keys.state(gene_of(order_id.0)),
+        ];
+        let args = vec![
+            user.0.to_string(),
+            VOID_TTL_SECS.to_string(),
+            if recent { "1" } else { "0" }.to_owned(),
+        ];
+        let reply: Vec<Value> = self
+            .lookup_order
+            .evalsha_with_reload(client, keys, args)
+            .await?;
+        let shown = format!("{reply:?}");
+        let bad = || BadScriptReply(format!("lookup_order answered {shown}"));
+        match reply.first().and_then(|v| v.as_i64()) {
+            Some(0) => {
+                let fields = match reply.into_iter().nth(1) {
+                    Some(Value::Array(kv)) => kv
+                        .chunks(2)
+                        .filter_map(|c| Some((c.first()?.as_string()?, c.get(1)?.as_string()?)))
+                        .collect::<Vec<_>>(),
+                    Some(Value::Map(map)) => map
+                        .inner()
+                        .into_iter()
+                        .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_string()?)))
+                        .collect(),
+                    _ => return Err(bad().into()),
+                };
+                OrderRecord::from_pairs(fields)
+                    .map(Lookup::Found)
+                    .map_err(|e| BadScriptReply(format!("order {order_id}: {e}")).into())
+            }
+            Some(1) => Ok(Lookup::Missing),
+            Some(2) => Ok(Lookup::Recovering),
+            _ => Err(bad().into()),
+        }
+    }
+
+    /// Writes one item of a gene being rebuilt (its hash and buyers), under the rebuild lock.
+    /// False when the lock is no longer `token`'s.
+    pub async fn rebuild_item(
+        &self,
+        client: &Client,
+        token: &str,
+        item: &ItemState,
+    ) -> Result<bool, ScriptError> {
+        let gene = gene_of_item(item.item);
+        let keys = vec![
+            self.keys.rebuild_lock(gene),
+            self.keys.item(item.item),
+            self.keys.buyers(item.item),
+        ];
+        let mut chunks = item.buyers.chunks(1000);
+        let mut first = true;
+        loop {
+            let chunk = chunks.next();
+            if chunk.is_none() && !first {
+                return Ok(true);
+            }
+            let mut args = vec![
+                token.to_owned(),
+                if first { "1" } else { "0" }.to_owned(),
+                item.remaining.to_string(),
+                item.stock.to_string(),
+                item.per_user_limit.to_string(),
+                item.price_cents.to_string(),
+                item.starts_at_ms.unwrap_or(0).to_string(),
+                item.ends_at_ms.unwrap_or(0).to_string(),
+                item.name.clone(),
+            ];
+            for (user, units, order) in chunk.unwrap_or_default() {
+                args.push(user.0.to_string());
+                args.push(units.to_string());
+                args.push(order.0.to_string());
+            }
+            let n: i64 = self
+                .rebuild_item
+                .evalsha_with_reload(client, keys.clone(), args)
+                .await?;
+            if n != 1 {
+                return Ok(false);
+            }
+            first = false;
+        }
+    }
+
+    /// Writes live orders' records of a gene being rebuilt, counted by `epoch`, under the lock.
+    pub async fn rebuild_orders(
+        &self,
+        client: &Client,
+        gene: u8,
+        token: &str,
+        epoch: u64,
+        orders: &[RebuiltOrder],
+    ) -> Result<bool, ScriptError> {
+        let now = now_ms().to_string();
+        for chunk in orders.chunks(500) {
+            let mut keys = Vec::with_capacity(1 + chunk.len());
+            keys.push(self.keys.rebuild_lock(gene));
+            let mut args = Vec::with_capacity(3 + chunk.len() * 11);
+            args.extend([token.to_owned(), epoch.to_string(), now.clone()]);
+            for o in chunk {
+                let r = &o.record;
+                keys.push(self.keys.order(o.order_id));
+                args.extend([
+                    r.user.0.to_string(),
+                    r.item.0.to_string(),
+                    r.quantity.get().to_string(),
+                    r.amount_cents.to_string(),
+                    r.status.as_str().to_owned(),
+                    r.status.rank().to_string(),
+                    r.created_at_ms.to_string(),
+                    r.updated_at_ms.to_string(),
+                ]);
+                match &r.payment {
+                    Some(p) => args.extend([
+                        p.payment_id.clone(),
+                        p.amount_cents.to_string(),
+                        p.status.clone(),
+                    ]),
+                    None => args.extend([String::new(), String::new(), String::new()]),
+                }
+            }
+            let n: i64 = self
+                .rebuild_orders
+                .evalsha_with_reload(client, keys, args)
+                .await?;
+            if n != 1 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Marks a rebuilt gene ready at `epoch` with its items, and releases the lock.
+    pub async fn rebuild_done(
+        &self,
+        client: &Client,
+        gene: u8,
+        token: &str,
+        epoch: u64,
+        items: &[ItemId],
+    ) -> Result<bool, ScriptError> {
+        let keys = vec![self.keys.rebuild_lock(gene), self.keys.state(gene)];
+        let mut args = vec![token.to_owned(), epoch.to_string()];
+        args.extend(items.iter().map(|i| i.0.to_string()));
+        let n: i64 = self
+            .rebuild_done
+            .evalsha_with_reload(client, keys, args)
             .await?;
         Ok(n == 1)
     }
@@ -305,5 +653,35 @@ impl Scripts {
         ];
         let n: i64 = self.lease.evalsha_with_reload(client, keys, args).await?;
         Ok((n >= 0).then_some(n as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_are_told_from_lost_answers() {
+        use fred::error::{Error, ErrorKind};
+        assert!(refused_by_server(&Error::new(
+            ErrorKind::Unknown,
+            "READONLY You can't write against a read only replica."
+        )));
+        assert!(refused_by_server(&Error::new(
+            ErrorKind::Unknown,
+            "LOADING Redis is loading the dataset in memory"
+        )));
+        assert!(!refused_by_server(&Error::new(
+            ErrorKind::IO,
+            "Connection closed."
+        )));
+        assert!(!refused_by_server(&Error::new(
+            ErrorKind::Timeout,
+            "Request timed out."
+        )));
+        assert!(!refused_by_server(&Error::new(
+            ErrorKind::Unknown,
+            "Too many failed write attempts."
+        )));
     }
 }

@@ -5,6 +5,9 @@ use crate::Config;
 use crate::broker::Topology;
 use crate::messages::Kind;
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Which database server a test runs against.
@@ -145,4 +148,603 @@ where
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis processes of a test's own
+//
+// Tests that kill, pause, wipe or fail over Redis must never do it to a shared server (the
+// machine's on 6379, the project's durable one on 6390). These helpers run real `redis-server`
+// and Sentinel processes owned by the test: each on a free port, in a temporary directory of its
+// own, killed and removed when dropped (set `SECKILL_KEEP_TEST_DATA` to keep the directory).
+
+/// How long [`RedisServer::wait_ready`] and [`Sentinel::wait_ready`] wait for `+PONG`.
+const READY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Ports no test helper ever hands out: the shared Redis, the project's Redis, Sentinel's default.
+const RESERVED_PORTS: [u16; 3] = [6379, 6390, 26379];
+
+/// A port that was free a moment ago, never one of the shared servers' ports.
+pub fn free_port() -> u16 {
+    let local: Option<u16> = std::env::var("SECKILL_LOCAL_REDIS_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("binding an ephemeral port");
+        if !RESERVED_PORTS.contains(&port) && Some(port) != local {
+            return port;
+        }
+    }
+}
+
+/// How a [`RedisServer`] runs. The default is what `SECKILL_REDIS_DURABILITY=fsync` needs
+/// (append-only file, `appendfsync always`, `noeviction`), as in `deploy/redis.conf`.
+///
+/// ```ignore
+/// let volatile = RedisOptions::default().appendonly(false);
+/// let replica = RedisOptions::default().replicaof(master.port());
+/// let evicting = RedisOptions::default().maxmemory_policy("allkeys-lru").arg("maxmemory", "1mb");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// `--appendonly yes|no`: with `no`, a restart comes back empty.
+    pub appendonly: bool,
+    /// `--appendfsync`: `always`, `everysec` or `no`.
+    pub appendfsync: String,
+    /// `--maxmemory-policy`: `noeviction`, `allkeys-lru`, …
+    pub maxmemory_policy: String,
+    /// `--replicaof 127.0.0.1 <port>`: a replica of the server on that port.
+    pub replicaof: Option<u16>,
+    /// Further `--<name> <value>` pairs, e.g. `("maxmemory", "1mb")`.
+    pub extra: Vec<(String, String)>,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            appendonly: true,
+            appendfsync: "always".into(),
+            maxmemory_policy: "noeviction".into(),
+            replicaof: None,
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl RedisOptions {
+    pub fn appendonly(mut self, on: bool) -> Self {
+        self.appendonly = on;
+        self
+    }
+
+    pub fn appendfsync(mut self, policy: &str) -> Self {
+        self.appendfsync = policy.into();
+        self
+    }
+
+    pub fn maxmemory_policy(mut self, policy: &str) -> Self {
+        self.maxmemory_policy = policy.into();
+        self
+    }
+
+    pub fn replicaof(mut self, master_port: u16) -> Self {
+        self.replicaof = Some(master_port);
+        self
+    }
+
+    /// One more `--<name> <value>` on the command line.
+    pub fn arg(mut self, name: &str, value: &str) -> Self {
+        self.extra.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// A `redis-server` process owned by a test, on a free port of 127.0.0.1, with its data in a
+/// temporary directory of its own. Killed (SIGKILL) and its directory removed when dropped.
+///
+/// [`start`](Self::start), [`restart`](Self::restart) and
+/// [`wipe_and_restart`](Self::wipe_and_restart) only spawn the process: await
+/// [`wait_ready`](Self::wait_ready) before using it.
+pub struct RedisServer {
+    port: u16,
+    /// The temporary directory: `data/` (Redis's `--dir`) and `redis.log`.
+    root: PathBuf,
+    opts: RedisOptions,
+    child: Mutex<Option<Child>>,
+}
+
+impl RedisServer {
+    /// Spawns `redis-server --port <free> --bind 127.0.0.1 --save "" --dir <own dir>` with `opts`.
+    pub fn start(opts: RedisOptions) -> RedisServer {
+        let root = own_temp_dir("redis");
+        std::fs::create_dir_all(root.join("data")).expect("creating the Redis data directory");
+        let server = RedisServer {
+            port: free_port(),
+            root,
+            opts,
+            child: Mutex::new(None),
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn options(&self) -> &RedisOptions {
+        &self.opts
+    }
+
+    /// Redis's `--dir`: the append-only file lives in `appendonlydir/` under it.
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// The process's stdout and stderr (kept across restarts and wipes).
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("redis.log")
+    }
+
+    /// The running process's id; `None` after [`kill`](Self::kill).
+    pub fn pid(&self) -> Option<u32> {
+        lock(&self.child).as_ref().map(Child::id)
+    }
+
+    /// Waits until the server answers `PING` with `+PONG` (not `-LOADING`: an AOF replay is
+    /// done), over a plain TCP connection. Fails the test after 20 s, or at once, with the
+    /// server's log, if the process has exited.
+    pub async fn wait_ready(&self) {
+        let what = format!("redis-server on port {} to answer PONG", self.port);
+        wait_for(&what, READY_DEADLINE, || {
+            if let Some(status) = exited(&self.child) {
+                panic!(
+                    "redis-server on port {} exited ({status}) before answering; its log:\n{}",
+                    self.port,
+                    log_tail(&self.log_path())
+                );
+            }
+            let port = self.port;
+            async move { ping(port).await.then_some(()) }
+        })
+        .await
+    }
+
+    /// Whether the server answers `PING` with `+PONG` now (within 2 s).
+    pub async fn ping(&self) -> bool {
+        ping(self.port).await
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would: no shutdown, no final fsync. Waits until the
+    /// process has exited. A no-op when it is not running.
+    pub fn kill(&mut self) {
+        kill_child(&mut self.child);
+    }
+
+    /// Kills the server if it runs, then starts it again on the same port with the same
+    /// directory and options: with `appendonly`, it comes back with its data (after the replay;
+    /// await [`wait_ready`](Self::wait_ready)); without, empty. A server started as a replica
+    /// comes back a replica of the same master, even if a Sentinel promoted it meanwhile.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Kills the server, deletes everything in its data directory (the append-only file), and
+    /// starts it again: an empty Redis on the same port, as after losing its disk.
+    pub fn wipe_and_restart(&mut self) {
+        self.kill();
+        let data = self.data_dir();
+        std::fs::remove_dir_all(&data).expect("wiping the Redis data directory");
+        std::fs::create_dir_all(&data).expect("creating the Redis data directory");
+        self.spawn();
+    }
+
+    /// SIGSTOP: the server hangs (connections open, no answers) until [`resume`](Self::resume).
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP", "redis-server");
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT", "redis-server");
+    }
+
+    fn spawn(&self) {
+        let yes_no = |on: bool| if on { "yes" } else { "no" };
+        let mut args: Vec<String> = [
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "no",
+            "--save",
+            "",
+            "--dir",
+            &self.data_dir().to_string_lossy(),
+            "--logfile",
+            "",
+            "--appendonly",
+            yes_no(self.opts.appendonly),
+            "--appendfsync",
+            &self.opts.appendfsync,
+            "--maxmemory-policy",
+            &self.opts.maxmemory_policy,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(master) = self.opts.replicaof {
+            args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
+        }
+        for (name, value) in &self.opts.extra {
+            args.extend([format!("--{name}"), value.clone()]);
+        }
+        let child = spawn_logged("redis-server", &args, &self.log_path());
+        *lock(&self.child) = Some(child);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        remove_own_dir(&self.root);
+    }
+}
+
+/// A Redis Sentinel owned by a test, monitoring one master (quorum 1, down after 1 s, failover
+/// timeout 5 s), on a free port of 127.0.0.1, with its config file in a temporary directory of its
+/// own. Killed and its directory removed when dropped.
+///
+/// Sentinel learns a master's replicas from the master's `INFO`, which it asks at once and then
+/// every 10 s: start the replicas (and let them sync) before the Sentinel, or wait for
+/// [`replica_ports`](Self::replica_ports) to list them, before counting on a failover.
+pub struct Sentinel {
+    port: u16,
+    root: PathBuf,
+    master_name: String,
+    child: Mutex<Option<Child>>,
+}
+
+impl Sentinel {
+    /// Runs `redis-server <conf> --sentinel` (or `redis-sentinel <conf>` where only that exists),
+    /// monitoring `127.0.0.1:<master_port>` as `master_name`.
+    pub fn start(master_name: &str, master_port: u16) -> Sentinel {
+        let root = own_temp_dir("sentinel");
+        let port = free_port();
+        let conf = root.join("sentinel.conf");
+        let name = master_name;
+        // Sentinel rewrites this file as it learns (replicas, other sentinels, failovers), so it
+        // must be writable, which it is, in our own directory.
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\n\
+                 bind 127.0.0.1\n\
+                 daemonize no\n\
+                 logfile \"\"\n\
+                 dir \"{dir}\"\n\
+                 sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 5000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                dir = root.display()
+            ),
+        )
+        .expect("writing the sentinel config");
+        let conf = conf.to_string_lossy().into_owned();
+        let log = root.join("sentinel.log");
+        // The redis-server binary is a Sentinel with `--sentinel`; Debian's `redis-sentinel`
+        // package only adds a `redis-sentinel` name (and a system service) for the same binary.
+        let child =
+            match try_spawn_logged("redis-server", &[conf.clone(), "--sentinel".into()], &log) {
+                Ok(child) => child,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    spawn_logged("redis-sentinel", &[conf], &log)
+                }
+                Err(e) => panic!("starting redis-server --sentinel: {e}"),
+            };
+        Sentinel {
+            port,
+            root,
+            master_name: master_name.into(),
+            child: Mutex::new(Some(child)),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn master_name(&self) -> &str {
+        &self.master_name
+    }
+
+    /// `redis-sentinel://127.0.0.1:<port>?sentinelServiceName=<master name>`: a
+    /// `SECKILL_REDIS_URL` that follows the master through failovers.
+    pub fn url(&self) -> String {
+        format!(
+            "redis-sentinel://127.0.0.1:{}?sentinelServiceName={}",
+            self.port, self.master_name
+        )
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("sentinel.log")
+    }
+
+    /// Waits until the Sentinel answers `PING` with `+PONG`; fails the test after 20 s, or at
+    /// once, with its log, if the process has exited.
+    pub async fn wait_ready(&self) {
+        let what = format!("sentinel on port {} to answer PONG", self.port);
+        wait_for(&what, READY_DEADLINE, || {
+            if let Some(status) = exited(&self.child) {
+                panic!(
+                    "sentinel on port {} exited ({status}) before answering; its log:\n{}",
+                    self.port,
+                    log_tail(&self.log_path())
+                );
+            }
+            let port = self.port;
+            async move { ping(port).await.then_some(()) }
+        })
+        .await
+    }
+
+    /// The master's port as this Sentinel sees it now (`SENTINEL get-master-addr-by-name`); during
+    /// a failover, the promoted replica's once it has been chosen. `None` if the Sentinel does not
+    /// answer.
+    pub async fn master_port(&self) -> Option<u16> {
+        let reply = command(
+            self.port,
+            &["SENTINEL", "get-master-addr-by-name", &self.master_name],
+        )
+        .await?;
+        match reply {
+            Resp::Array(Some(items)) => match items.get(1) {
+                Some(Resp::Bulk(Some(port))) => port.parse().ok(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The ports of the replicas of the master that this Sentinel knows and does not consider
+    /// down or disconnected (`SENTINEL replicas`): the candidates of a failover.
+    pub async fn replica_ports(&self) -> Vec<u16> {
+        let Some(Resp::Array(Some(replicas))) =
+            command(self.port, &["SENTINEL", "replicas", &self.master_name]).await
+        else {
+            return Vec::new();
+        };
+        replicas
+            .iter()
+            .filter_map(|r| {
+                let Resp::Array(Some(fields)) = r else {
+                    return None;
+                };
+                let field = |name: &str| {
+                    fields.chunks(2).find_map(|kv| match kv {
+                        [Resp::Bulk(Some(k)), Resp::Bulk(Some(v))] if k == name => Some(v.clone()),
+                        _ => None,
+                    })
+                };
+                let flags = field("flags").unwrap_or_default();
+                let down = flags
+                    .split(',')
+                    .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"));
+                if down {
+                    return None;
+                }
+                field("port")?.parse().ok()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+        remove_own_dir(&self.root);
+    }
+}
+
+fn lock(child: &Mutex<Option<Child>>) -> std::sync::MutexGuard<'_, Option<Child>> {
+    child
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The exit status if the process has exited; panics if there is no process (killed).
+fn exited(child: &Mutex<Option<Child>>) -> Option<std::process::ExitStatus> {
+    match lock(child).as_mut() {
+        Some(c) => c.try_wait().ok().flatten(),
+        None => panic!("waiting on a server that was killed and not restarted"),
+    }
+}
+
+fn kill_child(child: &mut Mutex<Option<Child>>) {
+    let slot = child
+        .get_mut()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(mut c) = slot.take() {
+        // SIGKILL (also ends a SIGSTOPped process), then reap it: once this returns, the port
+        // is closed and the files are no longer written.
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Sends `SIG<sig>` with the `kill` command (the workspace forbids `unsafe`, so no `libc::kill`).
+fn signal(pid: Option<u32>, sig: &str, what: &str) {
+    let pid = pid.unwrap_or_else(|| panic!("SIG{sig} to a {what} that is not running"));
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap_or_else(|e| panic!("running kill -{sig} {pid}: {e}"));
+    assert!(status.success(), "kill -{sig} {pid} failed: {status}");
+}
+
+/// A new, empty directory under the system's temporary directory.
+fn own_temp_dir(kind: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "seckill-{kind}-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).expect("creating a temporary directory");
+    dir
+}
+
+fn remove_own_dir(dir: &Path) {
+    if std::env::var_os("SECKILL_KEEP_TEST_DATA").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn try_spawn_logged(program: &str, args: &[String], log: &Path) -> std::io::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let err = out.try_clone()?;
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+}
+
+fn spawn_logged(program: &str, args: &[String], log: &Path) -> Child {
+    try_spawn_logged(program, args, log)
+        .unwrap_or_else(|e| panic!("starting {program} (scripts/services.sh installs Redis): {e}"))
+}
+
+/// The last few KiB of a log file, for a failure message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(4096);
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    text[start..].to_owned()
+}
+
+async fn ping(port: u16) -> bool {
+    matches!(command(port, &["PING"]).await, Some(Resp::Simple(s)) if s == "PONG")
+}
+
+/// One reply of the Redis protocol (RESP2, what a connection speaks until `HELLO 3`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<String>),
+    Array(Option<Vec<Resp>>),
+}
+
+/// Sends one command over a new TCP connection and reads its reply; `None` when the server does
+/// not answer within 2 s (down, paused, or not Redis).
+async fn command(port: u16, args: &[&str]) -> Option<Resp> {
+    use std::fmt::Write as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = format!("*{}\r\n", args.len());
+    for a in args {
+        let _ = write!(request, "${}\r\n{a}\r\n", a.len());
+    }
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some((reply, _)) = parse_resp(&buf) {
+                return Some(reply);
+            }
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Parses one reply at the start of `buf`: the reply and its length in bytes, or `None` while it
+/// is incomplete (or malformed).
+fn parse_resp(buf: &[u8]) -> Option<(Resp, usize)> {
+    let end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(buf.get(1..end)?).ok()?;
+    let after = end + 2;
+    match buf[0] {
+        b'+' => Some((Resp::Simple(line.into()), after)),
+        b'-' => Some((Resp::Error(line.into()), after)),
+        b':' => Some((Resp::Int(line.parse().ok()?), after)),
+        b'$' => {
+            let Ok(len) = usize::try_from(line.parse::<i64>().ok()?) else {
+                return Some((Resp::Bulk(None), after));
+            };
+            let body = buf.get(after..after + len)?;
+            if buf.get(after + len..after + len + 2)? != b"\r\n" {
+                return None;
+            }
+            let text = String::from_utf8_lossy(body).into_owned();
+            Some((Resp::Bulk(Some(text)), after + len + 2))
+        }
+        b'*' => {
+            let Ok(count) = usize::try_from(line.parse::<i64>().ok()?) else {
+                return Some((Resp::Array(None), after));
+            };
+            let mut items = Vec::with_capacity(count.min(1024));
+            let mut at = after;
+            for _ in 0..count {
+                let (item, used) = parse_resp(buf.get(at..)?)?;
+                items.push(item);
+                at += used;
+            }
+            Some((Resp::Array(Some(items)), at))
+        }
+        _ => None,
+    }
+}
+
+/// Waits until Redis holds every shard gene's state for `config`'s namespace (a running gateway
+/// or workers process builds them from the database at start; see `crate::recovery`).
+pub async fn wait_for_redis_state(config: &Config) {
+    use fred::prelude::*;
+    let redis = crate::redis::client(&config.redis_url)
+        .await
+        .expect("connecting to Redis");
+    let keys = crate::Keys::new(&config.namespace);
+    wait_for(
+        "Redis to hold every gene's state",
+        Duration::from_secs(30),
+        || async {
+            for (_, key) in keys.states() {
+                let ready: Option<String> = redis.hget(key, "ready").await.ok()?;
+                ready?;
+            }
+            Some(())
+        },
+    )
+    .await;
+    let _ = redis.quit().await;
 }

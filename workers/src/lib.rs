@@ -3,6 +3,7 @@
 //! item is not capped at the database's single-row commit rate.
 
 pub mod ops;
+pub mod reconcile;
 pub mod runner;
 pub mod saga;
 pub mod sql;
@@ -11,6 +12,8 @@ pub mod store;
 use anyhow::Context;
 use runner::Runtime;
 use seckill_schema::broker::{Publisher, Topology};
+use seckill_schema::durability::DurabilityWatch;
+use seckill_schema::recovery::Recovery;
 use seckill_schema::scripts::Scripts;
 use seckill_schema::{Config, Keys, Kind};
 use std::future::Future;
@@ -22,6 +25,9 @@ use tokio::sync::watch;
 pub struct Workers {
     runtime: Arc<Runtime>,
     listener: TcpListener,
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+    intervals: reconcile::Intervals,
 }
 
 impl Workers {
@@ -54,6 +60,19 @@ impl Workers {
             .await
             .with_context(|| format!("binding SECKILL_WORKERS_ADDR={}", config.workers_addr))?;
         let scripts = Scripts::new(Keys::new(&config.namespace));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let durability = DurabilityWatch::spawn(
+            redis.next().clone(),
+            config.redis_durability,
+            seckill_schema::durability::WATCH_INTERVAL,
+            stop_rx.clone(),
+        );
+        let recovery = Recovery::new(
+            redis.clone(),
+            scripts.clone(),
+            &config.database_url,
+            Some(db.clone()),
+        );
         Ok(Workers {
             runtime: Arc::new(Runtime {
                 config,
@@ -62,9 +81,20 @@ impl Workers {
                 scripts,
                 publisher,
                 topology,
+                recovery,
+                durability,
             }),
+            stop_tx,
+            stop_rx,
             listener,
+            intervals: reconcile::Intervals::default(),
         })
+    }
+
+    /// How often the reconciler and the sweeper run (production's by default; tests shorten them).
+    pub fn with_intervals(mut self, intervals: reconcile::Intervals) -> Self {
+        self.intervals = intervals;
+        self
     }
 
     pub fn port(&self) -> u16 {
@@ -75,11 +105,25 @@ impl Workers {
     /// the batches in flight, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let metrics = seckill_schema::telemetry::metrics();
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = (self.stop_tx, self.stop_rx);
+        // Redis's lost state first: nothing in a lost gene is mirrored or released until then.
+        let recovery = tokio::spawn(self.runtime.recovery.clone().watch(stop_rx.clone()));
         let consumers: Vec<_> = Kind::ALL
             .into_iter()
             .map(|kind| tokio::spawn(self.runtime.clone().consume(kind, stop_rx.clone())))
             .collect();
+        let periodic = [
+            tokio::spawn(reconcile::run_reconciler(
+                self.runtime.clone(),
+                self.intervals.reconcile,
+                stop_rx.clone(),
+            )),
+            tokio::spawn(reconcile::run_sweeper(
+                self.runtime.clone(),
+                self.intervals.sweep,
+                stop_rx.clone(),
+            )),
+        ];
         let ops = tokio::spawn(ops::serve(
             self.listener,
             self.runtime.clone(),
@@ -92,7 +136,11 @@ impl Workers {
         for c in consumers {
             let _ = tokio::time::timeout(Duration::from_secs(30), c).await;
         }
+        for p in periodic {
+            let _ = p.await;
+        }
         let _ = ops.await;
+        let _ = recovery.await;
         Ok(())
     }
 }

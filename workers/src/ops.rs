@@ -67,7 +67,22 @@ pub async fn serve(
                         ),
                         "/readyz" => {
                             let (redis, broker, db) = ready(&rt).await;
-                            let ok = redis && broker && db;
+                            let durability = rt.durability.check_now().await;
+                            let recovering =
+                                rt.recovery.genes_not_ready().await.unwrap_or_default();
+                            let ok =
+                                redis && broker && db && durability.ok && recovering.is_empty();
+                            let body = serde_json::json!({
+                                "redis": redis,
+                                "rabbitmq": broker,
+                                "database": db,
+                                "redis_durability": {
+                                    "mode": durability.mode.as_str(),
+                                    "ok": durability.ok,
+                                    "reasons": durability.reasons,
+                                },
+                                "redis_recovering_genes": recovering,
+                            });
                             text(
                                 if ok {
                                     StatusCode::OK
@@ -75,9 +90,7 @@ pub async fn serve(
                                     StatusCode::SERVICE_UNAVAILABLE
                                 },
                                 "application/json",
-                                format!(
-                                    r#"{{"redis":{redis},"rabbitmq":{broker},"database":{db}}}"#
-                                ),
+                                body.to_string(),
                             )
                         }
                         "/metrics" => text(

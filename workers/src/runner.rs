@@ -11,8 +11,8 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::FieldTable;
 use sea_orm::DatabaseConnection;
 use seckill_schema::broker::{self, Publisher, Topology};
-use seckill_schema::scripts::Scripts;
-use seckill_schema::{Config, Kind, Message, OrderId, UserId};
+use seckill_schema::scripts::{Mirrored, Scripts};
+use seckill_schema::{Config, Kind, Message, OrderId};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +33,10 @@ pub struct Runtime {
     pub scripts: Scripts,
     pub publisher: Arc<Publisher>,
     pub topology: Topology,
+    /// Rebuilds what Redis lost from the database.
+    pub recovery: Arc<seckill_schema::recovery::Recovery>,
+    /// What Redis promises of an accepted order, re-read every few seconds and by `/readyz`.
+    pub durability: seckill_schema::durability::DurabilityWatch,
 }
 
 enum Failure {
@@ -255,26 +259,35 @@ impl Runtime {
 
     /// The effects of a committed batch: the Redis read model, units back in Redis, and the next
     /// messages, confirmed. Every step is idempotent, so a failure here re-runs the whole batch.
-    async fn apply(&self, effects: Effects) -> anyhow::Result<()> {
+    async fn apply(&self, mut effects: Effects) -> anyhow::Result<()> {
         let client = self.redis.next();
         // All at once: the client pipelines them, where awaiting each in turn made a batch of
         // 1,000 timeouts wait on 1,000 round trips in series.
-        futures_util::future::try_join_all(effects.releases.iter().map(|(o, status)| {
-            self.scripts.release(
-                client,
-                OrderId(o.id as u64),
-                UserId(o.user_id as u64),
-                seckill_schema::ItemId(o.item_id as u64),
-                o.quantity as i64,
-                *status,
-            )
-        }))
+        let closing: Vec<_> = effects
+            .releases
+            .iter()
+            .map(|(o, status)| (o.event(), *status))
+            .collect();
+        futures_util::future::try_join_all(
+            closing
+                .iter()
+                .map(|(order, status)| self.scripts.release(client, order, *status)),
+        )
         .await
         .context("returning units to Redis")?;
-        self.scripts
-            .set_statuses(client, &effects.statuses)
+        let mirrored = self
+            .scripts
+            .mirror(client, &effects.statuses)
             .await
             .context("updating the read model")?;
+        let refused: HashSet<OrderId> = mirrored
+            .into_iter()
+            .filter(|(_, m)| *m == Mirrored::Refused)
+            .map(|(id, _)| id)
+            .collect();
+        if !refused.is_empty() {
+            compensate_refused(&mut effects.publish, &refused);
+        }
         self.publisher
             .publish_all(&effects.publish)
             .await
@@ -297,6 +310,32 @@ impl Runtime {
         metrics::counter!("seckill_worker_dead_lettered_total", "type" => kind.type_name())
             .increment(1);
         Ok(())
+    }
+}
+
+/// Orders Redis refused to adopt after a rebuild (no room left for them) do not go on: their
+/// `LOCK_INVENTORY` and `PREPARE_PAYMENT` follow-ups become one `INVENTORY_COMPENSATE`, which closes
+/// them `FAILED` while their stock is not locked in the database.
+fn compensate_refused(publish: &mut Vec<Message>, refused: &HashSet<OrderId>) {
+    let mut failed = Vec::new();
+    for m in publish.iter_mut() {
+        if let Message::LockInventory { events } | Message::PreparePayment { events } = m {
+            let (out, keep): (Vec<_>, Vec<_>) = std::mem::take(events)
+                .into_iter()
+                .partition(|e| refused.contains(&e.order_id));
+            *events = keep;
+            failed.extend(out);
+        }
+    }
+    publish.retain(|m| !m.is_empty());
+    if !failed.is_empty() {
+        tracing::warn!(
+            orders = failed.len(),
+            "orders accepted before Redis lost its data found no room after the rebuild; compensating them"
+        );
+        metrics::counter!("seckill_worker_refused_after_rebuild_total")
+            .increment(failed.len() as u64);
+        publish.push(Message::InventoryCompensate { events: failed });
     }
 }
 

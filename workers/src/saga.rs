@@ -10,9 +10,10 @@
 use crate::store::{self, Ledger, OrderRow, Orders, invariant};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use seckill_schema::messages::PaymentOutcome;
+use seckill_schema::record::ShownPayment;
 use seckill_schema::scripts::StatusUpdate;
 use seckill_schema::status::LockStatus;
-use seckill_schema::{Kind, Message, OrderEvent, OrderId, OrderStatus, PaymentEvent};
+use seckill_schema::{Kind, Message, OrderEvent, OrderStatus, PaymentEvent};
 use std::collections::{BTreeMap, HashSet};
 
 pub const PAYMENT_PENDING: &str = "PENDING";
@@ -95,9 +96,13 @@ fn ids_of(events: &[OrderEvent]) -> Vec<i64> {
 fn mirror(orders: &Orders, shown: &Shown, effects: &mut Effects) {
     for o in orders.values() {
         effects.statuses.push(StatusUpdate {
-            order_id: OrderId(o.id as u64),
+            order: o.event(),
             status: o.status,
-            payment: shown.get(&o.id).cloned(),
+            payment: shown.get(&o.id).map(|(id, amount, status)| ShownPayment {
+                payment_id: id.clone(),
+                amount_cents: *amount,
+                status: status.clone(),
+            }),
         });
         if o.status.is_closed() {
             effects.releases.push((o.clone(), o.status));

@@ -288,6 +288,7 @@ impl TestApp {
         let run = tokio::spawn(app.run(async move {
             let _ = rx.await;
         }));
+        seckill_schema::testing::wait_for_redis_state(&config).await;
         let redis = seckill_schema::redis::client(&config.redis_url)
             .await
             .expect("the test's own Redis client connects");

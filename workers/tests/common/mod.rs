@@ -49,6 +49,7 @@ impl Stack {
         tokio::spawn(app.run(async {
             let _ = grx.await;
         }));
+        seckill_schema::testing::wait_for_redis_state(&env.config).await;
         let db = seckill_schema::db::connect(&env.config.database_url, 4)
             .await
             .expect("database");

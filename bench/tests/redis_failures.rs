@@ -1,0 +1,617 @@
+//! Redis failing mid-sale, with the real gateway and workers in process over Redis servers of the
+//! test's own (never the shared one), RabbitMQ and PostgreSQL; the contract's invariants checked by
+//! the bench's audit afterwards.
+//!
+//! - `fsync`: Redis SIGKILLed mid-burst and restarted from its append-only file, twice: every `202`
+//!   reaches the database, and every order the database holds was answered `202` or `503
+//!   outcome_unknown` naming it.
+//! - `none`: Redis restarted empty mid-burst: never `404` for the item, `503 recovering`
+//!   meanwhile, selling resumes by itself, no buyer over their limit, conservation holds.
+//! - `replica` with Sentinel: the master SIGKILLed mid-burst, Sentinel promotes the replica, the
+//!   gateway and workers follow, every `202` reaches the database.
+//! - An `outcome_unknown` purchase (Redis frozen with the script in its socket) is settled by
+//!   `GET /orders/{id}` once Redis answers.
+
+use fred::prelude::*;
+use reqwest::StatusCode;
+use sea_orm::{DatabaseConnection, EntityTrait};
+use seckill_bench::audit::{self, Accepted, Check};
+use seckill_schema::auth::{Jwt, Tickets};
+use seckill_schema::durability::Durability;
+use seckill_schema::entity::orders;
+use seckill_schema::keys::gene_of_item;
+use seckill_schema::scripts::{Purchase, PurchaseRequest, Scripts};
+use seckill_schema::snowflake::Snowflake;
+use seckill_schema::testing::{
+    Backend, RedisOptions, RedisServer, Sentinel, TestEnv, wait_for, wait_for_redis_state,
+};
+use seckill_schema::{Config, ItemId, Keys, OrderId, OrderStatus, Quantity, UserId};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, oneshot};
+
+const ITEM: u64 = 81;
+const PRICE: i64 = 990;
+const CONCURRENCY: usize = 24;
+const DRAIN: Duration = Duration::from_secs(90);
+
+/// A gateway and workers in process, on the test's own Redis.
+struct Stack {
+    env: TestEnv,
+    base: String,
+    http: reqwest::Client,
+    tickets: Tickets,
+    jwt: Jwt,
+    db: DatabaseConnection,
+    gateway_stop: Option<oneshot::Sender<()>>,
+    workers_stop: Option<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Stack {
+    async fn start(redis_url: String, durability: Durability) -> Stack {
+        seckill_schema::telemetry::init_tracing();
+        let mut env = TestEnv::new(Backend::Postgres);
+        env.config.redis_url = redis_url;
+        env.config.redis_durability = durability;
+        env.config.payment_timeout = Duration::from_secs(600);
+        let config = env.config.clone();
+        let app = seckill_gateway::Application::build(config.clone())
+            .await
+            .expect("the gateway starts");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let (gateway_stop, stopped) = oneshot::channel::<()>();
+        let gateway = tokio::spawn(app.run(async {
+            let _ = stopped.await;
+        }));
+        wait_for_redis_state(&config).await;
+        let workers = seckill_workers::Workers::build(config.clone())
+            .await
+            .expect("the workers start");
+        let (workers_stop, stopped) = oneshot::channel::<()>();
+        let workers = tokio::spawn(workers.run(async {
+            let _ = stopped.await;
+        }));
+        let db = seckill_schema::db::connect(&config.database_url, 2)
+            .await
+            .expect("the test's database");
+        let stack = Stack {
+            tickets: Tickets::new(&config.ticket_secret),
+            jwt: Jwt::new(&config.jwt_secret),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .timeout(Duration::from_secs(20))
+                .build()
+                .expect("an HTTP client"),
+            base,
+            db,
+            env,
+            gateway_stop: Some(gateway_stop),
+            workers_stop: Some(workers_stop),
+            tasks: vec![gateway, workers],
+        };
+        let created = stack
+            .http
+            .post(format!("{}/admin/items", stack.base))
+            .bearer_auth(&config.admin_token)
+            .json(
+                &json!({"item_id": ITEM, "name": "redis failures", "price_cents": PRICE,
+                          "stock": 100_000, "per_user_limit": 1}),
+            )
+            .send()
+            .await
+            .expect("POST /admin/items");
+        assert_eq!(created.status(), StatusCode::CREATED);
+        stack
+    }
+
+    fn config(&self) -> &Config {
+        &self.env.config
+    }
+
+    async fn buy(&self, user: u64) -> Outcome {
+        let ticket = self.tickets.mint(
+            UserId(user),
+            ItemId(ITEM),
+            chrono::Utc::now().timestamp() + 600,
+        );
+        let sent = self
+            .http
+            .post(format!("{}/seckill", self.base))
+            .json(&json!({"item_id": ITEM, "ticket": ticket}))
+            .send()
+            .await;
+        let Ok(resp) = sent else {
+            return Outcome::CutOff;
+        };
+        let status = resp.status();
+        let Ok(body) = resp.json::<Value>().await else {
+            return Outcome::CutOff;
+        };
+        let order = || {
+            body["order_id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .map(OrderId)
+                .unwrap_or_else(|| panic!("an order id in {body}"))
+        };
+        match (status, body["error"].as_str().unwrap_or_default()) {
+            (StatusCode::ACCEPTED, _) => Outcome::Accepted(order()),
+            (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown") => Outcome::Unknown(order()),
+            (status, code) => Outcome::Refused(status.as_u16(), code.to_owned()),
+        }
+    }
+
+    async fn get_order(&self, user: u64, id: OrderId) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .get(format!("{}/orders/{id}", self.base))
+            .bearer_auth(self.jwt.mint(UserId(user), 600))
+            .send()
+            .await
+            .expect("GET /orders/{id}");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn orders(&self) -> BTreeMap<OrderId, orders::Model> {
+        orders::Entity::find()
+            .all(&self.db)
+            .await
+            .expect("reading orders")
+            .into_iter()
+            .map(|o| (OrderId(o.id as u64), o))
+            .collect()
+    }
+
+    /// Waits until every order the database holds awaits payment (or ended) and every `202` is
+    /// among them, with the outbox empty: nothing more is on its way.
+    async fn drained(&self, accepted: &BTreeSet<OrderId>) -> BTreeMap<OrderId, orders::Model> {
+        let redis = seckill_schema::redis::client(&self.config().redis_url)
+            .await
+            .expect("Redis");
+        let keys = Keys::new(&self.config().namespace);
+        let deadline = std::time::Instant::now() + DRAIN;
+        let stored = loop {
+            let mut backlog = 0;
+            for (_, stream) in keys.outboxes() {
+                backlog += redis.xlen::<i64, _>(stream).await.unwrap_or(-1);
+            }
+            let stored = self.orders().await;
+            let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
+            for o in stored.values() {
+                *by_status.entry(o.status.clone()).or_default() += 1;
+            }
+            let settled = stored.values().all(|o| {
+                let s: OrderStatus = o.status.parse().expect("a status");
+                s == OrderStatus::AwaitingPayment || s.is_final()
+            });
+            let missing = accepted
+                .iter()
+                .filter(|id| !stored.contains_key(id))
+                .count();
+            if backlog == 0 && settled && missing == 0 {
+                break stored;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pipeline did not drain within {DRAIN:?}: outbox backlog {backlog}, \
+                 orders by status {by_status:?}, {missing} accepted orders not in the database"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let _ = redis.quit().await;
+        stored
+    }
+
+    async fn audit(&self, accepted: Accepted) -> Vec<Check> {
+        audit::audit(self.config(), ItemId(ITEM), accepted)
+            .await
+            .expect("the audit reads every source")
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.gateway_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(tx) = self.workers_stop.take() {
+            let _ = tx.send(());
+        }
+        for t in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(40), t).await;
+        }
+        self.env.cleanup().await;
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Accepted(OrderId),
+    Unknown(OrderId),
+    Refused(u16, String),
+    CutOff,
+}
+
+/// What the buyers of a burst saw.
+#[derive(Default)]
+struct Seen {
+    accepted: Mutex<BTreeMap<OrderId, u64>>,
+    unknown: Mutex<BTreeMap<OrderId, u64>>,
+    refused: Mutex<BTreeMap<(u16, String), usize>>,
+    cut_off: AtomicU64,
+}
+
+impl Seen {
+    fn record(&self, user: u64, outcome: Outcome) {
+        match outcome {
+            Outcome::Accepted(id) => {
+                self.accepted.lock().unwrap().insert(id, user);
+            }
+            Outcome::Unknown(id) => {
+                self.unknown.lock().unwrap().insert(id, user);
+            }
+            Outcome::Refused(status, code) => {
+                *self
+                    .refused
+                    .lock()
+                    .unwrap()
+                    .entry((status, code))
+                    .or_default() += 1;
+            }
+            Outcome::CutOff => {
+                self.cut_off.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn accepted_ids(&self) -> BTreeSet<OrderId> {
+        self.accepted.lock().unwrap().keys().copied().collect()
+    }
+
+    fn accepted_count(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+
+    fn refused(&self) -> BTreeMap<(u16, String), usize> {
+        self.refused.lock().unwrap().clone()
+    }
+}
+
+/// Buys once for each of `users`, `CONCURRENCY` at a time; `tick` is told after each answer.
+async fn burst(stack: &Stack, users: Vec<u64>, seen: &Seen, tick: &Notify) {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(users)
+        .map(|user| async move {
+            let outcome = stack.buy(user).await;
+            seen.record(user, outcome);
+            tick.notify_one();
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// Waits until `seen` holds at least `n` accepted orders.
+async fn until_accepted(seen: &Seen, tick: &Notify, n: usize) {
+    while seen.accepted_count() < n {
+        tokio::time::timeout(Duration::from_secs(30), tick.notified())
+            .await
+            .expect("the burst keeps answering");
+    }
+}
+
+fn failed_invariants(checks: &[Check]) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{} (invariant {}): {}", c.name, c.invariant, c.detail))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fsync_redis_sigkilled_mid_burst_twice_loses_no_accepted_order() {
+    let mut redis = RedisServer::start(RedisOptions::default());
+    redis.wait_ready().await;
+    let stack = Stack::start(redis.url(), Durability::Fsync).await;
+    let seen = Seen::default();
+    let tick = Notify::new();
+    let users: Vec<u64> = (1..=1500).collect();
+    let chaos = async {
+        for after in [300, 800] {
+            until_accepted(&seen, &tick, after).await;
+            redis.kill();
+            redis.restart();
+            redis.wait_ready().await;
+        }
+    };
+    tokio::join!(burst(&stack, users, &seen, &tick), chaos);
+
+    let accepted = seen.accepted_ids();
+    let unknown = seen.unknown.lock().unwrap().clone();
+    let stored = stack.drained(&accepted).await;
+    for id in stored.keys() {
+        assert!(
+            accepted.contains(id) || unknown.contains_key(id),
+            "order {id} is in the database but its buyer was told neither 202 nor outcome_unknown"
+        );
+    }
+    // Each outcome_unknown is settled by GET /orders/{id}: 200 when it sold, 404 when not.
+    for (id, user) in &unknown {
+        let (status, body) = stack.get_order(*user, *id).await;
+        if stored.contains_key(id) {
+            assert_eq!(status, StatusCode::OK, "{id}: {body}");
+        } else {
+            assert_eq!(status, StatusCode::NOT_FOUND, "{id}: {body}");
+        }
+    }
+    let refused = seen.refused();
+    assert!(
+        refused.keys().all(|(status, code)| *status == 503
+            && (code == "unavailable" || code == "recovering")),
+        "only 503s while Redis was down: {refused:?}"
+    );
+    let checks = stack
+        .audit(Accepted {
+            answered: accepted.len() as u64,
+            cut_off: unknown.len() as u64 + seen.cut_off.load(Ordering::Relaxed),
+        })
+        .await;
+    assert_eq!(failed_invariants(&checks), Vec::<String>::new());
+    assert!(
+        accepted.len() > 800,
+        "the sale went on after each restart: {} accepted",
+        accepted.len()
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restarted_empty_mid_burst_recovers_by_itself_within_every_limit() {
+    let mut redis = RedisServer::start(RedisOptions::default().appendonly(false));
+    redis.wait_ready().await;
+    let stack = Stack::start(redis.url(), Durability::None).await;
+    let seen = Seen::default();
+    let tick = Notify::new();
+    // Every buyer tries twice (a limit of one), so a Redis that forgot its buyers would sell twice.
+    let users: Vec<u64> = (1..=600).chain(1..=600).collect();
+    let chaos = async {
+        until_accepted(&seen, &tick, 250).await;
+        redis.wipe_and_restart();
+        redis.wait_ready().await;
+    };
+    tokio::join!(burst(&stack, users, &seen, &tick), chaos);
+
+    // Selling resumes with no manual step.
+    let resumed = wait_for("a new buyer to be sold to", Duration::from_secs(30), || {
+        let stack = &stack;
+        async move {
+            let user = 10_000 + rand::random::<u32>() as u64 % 1_000_000;
+            match stack.buy(user).await {
+                Outcome::Accepted(id) => Some((id, user)),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    seen.record(resumed.1, Outcome::Accepted(resumed.0));
+
+    let refused = seen.refused();
+    assert!(
+        !refused.contains_key(&(404, "unknown_item".to_owned())),
+        "never 404 for an item the database knows: {refused:?}"
+    );
+    assert!(
+        refused
+            .keys()
+            .all(|(status, code)| (*status == 409 && code == "limit_reached")
+                || (*status == 503 && (code == "recovering" || code == "unavailable"))),
+        "{refused:?}"
+    );
+    let accepted = seen.accepted_ids();
+    let unknown = seen.unknown.lock().unwrap().clone();
+    // Orders relayed before the loss reach the database; the rest went with Redis (mode none).
+    let stored = stack.drained(&BTreeSet::from([resumed.0])).await;
+    let mut per_user: BTreeMap<i64, i64> = BTreeMap::new();
+    for o in stored.values() {
+        let s: OrderStatus = o.status.parse().expect("a status");
+        if s.holds_stock() {
+            *per_user.entry(o.user_id).or_default() += o.quantity as i64;
+        }
+    }
+    assert!(
+        per_user.values().all(|units| *units <= 1),
+        "no buyer over their limit: {:?}",
+        per_user.iter().filter(|(_, u)| **u > 1).collect::<Vec<_>>()
+    );
+    let checks = stack
+        .audit(Accepted {
+            answered: accepted.len() as u64,
+            cut_off: unknown.len() as u64 + seen.cut_off.load(Ordering::Relaxed),
+        })
+        .await;
+    // Invariant 3 (nothing lost) is not promised without persistence; the others are.
+    let broken: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.passed && c.invariant != 3)
+        .map(|c| format!("{} (invariant {}): {}", c.name, c.invariant, c.detail))
+        .collect();
+    assert_eq!(broken, Vec::<String>::new());
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replica_mode_follows_a_sentinel_failover_and_loses_no_accepted_order() {
+    let mut master = RedisServer::start(RedisOptions::default().appendonly(false));
+    master.wait_ready().await;
+    let replica = RedisServer::start(
+        RedisOptions::default()
+            .appendonly(false)
+            .replicaof(master.port()),
+    );
+    replica.wait_ready().await;
+    let sentinel = Sentinel::start("seckill", master.port());
+    sentinel.wait_ready().await;
+    wait_for("the replica to be online", Duration::from_secs(30), || {
+        let sentinel = &sentinel;
+        let port = replica.port();
+        async move { sentinel.replica_ports().await.contains(&port).then_some(()) }
+    })
+    .await;
+    let stack = Stack::start(sentinel.url(), Durability::Replica).await;
+    let seen = Seen::default();
+    let tick = Notify::new();
+    let users: Vec<u64> = (1..=1200).collect();
+    let chaos = async {
+        until_accepted(&seen, &tick, 300).await;
+        master.kill();
+        wait_for(
+            "Sentinel to promote the replica",
+            Duration::from_secs(60),
+            || {
+                let sentinel = &sentinel;
+                let port = replica.port();
+                async move { (sentinel.master_port().await == Some(port)).then_some(()) }
+            },
+        )
+        .await;
+        // The old master comes back; Sentinel makes it the new master's replica, so purchases
+        // can be confirmed by a replica again.
+        master.restart();
+        master.wait_ready().await;
+    };
+    tokio::join!(burst(&stack, users, &seen, &tick), chaos);
+    let accepted_before = seen.accepted_count();
+    // Sales go on after the failover.
+    let resumed = wait_for("a sale on the new master", Duration::from_secs(60), || {
+        let stack = &stack;
+        async move {
+            let user = 20_000 + rand::random::<u32>() as u64 % 1_000_000;
+            match stack.buy(user).await {
+                Outcome::Accepted(id) => Some((id, user)),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    seen.record(resumed.1, Outcome::Accepted(resumed.0));
+
+    let accepted = seen.accepted_ids();
+    let unknown = seen.unknown.lock().unwrap().clone();
+    let stored = stack.drained(&accepted).await;
+    for id in stored.keys() {
+        assert!(
+            accepted.contains(id) || unknown.contains_key(id),
+            "order {id} is in the database but its buyer was told neither 202 nor outcome_unknown"
+        );
+    }
+    let checks = stack
+        .audit(Accepted {
+            answered: accepted.len() as u64,
+            cut_off: unknown.len() as u64 + seen.cut_off.load(Ordering::Relaxed),
+        })
+        .await;
+    assert_eq!(failed_invariants(&checks), Vec::<String>::new());
+    assert!(accepted_before >= 300);
+    stack.stop().await;
+    drop(replica);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outcome_unknown_purchase_is_settled_by_get_once_redis_answers() {
+    let redis = RedisServer::start(RedisOptions::default());
+    redis.wait_ready().await;
+    let stack = Arc::new(Stack::start(redis.url(), Durability::Fsync).await);
+    let first = stack.buy(100).await;
+    assert!(matches!(first, Outcome::Accepted(_)), "{first:?}");
+    // Frozen: the connection stays up, the script waits in Redis's socket, no answer comes.
+    redis.pause();
+    let outcome = stack.buy(1).await;
+    let Outcome::Unknown(id) = outcome else {
+        redis.resume();
+        panic!("expected 503 outcome_unknown, got {outcome:?}");
+    };
+    redis.resume();
+    // Once Redis runs again, the purchase it had received runs too: the order exists, and its
+    // owner's GET says so (never 404), then the pipeline carries it to the database.
+    let (status, body) = wait_for(
+        "GET /orders/{id} to answer",
+        Duration::from_secs(20),
+        || {
+            let stack = stack.clone();
+            async move {
+                let (status, body) = stack.get_order(1, id).await;
+                (status != StatusCode::SERVICE_UNAVAILABLE).then_some((status, body))
+            }
+        },
+    )
+    .await;
+    let probe = seckill_schema::redis::client(&redis.url())
+        .await
+        .expect("Redis");
+    let record: std::collections::HashMap<String, String> = probe
+        .hgetall(Keys::new(&stack.config().namespace).order(id))
+        .await
+        .expect("HGETALL");
+    let _ = probe.quit().await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{body}; the record in Redis: {record:?}"
+    );
+    let stored = stack.drained(&BTreeSet::from([id])).await;
+    let Outcome::Accepted(first) = first else {
+        unreachable!()
+    };
+    assert!(stored.contains_key(&first));
+    assert!(stored.contains_key(&id));
+    let checks = stack
+        .audit(Accepted {
+            answered: 1,
+            cut_off: 1,
+        })
+        .await;
+    assert_eq!(failed_invariants(&checks), Vec::<String>::new());
+    // The other way round: the owner's GET comes first and answers 404; the purchase of that id,
+    // still on its way, must then not sell, or the 404 would have been a lie.
+    let client = seckill_schema::redis::client(&redis.url())
+        .await
+        .expect("Redis");
+    let scripts = Scripts::new(Keys::new(&stack.config().namespace));
+    let late = OrderId(Snowflake::new(1).next(gene_of_item(ItemId(ITEM))));
+    let (status, body) = stack.get_order(3, late).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let request = PurchaseRequest {
+        order_id: late,
+        user: UserId(3),
+        item: ItemId(ITEM),
+        quantity: Quantity::ONE,
+        idempotency_key: None,
+    };
+    let sold = scripts
+        .purchase(&client, &request)
+        .await
+        .expect("the script runs");
+    assert_eq!(sold, Purchase::Void);
+    // Someone else's GET of that id fences nothing of user 3's.
+    let other = OrderId(Snowflake::new(2).next(gene_of_item(ItemId(ITEM))));
+    assert_eq!(stack.get_order(4, other).await.0, StatusCode::NOT_FOUND);
+    let request = PurchaseRequest {
+        order_id: other,
+        ..request
+    };
+    assert!(matches!(
+        scripts
+            .purchase(&client, &request)
+            .await
+            .expect("the script runs"),
+        Purchase::Accepted { .. }
+    ));
+    let _ = client.quit().await;
+    Arc::try_unwrap(stack)
+        .unwrap_or_else(|_| panic!("the stack is ours again"))
+        .stop()
+        .await;
+}

@@ -1,0 +1,190 @@
+//! Reading orders: the Redis read model first (a just-accepted order is there before it reaches
+//! the database), then the database, which keeps every order; and `GET /orders/{id}` and
+//! `POST /orders/{id}/cancel` on top.
+//!
+//! A "no such order" answer is final: the lookup declares a recent missing id void for its owner
+//! (`lua/lookup_order.lua`), so a purchase of that id still in flight after a `503
+//! outcome_unknown` cannot sell afterwards.
+
+use crate::error::{ApiError, json};
+use crate::routes::{Answer, parse_id, user_from_jwt};
+use crate::state::State;
+use fred::prelude::*;
+use http::{HeaderMap, StatusCode};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use seckill_schema::entity::{orders, payments};
+use seckill_schema::record::{OrderRecord, ShownPayment};
+use seckill_schema::scripts::Lookup;
+use seckill_schema::snowflake::{millis_of, now_ms};
+use seckill_schema::{ItemId, Message, OrderId, Quantity, UserId};
+use std::sync::Arc;
+
+/// An id minted this long ago or less may still have its purchase in flight.
+const IN_FLIGHT_WINDOW_MS: u64 = 10 * 60 * 1000;
+
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn redis_down(e: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "reading an order from Redis failed");
+    ApiError::Unavailable("Redis")
+}
+
+/// The order from the database, with the payment it shows.
+async fn from_database(state: &State, order_id: OrderId) -> Result<Option<OrderRecord>, ApiError> {
+    let db = state.db().await?;
+    let db_err = |e: sea_orm::DbErr| {
+        if seckill_schema::db::is_connection_error(&e) {
+            ApiError::Unavailable("the database")
+        } else {
+            ApiError::Internal(e.into())
+        }
+    };
+    let Some(id) = i64::try_from(order_id.0).ok() else {
+        return Ok(None);
+    };
+    let Some(o) = orders::Entity::find_by_id(id)
+        .one(db)
+        .await
+        .map_err(db_err)?
+    else {
+        return Ok(None);
+    };
+    let pays = payments::Entity::find()
+        .filter(payments::Column::OrderId.eq(id))
+        .all(db)
+        .await
+        .map_err(db_err)?;
+    // The payment that paid the order, else the latest.
+    let shown = pays
+        .iter()
+        .find(|p| p.status == "SUCCEEDED" && p.applied)
+        .or_else(|| pays.iter().max_by_key(|p| p.updated_at_ms));
+    let bad = |what: &str| ApiError::Internal(anyhow::anyhow!("order {order_id} has {what}"));
+    Ok(Some(OrderRecord {
+        user: UserId(o.user_id as u64),
+        item: ItemId(o.item_id as u64),
+        quantity: u32::try_from(o.quantity)
+            .ok()
+            .and_then(Quantity::new)
+            .ok_or_else(|| bad("a bad quantity"))?,
+        amount_cents: o.amount_cents,
+        status: o.status.parse().map_err(|_| bad("an unknown status"))?,
+        created_at_ms: o.created_at_ms,
+        updated_at_ms: o.updated_at_ms,
+        payment: shown.map(|p| ShownPayment {
+            payment_id: p.payment_id.clone(),
+            amount_cents: p.amount_cents,
+            status: p.status.clone(),
+        }),
+    }))
+}
+
+/// Any order, from Redis or else the database (the payment webhook's existence check).
+pub async fn find(state: &State, order_id: OrderId) -> Result<Option<OrderRecord>, ApiError> {
+    let pairs: Vec<(String, String)> = state
+        .redis
+        .hgetall::<std::collections::HashMap<String, String>, _>(state.keys.order(order_id))
+        .await
+        .map_err(redis_down)?
+        .into_iter()
+        .collect();
+    if !pairs.is_empty() {
+        return OrderRecord::from_pairs(pairs)
+            .map(Some)
+            .map_err(|e| ApiError::Internal(e.into()));
+    }
+    from_database(state, order_id).await
+}
+
+/// The order if it is `user`'s. `None` is final (see the module's comment).
+async fn owned(
+    state: &State,
+    order_id: OrderId,
+    user: UserId,
+) -> Result<Option<OrderRecord>, ApiError> {
+    let minted = millis_of(order_id.0);
+    let now = now_ms();
+    let recent = minted <= now + 1_000 && now.saturating_sub(minted) <= IN_FLIGHT_WINDOW_MS;
+    let lookup = state
+        .scripts
+        .lookup_order(state.redis.next(), order_id, user, recent)
+        .await
+        .map_err(redis_down)?;
+    let record = match lookup {
+        Lookup::Found(r) => Some(r),
+        Lookup::Missing => from_database(state, order_id).await?,
+        // Redis is being rebuilt: the database may know it; if not, it may be in flight.
+        Lookup::Recovering => match from_database(state, order_id).await? {
+            Some(r) => Some(r),
+            None => return Err(ApiError::Recovering),
+        },
+    };
+    Ok(record.filter(|r| r.user == user))
+}
+
+async fn owned_order(
+    state: &State,
+    headers: &HeaderMap,
+    raw_id: &str,
+) -> Result<(OrderId, OrderRecord), ApiError> {
+    let user = user_from_jwt(state, headers)?;
+    let order_id: OrderId = parse_id(raw_id, "not_found")?;
+    let record = owned(state, order_id, user)
+        .await?
+        .ok_or(ApiError::NotFound("not_found", "no such order"))?;
+    Ok((order_id, record))
+}
+
+pub async fn get(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
+    let (order_id, r) = owned_order(state, headers, raw_id).await?;
+    let payment = match &r.payment {
+        Some(p) => serde_json::json!({
+            "payment_id": p.payment_id,
+            "amount_cents": p.amount_cents,
+            "status": p.status,
+        }),
+        None => serde_json::Value::Null,
+    };
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "order_id": order_id,
+            "user_id": r.user.0,
+            "item_id": r.item.0,
+            "quantity": r.quantity.get(),
+            "amount_cents": r.amount_cents,
+            "status": r.status,
+            "created_at": rfc3339_ms(r.created_at_ms),
+            "updated_at": rfc3339_ms(r.updated_at_ms),
+            "payment": payment,
+        }),
+    ))
+}
+
+pub async fn cancel(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
+    let (order_id, r) = owned_order(state, headers, raw_id).await?;
+    if !r.status.is_cancellable() {
+        return Err(ApiError::Conflict(
+            "not_cancellable",
+            "the order is already paid or closed",
+        ));
+    }
+    state
+        .publisher
+        .publish(&Message::OrderCancel {
+            events: vec![r.event(order_id)],
+        })
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "publishing ORDER_CANCEL failed");
+            ApiError::Unavailable("RabbitMQ")
+        })?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({"order_id": order_id, "status": "CANCEL_REQUESTED"}),
+    ))
+}

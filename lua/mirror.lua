@@ -1,0 +1,70 @@
+-- Moves order records forward in the read model, never back; one call per hash slot. An order
+-- whose record was not counted by the state Redis holds now (Redis lost its data and was rebuilt
+-- from the database while the order was on its way there) is adopted: its record is written
+-- again and, while it holds stock, its units are taken from the item and added to its buyer. A
+-- `CREATED` order (its stock not locked in the database yet) is adopted only within the item's
+-- stock and its buyer's limit; otherwise it is refused (the workers compensate it) and marked so,
+-- which a redelivery finds again.
+--
+-- KEYS[1] the gene's state hash, then per order: its record, its item hash, its buyers hash
+-- ARGV[1] now (ms), then per order 12 values: order id, status, rank, payment id ('' = none),
+--   payment amount, payment status, user, item, quantity, amount, created ms, mode:
+--   'r' holds stock and may be refused, 'h' holds stock, 'n' holds none
+-- Returns {-1} while the gene is recovering, else one value per order: 1 counted, 0 refused.
+local epoch = redis.call('HGET', KEYS[1], 'ready')
+if not epoch then
+  return {-1}
+end
+local now = ARGV[1]
+local out = {}
+local n = (#KEYS - 1) / 3
+for i = 1, n do
+  local okey, ikey, bkey = KEYS[i * 3 - 1], KEYS[i * 3], KEYS[i * 3 + 1]
+  local b = 1 + (i - 1) * 12
+  local id, status, rank = ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3])
+  local user, qty, mode = ARGV[b + 7], tonumber(ARGV[b + 9]), ARGV[b + 12]
+  local rec = redis.call('HMGET', okey, 'epoch', 'rank', 'refused')
+  local result = 1
+  if rec[1] == epoch then
+    if rank > tonumber(rec[2] or '0') then
+      redis.call('HSET', okey, 'status', status, 'rank', rank, 'updated', now)
+    end
+    if rec[3] then
+      result = 0
+    end
+  else
+    local take = mode ~= 'n'
+    if take and redis.call('EXISTS', ikey) == 0 then
+      -- The item's hash is gone too: the whole gene is rebuilt first.
+      redis.call('HDEL', KEYS[1], 'ready')
+      return {-1}
+    end
+    if mode == 'r' then
+      local it = redis.call('HMGET', ikey, 'remaining', 'limit')
+      local held = tonumber(redis.call('HGET', bkey, user) or '0')
+      if held + qty > (tonumber(it[2]) or 1) or tonumber(it[1]) < qty then
+        take = false
+        result = 0
+      end
+    end
+    redis.call('DEL', okey)
+    redis.call('HSET', okey, 'user', user, 'item', ARGV[b + 8], 'qty', qty, 'amount', ARGV[b + 10],
+      'status', status, 'rank', rank, 'created', ARGV[b + 11], 'updated', now, 'epoch', epoch)
+    if take then
+      redis.call('HINCRBY', ikey, 'remaining', -qty)
+      redis.call('HINCRBY', bkey, user, qty)
+      redis.call('HSET', bkey, user .. ':o', id)
+    else
+      -- Nothing of it is held here: a later close must not give units back.
+      redis.call('HSET', okey, 'released', now)
+      if result == 0 then
+        redis.call('HSET', okey, 'refused', '1')
+      end
+    end
+  end
+  if ARGV[b + 4] ~= '' then
+    redis.call('HSET', okey, 'pay_id', ARGV[b + 4], 'pay_amount', ARGV[b + 5], 'pay_status', ARGV[b + 6])
+  end
+  out[i] = result
+end
+return out

@@ -1,0 +1,145 @@
+//! The order's read model in Redis (`Keys::order`), decoded in one place. The Lua scripts write
+//! its fields (`lua/purchase.lua`, `lua/mirror.lua`, `lua/rebuild_orders.lua`); every Rust reader
+//! goes through [`OrderRecord`], so a malformed record is one error everywhere.
+
+use crate::ids::{ItemId, OrderId, Quantity, UserId};
+use crate::messages::OrderEvent;
+use crate::status::OrderStatus;
+
+/// The payment an order shows: the intent while it awaits payment, then the provider's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownPayment {
+    pub payment_id: String,
+    pub amount_cents: i64,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub user: UserId,
+    pub item: ItemId,
+    pub quantity: Quantity,
+    pub amount_cents: i64,
+    pub status: OrderStatus,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub payment: Option<ShownPayment>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed order record: {0}")]
+pub struct BadRecord(String);
+
+impl OrderRecord {
+    /// From the hash's `field, value` pairs, as `HGETALL` answers them.
+    pub fn from_pairs<I, K, V>(pairs: I) -> Result<OrderRecord, BadRecord>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Into<String>,
+    {
+        let mut f = std::collections::HashMap::new();
+        for (k, v) in pairs {
+            f.insert(k.as_ref().to_owned(), v.into());
+        }
+        let num = |k: &str| -> Result<i64, BadRecord> {
+            f.get(k)
+                .and_then(|v| v.parse::<i64>().ok())
+                .ok_or_else(|| BadRecord(format!("field {k:?} is missing or not a number")))
+        };
+        let unsigned = |k: &str| -> Result<u64, BadRecord> {
+            u64::try_from(num(k)?).map_err(|_| BadRecord(format!("field {k:?} is negative")))
+        };
+        let status = match f.get("status") {
+            None => OrderStatus::Pending,
+            Some(s) => s.parse().map_err(|e| BadRecord(format!("{e}")))?,
+        };
+        let quantity = u32::try_from(num("qty")?)
+            .ok()
+            .and_then(Quantity::new)
+            .ok_or_else(|| BadRecord("field \"qty\" is not a quantity".into()))?;
+        let payment = match f.get("pay_id") {
+            None => None,
+            Some(id) => Some(ShownPayment {
+                payment_id: id.clone(),
+                amount_cents: num("pay_amount")?,
+                status: f.get("pay_status").cloned().unwrap_or_default(),
+            }),
+        };
+        let created_at_ms = num("created")?;
+        Ok(OrderRecord {
+            user: UserId(unsigned("user")?),
+            item: ItemId(unsigned("item")?),
+            quantity,
+            amount_cents: num("amount")?,
+            status,
+            created_at_ms,
+            updated_at_ms: num("updated").unwrap_or(created_at_ms),
+            payment,
+        })
+    }
+
+    /// The order as an event, for the messages that act on it.
+    pub fn event(&self, order_id: OrderId) -> OrderEvent {
+        OrderEvent {
+            order_id,
+            user_id: self.user,
+            item_id: self.item,
+            quantity: self.quantity,
+            amount_cents: self.amount_cents,
+            created_at_ms: self.created_at_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_pending_record_and_a_paid_one() {
+        let pending = OrderRecord::from_pairs([
+            ("user", "7"),
+            ("item", "3"),
+            ("qty", "2"),
+            ("amount", "1980"),
+            ("created", "1000"),
+            ("updated", "1000"),
+            ("epoch", "5"),
+        ])
+        .unwrap();
+        assert_eq!(pending.status, OrderStatus::Pending);
+        assert_eq!(pending.quantity.get(), 2);
+        assert_eq!(pending.payment, None);
+        let paid = OrderRecord::from_pairs([
+            ("user", "7"),
+            ("item", "3"),
+            ("qty", "1"),
+            ("amount", "990"),
+            ("created", "1000"),
+            ("updated", "2000"),
+            ("status", "PAID"),
+            ("pay_id", "p1"),
+            ("pay_amount", "990"),
+            ("pay_status", "SUCCEEDED"),
+        ])
+        .unwrap();
+        assert_eq!(paid.status, OrderStatus::Paid);
+        assert_eq!(paid.payment.unwrap().payment_id, "p1");
+    }
+
+    #[test]
+    fn a_malformed_record_is_an_error() {
+        assert!(OrderRecord::from_pairs([("user", "x")]).is_err());
+        assert!(
+            OrderRecord::from_pairs([
+                ("user", "1"),
+                ("item", "1"),
+                ("qty", "0"),
+                ("amount", "1"),
+                ("created", "1")
+            ])
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,336 @@
+//! Recovery from a Redis that lost its data (a restart without persistence, a failover to a stale
+//! replica, a flushed key): what Redis must hold is rebuilt from the database, which owns the
+//! truth, one shard gene at a time.
+//!
+//! Every gene's state hash (`Keys::state`) carries `ready` = the epoch of the state Redis holds. It
+//! is written last by a rebuild, so its absence means the gene's data is missing or incomplete:
+//! then nothing in the gene is sold (`503 recovering`), released or mirrored until a rebuild wrote
+//! it again. A rebuild, under a lock in the gene's slot, writes every item of the gene (remaining =
+//! stock minus the units of its live orders), each buyer's holdings and latest live order, and the
+//! live orders' records, all counted by a new epoch; orders that were on their way to the database
+//! meanwhile are adopted when the workers mirror them (`lua/mirror.lua`).
+//!
+//! Any process may rebuild (the lock makes one win); the workers watch every gene, and the gateway
+//! rebuilds a gene when an operator creates an item in one that was never built.
+
+use crate::entity::{items, orders, payments};
+use crate::ids::{ItemId, OrderId, Quantity, UserId};
+use crate::keys::gene_of_item;
+use crate::record::{OrderRecord, ShownPayment};
+use crate::scripts::{ItemState, RebuiltOrder, Scripts};
+use crate::snowflake::{GENES, now_ms};
+use crate::status::OrderStatus;
+use anyhow::Context;
+use fred::prelude::*;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{OnceCell, watch};
+
+/// How often the watcher looks at every gene's marker.
+pub const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// A rebuild lock outlives a crashed rebuilder by this much.
+const LOCK_TTL: Duration = Duration::from_secs(60);
+/// Ids per `IN (…)` list.
+const CHUNK: usize = 1000;
+
+/// What a rebuild attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rebuilt {
+    Done {
+        items: usize,
+        orders: usize,
+    },
+    /// The gene was ready already.
+    AlreadyReady,
+    /// Another process holds the lock.
+    Busy,
+    /// Redis lost the lock mid-way (it lost its data again): try again.
+    LostLock,
+}
+
+pub struct Recovery {
+    redis: Pool,
+    scripts: Scripts,
+    database_url: String,
+    db: OnceCell<DatabaseConnection>,
+}
+
+impl Recovery {
+    /// `db`: a connection to use, or `None` to connect on first need (the gateway's case).
+    pub fn new(
+        redis: Pool,
+        scripts: Scripts,
+        database_url: &str,
+        db: Option<DatabaseConnection>,
+    ) -> Arc<Recovery> {
+        Arc::new(Recovery {
+            redis,
+            scripts,
+            database_url: database_url.to_owned(),
+            db: db.map(|d| OnceCell::new_with(Some(d))).unwrap_or_default(),
+        })
+    }
+
+    /// The database, connected (created and migrated if need be) on first use; shared with the
+    /// process that owns this `Recovery`, so that only one connection creates the database.
+    pub async fn db(&self) -> anyhow::Result<&DatabaseConnection> {
+        self.db
+            .get_or_try_init(|| crate::db::connect(&self.database_url, 4))
+            .await
+    }
+
+    /// The genes whose state Redis does not hold completely.
+    pub async fn genes_not_ready(&self) -> Result<Vec<u8>, fred::error::Error> {
+        let client = self.redis.next();
+        let reads = self.scripts.keys().states().map(|(gene, key)| async move {
+            let ready: Option<String> = client.hget(key, "ready").await?;
+            Ok::<_, fred::error::Error>((gene, ready.is_some()))
+        });
+        let states = futures_util::future::try_join_all(reads).await?;
+        Ok(states
+            .into_iter()
+            .filter(|(_, ready)| !ready)
+            .map(|(g, _)| g)
+            .collect())
+    }
+
+    /// Watches every gene and rebuilds the ones Redis lost, until `stop`.
+    pub async fn watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        let mut lost: BTreeMap<u8, Instant> = BTreeMap::new();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+            let genes = match self.genes_not_ready().await {
+                Ok(g) => g,
+                // Redis unreachable: nothing to rebuild into; the clients report it.
+                Err(_) => continue,
+            };
+            metrics::gauge!("seckill_redis_recovering_genes").set(genes.len() as f64);
+            lost.retain(|g, _| genes.contains(g));
+            let noticed: Vec<u8> = genes
+                .iter()
+                .copied()
+                .filter(|g| !lost.contains_key(g))
+                .collect();
+            if !noticed.is_empty() {
+                tracing::warn!(
+                    genes = ?noticed,
+                    "Redis does not hold these hash tags' state (lost, flushed or never built): \
+                     rebuilding them from the database; they sell again after that"
+                );
+            }
+            let (mut rebuilt, mut items_total, mut orders_total) = (Vec::new(), 0, 0);
+            for gene in genes {
+                let since = *lost.entry(gene).or_insert_with(Instant::now);
+                match self.rebuild_gene(gene).await {
+                    Ok(Rebuilt::Done { items, orders }) => {
+                        failing = false;
+                        rebuilt.push((gene, since.elapsed().as_millis() as u64));
+                        items_total += items;
+                        orders_total += orders;
+                    }
+                    Ok(Rebuilt::AlreadyReady | Rebuilt::Busy | Rebuilt::LostLock) => {}
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(gene, error = %format!("{e:#}"), "rebuilding a gene failed; retrying");
+                        }
+                        failing = true;
+                    }
+                }
+            }
+            if !rebuilt.is_empty() {
+                tracing::info!(
+                    genes = ?rebuilt.iter().map(|(g, _)| *g).collect::<Vec<_>>(),
+                    items = items_total,
+                    orders = orders_total,
+                    slowest_ms = rebuilt.iter().map(|(_, ms)| *ms).max().unwrap_or(0),
+                    "rebuilt Redis's state from the database"
+                );
+            }
+        }
+    }
+
+    /// Rebuilds one gene from the database, unless it is ready or another process is at it.
+    pub async fn rebuild_gene(&self, gene: u8) -> anyhow::Result<Rebuilt> {
+        let client = self.redis.next();
+        let keys = self.scripts.keys();
+        let token = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+        let locked: Option<String> = client
+            .set(
+                keys.rebuild_lock(gene),
+                token.as_str(),
+                Some(Expiration::PX(LOCK_TTL.as_millis() as i64)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .context("taking the rebuild lock")?;
+        if locked.is_none() {
+            return Ok(Rebuilt::Busy);
+        }
+        let ready: Option<String> = client.hget(keys.state(gene), "ready").await?;
+        if ready.is_some() {
+            let _: i64 = client.del(keys.rebuild_lock(gene)).await?;
+            return Ok(Rebuilt::AlreadyReady);
+        }
+        let started = Instant::now();
+        // Read after the lock: anything the database commits from here on is mirrored (and
+        // adopted if need be) once the gene is ready, never lost between the read and the write.
+        let epoch = now_ms();
+        let db = self.db().await.context("connecting to the database")?;
+        let (items, orders) = read_gene(db, gene).await?;
+        for item in &items {
+            if !self.scripts.rebuild_item(client, &token, item).await? {
+                return Ok(Rebuilt::LostLock);
+            }
+        }
+        if !self
+            .scripts
+            .rebuild_orders(client, gene, &token, epoch, &orders)
+            .await?
+        {
+            return Ok(Rebuilt::LostLock);
+        }
+        let ids: Vec<ItemId> = items.iter().map(|i| i.item).collect();
+        if !self
+            .scripts
+            .rebuild_done(client, gene, &token, epoch, &ids)
+            .await?
+        {
+            return Ok(Rebuilt::LostLock);
+        }
+        metrics::counter!("seckill_redis_rebuilds_total").increment(1);
+        metrics::histogram!("seckill_redis_rebuild_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(Rebuilt::Done {
+            items: items.len(),
+            orders: orders.len(),
+        })
+    }
+}
+
+fn holding_statuses() -> Vec<&'static str> {
+    OrderStatus::ALL
+        .into_iter()
+        .filter(|s| s.holds_stock() && *s != OrderStatus::Pending)
+        .map(|s| s.as_str())
+        .collect()
+}
+
+/// The gene's items and their live orders, as the database has them.
+async fn read_gene(
+    db: &DatabaseConnection,
+    gene: u8,
+) -> anyhow::Result<(Vec<ItemState>, Vec<RebuiltOrder>)> {
+    let all = items::Entity::find()
+        .all(db)
+        .await
+        .context("reading items")?;
+    let mine: Vec<items::Model> = all
+        .into_iter()
+        .filter(|m| gene_of_item(ItemId(m.id as u64)) == gene)
+        .collect();
+    debug_assert!((gene as u64) < GENES);
+    let ids: Vec<i64> = mine.iter().map(|m| m.id).collect();
+    let mut live = Vec::new();
+    for chunk in ids.chunks(CHUNK) {
+        live.extend(
+            orders::Entity::find()
+                .filter(orders::Column::ItemId.is_in(chunk.iter().copied()))
+                .filter(orders::Column::Status.is_in(holding_statuses()))
+                .all(db)
+                .await
+                .context("reading live orders")?,
+        );
+    }
+    let order_ids: Vec<i64> = live.iter().map(|o| o.id).collect();
+    let mut shown: HashMap<i64, payments::Model> = HashMap::new();
+    for chunk in order_ids.chunks(CHUNK) {
+        for p in payments::Entity::find()
+            .filter(payments::Column::OrderId.is_in(chunk.iter().copied()))
+            .all(db)
+            .await
+            .context("reading payments")?
+        {
+            // The payment that paid the order, else the latest one.
+            let better = match shown.get(&p.order_id) {
+                None => true,
+                Some(cur) if cur.status == "SUCCEEDED" && cur.applied => false,
+                Some(_) if p.status == "SUCCEEDED" && p.applied => true,
+                Some(cur) => p.updated_at_ms >= cur.updated_at_ms,
+            };
+            if better {
+                shown.insert(p.order_id, p);
+            }
+        }
+    }
+
+    let mut held: HashMap<i64, i64> = HashMap::new();
+    let mut buyers: HashMap<i64, BTreeMap<i64, (i64, i64)>> = HashMap::new();
+    let mut rebuilt = Vec::with_capacity(live.len());
+    for o in live {
+        let status: OrderStatus = o
+            .status
+            .parse()
+            .with_context(|| format!("order {} has status {:?}", o.id, o.status))?;
+        let quantity = u32::try_from(o.quantity)
+            .ok()
+            .and_then(Quantity::new)
+            .with_context(|| format!("order {} has quantity {}", o.id, o.quantity))?;
+        *held.entry(o.item_id).or_default() += o.quantity as i64;
+        let entry = buyers
+            .entry(o.item_id)
+            .or_default()
+            .entry(o.user_id)
+            .or_insert((0, 0));
+        entry.0 += o.quantity as i64;
+        entry.1 = entry.1.max(o.id);
+        rebuilt.push(RebuiltOrder {
+            order_id: OrderId(o.id as u64),
+            record: OrderRecord {
+                user: UserId(o.user_id as u64),
+                item: ItemId(o.item_id as u64),
+                quantity,
+                amount_cents: o.amount_cents,
+                status,
+                created_at_ms: o.created_at_ms,
+                updated_at_ms: o.updated_at_ms,
+                payment: shown.remove(&o.id).map(|p| ShownPayment {
+                    payment_id: p.payment_id,
+                    amount_cents: p.amount_cents,
+                    status: p.status,
+                }),
+            },
+        });
+    }
+    let items = mine
+        .into_iter()
+        .map(|m| ItemState {
+            item: ItemId(m.id as u64),
+            remaining: m.stock - held.get(&m.id).copied().unwrap_or(0),
+            stock: m.stock,
+            per_user_limit: m.per_user_limit,
+            price_cents: m.price_cents,
+            starts_at_ms: m.starts_at_ms,
+            ends_at_ms: m.ends_at_ms,
+            name: m.name,
+            buyers: buyers
+                .remove(&m.id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(user, (units, order))| (UserId(user as u64), units, OrderId(order as u64)))
+                .collect(),
+        })
+        .collect();
+    Ok((items, rebuilt))
+}

@@ -1,0 +1,554 @@
+//! The safety nets under the saga, two periodic jobs over the workers' [`Runtime`]:
+//!
+//! - the reconciler compares each item's stock in Redis with the database once the item's
+//!   pipeline is quiet, and reports drift (contract invariant 2) as a metric and one log line;
+//! - the sweeper closes orders still `AWAITING_PAYMENT` well past their deadline whose
+//!   `ORDER_TIMEOUT` never came (a delay queue deleted by hand, a message lost), so no stock stays
+//!   locked forever.
+//!
+//! A failing pass (the database, Redis or the broker down) is logged once per streak of failures
+//! and tried again at the next tick; neither job ever stops the workers.
+
+use crate::runner::Runtime;
+use crate::sql::Query;
+use crate::store::{self, OrderRow};
+use anyhow::Context;
+use fred::prelude::*;
+use futures_util::future::BoxFuture;
+use futures_util::{StreamExt, TryStreamExt};
+use lapin::types::FieldTable;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
+use seckill_schema::broker;
+use seckill_schema::{ItemId, Kind, Message, OrderStatus};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+/// How often the reconciler compares Redis with the database, in production.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(10);
+/// How often the sweeper looks for orders whose timeout never came, in production.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// Items reconciled per pass, at most: those whose sale is upcoming, live, or ended within
+/// [`RECENTLY_ENDED`], lowest ids first.
+pub const MAX_ITEMS: usize = 2000;
+/// How long after its sale ended an item is still reconciled.
+pub const RECENTLY_ENDED: Duration = Duration::from_secs(3600);
+/// Orders the sweeper sends per pass, at most.
+pub const SWEEP_LIMIT: usize = 1000;
+/// A regular sweep looks only at the orders of recent sales (through the `(item_id, status)`
+/// index); a full one, at start and this often, at every order.
+const FULL_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// A pass taking longer than this is abandoned and counts as failed.
+const PASS_TIMEOUT: Duration = Duration::from_secs(60);
+/// Redis reads in flight at once during a reconciliation pass.
+const REDIS_IN_FLIGHT: usize = 256;
+/// The sweeper declares the broker topology again at most this often.
+const REDECLARE_EVERY: Duration = Duration::from_secs(60);
+
+/// How often each periodic job runs. `Default` is production's; tests shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intervals {
+    pub reconcile: Duration,
+    pub sweep: Duration,
+}
+
+impl Default for Intervals {
+    fn default() -> Self {
+        Intervals {
+            reconcile: RECONCILE_EVERY,
+            sweep: SWEEP_EVERY,
+        }
+    }
+}
+
+/// How far past its deadline an unpaid order must be before the sweeper closes it: the payment
+/// timeout itself, kept within 5 s..60 s, so the delayed message always gets its chance first.
+pub fn grace(payment_timeout: Duration) -> Duration {
+    payment_timeout.clamp(Duration::from_secs(5), Duration::from_secs(60))
+}
+
+/// Compares Redis with the database every `every` until `stop`.
+pub async fn run_reconciler(rt: Arc<Runtime>, every: Duration, stop: watch::Receiver<bool>) {
+    periodically(rt, every, stop, &mut Reconciler::default()).await
+}
+
+/// Closes orders whose payment timeout never came, every `every` until `stop`.
+pub async fn run_sweeper(rt: Arc<Runtime>, every: Duration, stop: watch::Receiver<bool>) {
+    periodically(rt, every, stop, &mut Sweeper::default()).await
+}
+
+trait Job: Send {
+    const NAME: &'static str;
+    fn pass<'a>(&'a mut self, rt: &'a Runtime) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+async fn periodically<J: Job>(
+    rt: Arc<Runtime>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+    job: &mut J,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        // Nothing a pass does needs finishing on shutdown: it reads, or it sends what the next
+        // pass (of this process or its successor) would send again.
+        let result = tokio::select! {
+            r = tokio::time::timeout(PASS_TIMEOUT, job.pass(&rt)) => r.unwrap_or_else(|_| {
+                Err(anyhow::anyhow!("the pass took longer than {PASS_TIMEOUT:?}"))
+            }),
+            _ = stop.changed() => return,
+        };
+        match result {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(job = J::NAME, "passes succeed again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(job = J::NAME, error = %format!("{e:#}"), every = ?every, "a pass failed; retrying at every tick (logged once until one succeeds)");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// One item as the database has it, with the units its stock-holding orders hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ItemRow {
+    id: i64,
+    stock: i64,
+    available: i64,
+    locked: i64,
+    sold: i64,
+    held: i64,
+}
+
+/// What the last pass saw of an item, and the drift currently reported for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    remaining: i64,
+    stock: i64,
+    held: i64,
+    reported: i64,
+}
+
+#[derive(Default)]
+struct Reconciler {
+    seen: HashMap<i64, Seen>,
+    /// `available + locked + sold - stock` of the items whose database row is off.
+    db_off: HashMap<i64, i64>,
+    truncated: bool,
+}
+
+impl Job for Reconciler {
+    const NAME: &'static str = "reconciler";
+    fn pass<'a>(&'a mut self, rt: &'a Runtime) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(self.reconcile(rt))
+    }
+}
+
+impl Reconciler {
+    async fn reconcile(&mut self, rt: &Runtime) -> anyhow::Result<()> {
+        let mut rows = items_with_held(&rt.db)
+            .await
+            .context("reading the items and the units their orders hold")?;
+        let truncated = rows.len() > MAX_ITEMS;
+        rows.truncate(MAX_ITEMS);
+        if truncated && !self.truncated {
+            tracing::warn!(
+                max = MAX_ITEMS,
+                "more items are on sale than one reconciliation pass covers; the lowest ids only"
+            );
+        }
+        self.truncated = truncated;
+
+        let client = rt.redis.next();
+        let keys: Vec<String> = rows
+            .iter()
+            .map(|r| rt.scripts.keys().item(ItemId(r.id as u64)))
+            .collect();
+        let remaining: Vec<Option<i64>> = futures_util::stream::iter(
+            keys.into_iter()
+                .map(|key| client.hget::<Option<i64>, _, _>(key, "remaining")),
+        )
+        .buffered(REDIS_IN_FLIGHT)
+        .try_collect()
+        .await
+        .context("reading the items' remaining stock from Redis")?;
+
+        let mut missing = 0u64;
+        let mut present = HashSet::with_capacity(rows.len());
+        for (row, remaining) in rows.iter().zip(remaining) {
+            self.check_database(row);
+            // No hash: Redis lost the item, and its recovery is another job's.
+            let Some(remaining) = remaining else {
+                missing += 1;
+                continue;
+            };
+            present.insert(row.id);
+            if let Some(drift) = self.observe(row.id, row.stock, row.held, remaining) {
+                metrics::gauge!("seckill_reconcile_drift", "item" => row.id.to_string())
+                    .set(drift as f64);
+                if drift != 0 {
+                    tracing::warn!(
+                        item.id = row.id,
+                        redis.remaining = remaining,
+                        db.stock = row.stock,
+                        db.held = row.held,
+                        drift,
+                        "stock drift: Redis's remaining + the units held by live orders != stock"
+                    );
+                } else {
+                    tracing::info!(
+                        item.id = row.id,
+                        redis.remaining = remaining,
+                        db.stock = row.stock,
+                        db.held = row.held,
+                        "stock drift gone"
+                    );
+                }
+            }
+        }
+        for id in self.forget_all_but(&present) {
+            metrics::gauge!("seckill_reconcile_drift", "item" => id.to_string()).set(0.0);
+            tracing::info!(
+                item.id = id,
+                "drift no longer tracked (the item left Redis or the reconciled sales)"
+            );
+        }
+        let in_window: HashSet<i64> = rows.iter().map(|r| r.id).collect();
+        self.db_off.retain(|id, _| in_window.contains(id));
+        metrics::gauge!("seckill_reconcile_items_missing_in_redis").set(missing as f64);
+        metrics::counter!("seckill_reconcile_runs_total").increment(1);
+        Ok(())
+    }
+
+    /// Records this pass's view of an item. The drift counts only when the item is quiet: Redis's
+    /// remaining, the database's held units and the stock all unchanged since the last pass (an
+    /// order accepted by Redis but not yet stored, or closed in the database but not yet returned
+    /// to Redis, is a passing difference). `Some(d)` when the reported drift becomes `d`.
+    fn observe(&mut self, item: i64, stock: i64, held: i64, remaining: i64) -> Option<i64> {
+        let drift = remaining - (stock - held);
+        let before = self.seen.get(&item).copied();
+        let reported_before = before.map_or(0, |s| s.reported);
+        let quiet =
+            before.is_some_and(|s| (s.remaining, s.stock, s.held) == (remaining, stock, held));
+        let reported = if quiet { drift } else { reported_before };
+        self.seen.insert(
+            item,
+            Seen {
+                remaining,
+                stock,
+                held,
+                reported,
+            },
+        );
+        (reported != reported_before).then_some(reported)
+    }
+
+    /// Forgets the items not seen this pass; those with a drift reported, to be set back to 0.
+    fn forget_all_but(&mut self, present: &HashSet<i64>) -> Vec<i64> {
+        let mut cleared = Vec::new();
+        self.seen.retain(|id, s| {
+            let keep = present.contains(id);
+            if !keep && s.reported != 0 {
+                cleared.push(*id);
+            }
+            keep
+        });
+        cleared
+    }
+
+    /// `available + locked + sold = stock` in the database: one row, so no passing difference;
+    /// logged when it breaks or changes, and when it is whole again.
+    fn check_database(&mut self, row: &ItemRow) {
+        let off = row.available + row.locked + row.sold - row.stock;
+        let before = self.db_off.get(&row.id).copied().unwrap_or(0);
+        if off == before {
+            return;
+        }
+        if off == 0 {
+            self.db_off.remove(&row.id);
+            tracing::info!(item.id = row.id, "database stock whole again");
+        } else {
+            self.db_off.insert(row.id, off);
+            tracing::warn!(
+                item.id = row.id,
+                db.stock = row.stock,
+                db.available = row.available,
+                db.locked = row.locked,
+                db.sold = row.sold,
+                off,
+                "database stock broken: available + locked + sold != stock"
+            );
+        }
+    }
+}
+
+/// Statuses of stored orders that hold stock (`PENDING` lives only in Redis).
+fn stored_holding_statuses() -> impl Iterator<Item = &'static str> {
+    OrderStatus::ALL
+        .into_iter()
+        .filter(|s| s.holds_stock() && *s != OrderStatus::Pending)
+        .map(OrderStatus::as_str)
+}
+
+/// The reconciled items (one more than [`MAX_ITEMS`] when there are more), each with the units
+/// held by its stock-holding orders: one statement.
+async fn items_with_held(db: &DatabaseConnection) -> Result<Vec<ItemRow>, DbErr> {
+    let backend = db.get_database_backend();
+    // `SUM` of an integer is a `DECIMAL` on MySQL.
+    let int = if backend == DbBackend::Postgres {
+        "BIGINT"
+    } else {
+        "SIGNED"
+    };
+    let since = store::now() - RECENTLY_ENDED.as_millis() as i64;
+    let mut q = Query::new(backend).sql(&format!(
+        "SELECT i.id, i.stock, i.available, i.locked, i.sold, \
+         (SELECT CAST(COALESCE(SUM(o.quantity), 0) AS {int}) FROM orders o \
+         WHERE o.item_id = i.id AND o.status IN "
+    ));
+    q.list(stored_holding_statuses())
+        .push(") AS held FROM items i WHERE i.ends_at_ms IS NULL OR i.ends_at_ms >= ")
+        .bind(since)
+        .push(&format!(" ORDER BY i.id LIMIT {}", MAX_ITEMS + 1));
+    let mut out = Vec::new();
+    for row in db.query_all_raw(q.build()).await? {
+        out.push(ItemRow {
+            id: row.try_get("", "id")?,
+            stock: row.try_get("", "stock")?,
+            available: row.try_get("", "available")?,
+            locked: row.try_get("", "locked")?,
+            sold: row.try_get("", "sold")?,
+            held: row.try_get("", "held")?,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Default)]
+struct Sweeper {
+    /// Orders sent recently, and when: none is sent again within `grace`.
+    sent: HashMap<i64, Instant>,
+    last_full: Option<Instant>,
+    last_declare: Option<Instant>,
+}
+
+impl Job for Sweeper {
+    const NAME: &'static str = "sweeper";
+    fn pass<'a>(&'a mut self, rt: &'a Runtime) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(self.sweep(rt))
+    }
+}
+
+impl Sweeper {
+    async fn sweep(&mut self, rt: &Runtime) -> anyhow::Result<()> {
+        let timeout = rt.config.payment_timeout;
+        let grace = grace(timeout);
+        let now = store::now();
+        let cutoff = now - (timeout + grace).as_millis() as i64;
+        let full = self
+            .last_full
+            .is_none_or(|t| t.elapsed() >= FULL_SWEEP_EVERY);
+        // An order is created before its sale ends, so an item that ended long before the cutoff
+        // has no order that became overdue lately; older ones are the full sweep's.
+        let window = (!full).then(|| cutoff - FULL_SWEEP_EVERY.as_millis() as i64);
+        let overdue = overdue_orders(&rt.db, cutoff, window)
+            .await
+            .context("reading the orders past their payment deadline")?;
+        if full {
+            self.last_full = Some(Instant::now());
+        }
+        self.sent.retain(|_, at| at.elapsed() < grace);
+        let due: Vec<&OrderRow> = overdue
+            .iter()
+            .filter(|o| !self.sent.contains_key(&o.id))
+            .collect();
+        let Some(oldest) = due.first() else {
+            return Ok(());
+        };
+        // Straight to the handler's queue, not through `publish_all`: that routes ORDER_TIMEOUT
+        // through the delay queue, which would wait another payment timeout, and drops it when
+        // that queue is the one that is gone.
+        let queue = rt.topology.queue(Kind::OrderTimeout);
+        for chunk in due.chunks(store::CHUNK) {
+            let message = Message::orders(
+                Kind::OrderTimeout,
+                chunk.iter().map(|o| o.event()).collect(),
+            );
+            let mut headers = FieldTable::default();
+            let (k, v) = broker::string_header("x-seckill-source", "sweeper");
+            headers.insert(k, v);
+            rt.publisher
+                .publish_raw(&queue, &message.to_json(), headers)
+                .await
+                .context("publishing ORDER_TIMEOUT to the timeout queue")?;
+            let at = Instant::now();
+            self.sent.extend(chunk.iter().map(|o| (o.id, at)));
+            metrics::counter!("seckill_sweeper_closed_total").increment(chunk.len() as u64);
+        }
+        tracing::info!(
+            orders = due.len(),
+            oldest.order_id = oldest.id,
+            oldest.overdue_ms = now - (oldest.created_at_ms + timeout.as_millis() as i64),
+            "sent ORDER_TIMEOUT for orders whose payment timeout never came"
+        );
+        self.redeclare(rt).await;
+        Ok(())
+    }
+
+    /// Timeouts went missing, perhaps with their delay queue: declare the topology again
+    /// (idempotent), so that the next orders' timeouts have somewhere to wait.
+    async fn redeclare(&mut self, rt: &Runtime) {
+        if self
+            .last_declare
+            .is_some_and(|t| t.elapsed() < REDECLARE_EVERY)
+        {
+            return;
+        }
+        self.last_declare = Some(Instant::now());
+        let name = format!("{}/seckill-workers-sweeper", rt.config.namespace);
+        let result = async {
+            let conn = broker::connect(&rt.config.amqp_url, &name).await?;
+            let declared = async {
+                let ch = conn.create_channel().await.context("opening a channel")?;
+                tokio::time::timeout(broker::CALL_TIMEOUT, rt.topology.declare(&ch))
+                    .await
+                    .context("declaring the topology timed out")??;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), ch.close(200, "declared".into()))
+                        .await;
+                anyhow::Ok(())
+            }
+            .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), conn.close(200, "declared".into()))
+                    .await;
+            declared
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %format!("{e:#}"), "could not declare the broker topology again");
+        }
+    }
+}
+
+/// Orders awaiting payment created before `cutoff`, oldest first, at most [`SWEEP_LIMIT`]; with
+/// `window`, only those of items whose sale had not ended before it.
+async fn overdue_orders(
+    db: &DatabaseConnection,
+    cutoff: i64,
+    window: Option<i64>,
+) -> Result<Vec<OrderRow>, DbErr> {
+    let mut q = Query::new(db.get_database_backend()).sql(
+        "SELECT id, user_id, item_id, quantity, amount_cents, created_at_ms FROM orders \
+         WHERE status = ",
+    );
+    q.bind(OrderStatus::AwaitingPayment.as_str())
+        .push(" AND created_at_ms < ")
+        .bind(cutoff);
+    if let Some(since) = window {
+        q.push(" AND item_id IN (SELECT id FROM items WHERE ends_at_ms IS NULL OR ends_at_ms >= ")
+            .bind(since)
+            .push(")");
+    }
+    q.push(&format!(" ORDER BY created_at_ms, id LIMIT {SWEEP_LIMIT}"));
+    let mut out = Vec::new();
+    for row in db.query_all_raw(q.build()).await? {
+        out.push(OrderRow {
+            id: row.try_get("", "id")?,
+            user_id: row.try_get("", "user_id")?,
+            item_id: row.try_get("", "item_id")?,
+            quantity: row.try_get("", "quantity")?,
+            amount_cents: row.try_get("", "amount_cents")?,
+            created_at_ms: row.try_get("", "created_at_ms")?,
+            status: OrderStatus::AwaitingPayment,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passing_difference_is_not_reported() {
+        let mut r = Reconciler::default();
+        // An order accepted by Redis, not yet stored: remaining is 1 short of stock - held.
+        assert_eq!(r.observe(1, 10, 0, 9), None);
+        // Stored on the next pass: consistent, nothing was ever reported.
+        assert_eq!(r.observe(1, 10, 1, 9), None);
+        assert_eq!(r.observe(1, 10, 1, 9), None);
+    }
+
+    #[test]
+    fn a_quiet_drift_is_reported_once_then_changes_and_clears() {
+        let mut r = Reconciler::default();
+        assert_eq!(r.observe(1, 10, 2, 11), None, "first sight: not yet quiet");
+        assert_eq!(r.observe(1, 10, 2, 11), Some(3), "quiet and off by 3");
+        assert_eq!(
+            r.observe(1, 10, 2, 11),
+            None,
+            "reported once, not every pass"
+        );
+        // A sale moves things: the report stands until the item is quiet again.
+        assert_eq!(r.observe(1, 10, 3, 10), None);
+        assert_eq!(r.observe(1, 10, 3, 10), None, "still off by 3");
+        assert_eq!(r.observe(1, 10, 3, 12), None);
+        assert_eq!(r.observe(1, 10, 3, 12), Some(5), "the drift changed");
+        assert_eq!(r.observe(1, 10, 3, 7), None);
+        assert_eq!(r.observe(1, 10, 3, 7), Some(0), "gone");
+        assert_eq!(r.observe(1, 10, 3, 7), None);
+    }
+
+    #[test]
+    fn a_stock_change_is_not_quiet() {
+        let mut r = Reconciler::default();
+        assert_eq!(r.observe(1, 10, 0, 10), None);
+        // The admin added 5 units: Redis and the database move together, not in the same instant.
+        assert_eq!(r.observe(1, 15, 0, 10), None);
+        assert_eq!(r.observe(1, 15, 0, 15), None);
+        assert_eq!(r.observe(1, 15, 0, 15), None);
+    }
+
+    #[test]
+    fn forgotten_items_with_a_drift_are_cleared() {
+        let mut r = Reconciler::default();
+        r.observe(1, 10, 0, 12);
+        r.observe(1, 10, 0, 12);
+        r.observe(2, 10, 0, 10);
+        r.observe(2, 10, 0, 10);
+        assert_eq!(r.forget_all_but(&HashSet::new()), vec![1]);
+        assert!(r.seen.is_empty());
+        // Back in Redis: two quiet passes again before anything is reported.
+        assert_eq!(r.observe(1, 10, 0, 12), None);
+        assert_eq!(r.observe(1, 10, 0, 12), Some(2));
+    }
+
+    #[test]
+    fn grace_is_the_timeout_within_bounds() {
+        assert_eq!(grace(Duration::from_secs(2)), Duration::from_secs(5));
+        assert_eq!(grace(Duration::from_secs(30)), Duration::from_secs(30));
+        assert_eq!(grace(Duration::from_secs(900)), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn only_stored_orders_that_hold_stock_count() {
+        let s: Vec<_> = stored_holding_statuses().collect();
+        assert_eq!(s, ["CREATED", "STOCK_LOCKED", "AWAITING_PAYMENT", "PAID"]);
+    }
+}
