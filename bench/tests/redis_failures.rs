@@ -303,6 +303,21 @@ async fn until_accepted(seen: &Seen, tick: &Notify, n: usize) {
     }
 }
 
+/// Buys for new users until one is sold to (selling resumed by itself); every answer is seen.
+async fn sell_again(stack: &Stack, seen: &Seen, first_user: u64) -> OrderId {
+    let next = AtomicU64::new(first_user);
+    wait_for("a new buyer to be sold to", Duration::from_secs(60), || async {
+        let user = next.fetch_add(1, Ordering::Relaxed);
+        let outcome = stack.buy(user).await;
+        seen.record(user, outcome.clone());
+        match outcome {
+            Outcome::Accepted(id) => Some(id),
+            _ => None,
+        }
+    })
+    .await
+}
+
 fn failed_invariants(checks: &[Check]) -> Vec<String> {
     checks
         .iter()
@@ -385,18 +400,7 @@ async fn redis_restarted_empty_mid_burst_recovers_by_itself_within_every_limit()
     tokio::join!(burst(&stack, users, &seen, &tick), chaos);
 
     // Selling resumes with no manual step.
-    let resumed = wait_for("a new buyer to be sold to", Duration::from_secs(30), || {
-        let stack = &stack;
-        async move {
-            let user = 10_000 + rand::random::<u32>() as u64 % 1_000_000;
-            match stack.buy(user).await {
-                Outcome::Accepted(id) => Some((id, user)),
-                _ => None,
-            }
-        }
-    })
-    .await;
-    seen.record(resumed.1, Outcome::Accepted(resumed.0));
+    let resumed = sell_again(&stack, &seen, 10_000).await;
 
     let refused = seen.refused();
     assert!(
@@ -413,7 +417,7 @@ async fn redis_restarted_empty_mid_burst_recovers_by_itself_within_every_limit()
     let accepted = seen.accepted_ids();
     let unknown = seen.unknown.lock().unwrap().clone();
     // Orders relayed before the loss reach the database; the rest went with Redis (mode none).
-    let stored = stack.drained(&BTreeSet::from([resumed.0])).await;
+    let stored = stack.drained(&BTreeSet::from([resumed])).await;
     let mut per_user: BTreeMap<i64, i64> = BTreeMap::new();
     for o in stored.values() {
         let s: OrderStatus = o.status.parse().expect("a status");
@@ -485,18 +489,7 @@ async fn replica_mode_follows_a_sentinel_failover_and_loses_no_accepted_order() 
     tokio::join!(burst(&stack, users, &seen, &tick), chaos);
     let accepted_before = seen.accepted_count();
     // Sales go on after the failover.
-    let resumed = wait_for("a sale on the new master", Duration::from_secs(60), || {
-        let stack = &stack;
-        async move {
-            let user = 20_000 + rand::random::<u32>() as u64 % 1_000_000;
-            match stack.buy(user).await {
-                Outcome::Accepted(id) => Some((id, user)),
-                _ => None,
-            }
-        }
-    })
-    .await;
-    seen.record(resumed.1, Outcome::Accepted(resumed.0));
+    sell_again(&stack, &seen, 20_000).await;
 
     let accepted = seen.accepted_ids();
     let unknown = seen.unknown.lock().unwrap().clone();
