@@ -43,7 +43,15 @@ async fn order(
         let _: () = redis
             .hset(
                 keys.order(OrderId(id as u64)),
-                [("status", status.as_str())],
+                [
+                    ("status", status.as_str().to_owned()),
+                    ("user", id.to_string()),
+                    ("item", ITEM.0.to_string()),
+                    ("qty", "1".to_owned()),
+                    ("amount", PRICE.to_string()),
+                    ("created", "0".to_owned()),
+                    ("updated", "0".to_owned()),
+                ],
             )
             .await
             .unwrap();

@@ -42,6 +42,7 @@ const DRAIN: Duration = Duration::from_secs(90);
 struct Stack {
     env: TestEnv,
     base: String,
+    workers_base: String,
     http: reqwest::Client,
     tickets: Tickets,
     jwt: Jwt,
@@ -71,6 +72,7 @@ impl Stack {
         let workers = seckill_workers::Workers::build(config.clone())
             .await
             .expect("the workers start");
+        let workers_base = format!("http://127.0.0.1:{}", workers.port());
         let (workers_stop, stopped) = oneshot::channel::<()>();
         let workers = tokio::spawn(workers.run(async {
             let _ = stopped.await;
@@ -87,6 +89,7 @@ impl Stack {
                 .build()
                 .expect("an HTTP client"),
             base,
+            workers_base,
             db,
             env,
             gateway_stop: Some(gateway_stop),
@@ -155,6 +158,22 @@ impl Stack {
             .expect("GET /orders/{id}");
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `/readyz` of the gateway and of the workers.
+    async fn readiness(&self) -> [(StatusCode, Value); 2] {
+        let mut out = Vec::new();
+        for base in [&self.base, &self.workers_base] {
+            let resp = self
+                .http
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .expect("GET /readyz");
+            let status = resp.status();
+            out.push((status, resp.json().await.unwrap_or(Value::Null)));
+        }
+        [out.remove(0), out.remove(0)]
     }
 
     async fn orders(&self) -> BTreeMap<OrderId, orders::Model> {
@@ -306,15 +325,19 @@ async fn until_accepted(seen: &Seen, tick: &Notify, n: usize) {
 /// Buys for new users until one is sold to (selling resumed by itself); every answer is seen.
 async fn sell_again(stack: &Stack, seen: &Seen, first_user: u64) -> OrderId {
     let next = AtomicU64::new(first_user);
-    wait_for("a new buyer to be sold to", Duration::from_secs(60), || async {
-        let user = next.fetch_add(1, Ordering::Relaxed);
-        let outcome = stack.buy(user).await;
-        seen.record(user, outcome.clone());
-        match outcome {
-            Outcome::Accepted(id) => Some(id),
-            _ => None,
-        }
-    })
+    wait_for(
+        "a new buyer to be sold to",
+        Duration::from_secs(60),
+        || async {
+            let user = next.fetch_add(1, Ordering::Relaxed);
+            let outcome = stack.buy(user).await;
+            seen.record(user, outcome.clone());
+            match outcome {
+                Outcome::Accepted(id) => Some(id),
+                _ => None,
+            }
+        },
+    )
     .await
 }
 
@@ -607,4 +630,59 @@ async fn an_outcome_unknown_purchase_is_settled_by_get_once_redis_answers() {
         .unwrap_or_else(|_| panic!("the stack is ours again"))
         .stop()
         .await;
+}
+
+/// Waits until the gateway and the workers both answer `/readyz` 503 with a durability reason that
+/// names `word`.
+async fn not_ready_because(stack: &Stack, word: &str) {
+    wait_for(
+        &format!("both processes not ready, naming {word}"),
+        Duration::from_secs(20),
+        || async {
+            let both = stack.readiness().await;
+            both.iter()
+                .all(|(status, body)| {
+                    *status == StatusCode::SERVICE_UNAVAILABLE
+                        && body["redis_durability"]["ok"] == false
+                        && body["redis_durability"]["reasons"]
+                            .to_string()
+                            .contains(word)
+                })
+                .then_some(())
+        },
+    )
+    .await
+}
+
+async fn config_set(redis: &Client, name: &str, value: &str) {
+    let _: fred::types::Value = redis
+        .custom(fred::cmd!("CONFIG"), vec!["SET", name, value])
+        .await
+        .expect("CONFIG SET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_are_not_ready_while_redis_cannot_keep_the_modes_promise() {
+    let redis = RedisServer::start(RedisOptions::default().appendonly(false));
+    redis.wait_ready().await;
+    let stack = Stack::start(redis.url(), Durability::Fsync).await;
+    let admin = seckill_schema::redis::client(&redis.url())
+        .await
+        .expect("Redis");
+    // No append-only file: an accepted order would not survive a Redis crash.
+    not_ready_because(&stack, "appendonly").await;
+    config_set(&admin, "appendfsync", "always").await;
+    config_set(&admin, "appendonly", "yes").await;
+    wait_for("both processes ready", Duration::from_secs(20), || async {
+        let both = stack.readiness().await;
+        both.iter()
+            .all(|(status, _)| *status == StatusCode::OK)
+            .then_some(())
+    })
+    .await;
+    // An evicting policy may drop stock or a buyer's holdings under memory pressure.
+    config_set(&admin, "maxmemory-policy", "allkeys-lru").await;
+    not_ready_because(&stack, "noeviction").await;
+    let _ = admin.quit().await;
+    stack.stop().await;
 }

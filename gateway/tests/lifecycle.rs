@@ -18,7 +18,11 @@ async fn health_readiness_and_metrics() {
     assert_eq!(health.status, StatusCode::OK, "{}", health.text());
     let ready = app.http.get("/readyz", None).await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
-    assert_eq!(ready.json(), json!({"redis": true, "rabbitmq": true}));
+    let ready = ready.json();
+    assert_eq!(ready["redis"], true, "{ready}");
+    assert_eq!(ready["rabbitmq"], true, "{ready}");
+    assert_eq!(ready["redis_durability"]["ok"], true, "{ready}");
+    assert_eq!(ready["redis_recovering_genes"], json!([]), "{ready}");
     app.http
         .get("/no-such-route", None)
         .await

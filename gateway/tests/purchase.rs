@@ -6,7 +6,7 @@ mod common;
 use common::{Events, TestApp, concurrently, wait_for_empty_outbox};
 use http::{Method, StatusCode};
 use seckill_schema::OrderId;
-use seckill_schema::testing::{Backend, TestEnv};
+use seckill_schema::testing::{Backend, TestEnv, wait_for};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -132,6 +132,44 @@ async fn a_retry_with_its_key_is_answered_even_after_the_sale_sold_out() {
     let retry = app.http.send(Method::POST, "/seckill", &key, body1).await;
     assert_eq!(retry.accepted(), first, "the first answer, not sold_out");
     assert_eq!(app.remaining(ITEM).await, Some(0));
+    app.stop().await.expect("run() returns Ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_its_key_is_answered_after_the_sale_ended() {
+    const ITEM: u64 = 9;
+    const OTHER: u64 = 10;
+    let app = TestApp::spawn().await;
+    let mut body = common::item_body(ITEM, 5, 1);
+    body["ends_at"] = json!(rfc3339(2));
+    app.create_item_with(&body).await;
+    app.create_item(OTHER, 5, 1).await;
+    let key = [("idempotency-key", "retry-after-the-end")];
+    let body1 = app.purchase(1, ITEM).to_string();
+    let first = app
+        .http
+        .send(Method::POST, "/seckill", &key, body1.clone())
+        .await
+        .accepted();
+    wait_for("the sale to end", Duration::from_secs(10), || async {
+        let r = app.http.seckill(&app.purchase(2, ITEM)).await;
+        (r.status == StatusCode::CONFLICT && r.error_code() == "ended").then_some(())
+    })
+    .await;
+    let retry = app.http.send(Method::POST, "/seckill", &key, body1).await;
+    assert_eq!(retry.accepted(), first, "the first answer, not ended");
+    // The key is scoped to the user and the item: the same key for another item is a new purchase.
+    let other = app
+        .http
+        .send(
+            Method::POST,
+            "/seckill",
+            &key,
+            app.purchase(1, OTHER).to_string(),
+        )
+        .await
+        .accepted();
+    assert_ne!(other, first);
     app.stop().await.expect("run() returns Ok");
 }
 

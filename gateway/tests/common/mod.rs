@@ -70,6 +70,12 @@ impl Resp {
             .to_owned()
     }
 
+    /// The `error` code of a JSON error body, if it is one.
+    pub fn error_code_or_none(&self) -> Option<String> {
+        let v: Value = serde_json::from_slice(&self.body).ok()?;
+        v["error"].as_str().map(str::to_owned)
+    }
+
     /// The `order_id` of the body: a decimal string.
     pub fn order_id(&self) -> OrderId {
         let v = self.json();
