@@ -20,6 +20,8 @@ fn free_port() -> u16 {
 /// when dropped.
 struct RedisServer {
     port: u16,
+    /// The cluster bus's port, for `CLUSTER MEET`.
+    bus_port: u16,
     dir: PathBuf,
     child: Child,
 }
@@ -53,12 +55,18 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
+        // Left alone, the bus port would be port + 10000: maybe taken, maybe past 65535.
+        let bus_port = free_port();
         if args.contains(&"--cluster-enabled") {
-            // The bus port would be port + 10000: maybe taken, maybe past 65535.
-            command.args(["--cluster-port", &free_port().to_string()]);
+            command.args(["--cluster-port", &bus_port.to_string()]);
         }
         let child = command.spawn().expect("redis-server is installed");
-        let mut server = RedisServer { port, dir, child };
+        let mut server = RedisServer {
+            port,
+            bus_port,
+            dir,
+            child,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if server
@@ -96,6 +104,12 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // Gone first, so that it writes nothing into the directory while it is removed.
+        let _ = self.child.start_kill();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -289,6 +303,7 @@ async fn every_primary_of_a_cluster_is_checked() {
                         "MEET".to_owned(),
                         "127.0.0.1".into(),
                         other.port.to_string(),
+                        other.bus_port.to_string(),
                     ],
                 )
                 .await
