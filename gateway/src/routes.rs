@@ -260,6 +260,11 @@ async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     if idempotency_key.is_none() && state.sold_out.is_sold_out(item) {
         return Err(ApiError::Conflict("sold_out", "the item is sold out"));
     }
+    if state.group_commit.is_some() && !state.durability.is_ok() {
+        // No replica to confirm a sale: refuse before selling rather than sell and answer
+        // `outcome_unknown`.
+        return Err(ApiError::Unavailable("a Redis replica"));
+    }
     let order_id = OrderId(state.ids.next(seckill_schema::keys::gene_of_item(item)));
     let outcome = state
         .scripts

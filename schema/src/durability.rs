@@ -305,6 +305,8 @@ pub struct DurabilityWatch {
     client: Client,
     mode: Durability,
     latest: Arc<Mutex<Option<DurabilityStatus>>>,
+    /// `latest`'s verdict, read on the hot path without a lock.
+    ok: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How often a process re-reads Redis's configuration in production.
@@ -322,6 +324,7 @@ impl DurabilityWatch {
             client,
             mode,
             latest: Arc::new(Mutex::new(None)),
+            ok: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let w = watch.clone();
         tokio::spawn(async move {
@@ -345,6 +348,11 @@ impl DurabilityWatch {
         self.mode
     }
 
+    /// Whether the latest check found Redis giving what the mode asks (false before the first).
+    pub fn is_ok(&self) -> bool {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The latest status, `None` before the first check has finished.
     pub fn current(&self) -> Option<DurabilityStatus> {
         self.latest
@@ -360,6 +368,8 @@ impl DurabilityWatch {
             Err(e) => DurabilityStatus::unreadable(self.mode, &e),
         };
         record_metrics(&status);
+        self.ok
+            .store(status.ok, std::sync::atomic::Ordering::Relaxed);
         let previous = self
             .latest
             .lock()
