@@ -240,6 +240,40 @@ impl RedisOptions {
         self.extra.push((name.into(), value.into()));
         self
     }
+
+    /// What a `redis-server` without a config file does: no append-only file (`appendfsync
+    /// everysec`, `noeviction`). A restart comes back empty.
+    pub fn volatile() -> Self {
+        RedisOptions::default()
+            .appendonly(false)
+            .appendfsync("everysec")
+    }
+
+    /// `--repl-diskless-sync-delay 0`: a master sends a new replica its first copy at once,
+    /// instead of after Redis's 5 s wait for more replicas to share it.
+    pub fn no_sync_delay(self) -> Self {
+        self.arg("repl-diskless-sync-delay", "0")
+    }
+
+    /// `--cluster-enabled yes`: a Redis Cluster node. [`RedisServer::start`] gives it a cluster
+    /// bus port of its own (free, rather than port + 10000, which may be taken or past 65535)
+    /// and its cluster config file (`nodes.conf`) in its data directory. [`RedisCluster`] makes
+    /// a cluster of such nodes.
+    pub fn cluster(self) -> Self {
+        if self.is_cluster() {
+            self
+        } else {
+            self.arg("cluster-enabled", "yes")
+        }
+    }
+
+    /// Whether these options run a cluster node: `cluster-enabled yes`, as
+    /// [`cluster`](Self::cluster) sets.
+    pub fn is_cluster(&self) -> bool {
+        self.extra
+            .iter()
+            .any(|(name, value)| name == "cluster-enabled" && value.eq_ignore_ascii_case("yes"))
+    }
 }
 
 /// A `redis-server` process owned by a test, on a free port of 127.0.0.1, with its data in a
@@ -250,6 +284,8 @@ impl RedisOptions {
 /// [`wait_ready`](Self::wait_ready) before using it.
 pub struct RedisServer {
     port: u16,
+    /// The cluster bus's port, for a cluster node ([`RedisOptions::cluster`]).
+    bus_port: Option<u16>,
     /// The temporary directory: `data/` (Redis's `--dir`) and `redis.log`.
     root: PathBuf,
     opts: RedisOptions,
@@ -261,8 +297,15 @@ impl RedisServer {
     pub fn start(opts: RedisOptions) -> RedisServer {
         let root = own_temp_dir("redis");
         std::fs::create_dir_all(root.join("data")).expect("creating the Redis data directory");
+        let port = free_port();
+        let bus_port = opts.is_cluster().then(|| {
+            std::iter::repeat_with(free_port)
+                .find(|bus| *bus != port)
+                .expect("an endless supply of ports")
+        });
         let server = RedisServer {
-            port: free_port(),
+            port,
+            bus_port,
             root,
             opts,
             child: Mutex::new(None),
@@ -271,8 +314,33 @@ impl RedisServer {
         server
     }
 
+    /// [`start`](Self::start), then [`wait_ready`](Self::wait_ready). A port found free may be
+    /// taken by another process before redis-server binds it (the cluster bus's port too): then
+    /// the server is started again, on other ports, up to 5 times in all.
+    pub async fn start_ready(opts: RedisOptions) -> RedisServer {
+        const ATTEMPTS: usize = 5;
+        for _ in 1..ATTEMPTS {
+            let server = RedisServer::start(opts.clone());
+            match server.answers().await {
+                Ok(()) => return server,
+                // Dropped: killed and its directory removed.
+                Err(_) if log_tail(&server.log_path()).contains("Address already in use") => {}
+                Err(status) => server.exited_before_answering(status),
+            }
+        }
+        let server = RedisServer::start(opts);
+        server.wait_ready().await;
+        server
+    }
+
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The cluster bus's port of a cluster node ([`RedisOptions::cluster`]), for `CLUSTER MEET`;
+    /// `None` for a server that is no cluster node.
+    pub fn cluster_bus_port(&self) -> Option<u16> {
+        self.bus_port
     }
 
     /// `redis://127.0.0.1:<port>`
@@ -303,17 +371,60 @@ impl RedisServer {
     /// done), over a plain TCP connection. Fails the test after 20 s, or at once, with the
     /// server's log, if the process has exited.
     pub async fn wait_ready(&self) {
+        if let Err(status) = self.answers().await {
+            self.exited_before_answering(status);
+        }
+    }
+
+    /// Waits until the server answers `PONG` (`Ok`) or its process has exited (`Err`); fails
+    /// the test after 20 s.
+    async fn answers(&self) -> Result<(), std::process::ExitStatus> {
         let what = format!("redis-server on port {} to answer PONG", self.port);
         wait_for(&what, READY_DEADLINE, || {
-            if let Some(status) = exited(&self.child) {
-                panic!(
-                    "redis-server on port {} exited ({status}) before answering; its log:\n{}",
-                    self.port,
-                    log_tail(&self.log_path())
-                );
-            }
+            let status = exited(&self.child);
             let port = self.port;
-            async move { ping(port).await.then_some(()) }
+            async move {
+                match status {
+                    Some(status) => Some(Err(status)),
+                    None => ping(port).await.then_some(Ok(())),
+                }
+            }
+        })
+        .await
+    }
+
+    fn exited_before_answering(&self, status: std::process::ExitStatus) -> ! {
+        panic!(
+            "redis-server on port {} exited ({status}) before answering; its log:\n{}",
+            self.port,
+            log_tail(&self.log_path())
+        );
+    }
+
+    /// `INFO <section>`'s text, e.g. `"replication"`; `None` if the server does not answer
+    /// within 2 s.
+    pub async fn info(&self, section: &str) -> Option<String> {
+        match command(self.port, &["INFO", section]).await? {
+            Resp::Bulk(text) => text,
+            _ => None,
+        }
+    }
+
+    /// Waits until `INFO replication` lists at least `count` replicas `state=online` (their first
+    /// copy loaded): a master's replicas, once started with [`RedisOptions::replicaof`] or
+    /// `CLUSTER REPLICATE`. Fails the test after 20 s.
+    pub async fn wait_replicas_online(&self, count: usize) {
+        let what = format!(
+            "{count} replica(s) of redis-server on port {} to be online",
+            self.port
+        );
+        wait_for(&what, READY_DEADLINE, || async move {
+            let info = self.info("replication").await?;
+            let online = info
+                .lines()
+                .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+                .count();
+            (online >= count).then_some(())
         })
         .await
     }
@@ -389,6 +500,15 @@ impl RedisServer {
         for (name, value) in &self.opts.extra {
             args.extend([format!("--{name}"), value.clone()]);
         }
+        if let Some(bus) = self.bus_port {
+            let conf = self.data_dir().join("nodes.conf");
+            args.extend([
+                "--cluster-port".into(),
+                bus.to_string(),
+                "--cluster-config-file".into(),
+                conf.to_string_lossy().into_owned(),
+            ]);
+        }
         let child = spawn_logged("redis-server", &args, &self.log_path());
         *lock(&self.child) = Some(child);
     }
@@ -399,6 +519,138 @@ impl Drop for RedisServer {
         self.kill();
         remove_own_dir(&self.root);
     }
+}
+
+/// A Redis Cluster owned by a test: `redis-server` nodes ([`RedisOptions::cluster`]) on free
+/// ports of 127.0.0.1, the 16384 slots shared evenly by the primaries, each primary with its
+/// replicas. Every node is killed and its directory removed when the cluster is dropped.
+///
+/// ```ignore
+/// let cluster = RedisCluster::start(3, 1).await;
+/// let client = seckill_schema::redis::client(&cluster.url()).await?;
+/// let first = &cluster.primaries()[0];
+/// let its_replica = &cluster.replicas_of(0)[0];
+/// ```
+pub struct RedisCluster {
+    /// The primaries, then the replicas of the first primary, of the second, …
+    nodes: Vec<RedisServer>,
+    primaries: usize,
+}
+
+impl RedisCluster {
+    /// [`start_with`](Self::start_with) every node on [`RedisOptions::default`].
+    pub async fn start(primaries: usize, replicas_per_primary: usize) -> RedisCluster {
+        RedisCluster::start_with(primaries, replicas_per_primary, |_| RedisOptions::default()).await
+    }
+
+    /// Starts `primaries` primaries and `replicas_per_primary` replicas of each, node `i` on
+    /// `options(i).cluster()` (nodes `0..primaries` are the primaries, then come the replicas of
+    /// primary 0, of primary 1, …), and makes them one cluster: `CLUSTER ADDSLOTSRANGE` on each
+    /// primary, `CLUSTER MEET` from the first node, `CLUSTER REPLICATE` on each replica. (Not
+    /// `redis-cli --cluster create`, which wants at least three primaries.) Returns once every
+    /// node reports `cluster_state:ok` and every primary has its replicas online; fails the test
+    /// if that takes more than 20 s a step.
+    pub async fn start_with(
+        primaries: usize,
+        replicas_per_primary: usize,
+        mut options: impl FnMut(usize) -> RedisOptions,
+    ) -> RedisCluster {
+        assert!(primaries > 0, "a cluster needs a primary");
+        let count = primaries * (1 + replicas_per_primary);
+        let mut nodes = Vec::with_capacity(count);
+        for i in 0..count {
+            nodes.push(RedisServer::start_ready(options(i).cluster()).await);
+        }
+        let cluster = RedisCluster { nodes, primaries };
+
+        const SLOTS: usize = 16384;
+        for (p, primary) in cluster.primaries().iter().enumerate() {
+            let from = (p * SLOTS / primaries).to_string();
+            let to = ((p + 1) * SLOTS / primaries - 1).to_string();
+            cluster_ok(primary, &["CLUSTER", "ADDSLOTSRANGE", &from, &to]).await;
+        }
+        let first = &cluster.nodes[0];
+        for node in &cluster.nodes[1..] {
+            let port = node.port.to_string();
+            let bus = node.bus_port.expect("a cluster node").to_string();
+            cluster_ok(first, &["CLUSTER", "MEET", "127.0.0.1", &port, &bus]).await;
+        }
+        for (p, primary) in cluster.primaries().iter().enumerate() {
+            let id = match command(primary.port, &["CLUSTER", "MYID"]).await {
+                Some(Resp::Bulk(Some(id))) => id,
+                other => panic!("CLUSTER MYID on port {}: {other:?}", primary.port),
+            };
+            for replica in cluster.replicas_of(p) {
+                // A node may only follow a primary it has heard of (by gossip, after the MEETs).
+                let what = format!("the node on port {} to follow its primary", replica.port);
+                wait_for(&what, READY_DEADLINE, || {
+                    let id = id.clone();
+                    async move {
+                        let reply = command(replica.port, &["CLUSTER", "REPLICATE", &id]).await;
+                        matches!(reply, Some(Resp::Simple(ok)) if ok == "OK").then_some(())
+                    }
+                })
+                .await;
+            }
+        }
+        for node in &cluster.nodes {
+            let what = format!("the node on port {} to report cluster_state:ok", node.port);
+            wait_for(&what, READY_DEADLINE, || async move {
+                let info = match command(node.port, &["CLUSTER", "INFO"]).await? {
+                    Resp::Bulk(info) => info?,
+                    _ => return None,
+                };
+                info.contains("cluster_state:ok").then_some(())
+            })
+            .await;
+        }
+        for primary in cluster.primaries() {
+            primary.wait_replicas_online(replicas_per_primary).await;
+        }
+        cluster
+    }
+
+    /// `redis-cluster://127.0.0.1:<port>?node=127.0.0.1:<port>&…`, naming every primary: a
+    /// `SECKILL_REDIS_URL` for the cluster.
+    pub fn url(&self) -> String {
+        let mut ports = self.primaries().iter().map(RedisServer::port);
+        let first = ports.next().expect("a cluster has a primary");
+        let nodes: Vec<String> = ports.map(|p| format!("node=127.0.0.1:{p}")).collect();
+        if nodes.is_empty() {
+            format!("redis-cluster://127.0.0.1:{first}")
+        } else {
+            format!("redis-cluster://127.0.0.1:{first}?{}", nodes.join("&"))
+        }
+    }
+
+    /// Every node: the primaries, then the replicas of each in turn.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// The primaries, in the order of the slots they serve.
+    pub fn primaries(&self) -> &[RedisServer] {
+        &self.nodes[..self.primaries]
+    }
+
+    /// The replicas of primary `p` (an index into [`primaries`](Self::primaries)).
+    pub fn replicas_of(&self, p: usize) -> &[RedisServer] {
+        assert!(p < self.primaries, "primary {p} of {}", self.primaries);
+        let per = (self.nodes.len() - self.primaries) / self.primaries;
+        let from = self.primaries + p * per;
+        &self.nodes[from..from + per]
+    }
+}
+
+/// Sends a command that must answer `+OK` to a cluster node; fails the test otherwise.
+async fn cluster_ok(node: &RedisServer, args: &[&str]) {
+    let reply = command(node.port, args).await;
+    assert!(
+        matches!(&reply, Some(Resp::Simple(ok)) if ok == "OK"),
+        "{} on port {}: {reply:?}",
+        args.join(" "),
+        node.port
+    );
 }
 
 /// A Redis Sentinel owned by a test, monitoring one master (quorum 1, down after 1 s, failover
