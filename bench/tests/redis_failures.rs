@@ -316,9 +316,17 @@ async fn burst(stack: &Stack, users: Vec<u64>, seen: &Seen, tick: &Notify) {
 /// Waits until `seen` holds at least `n` accepted orders.
 async fn until_accepted(seen: &Seen, tick: &Notify, n: usize) {
     while seen.accepted_count() < n {
-        tokio::time::timeout(Duration::from_secs(30), tick.notified())
+        if tokio::time::timeout(Duration::from_secs(30), tick.notified())
             .await
-            .expect("the burst keeps answering");
+            .is_err()
+        {
+            panic!(
+                "the burst stopped answering at {} accepted; refused: {:?}, cut off: {}",
+                seen.accepted_count(),
+                seen.refused(),
+                seen.cut_off.load(Ordering::Relaxed)
+            );
+        }
     }
 }
 
@@ -487,6 +495,7 @@ async fn replica_mode_follows_a_sentinel_failover_and_loses_no_accepted_order() 
         async move { sentinel.replica_ports().await.contains(&port).then_some(()) }
     })
     .await;
+    master.wait_replicas_online(1).await;
     let stack = Stack::start(sentinel.url(), Durability::Replica).await;
     let seen = Seen::default();
     let tick = Notify::new();

@@ -173,16 +173,14 @@ impl Relay {
             return Ok(());
         }
         let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
-        let events: Vec<OrderEvent> = entries
-            .iter()
-            .filter_map(|(id, f)| {
-                let ev = decode(f);
-                if ev.is_none() {
-                    tracing::error!(stream = %self.stream, entry = %id, "dropping an undecodable outbox entry");
-                }
-                ev
-            })
-            .collect();
+        let mut events: Vec<OrderEvent> = Vec::with_capacity(entries.len());
+        for (id, fields) in &entries {
+            match decode(fields) {
+                Some(ev) => events.push(ev),
+                // Kept, not dropped: an operator can read it in `{ns}.dead` and act.
+                None => self.dead_letter(id, fields).await?,
+            }
+        }
         let n = events.len();
         if n > 0 {
             self.publisher
@@ -202,6 +200,30 @@ impl Relay {
             .context("trimming the outbox")?;
         metrics::counter!("seckill_relay_published_total").increment(n as u64);
         metrics::counter!("seckill_relay_messages_total").increment(1);
+        Ok(())
+    }
+}
+
+impl Relay {
+    /// An entry the relay cannot read goes to `{ns}.dead`, confirmed, before it is acked.
+    async fn dead_letter(&self, id: &str, fields: &HashMap<String, String>) -> anyhow::Result<()> {
+        tracing::error!(stream = %self.stream, entry = %id, "an undecodable outbox entry; dead-lettering it");
+        let body = serde_json::json!({"stream": self.stream, "entry": id, "fields": fields});
+        let mut headers = lapin::types::FieldTable::default();
+        let (k, v) = seckill_schema::broker::string_header(
+            "x-seckill-reason",
+            "an outbox entry that is not an ORDER_CREATED event",
+        );
+        headers.insert(k, v);
+        self.publisher
+            .publish_raw(
+                &self.publisher.topology().dead(),
+                body.to_string().as_bytes(),
+                headers,
+            )
+            .await
+            .context("dead-lettering an undecodable outbox entry")?;
+        metrics::counter!("seckill_relay_dead_lettered_total").increment(1);
         Ok(())
     }
 }

@@ -309,6 +309,9 @@ pub struct DurabilityWatch {
     ok: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// How often a process re-reads Redis's configuration while it falls short of the mode.
+const RECHECK_WHILE_BAD: Duration = Duration::from_millis(500);
+
 /// How often a process re-reads Redis's configuration in production.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -328,11 +331,17 @@ impl DurabilityWatch {
         };
         let w = watch.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                let ok = w.check_now().await.ok;
+                // While Redis falls short, look again soon: in `replica` mode purchases are
+                // refused until it does not.
+                let pause = if ok {
+                    every
+                } else {
+                    every.min(RECHECK_WHILE_BAD)
+                };
                 tokio::select! {
-                    _ = tick.tick() => { w.check_now().await; }
+                    _ = tokio::time::sleep(pause) => {}
                     changed = stop.changed() => {
                         if changed.is_err() || *stop.borrow() {
                             return;
