@@ -1,7 +1,7 @@
 //! `/admin/items`: create a sale item (database first, then warm Redis) and inspect one.
 
-use crate::error::{ApiError, json};
-use crate::routes::{bearer, parse_json, read_body};
+use crate::error::{Answer, ApiError, json};
+use crate::request::{bearer, parse_json, read_body};
 use crate::state::State;
 use fred::prelude::*;
 use http::{HeaderMap, Request, StatusCode};
@@ -15,8 +15,6 @@ use seckill_schema::{ItemId, OrderStatus};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-type Answer = Result<http::Response<crate::error::Body>, ApiError>;
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

@@ -8,6 +8,9 @@ use seckill_schema::OrderId;
 
 pub type Body = Full<Bytes>;
 
+/// What a route handler answers.
+pub type Answer = Result<http::Response<Body>, ApiError>;
+
 #[derive(Debug)]
 pub enum ApiError {
     BadRequest(String),

@@ -8,6 +8,7 @@ pub mod payment;
 pub mod ratelimit;
 pub mod relay;
 pub mod replication;
+pub mod request;
 pub mod routes;
 pub mod soldout;
 pub mod state;

@@ -6,8 +6,9 @@
 //! (`lua/lookup_order.lua`), so a purchase of that id still in flight after a `503
 //! outcome_unknown` cannot sell afterwards.
 
+use crate::error::Answer;
 use crate::error::{ApiError, json};
-use crate::routes::{Answer, parse_id, user_from_jwt};
+use crate::request::{parse_id, user_from_jwt};
 use crate::state::State;
 use fred::prelude::*;
 use http::{HeaderMap, StatusCode};

@@ -3,7 +3,7 @@
 //! workers apply it once per `payment_id`.
 
 use crate::error::{ApiError, json};
-use crate::routes::read_body;
+use crate::request::{parse_json, read_body};
 use crate::state::State;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
@@ -41,7 +41,7 @@ pub async fn callback(
                 SignatureError::Mismatch => "the signature does not match",
             })
         })?;
-    let cb: Callback = crate::routes::parse_json(&body)?;
+    let cb: Callback = parse_json(&body)?;
     if cb.payment_id.is_empty()
         || cb.payment_id.len() > 64
         || !cb

@@ -1,21 +1,21 @@
 //! The HTTP API of the contract: routing, parsing at the edge, and one handler per route.
 
-use crate::error::{ApiError, Body, json};
+use crate::error::{Answer, ApiError, Body, json};
+use crate::request::{parse_id, parse_json, rate_limit, read_body, user_from_jwt};
 use crate::state::State;
 use bytes::Bytes;
 use fred::prelude::*;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use seckill_schema::scripts::{Purchase, PurchaseFailure, PurchaseRequest};
 use seckill_schema::snowflake::now_ms;
-use seckill_schema::{ItemId, OrderId, Quantity, UserId};
+use seckill_schema::{ItemId, OrderId, Quantity};
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub const MAX_BODY: usize = 16 * 1024;
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 pub async fn handle(
@@ -89,8 +89,6 @@ fn status_label(s: StatusCode) -> &'static str {
     }
 }
 
-pub type Answer = Result<Response<Body>, ApiError>;
-
 async fn route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Answer) {
     // The hot path first, matched without allocating. Every other route runs in a boxed future
     // of its own: the admin and payment handlers' futures are large, and inlining them would make
@@ -150,63 +148,6 @@ async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static st
             Err(ApiError::NotFound("not_found", "no such route")),
         ),
     }
-}
-
-/// Reads the whole body, at most 16 KiB.
-pub async fn read_body(req: Request<Incoming>) -> Result<(http::request::Parts, Bytes), ApiError> {
-    let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY) {
-        return Err(ApiError::PayloadTooLarge);
-    }
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok((parts, collected.to_bytes())),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::PayloadTooLarge)
-        }
-        Err(_) => Err(ApiError::BadRequest("the body could not be read".into())),
-    }
-}
-
-pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        let msg = e.to_string();
-        // serde's message names the field and the expectation, never our internals.
-        ApiError::BadRequest(format!("invalid JSON body: {msg}"))
-    })
-}
-
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-pub fn user_from_jwt(state: &State, headers: &HeaderMap) -> Result<UserId, ApiError> {
-    let token = bearer(headers).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
-    state
-        .jwt
-        .verify(token)
-        .ok_or(ApiError::Unauthorized("the token is invalid or expired"))
-}
-
-pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> Result<T, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::NotFound(what, "no such resource"))
-}
-
-fn rate_limit(state: &State, user: UserId) -> Result<(), ApiError> {
-    state
-        .limiter
-        .check(user)
-        .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })
 }
 
 #[derive(Deserialize)]
