@@ -17,6 +17,7 @@ use seckill_schema::entity::{orders, payments};
 use seckill_schema::record::{OrderRecord, ShownPayment};
 use seckill_schema::scripts::Lookup;
 use seckill_schema::snowflake::{millis_of, now_ms};
+use seckill_schema::status::PaymentStatus;
 use seckill_schema::{ItemId, Message, OrderId, Quantity, UserId};
 use std::sync::Arc;
 
@@ -62,9 +63,20 @@ async fn from_database(state: &State, order_id: OrderId) -> Result<Option<OrderR
     // The payment that paid the order, else the latest.
     let shown = pays
         .iter()
-        .find(|p| p.status == "SUCCEEDED" && p.applied)
+        .find(|p| p.status == PaymentStatus::Succeeded.as_str() && p.applied)
         .or_else(|| pays.iter().max_by_key(|p| p.updated_at_ms));
     let bad = |what: &str| ApiError::Internal(anyhow::anyhow!("order {order_id} has {what}"));
+    let payment = match shown {
+        None => None,
+        Some(p) => Some(ShownPayment {
+            payment_id: p.payment_id.clone(),
+            amount_cents: p.amount_cents,
+            status: p
+                .status
+                .parse()
+                .map_err(|_| bad("a payment of an unknown status"))?,
+        }),
+    };
     Ok(Some(OrderRecord {
         user: UserId(o.user_id as u64),
         item: ItemId(o.item_id as u64),
@@ -76,11 +88,7 @@ async fn from_database(state: &State, order_id: OrderId) -> Result<Option<OrderR
         status: o.status.parse().map_err(|_| bad("an unknown status"))?,
         created_at_ms: o.created_at_ms,
         updated_at_ms: o.updated_at_ms,
-        payment: shown.map(|p| ShownPayment {
-            payment_id: p.payment_id.clone(),
-            amount_cents: p.amount_cents,
-            status: p.status.clone(),
-        }),
+        payment,
     }))
 }
 

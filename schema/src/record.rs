@@ -4,14 +4,14 @@
 
 use crate::ids::{ItemId, OrderId, Quantity, UserId};
 use crate::messages::OrderEvent;
-use crate::status::OrderStatus;
+use crate::status::{OrderStatus, PaymentStatus};
 
 /// The payment an order shows: the intent while it awaits payment, then the provider's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShownPayment {
     pub payment_id: String,
     pub amount_cents: i64,
-    pub status: String,
+    pub status: PaymentStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +63,12 @@ impl OrderRecord {
             Some(id) => Some(ShownPayment {
                 payment_id: id.clone(),
                 amount_cents: num("pay_amount")?,
-                status: f.get("pay_status").cloned().unwrap_or_default(),
+                status: f
+                    .get("pay_status")
+                    .map(|s| s.parse())
+                    .transpose()
+                    .map_err(|e| BadRecord(format!("{e}")))?
+                    .unwrap_or(PaymentStatus::Pending),
             }),
         };
         let created_at_ms = num("created")?;

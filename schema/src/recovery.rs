@@ -19,7 +19,7 @@ use crate::keys::gene_of_item;
 use crate::record::{OrderRecord, ShownPayment};
 use crate::scripts::{ItemState, RebuiltOrder, Scripts};
 use crate::snowflake::{GENES, now_ms};
-use crate::status::OrderStatus;
+use crate::status::{OrderStatus, PaymentStatus};
 use anyhow::Context;
 use fred::prelude::*;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
@@ -265,8 +265,10 @@ async fn read_gene(
             // The payment that paid the order, else the latest one.
             let better = match shown.get(&p.order_id) {
                 None => true,
-                Some(cur) if cur.status == "SUCCEEDED" && cur.applied => false,
-                Some(_) if p.status == "SUCCEEDED" && p.applied => true,
+                Some(cur) if cur.status == PaymentStatus::Succeeded.as_str() && cur.applied => {
+                    false
+                }
+                Some(_) if p.status == PaymentStatus::Succeeded.as_str() && p.applied => true,
                 Some(cur) => p.updated_at_ms >= cur.updated_at_ms,
             };
             if better {
@@ -295,6 +297,16 @@ async fn read_gene(
             .or_insert((0, 0));
         entry.0 += o.quantity as i64;
         entry.1 = entry.1.max(o.id);
+        let payment = match shown.remove(&o.id) {
+            None => None,
+            Some(p) => Some(ShownPayment {
+                status: p.status.parse().with_context(|| {
+                    format!("payment {} has status {:?}", p.payment_id, p.status)
+                })?,
+                payment_id: p.payment_id,
+                amount_cents: p.amount_cents,
+            }),
+        };
         rebuilt.push(RebuiltOrder {
             order_id: OrderId(o.id as u64),
             record: OrderRecord {
@@ -305,11 +317,7 @@ async fn read_gene(
                 status,
                 created_at_ms: o.created_at_ms,
                 updated_at_ms: o.updated_at_ms,
-                payment: shown.remove(&o.id).map(|p| ShownPayment {
-                    payment_id: p.payment_id,
-                    amount_cents: p.amount_cents,
-                    status: p.status,
-                }),
+                payment,
             },
         });
     }

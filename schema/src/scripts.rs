@@ -394,7 +394,7 @@ impl Scripts {
                         Some(p) => {
                             args.push(p.payment_id.clone());
                             args.push(p.amount_cents.to_string());
-                            args.push(p.status.clone());
+                            args.push(p.status.as_str().to_owned());
                         }
                         None => args.extend([String::new(), String::new(), String::new()]),
                     }
@@ -588,7 +588,7 @@ impl Scripts {
                     Some(p) => args.extend([
                         p.payment_id.clone(),
                         p.amount_cents.to_string(),
-                        p.status.clone(),
+                        p.status.as_str().to_owned(),
                     ]),
                     None => args.extend([String::new(), String::new(), String::new()]),
                 }

@@ -121,6 +121,57 @@ impl FromStr for OrderStatus {
     }
 }
 
+/// Status of a payment row, and the payment an order shows: the intent while the order awaits
+/// payment, then what the provider's result did to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PaymentStatus {
+    /// The intent, or a result received but not applied yet.
+    Pending,
+    Succeeded,
+    Failed,
+    /// A success for another amount than the order's: never pays it.
+    AmountMismatch,
+    /// A success on an order closed (or paid) already: the provider must refund it.
+    RefundRequired,
+}
+
+impl PaymentStatus {
+    pub const ALL: [PaymentStatus; 5] = [
+        PaymentStatus::Pending,
+        PaymentStatus::Succeeded,
+        PaymentStatus::Failed,
+        PaymentStatus::AmountMismatch,
+        PaymentStatus::RefundRequired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Pending => "PENDING",
+            PaymentStatus::Succeeded => "SUCCEEDED",
+            PaymentStatus::Failed => "FAILED",
+            PaymentStatus::AmountMismatch => "AMOUNT_MISMATCH",
+            PaymentStatus::RefundRequired => "REFUND_REQUIRED",
+        }
+    }
+}
+
+impl fmt::Display for PaymentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PaymentStatus {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PaymentStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
 /// Status of a stock lock row: one per order that the database locked stock for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockStatus {
@@ -150,6 +201,10 @@ mod tests {
             assert_eq!(serde_json::to_string(&st).unwrap(), format!("\"{st}\""));
         }
         assert!("paid".parse::<OrderStatus>().is_err());
+        for st in PaymentStatus::ALL {
+            assert_eq!(st.as_str().parse::<PaymentStatus>().unwrap(), st);
+            assert_eq!(serde_json::to_string(&st).unwrap(), format!("\"{st}\""));
+        }
     }
 
     #[test]

@@ -12,15 +12,9 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, T
 use seckill_schema::messages::PaymentOutcome;
 use seckill_schema::record::ShownPayment;
 use seckill_schema::scripts::StatusUpdate;
-use seckill_schema::status::LockStatus;
+use seckill_schema::status::{LockStatus, PaymentStatus};
 use seckill_schema::{Kind, Message, OrderEvent, OrderStatus, PaymentEvent};
 use std::collections::{BTreeMap, HashSet};
-
-pub const PAYMENT_PENDING: &str = "PENDING";
-pub const PAYMENT_SUCCEEDED: &str = "SUCCEEDED";
-pub const PAYMENT_FAILED: &str = "FAILED";
-pub const PAYMENT_AMOUNT_MISMATCH: &str = "AMOUNT_MISMATCH";
-pub const PAYMENT_REFUND_REQUIRED: &str = "REFUND_REQUIRED";
 
 /// The events of one batch; one message type per batch.
 #[derive(Debug, Clone)]
@@ -51,8 +45,8 @@ pub struct Effects {
     pub releases: Vec<(OrderRow, OrderStatus)>,
 }
 
-/// The payment each order should show, as (payment id, amount, status).
-type Shown = BTreeMap<i64, (String, i64, String)>;
+/// The payment each order should show.
+type Shown = BTreeMap<i64, ShownPayment>;
 
 pub async fn handle(db: &DatabaseConnection, kind: Kind, batch: &Batch) -> Result<Effects, DbErr> {
     let txn = db.begin().await?;
@@ -98,11 +92,7 @@ fn mirror(orders: &Orders, shown: &Shown, effects: &mut Effects) {
         effects.statuses.push(StatusUpdate {
             order: o.event(),
             status: o.status,
-            payment: shown.get(&o.id).map(|(id, amount, status)| ShownPayment {
-                payment_id: id.clone(),
-                amount_cents: *amount,
-                status: status.clone(),
-            }),
+            payment: shown.get(&o.id).cloned(),
         });
         if o.status.is_closed() {
             effects.releases.push((o.clone(), o.status));
@@ -210,7 +200,11 @@ async fn prepare_payment(
         for o in &ready {
             shown.insert(
                 o.id,
-                (intent_id(o.id), o.amount_cents, PAYMENT_PENDING.to_owned()),
+                ShownPayment {
+                    payment_id: intent_id(o.id),
+                    amount_cents: o.amount_cents,
+                    status: PaymentStatus::Pending,
+                },
             );
         }
         // The provider may have answered before we got here, under this very payment id: its
@@ -330,13 +324,13 @@ async fn payment_result(
             tracing::warn!(payment.id = %e.payment_id, order.id = %e.order_id, "payment id reused for another order; ignored");
             continue;
         }
-        if row.status != PAYMENT_PENDING {
+        if row.status != PaymentStatus::Pending {
             // The same payment_id again: recorded already, no second effect.
             continue;
         }
         let status = match e.status {
-            PaymentOutcome::Succeeded => PAYMENT_SUCCEEDED,
-            PaymentOutcome::Failed => PAYMENT_FAILED,
+            PaymentOutcome::Succeeded => PaymentStatus::Succeeded,
+            PaymentOutcome::Failed => PaymentStatus::Failed,
         };
         store::update_payment(txn, &e.payment_id, status, e.amount_cents, false).await?;
     }
@@ -389,10 +383,10 @@ async fn apply_results(
         let Some(order) = orders.get(&r.order_id).cloned() else {
             continue;
         };
-        let succeeded = r.status == PAYMENT_SUCCEEDED;
+        let succeeded = r.status == PaymentStatus::Succeeded;
         let (payment_status, order_to) = match order.status {
             OrderStatus::Created | OrderStatus::StockLocked | OrderStatus::Pending => continue,
-            _ if !succeeded => (r.status.as_str(), None),
+            _ if !succeeded => (r.status, None),
             OrderStatus::AwaitingPayment if r.amount_cents == order.amount_cents => {
                 let q = order.quantity as i64;
                 if !ledger.apply(&order, "sold", 0, -q, q) {
@@ -402,16 +396,19 @@ async fn apply_results(
                     )));
                 }
                 store::settle_locks(txn, &[order.id], LockStatus::Deducted).await?;
-                (PAYMENT_SUCCEEDED, Some(OrderStatus::Paid))
+                (PaymentStatus::Succeeded, Some(OrderStatus::Paid))
             }
             OrderStatus::AwaitingPayment => {
                 tracing::warn!(order.id = order.id, payment.id = %r.payment_id, "payment amount does not match; not paid");
-                (PAYMENT_AMOUNT_MISMATCH, None)
+                (PaymentStatus::AmountMismatch, None)
             }
-            OrderStatus::Paid | OrderStatus::RefundRequired => (PAYMENT_REFUND_REQUIRED, None),
-            OrderStatus::Failed | OrderStatus::Cancelled | OrderStatus::TimedOut => {
-                (PAYMENT_REFUND_REQUIRED, Some(OrderStatus::RefundRequired))
+            OrderStatus::Paid | OrderStatus::RefundRequired => {
+                (PaymentStatus::RefundRequired, None)
             }
+            OrderStatus::Failed | OrderStatus::Cancelled | OrderStatus::TimedOut => (
+                PaymentStatus::RefundRequired,
+                Some(OrderStatus::RefundRequired),
+            ),
         };
         store::update_payment(txn, &r.payment_id, payment_status, r.amount_cents, true).await?;
         if let Some(to) = order_to {
@@ -421,11 +418,11 @@ async fn apply_results(
             // A paid order keeps showing the payment that paid it.
             shown.insert(
                 order.id,
-                (
-                    r.payment_id.clone(),
-                    r.amount_cents,
-                    payment_status.to_owned(),
-                ),
+                ShownPayment {
+                    payment_id: r.payment_id.clone(),
+                    amount_cents: r.amount_cents,
+                    status: payment_status,
+                },
             );
         }
     }

@@ -4,7 +4,7 @@
 use crate::sql::{Query, insert};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Value};
 use seckill_schema::snowflake::now_ms;
-use seckill_schema::status::LockStatus;
+use seckill_schema::status::{LockStatus, PaymentStatus};
 use seckill_schema::{ItemId, OrderEvent, OrderId, OrderStatus, Quantity, UserId};
 use std::collections::BTreeMap;
 
@@ -368,7 +368,7 @@ pub async fn insert_pending_payments(
                 id.into(),
                 order.into(),
                 amount.into(),
-                "PENDING".into(),
+                PaymentStatus::Pending.as_str().into(),
                 false.into(),
                 now.into(),
                 now.into(),
@@ -400,7 +400,7 @@ pub struct PaymentRow {
     pub payment_id: String,
     pub order_id: i64,
     pub amount_cents: i64,
-    pub status: String,
+    pub status: PaymentStatus,
     pub applied: bool,
 }
 
@@ -431,7 +431,7 @@ pub async fn lock_unapplied(
             .push(" AND applied = ")
             .bind(false)
             .push(" AND status <> ")
-            .bind("PENDING")
+            .bind(PaymentStatus::Pending.as_str())
             .push(" ORDER BY updated_at_ms, payment_id FOR UPDATE");
         out.extend(read_payments(txn, q).await?);
     }
@@ -445,7 +445,10 @@ async fn read_payments(txn: &DatabaseTransaction, q: Query) -> Result<Vec<Paymen
             payment_id: row.try_get("", "payment_id")?,
             order_id: row.try_get("", "order_id")?,
             amount_cents: row.try_get("", "amount_cents")?,
-            status: row.try_get("", "status")?,
+            status: {
+                let s: String = row.try_get("", "status")?;
+                s.parse().map_err(|e| invariant(format!("{e}")))?
+            },
             applied: row.try_get("", "applied")?,
         });
     }
@@ -455,12 +458,12 @@ async fn read_payments(txn: &DatabaseTransaction, q: Query) -> Result<Vec<Paymen
 pub async fn update_payment(
     txn: &DatabaseTransaction,
     payment_id: &str,
-    status: &str,
+    status: PaymentStatus,
     amount_cents: i64,
     applied: bool,
 ) -> Result<(), DbErr> {
     let mut q = Query::new(txn.get_database_backend()).sql("UPDATE payments SET status = ");
-    q.bind(status)
+    q.bind(status.as_str())
         .push(", amount_cents = ")
         .bind(amount_cents)
         .push(", applied = ")
