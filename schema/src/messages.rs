@@ -117,18 +117,6 @@ impl Message {
         }
     }
 
-    pub fn orders(kind: Kind, events: Vec<OrderEvent>) -> Message {
-        match kind {
-            Kind::OrderCreated => Message::OrderCreated { events },
-            Kind::LockInventory => Message::LockInventory { events },
-            Kind::PreparePayment => Message::PreparePayment { events },
-            Kind::OrderCancel => Message::OrderCancel { events },
-            Kind::OrderTimeout => Message::OrderTimeout { events },
-            Kind::InventoryCompensate => Message::InventoryCompensate { events },
-            Kind::PaymentResult => panic!("PAYMENT_RESULT carries payment events"),
-        }
-    }
-
     pub fn len(&self) -> usize {
         match self {
             Message::PaymentResult { events } => events.len(),

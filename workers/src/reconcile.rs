@@ -385,10 +385,9 @@ impl Sweeper {
         // that queue is the one that is gone.
         let queue = rt.topology.queue(Kind::OrderTimeout);
         for chunk in due.chunks(store::CHUNK) {
-            let message = Message::orders(
-                Kind::OrderTimeout,
-                chunk.iter().map(|o| o.event()).collect(),
-            );
+            let message = Message::OrderTimeout {
+                events: chunk.iter().map(|o| o.event()).collect(),
+            };
             let mut headers = FieldTable::default();
             let (k, v) = broker::string_header("x-seckill-source", "sweeper");
             headers.insert(k, v);

@@ -100,15 +100,19 @@ fn mirror(orders: &Orders, shown: &Shown, effects: &mut Effects) {
     }
 }
 
-fn follow_up(effects: &mut Effects, kind: Kind, orders: Vec<&OrderRow>) {
+/// The next step's messages for `orders`; `message` builds one message of that step from a chunk.
+fn follow_up(
+    effects: &mut Effects,
+    message: fn(Vec<OrderEvent>) -> Message,
+    orders: Vec<&OrderRow>,
+) {
     if orders.is_empty() {
         return;
     }
     for chunk in orders.chunks(store::CHUNK) {
-        effects.publish.push(Message::orders(
-            kind,
-            chunk.iter().map(|o| o.event()).collect(),
-        ));
+        effects
+            .publish
+            .push(message(chunk.iter().map(|o| o.event()).collect()));
     }
 }
 
@@ -118,7 +122,7 @@ async fn order_created(txn: &DatabaseTransaction, events: &[OrderEvent]) -> Resu
     let mut effects = Effects::default();
     follow_up(
         &mut effects,
-        Kind::LockInventory,
+        |events| Message::LockInventory { events },
         orders
             .values()
             .filter(|o| o.status == OrderStatus::Created)
@@ -126,7 +130,7 @@ async fn order_created(txn: &DatabaseTransaction, events: &[OrderEvent]) -> Resu
     );
     follow_up(
         &mut effects,
-        Kind::OrderTimeout,
+        |events| Message::OrderTimeout { events },
         orders.values().filter(|o| !o.status.is_final()).collect(),
     );
     mirror(&orders, &Shown::new(), &mut effects);
@@ -171,13 +175,17 @@ async fn lock_inventory(
     let mut effects = Effects::default();
     follow_up(
         &mut effects,
-        Kind::PreparePayment,
+        |events| Message::PreparePayment { events },
         orders
             .values()
             .filter(|o| o.status == OrderStatus::StockLocked)
             .collect(),
     );
-    follow_up(&mut effects, Kind::InventoryCompensate, short);
+    follow_up(
+        &mut effects,
+        |events| Message::InventoryCompensate { events },
+        short,
+    );
     mirror(&orders, &Shown::new(), &mut effects);
     Ok(effects)
 }
