@@ -1,12 +1,13 @@
 //! The command line: `baseline`, `pay` and `flash-sale`.
 
 use crate::provider::{self, PayOptions};
-use crate::report;
+use crate::report::{self, Report};
 use crate::sale::{self, SaleOptions};
+use crate::svg;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use seckill_schema::{Config, ItemId};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -273,7 +274,7 @@ async fn flash_sale(config: &Config, args: FlashSaleArgs) -> anyhow::Result<Exit
     };
     let r = sale::flash_sale(config, &opts).await?;
     print!("{}", report::table(&r));
-    report::write(&opts.out, &r)?;
+    write_report(&opts.out, &r)?;
     println!(
         "wrote {} and {}",
         opts.out.join("report.json").display(),
@@ -284,6 +285,13 @@ async fn flash_sale(config: &Config, args: FlashSaleArgs) -> anyhow::Result<Exit
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Writes `report.json` and `report.svg` into `dir`.
+fn write_report(dir: &Path, r: &Report) -> anyhow::Result<()> {
+    report::write_json(&dir.join("report.json"), r)?;
+    let path = dir.join("report.svg");
+    std::fs::write(&path, svg::render(r)).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The results of a run: as a table for people, as `report.json` and `report.svg` for the record.
+//! The results of a run: as a table for people, as `report.json` for the record.
 
 use crate::audit::Check;
 use crate::baseline::Baseline;
@@ -306,14 +306,6 @@ pub fn table(r: &Report) -> String {
 pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
     let json = serde_json::to_vec_pretty(value)?;
     std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Writes `report.json` and `report.svg` into `dir`.
-pub fn write(dir: &Path, r: &Report) -> anyhow::Result<()> {
-    write_json(&dir.join("report.json"), r)?;
-    let svg = dir.join("report.svg");
-    std::fs::write(&svg, crate::svg::render(r))
-        .with_context(|| format!("writing {}", svg.display()))
 }
 
 /// The performance targets this run can speak to, each met or missed by how much. Which path the

@@ -14,7 +14,7 @@ use seckill_schema::broker::Topology;
 use seckill_schema::entity::orders;
 use seckill_schema::snowflake::now_ms;
 use seckill_schema::status::LockStatus;
-use seckill_schema::testing::{Backend, wait_for};
+use seckill_testkit::{Backend, wait_for};
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -4,7 +4,7 @@ mod common;
 
 use common::{ITEM, PRICE, Sale};
 use seckill_bench::db;
-use seckill_schema::testing::Backend;
+use seckill_testkit::Backend;
 use std::collections::BTreeMap;
 
 #[tokio::test]

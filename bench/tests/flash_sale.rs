@@ -2,7 +2,7 @@
 //! namespace and database, and `seckill-bench flash-sale` run against them as an operator would.
 
 use seckill_schema::Config;
-use seckill_schema::testing::{Backend, TestEnv, wait_for};
+use seckill_testkit::{Backend, TestEnv, wait_for};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

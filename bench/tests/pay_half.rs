@@ -4,8 +4,8 @@
 use seckill_bench::audit::{self, Accepted};
 use seckill_bench::provider::{self, PayOptions};
 use seckill_schema::auth::Tickets;
-use seckill_schema::testing::{Backend, TestEnv, wait_for};
 use seckill_schema::{ItemId, UserId};
+use seckill_testkit::{Backend, TestEnv, wait_for};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -49,7 +49,7 @@ async fn the_provider_pays_half_of_1000_orders_with_duplicates_and_reordering() 
     tokio::spawn(app.run(async {
         let _ = grx.await;
     }));
-    seckill_schema::testing::wait_for_redis_state(&config).await;
+    seckill_testkit::wait_for_redis_state(&config).await;
     let workers = seckill_workers::Workers::build(config.clone())
         .await
         .unwrap();

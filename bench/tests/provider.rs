@@ -9,8 +9,8 @@ use sea_orm::{ActiveModelTrait, DatabaseConnection, Set};
 use seckill_bench::provider::{self, Intent, PayOptions};
 use seckill_schema::broker::Topology;
 use seckill_schema::entity::orders;
-use seckill_schema::testing::{Backend, TestEnv, wait_for};
 use seckill_schema::{ItemId, Keys, Kind, Message, OrderId, OrderStatus, PaymentOutcome};
+use seckill_testkit::{Backend, TestEnv, wait_for};
 use std::collections::BTreeMap;
 use std::time::Duration;
 

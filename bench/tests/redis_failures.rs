@@ -22,10 +22,10 @@ use seckill_schema::entity::orders;
 use seckill_schema::keys::gene_of_item;
 use seckill_schema::scripts::{Purchase, PurchaseRequest, Scripts};
 use seckill_schema::snowflake::Snowflake;
-use seckill_schema::testing::{
+use seckill_schema::{Config, ItemId, Keys, OrderId, OrderStatus, Quantity, UserId};
+use seckill_testkit::{
     Backend, RedisOptions, RedisServer, Sentinel, TestEnv, wait_for, wait_for_redis_state,
 };
-use seckill_schema::{Config, ItemId, Keys, OrderId, OrderStatus, Quantity, UserId};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};

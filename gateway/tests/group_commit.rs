@@ -4,7 +4,7 @@
 
 use fred::prelude::*;
 use seckill_gateway::replication::{GroupCommit, Unconfirmed};
-use seckill_schema::testing::{RedisCluster, RedisOptions, RedisServer, wait_for};
+use seckill_testkit::{RedisCluster, RedisOptions, RedisServer, wait_for};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

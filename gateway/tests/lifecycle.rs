@@ -5,7 +5,7 @@ mod common;
 
 use common::TestApp;
 use http::StatusCode;
-use seckill_schema::testing::wait_for;
+use seckill_testkit::wait_for;
 use serde_json::json;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

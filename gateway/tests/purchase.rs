@@ -6,7 +6,7 @@ mod common;
 use common::{Events, TestApp, concurrently, wait_for_empty_outbox};
 use http::{Method, StatusCode};
 use seckill_schema::OrderId;
-use seckill_schema::testing::{Backend, TestEnv, wait_for};
+use seckill_testkit::{Backend, TestEnv, wait_for};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -20,7 +20,6 @@ pub mod scripts;
 pub mod snowflake;
 pub mod status;
 pub mod telemetry;
-pub mod testing;
 
 pub use config::Config;
 pub use ids::{ItemId, OrderId, Quantity, UserId};

@@ -3,7 +3,7 @@
 
 use fred::prelude::*;
 use seckill_schema::durability::{Durability, DurabilityStatus, DurabilityWatch, check};
-use seckill_schema::testing::{RedisCluster, RedisOptions, RedisServer, wait_for};
+use seckill_testkit::{RedisCluster, RedisOptions, RedisServer, wait_for};
 use std::time::Duration;
 
 /// A Redis of the test's own on `opts` (with no 5 s pause before a replica's first sync), and a

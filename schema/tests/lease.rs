@@ -4,7 +4,7 @@
 use seckill_schema::Keys;
 use seckill_schema::scripts::Scripts;
 use seckill_schema::snowflake::{millis_of, node_of};
-use seckill_schema::testing::{Backend, TestEnv};
+use seckill_testkit::{Backend, TestEnv};
 
 #[tokio::test]
 async fn live_processes_never_share_a_node_id() {
@@ -57,7 +57,7 @@ async fn a_successor_never_repeats_its_predecessors_ids() {
             .is_some()
     );
     // Its lease has lapsed (1 ms TTL): a new process may take node 7, and starts past `ahead`.
-    let hwm = seckill_schema::testing::wait_for(
+    let hwm = seckill_testkit::wait_for(
         "the old lease to lapse",
         std::time::Duration::from_secs(5),
         || async {

@@ -1,10 +1,10 @@
-//! The test support for Redis processes of a test's own (`seckill_schema::testing::RedisServer`
+//! The test support for Redis processes of a test's own (`seckill_testkit::RedisServer`
 //! and `Sentinel`), against real `redis-server` processes: an append-only server keeps its data
 //! through a SIGKILL, a wiped one comes back empty, a paused one does not answer until resumed,
 //! and a Sentinel promotes the replica when the master dies.
 
 use fred::prelude::*;
-use seckill_schema::testing::{RedisOptions, RedisServer, Sentinel, free_port, wait_for};
+use seckill_testkit::{RedisOptions, RedisServer, Sentinel, free_port, wait_for};
 use std::time::Duration;
 
 async fn get(url: &str, key: &str) -> Option<String> {

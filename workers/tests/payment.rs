@@ -6,7 +6,7 @@ mod common;
 use common::{Stack, WorkersMode};
 use sea_orm::ConnectionTrait;
 use seckill_schema::OrderId;
-use seckill_schema::testing::{Backend, wait_for};
+use seckill_testkit::{Backend, wait_for};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;

@@ -13,7 +13,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use sea_orm::ConnectionTrait;
 use seckill_schema::OrderId;
-use seckill_schema::testing::{Backend, wait_for};
+use seckill_testkit::{Backend, wait_for};
 use std::collections::HashSet;
 use std::time::Duration;
 

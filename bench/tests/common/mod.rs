@@ -10,8 +10,8 @@ use seckill_bench::audit::{self, Accepted, Check};
 use seckill_schema::entity::{inventory_history, items, orders, payments, stock_locks};
 use seckill_schema::snowflake::now_ms;
 use seckill_schema::status::LockStatus;
-use seckill_schema::testing::{Backend, TestEnv};
 use seckill_schema::{ItemId, Keys, OrderId, OrderStatus};
+use seckill_testkit::{Backend, TestEnv};
 use std::collections::BTreeSet;
 
 pub const ITEM: ItemId = ItemId(7);

@@ -18,8 +18,8 @@ use lapin::types::FieldTable;
 use seckill_gateway::Application;
 use seckill_schema::auth::{Jwt, TICKET_TTL_SECS, Tickets};
 use seckill_schema::broker::Topology;
-use seckill_schema::testing::{Backend, TestEnv, wait_for};
 use seckill_schema::{Config, ItemId, Keys, Kind, Message, OrderEvent, OrderId, UserId};
+use seckill_testkit::{Backend, TestEnv, wait_for};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -294,7 +294,7 @@ impl TestApp {
         let run = tokio::spawn(app.run(async move {
             let _ = rx.await;
         }));
-        seckill_schema::testing::wait_for_redis_state(&config).await;
+        seckill_testkit::wait_for_redis_state(&config).await;
         let redis = seckill_schema::redis::client(&config.redis_url)
             .await
             .expect("the test's own Redis client connects");

@@ -8,8 +8,8 @@ use fred::prelude::*;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use seckill_schema::auth::{Jwt, WebhookSigner};
 use seckill_schema::broker::Topology;
-use seckill_schema::testing::{Backend, TestEnv, wait_for};
 use seckill_schema::{ItemId, Keys, OrderId, UserId};
+use seckill_testkit::{Backend, TestEnv, wait_for};
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
@@ -49,7 +49,7 @@ impl Stack {
         tokio::spawn(app.run(async {
             let _ = grx.await;
         }));
-        seckill_schema::testing::wait_for_redis_state(&env.config).await;
+        seckill_testkit::wait_for_redis_state(&env.config).await;
         let db = seckill_schema::db::connect(&env.config.database_url, 4)
             .await
             .expect("database");
