@@ -7,7 +7,8 @@
 use anyhow::Context;
 use fred::prelude::*;
 use seckill_schema::broker::Publisher;
-use seckill_schema::{ItemId, Message, OrderEvent, OrderId, Quantity, UserId};
+use seckill_schema::outbox;
+use seckill_schema::{Message, OrderEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,21 +31,6 @@ pub struct Relay {
 }
 
 type Entry = (String, HashMap<String, String>);
-
-/// An entry's one field `e`: "order user item quantity amount accepted_ms" (see `lua/purchase.lua`).
-fn decode(fields: &HashMap<String, String>) -> Option<OrderEvent> {
-    let mut parts = fields.get("e")?.split(' ');
-    let mut num = || parts.next()?.parse::<i64>().ok();
-    let event = OrderEvent {
-        order_id: OrderId(u64::try_from(num()?).ok()?),
-        user_id: UserId(u64::try_from(num()?).ok()?),
-        item_id: ItemId(u64::try_from(num()?).ok()?),
-        quantity: Quantity::new(u32::try_from(num()?).ok()?)?,
-        amount_cents: num()?,
-        created_at_ms: num()?,
-    };
-    Some(event)
-}
 
 impl Relay {
     /// Relays until `draining` turns true and the stream has nothing new, then returns.
@@ -175,7 +161,11 @@ impl Relay {
         let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
         let mut events: Vec<OrderEvent> = Vec::with_capacity(entries.len());
         for (id, fields) in &entries {
-            match decode(fields) {
+            match fields
+                .get(outbox::FIELD)
+                .map(|e| outbox::decode(e))
+                .and_then(Result::ok)
+            {
                 Some(ev) => events.push(ev),
                 // Kept, not dropped: an operator can read it in `{ns}.dead` and act.
                 None => self.dead_letter(id, fields).await?,

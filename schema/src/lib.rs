@@ -13,6 +13,7 @@ pub mod keys;
 pub mod lease;
 pub mod messages;
 pub mod migration;
+pub mod outbox;
 pub mod record;
 pub mod recovery;
 pub mod redis;
