@@ -17,6 +17,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Unacked messages the broker may push to one consumer.
 pub const PREFETCH: u16 = 64;
@@ -184,7 +185,26 @@ impl Runtime {
         shutdown: &watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let batch = merge(group.iter().map(|(_, m)| m));
-        match self.run_with_retries(kind, &batch, shutdown).await? {
+        let span = tracing::info_span!(
+            "batch",
+            kind = kind.type_name(),
+            messages = group.len(),
+            events = batch.len(),
+            outcome = tracing::field::Empty,
+        );
+        let result = self
+            .run_with_retries(kind, &batch, shutdown)
+            .instrument(span.clone())
+            .await?;
+        span.record(
+            "outcome",
+            match &result {
+                None => "ok",
+                Some(_) if group.len() > 1 => "split",
+                Some(_) => "dead_lettered",
+            },
+        );
+        match result {
             None => {
                 for (d, _) in group {
                     d.ack(BasicAckOptions::default()).await.context("acking")?;
