@@ -471,7 +471,7 @@ async fn overdue_orders(
             id: row.try_get("", "id")?,
             user_id: row.try_get("", "user_id")?,
             item_id: row.try_get("", "item_id")?,
-            quantity: row.try_get("", "quantity")?,
+            quantity: store::quantity(row.try_get("", "quantity")?)?,
             amount_cents: row.try_get("", "amount_cents")?,
             created_at_ms: row.try_get("", "created_at_ms")?,
             status: OrderStatus::AwaitingPayment,

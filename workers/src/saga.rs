@@ -153,7 +153,7 @@ async fn lock_inventory(
         .await?;
     let (mut locked, mut short) = (Vec::new(), Vec::new());
     for o in &candidates {
-        let q = o.quantity as i64;
+        let q = o.units();
         if ledger.apply(o, "lock", -q, q, 0) {
             locked.push(o);
         } else {
@@ -273,7 +273,7 @@ async fn close(
     ledger.load(txn, holding.iter().map(|o| o.item_id)).await?;
     let cause = format!("release:{reason}");
     for o in &holding {
-        let q = o.quantity as i64;
+        let q = o.units();
         if !ledger.apply(o, &cause, q, -q, 0) {
             return Err(invariant(format!(
                 "order {} holds more than item {} has locked",
@@ -396,7 +396,7 @@ async fn apply_results(
             OrderStatus::Created | OrderStatus::StockLocked | OrderStatus::Pending => continue,
             _ if !succeeded => (r.status, None),
             OrderStatus::AwaitingPayment if r.amount_cents == order.amount_cents => {
-                let q = order.quantity as i64;
+                let q = order.units();
                 if !ledger.apply(&order, "sold", 0, -q, q) {
                     return Err(invariant(format!(
                         "order {} paid but its units are not locked",

@@ -16,7 +16,7 @@ pub struct OrderRow {
     pub id: i64,
     pub user_id: i64,
     pub item_id: i64,
-    pub quantity: i32,
+    pub quantity: Quantity,
     pub amount_cents: i64,
     pub created_at_ms: i64,
     pub status: OrderStatus,
@@ -28,11 +28,26 @@ impl OrderRow {
             order_id: OrderId(self.id as u64),
             user_id: UserId(self.user_id as u64),
             item_id: ItemId(self.item_id as u64),
-            quantity: Quantity::new(self.quantity.max(1) as u32).unwrap_or(Quantity::ONE),
+            quantity: self.quantity,
             amount_cents: self.amount_cents,
             created_at_ms: self.created_at_ms,
         }
     }
+}
+
+impl OrderRow {
+    /// The order's units, as the stock columns count them.
+    pub fn units(&self) -> i64 {
+        i64::from(self.quantity.get())
+    }
+}
+
+/// A quantity read from the database: never zero or negative, or the row is broken.
+pub fn quantity(raw: i32) -> Result<Quantity, DbErr> {
+    u32::try_from(raw)
+        .ok()
+        .and_then(Quantity::new)
+        .ok_or_else(|| invariant(format!("a stored order has quantity {raw}")))
 }
 
 pub type Orders = BTreeMap<i64, OrderRow>;
@@ -106,7 +121,7 @@ pub async fn lock_orders(txn: &DatabaseTransaction, ids: &[i64]) -> Result<Order
                 id: row.try_get("", "id")?,
                 user_id: row.try_get("", "user_id")?,
                 item_id: row.try_get("", "item_id")?,
-                quantity: row.try_get("", "quantity")?,
+                quantity: quantity(row.try_get("", "quantity")?)?,
                 amount_cents: row.try_get("", "amount_cents")?,
                 created_at_ms: row.try_get("", "created_at_ms")?,
                 status: status.parse().map_err(|e| invariant(format!("{e}")))?,
@@ -166,7 +181,7 @@ pub async fn insert_locks(txn: &DatabaseTransaction, locked: &[&OrderRow]) -> Re
                 vec![
                     Value::from(o.id),
                     o.item_id.into(),
-                    o.quantity.into(),
+                    (o.quantity.get() as i32).into(),
                     LockStatus::Locked.as_str().into(),
                     now.into(),
                     now.into(),
@@ -297,7 +312,7 @@ impl Ledger {
             order.item_id.into(),
             Some(order.id).into(),
             cause.into(),
-            (order.quantity as i64).into(),
+            order.units().into(),
             s.available.into(),
             after.0.into(),
             s.locked.into(),
