@@ -2,6 +2,7 @@
 
 use crate::migration::Migrator;
 use anyhow::Context;
+use sea_orm::RuntimeErr;
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
 };
@@ -119,21 +120,59 @@ pub async fn drop_database(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Is this error the database being out of reach (wait and retry), not the statement's fault?
-pub fn is_connection_error(e: &DbErr) -> bool {
-    matches!(e, DbErr::Conn(_) | DbErr::ConnectionAcquire(_)) || {
-        let s = e.to_string().to_ascii_lowercase();
-        s.contains("connection")
-            || s.contains("broken pipe")
-            || s.contains("timed out")
-            || s.contains("io error")
+/// The driver's error under a sea-orm error, if there is one.
+fn sqlx_error(e: &DbErr) -> Option<&sea_orm::sqlx::Error> {
+    match e {
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => Some(e),
+        _ => None,
     }
 }
 
-/// Deadlocks and serialization failures: the transaction may simply be run again.
+/// Is this error the database being out of reach (wait and retry), not the statement's fault?
+/// Decided by the driver's error kind, never by its message.
+pub fn is_connection_error(e: &DbErr) -> bool {
+    use sea_orm::sqlx::Error as E;
+    match e {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
+        _ => match sqlx_error(e) {
+            Some(
+                E::Io(_)
+                | E::Tls(_)
+                | E::Protocol(_)
+                | E::PoolTimedOut
+                | E::PoolClosed
+                | E::WorkerCrashed,
+            ) => true,
+            // The server going away while it answers: PostgreSQL's connection exceptions (class
+            // 08), shutdowns (57P01-57P03) and "too many connections" (53300); MySQL's lost
+            // connections and shutdowns.
+            Some(E::Database(db)) => {
+                let code = db.code();
+                code.as_deref().is_some_and(|c| {
+                    c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300")
+                }) || db
+                    .try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+                    .is_some_and(|m| matches!(m.number(), 1040 | 1053 | 1927 | 2006 | 2013))
+            }
+            _ => false,
+        },
+    }
+}
+
+/// Deadlocks, serialization failures and lock wait timeouts: the transaction may simply be run
+/// again. PostgreSQL's SQLSTATE `40001` and `40P01`; MySQL's error 1213 and 1205 (SQLSTATE
+/// `40001` and `HY000`).
 pub fn is_retryable(e: &DbErr) -> bool {
-    let s = e.to_string().to_ascii_lowercase();
-    s.contains("deadlock") || s.contains("could not serialize") || s.contains("lock wait timeout")
+    let Some(sea_orm::sqlx::Error::Database(db)) = sqlx_error(e) else {
+        return false;
+    };
+    if matches!(db.code().as_deref(), Some("40001" | "40P01")) {
+        return true;
+    }
+    db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+        .is_some_and(|m| matches!(m.number(), 1213 | 1205))
 }
 
 #[cfg(test)]
