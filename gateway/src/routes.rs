@@ -226,11 +226,12 @@ async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
         .await
         .map_err(|e| match e {
             PurchaseFailure::NotRun(e) => {
-                tracing::warn!(error = %e, "purchase not run");
+                // Logged once, as a 503, by the error mapping; the cause only here.
+                tracing::debug!(error = %e, "purchase not run");
                 ApiError::Unavailable("Redis")
             }
             PurchaseFailure::MaybeRan(e) => {
-                tracing::warn!(error = %e, order.id = %order_id, "purchase sent, answer lost");
+                tracing::debug!(error = %e, order.id = %order_id, "purchase sent, answer lost");
                 ApiError::OutcomeUnknown(order_id)
             }
             PurchaseFailure::Reply(e) => ApiError::Internal(e.into()),

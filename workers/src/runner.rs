@@ -11,7 +11,7 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::FieldTable;
 use sea_orm::DatabaseConnection;
 use seckill_schema::broker::{self, Publisher, Topology};
-use seckill_schema::scripts::{Mirrored, Scripts};
+use seckill_schema::scripts::{Mirrored, Released, Scripts};
 use seckill_schema::{Config, Kind, Message, OrderId};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -288,13 +288,21 @@ impl Runtime {
             .iter()
             .map(|(o, status)| (o.event(), *status))
             .collect();
-        futures_util::future::try_join_all(
+        let released = futures_util::future::try_join_all(
             closing
                 .iter()
                 .map(|(order, status)| self.scripts.release(client, order, *status)),
         )
         .await
         .context("returning units to Redis")?;
+        for ((order, _), outcome) in closing.iter().zip(released) {
+            if outcome == Released::UnknownOrder {
+                // Redis lost the order's record and its units with it (a rebuild counts the
+                // database's live orders only): nothing to give back, but worth knowing.
+                tracing::info!(order.id = %order.order_id, item.id = %order.item_id, "closed an order Redis has no record of; no units to return");
+                metrics::counter!("seckill_worker_release_unknown_total").increment(1);
+            }
+        }
         let mirrored = self
             .scripts
             .mirror(client, &effects.statuses)
