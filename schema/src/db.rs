@@ -48,25 +48,28 @@ async fn create_if_missing(url: &str) -> anyhow::Result<()> {
     let admin = Database::connect(ConnectOptions::new(server).sqlx_logging(false).to_owned())
         .await
         .context("connecting to the database server")?;
-    let exists = match backend {
-        DbBackend::Postgres => admin
-            .query_one_raw(Statement::from_sql_and_values(
-                backend,
-                "SELECT 1 FROM pg_database WHERE datname = $1",
-                [name.clone().into()],
-            ))
-            .await?
-            .is_some(),
-        _ => false,
+    let exists = || async {
+        Ok::<_, DbErr>(match backend {
+            DbBackend::Postgres => admin
+                .query_one_raw(Statement::from_sql_and_values(
+                    backend,
+                    "SELECT 1 FROM pg_database WHERE datname = $1",
+                    [name.clone().into()],
+                ))
+                .await?
+                .is_some(),
+            _ => false,
+        })
     };
-    if !exists {
+    if !exists().await? {
         let sql = match backend {
             DbBackend::Postgres => format!("CREATE DATABASE \"{name}\""),
             _ => format!("CREATE DATABASE IF NOT EXISTS `{name}`"),
         };
-        // Two processes starting together may race to create it; losing that race is fine.
+        // Two processes starting together may race to create it; losing that race is fine,
+        // whatever error the loser gets (`already exists`, or a duplicate in pg_database).
         if let Err(e) = admin.execute_unprepared(&sql).await
-            && !e.to_string().contains("already exists")
+            && !exists().await?
         {
             return Err(e).context("creating the database");
         }

@@ -162,6 +162,8 @@ impl Recovery {
 
     /// Rebuilds one gene from the database, unless it is ready or another process is at it.
     pub async fn rebuild_gene(&self, gene: u8) -> anyhow::Result<Rebuilt> {
+        // Connected before the lock is taken: a database that is not there yet holds up nobody.
+        let db = self.db().await.context("connecting to the database")?;
         let client = self.redis.next();
         let keys = self.scripts.keys();
         let token = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
@@ -178,25 +180,40 @@ impl Recovery {
         if locked.is_none() {
             return Ok(Rebuilt::Busy);
         }
-        let ready: Option<String> = client.hget(keys.state(gene), "ready").await?;
+        let result = self.rebuild_locked(db, gene, &token).await;
+        if !matches!(result, Ok(Rebuilt::Done { .. })) {
+            // Failed, or nothing to do: let the next attempt in at once.
+            let _ = self.scripts.rebuild_abort(client, gene, &token).await;
+        }
+        result
+    }
+
+    async fn rebuild_locked(
+        &self,
+        db: &DatabaseConnection,
+        gene: u8,
+        token: &str,
+    ) -> anyhow::Result<Rebuilt> {
+        let client = self.redis.next();
+        let ready: Option<String> = client
+            .hget(self.scripts.keys().state(gene), "ready")
+            .await?;
         if ready.is_some() {
-            let _: i64 = client.del(keys.rebuild_lock(gene)).await?;
             return Ok(Rebuilt::AlreadyReady);
         }
         let started = Instant::now();
         // Read after the lock: anything the database commits from here on is mirrored (and
         // adopted if need be) once the gene is ready, never lost between the read and the write.
         let epoch = now_ms();
-        let db = self.db().await.context("connecting to the database")?;
         let (items, orders) = read_gene(db, gene).await?;
         for item in &items {
-            if !self.scripts.rebuild_item(client, &token, item).await? {
+            if !self.scripts.rebuild_item(client, token, item).await? {
                 return Ok(Rebuilt::LostLock);
             }
         }
         if !self
             .scripts
-            .rebuild_orders(client, gene, &token, epoch, &orders)
+            .rebuild_orders(client, gene, token, epoch, &orders)
             .await?
         {
             return Ok(Rebuilt::LostLock);
@@ -204,7 +221,7 @@ impl Recovery {
         let ids: Vec<ItemId> = items.iter().map(|i| i.item).collect();
         if !self
             .scripts
-            .rebuild_done(client, gene, &token, epoch, &ids)
+            .rebuild_done(client, gene, token, epoch, &ids)
             .await?
         {
             return Ok(Rebuilt::LostLock);

@@ -20,6 +20,7 @@ pub const LOOKUP_ORDER: &str = include_str!("../../lua/lookup_order.lua");
 pub const REBUILD_ITEM: &str = include_str!("../../lua/rebuild_item.lua");
 pub const REBUILD_ORDERS: &str = include_str!("../../lua/rebuild_orders.lua");
 pub const REBUILD_DONE: &str = include_str!("../../lua/rebuild_done.lua");
+pub const REBUILD_ABORT: &str = include_str!("../../lua/rebuild_abort.lua");
 
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
@@ -206,6 +207,7 @@ pub struct Scripts {
     rebuild_item: Script,
     rebuild_orders: Script,
     rebuild_done: Script,
+    rebuild_abort: Script,
 }
 
 pub struct PurchaseRequest<'a> {
@@ -260,6 +262,7 @@ impl Scripts {
             rebuild_item: Script::from_lua(REBUILD_ITEM),
             rebuild_orders: Script::from_lua(REBUILD_ORDERS),
             rebuild_done: Script::from_lua(REBUILD_DONE),
+            rebuild_abort: Script::from_lua(REBUILD_ABORT),
         }
     }
 
@@ -621,6 +624,24 @@ impl Scripts {
             .evalsha_with_reload(client, keys, args)
             .await?;
         Ok(n == 1)
+    }
+
+    /// Releases a gene's rebuild lock after a failed rebuild, if it is still `token`'s.
+    pub async fn rebuild_abort(
+        &self,
+        client: &Client,
+        gene: u8,
+        token: &str,
+    ) -> Result<(), ScriptError> {
+        let _: i64 = self
+            .rebuild_abort
+            .evalsha_with_reload(
+                client,
+                vec![self.keys.rebuild_lock(gene)],
+                vec![token.to_owned()],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Drops the outbox entries the relay group is done with (see `lua/trim_outbox.lua`).
