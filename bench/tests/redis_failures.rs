@@ -286,6 +286,28 @@ impl Seen {
         }
     }
 
+    /// What the audit is told: the `202`s, and the answers that may or may not have sold.
+    fn as_accepted(&self) -> Accepted {
+        Accepted {
+            answered: self.accepted_count() as u64,
+            cut_off: self.unknown.lock().unwrap().len() as u64
+                + self.cut_off.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Every order the database holds was answered `202` or `503 outcome_unknown` naming it.
+    fn assert_answered(&self, stored: &BTreeMap<OrderId, orders::Model>) {
+        let accepted = self.accepted.lock().unwrap();
+        let unknown = self.unknown.lock().unwrap();
+        for id in stored.keys() {
+            assert!(
+                accepted.contains_key(id) || unknown.contains_key(id),
+                "order {id} is in the database but its buyer was told neither 202 nor \
+                 outcome_unknown"
+            );
+        }
+    }
+
     fn accepted_ids(&self) -> BTreeSet<OrderId> {
         self.accepted.lock().unwrap().keys().copied().collect()
     }
@@ -378,12 +400,7 @@ async fn fsync_redis_sigkilled_mid_burst_twice_loses_no_accepted_order() {
     let accepted = seen.accepted_ids();
     let unknown = seen.unknown.lock().unwrap().clone();
     let stored = stack.drained(&accepted).await;
-    for id in stored.keys() {
-        assert!(
-            accepted.contains(id) || unknown.contains_key(id),
-            "order {id} is in the database but its buyer was told neither 202 nor outcome_unknown"
-        );
-    }
+    seen.assert_answered(&stored);
     // Each outcome_unknown is settled by GET /orders/{id}: 200 when it sold, 404 when not.
     for (id, user) in &unknown {
         let (status, body) = stack.get_order(*user, *id).await;
@@ -399,12 +416,7 @@ async fn fsync_redis_sigkilled_mid_burst_twice_loses_no_accepted_order() {
             && (code == "unavailable" || code == "recovering")),
         "only 503s while Redis was down: {refused:?}"
     );
-    let checks = stack
-        .audit(Accepted {
-            answered: accepted.len() as u64,
-            cut_off: unknown.len() as u64 + seen.cut_off.load(Ordering::Relaxed),
-        })
-        .await;
+    let checks = stack.audit(seen.as_accepted()).await;
     assert_eq!(failed_invariants(&checks), Vec::<String>::new());
     assert!(
         accepted.len() > 800,
@@ -445,8 +457,6 @@ async fn redis_restarted_empty_mid_burst_recovers_by_itself_within_every_limit()
                 || (*status == 503 && (code == "recovering" || code == "unavailable"))),
         "{refused:?}"
     );
-    let accepted = seen.accepted_ids();
-    let unknown = seen.unknown.lock().unwrap().clone();
     // Orders relayed before the loss reach the database; the rest went with Redis (mode none).
     let stored = stack.drained(&BTreeSet::from([resumed])).await;
     let mut per_user: BTreeMap<i64, i64> = BTreeMap::new();
@@ -461,12 +471,7 @@ async fn redis_restarted_empty_mid_burst_recovers_by_itself_within_every_limit()
         "no buyer over their limit: {:?}",
         per_user.iter().filter(|(_, u)| **u > 1).collect::<Vec<_>>()
     );
-    let checks = stack
-        .audit(Accepted {
-            answered: accepted.len() as u64,
-            cut_off: unknown.len() as u64 + seen.cut_off.load(Ordering::Relaxed),
-        })
-        .await;
+    let checks = stack.audit(seen.as_accepted()).await;
     // Invariant 3 (nothing lost) is not promised without persistence; the others are.
     let broken: Vec<String> = checks
         .iter()
@@ -524,20 +529,9 @@ async fn replica_mode_follows_a_sentinel_failover_and_loses_no_accepted_order() 
     sell_again(&stack, &seen, 20_000).await;
 
     let accepted = seen.accepted_ids();
-    let unknown = seen.unknown.lock().unwrap().clone();
     let stored = stack.drained(&accepted).await;
-    for id in stored.keys() {
-        assert!(
-            accepted.contains(id) || unknown.contains_key(id),
-            "order {id} is in the database but its buyer was told neither 202 nor outcome_unknown"
-        );
-    }
-    let checks = stack
-        .audit(Accepted {
-            answered: accepted.len() as u64,
-            cut_off: unknown.len() as u64 + seen.cut_off.load(Ordering::Relaxed),
-        })
-        .await;
+    seen.assert_answered(&stored);
+    let checks = stack.audit(seen.as_accepted()).await;
     assert_eq!(failed_invariants(&checks), Vec::<String>::new());
     assert!(accepted_before >= 300);
     stack.stop().await;

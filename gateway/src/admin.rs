@@ -165,13 +165,7 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
             let existing = items::Entity::find_by_id(new.item_id as i64)
                 .one(db)
                 .await
-                .map_err(|e| {
-                    if seckill_schema::db::is_connection_error(&e) {
-                        ApiError::Unavailable("the database")
-                    } else {
-                        ApiError::Internal(e.into())
-                    }
-                })?;
+                .map_err(ApiError::from_db)?;
             if let Some(m) = existing {
                 warm(state, &m).await?;
             }
@@ -180,10 +174,7 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
                 "an item with this id exists",
             ))
         }
-        Err(e) if seckill_schema::db::is_connection_error(&e) => {
-            Err(ApiError::Unavailable("the database"))
-        }
-        Err(e) => Err(ApiError::Internal(e.into())),
+        Err(e) => Err(ApiError::from_db(e)),
     }
 }
 
@@ -196,17 +187,10 @@ pub async fn get_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> 
         return Err(ApiError::NotFound("unknown_item", "no such item"));
     }
     let db = state.db().await?;
-    let db_err = |e: sea_orm::DbErr| {
-        if seckill_schema::db::is_connection_error(&e) {
-            ApiError::Unavailable("the database")
-        } else {
-            ApiError::Internal(e.into())
-        }
-    };
     let m = items::Entity::find_by_id(id as i64)
         .one(db)
         .await
-        .map_err(db_err)?
+        .map_err(ApiError::from_db)?
         .ok_or(ApiError::NotFound("unknown_item", "no such item"))?;
     let remaining: Option<i64> = state
         .redis
@@ -227,15 +211,15 @@ pub async fn get_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> 
             [(id as i64).into()],
         ))
         .await
-        .map_err(db_err)?;
+        .map_err(ApiError::from_db)?;
     let mut orders: BTreeMap<String, i64> = OrderStatus::ALL
         .iter()
         .filter(|s| **s != OrderStatus::Pending)
         .map(|s| (s.as_str().to_owned(), 0))
         .collect();
     for row in rows {
-        let status: String = row.try_get("", "status").map_err(db_err)?;
-        let n: i64 = row.try_get("", "n").map_err(db_err)?;
+        let status: String = row.try_get("", "status").map_err(ApiError::from_db)?;
+        let n: i64 = row.try_get("", "n").map_err(ApiError::from_db)?;
         orders.insert(status, n);
     }
     let mut body = item_json(&m);

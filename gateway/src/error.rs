@@ -123,6 +123,17 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A database error: out of reach is a 503 (retry later), anything else is ours.
+    pub fn from_db(e: sea_orm::DbErr) -> ApiError {
+        if seckill_schema::db::is_connection_error(&e) {
+            ApiError::Unavailable("the database")
+        } else {
+            ApiError::Internal(e.into())
+        }
+    }
+}
+
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
         ApiError::Internal(e)

@@ -38,20 +38,13 @@ fn redis_down(e: impl std::fmt::Display) -> ApiError {
 /// The order from the database, with the payment it shows.
 async fn from_database(state: &State, order_id: OrderId) -> Result<Option<OrderRecord>, ApiError> {
     let db = state.db().await?;
-    let db_err = |e: sea_orm::DbErr| {
-        if seckill_schema::db::is_connection_error(&e) {
-            ApiError::Unavailable("the database")
-        } else {
-            ApiError::Internal(e.into())
-        }
-    };
     let Some(id) = i64::try_from(order_id.0).ok() else {
         return Ok(None);
     };
     let Some(o) = orders::Entity::find_by_id(id)
         .one(db)
         .await
-        .map_err(db_err)?
+        .map_err(ApiError::from_db)?
     else {
         return Ok(None);
     };
@@ -59,7 +52,7 @@ async fn from_database(state: &State, order_id: OrderId) -> Result<Option<OrderR
         .filter(payments::Column::OrderId.eq(id))
         .all(db)
         .await
-        .map_err(db_err)?;
+        .map_err(ApiError::from_db)?;
     // The payment that paid the order, else the latest.
     let shown = pays
         .iter()
