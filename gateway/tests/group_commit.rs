@@ -26,14 +26,16 @@ async fn master_and_replica() -> (RedisServer, RedisServer, Client) {
 /// Waits until a replica of `admin`'s server acknowledges a write (`WAIT 1`).
 async fn wait_acknowledged(admin: &Client) {
     // `state=online` is not enough: a replica still loading its first copy acknowledges nothing.
+    // A first full sync on a loaded machine (the suite's other tests run beside this one) can take
+    // a while: the deadline is generous, each WAIT short.
     wait_for(
         "the replica to acknowledge",
-        Duration::from_secs(20),
+        Duration::from_secs(90),
         || {
             let admin = admin.clone();
             async move {
                 let _: () = admin.set("ready", "1", None, None, false).await.ok()?;
-                let acked: i64 = admin.wait(1, 100).await.ok()?;
+                let acked: i64 = admin.wait(1, 500).await.ok()?;
                 (acked == 1).then_some(())
             }
         },
