@@ -187,6 +187,22 @@ pub struct ItemState {
     pub buyers: Vec<(UserId, i64, OrderId)>,
 }
 
+impl ItemState {
+    /// The item hash's fields after `remaining`, in the order `lua/warm_item.lua` and
+    /// `lua/rebuild_item.lua` take them: stock, per-user limit, price, starts ms, ends ms (0 =
+    /// open), name.
+    fn hash_args(&self) -> [String; 6] {
+        [
+            self.stock.to_string(),
+            self.per_user_limit.to_string(),
+            self.price_cents.to_string(),
+            self.starts_at_ms.unwrap_or(0).to_string(),
+            self.ends_at_ms.unwrap_or(0).to_string(),
+            self.name.clone(),
+        ]
+    }
+}
+
 /// A live order's record, as the database has it, for a rebuild.
 #[derive(Debug, Clone)]
 pub struct RebuiltOrder {
@@ -439,15 +455,8 @@ impl Scripts {
         client: &Client,
         item: &ItemState,
     ) -> Result<Warmed, ScriptError> {
-        let args = vec![
-            item.item.0.to_string(),
-            item.stock.to_string(),
-            item.per_user_limit.to_string(),
-            item.price_cents.to_string(),
-            item.starts_at_ms.unwrap_or(0).to_string(),
-            item.ends_at_ms.unwrap_or(0).to_string(),
-            item.name.clone(),
-        ];
+        let mut args = vec![item.item.0.to_string()];
+        args.extend(item.hash_args());
         let keys = vec![
             self.keys.item(item.item),
             self.keys.state_of_item(item.item),
@@ -536,13 +545,8 @@ impl Scripts {
                 token.to_owned(),
                 if first { "1" } else { "0" }.to_owned(),
                 item.remaining.to_string(),
-                item.stock.to_string(),
-                item.per_user_limit.to_string(),
-                item.price_cents.to_string(),
-                item.starts_at_ms.unwrap_or(0).to_string(),
-                item.ends_at_ms.unwrap_or(0).to_string(),
-                item.name.clone(),
             ];
+            args.extend(item.hash_args());
             for (user, units, order) in chunk.unwrap_or_default() {
                 args.push(user.0.to_string());
                 args.push(units.to_string());
