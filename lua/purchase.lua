@@ -75,7 +75,7 @@ redis.call('HSET', KEYS[2], user .. ':o', order_id)
 local amount = price * qty
 redis.call('HSET', KEYS[3], 'user', user, 'item', ARGV[4], 'qty', qty, 'amount', amount,
   'status', 'PENDING', 'created', now, 'updated', now, 'epoch', epoch)
--- One field, decoded by schema/src/outbox.rs: order id, user, item, quantity, amount, accepted ms.
+-- One field, decoded by domain/src/outbox.rs: order id, user, item, quantity, amount, accepted ms.
 redis.call('XADD', KEYS[4], '*', 'e', order_id .. ' ' .. user .. ' ' .. ARGV[4] .. ' ' .. qty .. ' ' .. amount .. ' ' .. now)
 if ARGV[5] == '1' then
   redis.call('SET', KEYS[5], order_id, 'EX', tonumber(ARGV[6]))

@@ -13,11 +13,12 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use sea_orm::sea_query::Query;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
-use seckill_schema::broker::Topology;
-use seckill_schema::entity::{inventory_history, items, orders, payments, stock_locks};
-use seckill_schema::snowflake::now_ms;
-use seckill_schema::status::LockStatus;
-use seckill_schema::{Config, ItemId, Keys, OrderId, OrderStatus};
+use seckill_domain::snowflake::now_ms;
+use seckill_domain::status::LockStatus;
+use seckill_domain::{ItemId, Keys, OrderId, OrderStatus};
+use seckill_infra::Config;
+use seckill_infra::broker::Topology;
+use seckill_infra::entity::{inventory_history, items, orders, payments, stock_locks};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -111,7 +112,7 @@ impl Snapshot {
         let _ = db.close().await;
         let (item_row, orders, locks, payments, history) = rows?;
 
-        let redis = seckill_schema::redis::client(&config.redis_url).await?;
+        let redis = seckill_infra::redis::client(&config.redis_url).await?;
         let keys = Keys::new(&config.namespace);
         let redis_part = async {
             let remaining: Option<i64> = redis.hget(keys.item(item), "remaining").await?;
@@ -682,7 +683,7 @@ pub async fn queue_depths(
     amqp_url: &str,
     queues: &[String],
 ) -> anyhow::Result<BTreeMap<String, Option<u32>>> {
-    let conn = seckill_schema::broker::connect(amqp_url, "seckill-bench").await?;
+    let conn = seckill_infra::broker::connect(amqp_url, "seckill-bench").await?;
     let mut depths = BTreeMap::new();
     for queue in queues {
         // A passive declare of a missing queue closes its channel: one channel per queue.

@@ -7,7 +7,7 @@ use anyhow::Context;
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, Value,
 };
-use seckill_schema::ItemId;
+use seckill_domain::ItemId;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -101,7 +101,7 @@ pub async fn awaiting_payment(
     db: &DatabaseConnection,
     item: Option<ItemId>,
 ) -> anyhow::Result<Vec<(i64, i64)>> {
-    let awaiting = seckill_schema::OrderStatus::AwaitingPayment.as_str();
+    let awaiting = seckill_domain::OrderStatus::AwaitingPayment.as_str();
     let (sql, values) = match item {
         Some(item) => (
             "SELECT id, amount_cents FROM orders WHERE status = $1 AND item_id = $2 ORDER BY id",

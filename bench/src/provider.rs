@@ -8,8 +8,9 @@ use fred::prelude::*;
 use futures_util::StreamExt;
 use rand::Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
-use seckill_schema::auth::WebhookSigner;
-use seckill_schema::{Config, ItemId, Keys, OrderId, PaymentOutcome};
+use seckill_domain::{ItemId, Keys, OrderId, PaymentOutcome};
+use seckill_infra::Config;
+use seckill_infra::auth::WebhookSigner;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -238,7 +239,7 @@ async fn known_here(
     opts: &PayOptions,
     orders: &[(i64, i64)],
 ) -> anyhow::Result<Vec<(OrderId, i64)>> {
-    let redis = seckill_schema::redis::client(&opts.redis_url).await?;
+    let redis = seckill_infra::redis::client(&opts.redis_url).await?;
     let keys = Keys::new(&opts.namespace);
     let checks = orders.iter().map(|&(id, amount)| {
         let order = OrderId(id as u64);

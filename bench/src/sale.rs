@@ -14,11 +14,12 @@ use fred::prelude::*;
 use http::StatusCode;
 use rand::Rng;
 use sea_orm::{DatabaseConnection, EntityTrait};
-use seckill_schema::auth::Tickets;
-use seckill_schema::broker::Topology;
-use seckill_schema::entity::items;
-use seckill_schema::snowflake::now_ms;
-use seckill_schema::{Config, ItemId, Keys, Kind, OrderStatus, UserId};
+use seckill_domain::snowflake::now_ms;
+use seckill_domain::{ItemId, Keys, Kind, OrderStatus, UserId};
+use seckill_infra::Config;
+use seckill_infra::auth::Tickets;
+use seckill_infra::broker::Topology;
+use seckill_infra::entity::items;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -293,7 +294,7 @@ impl Watch {
     async fn new(config: &Config, item: ItemId, stock: i64) -> anyhow::Result<Watch> {
         Ok(Watch {
             db: crate::db::connect(&config.database_url).await?,
-            redis: seckill_schema::redis::client(&config.redis_url).await?,
+            redis: seckill_infra::redis::client(&config.redis_url).await?,
             keys: Keys::new(&config.namespace),
             item,
             stock,

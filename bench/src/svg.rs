@@ -3,7 +3,7 @@
 //! item's orders by status over time, as sampled while the pipeline drained and settled.
 
 use crate::report::{Report, Sample};
-use seckill_schema::OrderStatus;
+use seckill_domain::OrderStatus;
 use std::fmt::Write;
 
 const WIDTH: f64 = 900.0;

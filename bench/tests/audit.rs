@@ -9,11 +9,11 @@ use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use seckill_bench::audit::{self, Check};
-use seckill_schema::OrderStatus;
-use seckill_schema::broker::Topology;
-use seckill_schema::entity::orders;
-use seckill_schema::snowflake::now_ms;
-use seckill_schema::status::LockStatus;
+use seckill_domain::OrderStatus;
+use seckill_domain::snowflake::now_ms;
+use seckill_domain::status::LockStatus;
+use seckill_infra::broker::Topology;
+use seckill_infra::entity::orders;
 use seckill_testkit::{Backend, wait_for};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -120,7 +120,7 @@ async fn a_dead_letter_breaks_invariant_5() {
     let sale = Sale::new().await;
     let c = &sale.env.config;
     let dead = Topology::new(&c.namespace, c.payment_timeout).dead();
-    let conn = seckill_schema::broker::connect(&c.amqp_url, "audit-test")
+    let conn = seckill_infra::broker::connect(&c.amqp_url, "audit-test")
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
@@ -136,7 +136,7 @@ async fn a_dead_letter_breaks_invariant_5() {
         dead.as_str().into(),
         BasicPublishOptions::default(),
         br#"{"type":"NOPE"}"#,
-        seckill_schema::broker::persistent(),
+        seckill_infra::broker::persistent(),
     )
     .await
     .unwrap();

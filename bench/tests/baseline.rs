@@ -5,7 +5,7 @@ use fred::prelude::*;
 
 #[tokio::test]
 async fn measures_the_bare_server_and_the_purchase_script() {
-    let redis_url = seckill_schema::Config::from_env().unwrap().redis_url;
+    let redis_url = seckill_infra::Config::from_env().unwrap().redis_url;
     let out = std::env::temp_dir().join(format!("seckill-bench-baseline-{}", std::process::id()));
     std::fs::create_dir_all(&out).unwrap();
 
@@ -19,7 +19,7 @@ async fn measures_the_bare_server_and_the_purchase_script() {
     assert_eq!(b.redis.purchases, 500);
     assert!(out.join("baseline-oha.json").exists());
 
-    let redis = seckill_schema::redis::client(&redis_url).await.unwrap();
+    let redis = seckill_infra::redis::client(&redis_url).await.unwrap();
     let pattern = format!("bench_scratch_{}_*", std::process::id());
     let mut cursor = "0".to_owned();
     loop {

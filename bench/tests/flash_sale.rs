@@ -1,7 +1,7 @@
 //! End to end: the real `seckill-gateway` and `seckill-workers` binaries on free ports of a test
 //! namespace and database, and `seckill-bench flash-sale` run against them as an operator would.
 
-use seckill_schema::Config;
+use seckill_infra::Config;
 use seckill_testkit::{Backend, TestEnv, wait_for};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

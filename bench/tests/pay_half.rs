@@ -3,8 +3,8 @@
 
 use seckill_bench::audit::{self, Accepted};
 use seckill_bench::provider::{self, PayOptions};
-use seckill_schema::auth::Tickets;
-use seckill_schema::{ItemId, UserId};
+use seckill_domain::{ItemId, UserId};
+use seckill_infra::auth::Tickets;
 use seckill_testkit::{Backend, TestEnv, wait_for};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -12,9 +12,9 @@ use tokio::sync::oneshot;
 const ITEM: u64 = 42;
 const ORDERS: u64 = 1_000;
 
-async fn counts(config: &seckill_schema::Config) -> (i64, i64, i64) {
+async fn counts(config: &seckill_infra::Config) -> (i64, i64, i64) {
     use sea_orm::ConnectionTrait;
-    let db = seckill_schema::db::connect(&config.database_url, 1)
+    let db = seckill_infra::db::connect(&config.database_url, 1)
         .await
         .unwrap();
     let rows = db

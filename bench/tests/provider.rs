@@ -7,9 +7,9 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use sea_orm::{ActiveModelTrait, DatabaseConnection, Set};
 use seckill_bench::provider::{self, Intent, PayOptions};
-use seckill_schema::broker::Topology;
-use seckill_schema::entity::orders;
-use seckill_schema::{ItemId, Keys, Kind, Message, OrderId, OrderStatus, PaymentOutcome};
+use seckill_domain::{ItemId, Keys, Kind, Message, OrderId, OrderStatus, PaymentOutcome};
+use seckill_infra::broker::Topology;
+use seckill_infra::entity::orders;
 use seckill_testkit::{Backend, TestEnv, wait_for};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -62,10 +62,10 @@ async fn order(
 async fn pays_the_chosen_share_through_the_real_webhook() {
     let mut env = TestEnv::new(Backend::Postgres);
     let config = env.config.clone();
-    let db = seckill_schema::db::connect(&config.database_url, 2)
+    let db = seckill_infra::db::connect(&config.database_url, 2)
         .await
         .unwrap();
-    let redis = seckill_schema::redis::client(&config.redis_url)
+    let redis = seckill_infra::redis::client(&config.redis_url)
         .await
         .unwrap();
     let keys = Keys::new(&config.namespace);
@@ -113,7 +113,7 @@ async fn pays_the_chosen_share_through_the_real_webhook() {
 
     // Every delivery, duplicates included, reached the broker as the callback said.
     let queue = Topology::new(&config.namespace, config.payment_timeout).queue(Kind::PaymentResult);
-    let conn = seckill_schema::broker::connect(&config.amqp_url, "provider-test")
+    let conn = seckill_infra::broker::connect(&config.amqp_url, "provider-test")
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();

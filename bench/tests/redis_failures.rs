@@ -16,13 +16,14 @@ use fred::prelude::*;
 use reqwest::StatusCode;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use seckill_bench::audit::{self, Accepted, Check};
-use seckill_schema::auth::{Jwt, Tickets};
-use seckill_schema::durability::Durability;
-use seckill_schema::entity::orders;
-use seckill_schema::keys::gene_of_item;
-use seckill_schema::scripts::{Purchase, PurchaseRequest, Scripts};
-use seckill_schema::snowflake::Snowflake;
-use seckill_schema::{Config, ItemId, Keys, OrderId, OrderStatus, Quantity, UserId};
+use seckill_domain::keys::gene_of_item;
+use seckill_domain::scripts::{Purchase, PurchaseRequest, Scripts};
+use seckill_domain::snowflake::Snowflake;
+use seckill_domain::{ItemId, Keys, OrderId, OrderStatus, Quantity, UserId};
+use seckill_infra::Config;
+use seckill_infra::auth::{Jwt, Tickets};
+use seckill_infra::durability::Durability;
+use seckill_infra::entity::orders;
 use seckill_testkit::{
     Backend, RedisOptions, RedisServer, Sentinel, TestEnv, wait_for, wait_for_redis_state,
 };
@@ -54,7 +55,7 @@ struct Stack {
 
 impl Stack {
     async fn start(redis_url: String, durability: Durability) -> Stack {
-        seckill_schema::telemetry::init_tracing();
+        seckill_infra::telemetry::init_tracing();
         let mut env = TestEnv::new(Backend::Postgres);
         env.config.redis_url = redis_url;
         env.config.redis_durability = durability;
@@ -77,7 +78,7 @@ impl Stack {
         let workers = tokio::spawn(workers.run(async {
             let _ = stopped.await;
         }));
-        let db = seckill_schema::db::connect(&config.database_url, 2)
+        let db = seckill_infra::db::connect(&config.database_url, 2)
             .await
             .expect("the test's database");
         let stack = Stack {
@@ -189,7 +190,7 @@ impl Stack {
     /// Waits until every order the database holds awaits payment (or ended) and every `202` is
     /// among them, with the outbox empty: nothing more is on its way.
     async fn drained(&self, accepted: &BTreeSet<OrderId>) -> BTreeMap<OrderId, orders::Model> {
-        let redis = seckill_schema::redis::client(&self.config().redis_url)
+        let redis = seckill_infra::redis::client(&self.config().redis_url)
             .await
             .expect("Redis");
         let keys = Keys::new(&self.config().namespace);
@@ -567,7 +568,7 @@ async fn an_outcome_unknown_purchase_is_settled_by_get_once_redis_answers() {
         },
     )
     .await;
-    let probe = seckill_schema::redis::client(&redis.url())
+    let probe = seckill_infra::redis::client(&redis.url())
         .await
         .expect("Redis");
     let record: std::collections::HashMap<String, String> = probe
@@ -595,7 +596,7 @@ async fn an_outcome_unknown_purchase_is_settled_by_get_once_redis_answers() {
     assert_eq!(failed_invariants(&checks), Vec::<String>::new());
     // The other way round: the owner's GET comes first and answers 404; the purchase of that id,
     // still on its way, must then not sell, or the 404 would have been a lie.
-    let client = seckill_schema::redis::client(&redis.url())
+    let client = seckill_infra::redis::client(&redis.url())
         .await
         .expect("Redis");
     let scripts = Scripts::new(Keys::new(&stack.config().namespace));
@@ -669,7 +670,7 @@ async fn processes_are_not_ready_while_redis_cannot_keep_the_modes_promise() {
     let redis = RedisServer::start(RedisOptions::default().appendonly(false));
     redis.wait_ready().await;
     let stack = Stack::start(redis.url(), Durability::Fsync).await;
-    let admin = seckill_schema::redis::client(&redis.url())
+    let admin = seckill_infra::redis::client(&redis.url())
         .await
         .expect("Redis");
     // No append-only file: an accepted order would not survive a Redis crash.

@@ -7,11 +7,11 @@ use fred::prelude::*;
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, DbBackend, EntityTrait, Set, SqlErr, Statement};
-use seckill_schema::entity::items;
-use seckill_schema::recovery::Rebuilt;
-use seckill_schema::scripts::{ItemState, ScriptError, Warmed};
-use seckill_schema::snowflake::now_ms;
-use seckill_schema::{ItemId, OrderStatus};
+use seckill_domain::scripts::{ItemState, ScriptError, Warmed};
+use seckill_domain::snowflake::now_ms;
+use seckill_domain::{ItemId, OrderStatus};
+use seckill_infra::entity::items;
+use seckill_infra::recovery::Rebuilt;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -96,7 +96,7 @@ async fn warm(state: &State, m: &items::Model) -> Result<(), ApiError> {
         {
             Warmed::Loaded | Warmed::AlreadyThere => return Ok(()),
             Warmed::NeedsRebuild => {
-                let gene = seckill_schema::keys::gene_of_item(item.item);
+                let gene = seckill_domain::keys::gene_of_item(item.item);
                 match state.recovery.rebuild_gene(gene).await {
                     Ok(Rebuilt::Done { .. } | Rebuilt::AlreadyReady) => {}
                     // Someone else is at it: the item is in the database, the gene will have it.

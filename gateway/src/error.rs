@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
-use seckill_schema::OrderId;
+use seckill_domain::OrderId;
 
 pub type Body = Full<Bytes>;
 
@@ -126,7 +126,7 @@ impl ApiError {
 impl ApiError {
     /// A database error: out of reach is a 503 (retry later), anything else is ours.
     pub fn from_db(e: sea_orm::DbErr) -> ApiError {
-        if seckill_schema::db::is_connection_error(&e) {
+        if seckill_infra::db::is_connection_error(&e) {
             ApiError::Unavailable("the database")
         } else {
             ApiError::Internal(e.into())

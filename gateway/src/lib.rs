@@ -18,11 +18,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use replication::GroupCommit;
-use seckill_schema::broker::{Publisher, Topology};
-use seckill_schema::durability::{Durability, DurabilityWatch};
-use seckill_schema::recovery::Recovery;
-use seckill_schema::scripts::Scripts;
-use seckill_schema::{Config, Keys};
+use seckill_domain::Keys;
+use seckill_domain::scripts::Scripts;
+use seckill_infra::Config;
+use seckill_infra::broker::{Publisher, Topology};
+use seckill_infra::durability::{Durability, DurabilityWatch};
+use seckill_infra::recovery::Recovery;
 use state::State;
 use std::future::Future;
 use std::sync::Arc;
@@ -50,8 +51,8 @@ impl Application {
     /// Connects to Redis and RabbitMQ, leases a node id, and binds `SECKILL_HTTP_ADDR` (port 0
     /// picks a free port; see [`Application::port`]).
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let metrics = seckill_schema::telemetry::metrics();
-        let redis = seckill_schema::redis::pool(&config.redis_url, REDIS_CONNECTIONS).await?;
+        let metrics = seckill_infra::telemetry::metrics();
+        let redis = seckill_infra::redis::pool(&config.redis_url, REDIS_CONNECTIONS).await?;
         let scripts = Scripts::new(Keys::new(&config.namespace));
         let lease_token = format!(
             "gateway-{}-{:016x}",
@@ -59,8 +60,8 @@ impl Application {
             rand::random::<u64>()
         );
         let ids = match config.node_id {
-            Some(n) => Arc::new(seckill_schema::snowflake::Snowflake::new(n)),
-            None => seckill_schema::lease::acquire(&scripts, &redis, &lease_token).await?,
+            Some(n) => Arc::new(seckill_domain::snowflake::Snowflake::new(n)),
+            None => seckill_infra::lease::acquire(&scripts, &redis, &lease_token).await?,
         };
         let topology = Topology::new(&config.namespace, config.payment_timeout);
         let publisher = Arc::new(Publisher::new(
@@ -80,7 +81,7 @@ impl Application {
         let durability = DurabilityWatch::spawn(
             redis.next().clone(),
             config.redis_durability,
-            seckill_schema::durability::WATCH_INTERVAL,
+            seckill_infra::durability::WATCH_INTERVAL,
             stop_rx.clone(),
         );
         let group_commit = (config.redis_durability == Durability::Replica)
@@ -122,7 +123,7 @@ impl Application {
         let mut relays = Vec::new();
         for (gene, stream) in state.keys.outboxes() {
             let relay = relay::Relay {
-                redis: seckill_schema::redis::blocking_client(&state.config.redis_url).await?,
+                redis: seckill_infra::redis::blocking_client(&state.config.redis_url).await?,
                 control: state.redis.clone(),
                 publisher: state.publisher.clone(),
                 scripts: state.scripts.clone(),
@@ -132,7 +133,7 @@ impl Application {
             relays.push(tokio::spawn(relay.run(stop_rx.clone())));
         }
         if state.config.node_id.is_none() {
-            tokio::spawn(seckill_schema::lease::renew(
+            tokio::spawn(seckill_infra::lease::renew(
                 state.scripts.clone(),
                 state.redis.clone(),
                 self.lease_token.clone(),

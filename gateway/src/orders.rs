@@ -13,12 +13,12 @@ use crate::state::State;
 use fred::prelude::*;
 use http::{HeaderMap, StatusCode};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-use seckill_schema::entity::{orders, payments};
-use seckill_schema::record::{OrderRecord, ShownPayment};
-use seckill_schema::scripts::Lookup;
-use seckill_schema::snowflake::{millis_of, now_ms};
-use seckill_schema::status::PaymentStatus;
-use seckill_schema::{ItemId, Message, OrderId, Quantity, UserId};
+use seckill_domain::record::{OrderRecord, ShownPayment};
+use seckill_domain::scripts::Lookup;
+use seckill_domain::snowflake::{millis_of, now_ms};
+use seckill_domain::status::PaymentStatus;
+use seckill_domain::{ItemId, Message, OrderId, Quantity, UserId};
+use seckill_infra::entity::{orders, payments};
 use std::sync::Arc;
 
 /// An id minted this long ago or less may still have its purchase in flight.

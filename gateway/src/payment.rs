@@ -7,9 +7,9 @@ use crate::request::{parse_json, read_body};
 use crate::state::State;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use seckill_schema::auth::SignatureError;
-use seckill_schema::snowflake::now_ms;
-use seckill_schema::{Message, OrderId, PaymentEvent, PaymentOutcome};
+use seckill_domain::snowflake::now_ms;
+use seckill_domain::{Message, OrderId, PaymentEvent, PaymentOutcome};
+use seckill_infra::auth::SignatureError;
 use serde::Deserialize;
 use std::sync::Arc;
 

@@ -6,9 +6,9 @@
 
 use anyhow::Context;
 use fred::prelude::*;
-use seckill_schema::broker::Publisher;
-use seckill_schema::outbox;
-use seckill_schema::{Message, OrderEvent};
+use seckill_domain::outbox;
+use seckill_domain::{Message, OrderEvent};
+use seckill_infra::broker::Publisher;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ pub struct Relay {
     pub redis: Client,
     pub control: Pool,
     pub publisher: Arc<Publisher>,
-    pub scripts: seckill_schema::scripts::Scripts,
+    pub scripts: seckill_domain::scripts::Scripts,
     pub stream: String,
     pub consumer: String,
 }
@@ -200,7 +200,7 @@ impl Relay {
         tracing::error!(stream = %self.stream, entry = %id, "an undecodable outbox entry; dead-lettering it");
         let body = serde_json::json!({"stream": self.stream, "entry": id, "fields": fields});
         let mut headers = lapin::types::FieldTable::default();
-        let (k, v) = seckill_schema::broker::string_header(
+        let (k, v) = seckill_infra::broker::string_header(
             "x-seckill-reason",
             "an outbox entry that is not an ORDER_CREATED event",
         );

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use seckill_schema::UserId;
+use seckill_domain::UserId;
 use serde::Deserialize;
 
 pub const MAX_BODY: usize = 16 * 1024;

@@ -8,9 +8,9 @@ use fred::prelude::*;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use seckill_schema::scripts::{Purchase, PurchaseFailure, PurchaseRequest};
-use seckill_schema::snowflake::now_ms;
-use seckill_schema::{ItemId, OrderId, Quantity};
+use seckill_domain::scripts::{Purchase, PurchaseFailure, PurchaseRequest};
+use seckill_domain::snowflake::now_ms;
+use seckill_domain::{ItemId, OrderId, Quantity};
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -210,7 +210,7 @@ async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
         // `outcome_unknown`.
         return Err(ApiError::Unavailable("a Redis replica"));
     }
-    let order_id = OrderId(state.ids.next(seckill_schema::keys::gene_of_item(item)));
+    let order_id = OrderId(state.ids.next(seckill_domain::keys::gene_of_item(item)));
     let outcome = state
         .scripts
         .purchase(
@@ -310,7 +310,7 @@ async fn ticket(state: &Arc<State>, req: Request<Incoming>, raw_id: &str) -> Ans
     if ends > 0 && now >= ends {
         return Err(ApiError::Conflict("ended", "the sale has ended"));
     }
-    let mut expires = now / 1000 + seckill_schema::auth::TICKET_TTL_SECS;
+    let mut expires = now / 1000 + seckill_infra::auth::TICKET_TTL_SECS;
     if starts > now {
         expires += (starts - now) / 1000;
     }

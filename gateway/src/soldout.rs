@@ -3,7 +3,7 @@
 //! units come back (a timeout, a cancel, a compensation) the item sells again within
 //! [`FLAG_TTL`] on every gateway, with no message to lose.
 
-use seckill_schema::ItemId;
+use seckill_domain::ItemId;
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};

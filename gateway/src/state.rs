@@ -6,13 +6,14 @@ use crate::soldout::SoldOut;
 use fred::prelude::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sea_orm::DatabaseConnection;
-use seckill_schema::auth::{Jwt, Tickets, WebhookSigner};
-use seckill_schema::broker::Publisher;
-use seckill_schema::durability::DurabilityWatch;
-use seckill_schema::recovery::Recovery;
-use seckill_schema::scripts::Scripts;
-use seckill_schema::snowflake::Snowflake;
-use seckill_schema::{Config, Keys};
+use seckill_domain::Keys;
+use seckill_domain::scripts::Scripts;
+use seckill_domain::snowflake::Snowflake;
+use seckill_infra::Config;
+use seckill_infra::auth::{Jwt, Tickets, WebhookSigner};
+use seckill_infra::broker::Publisher;
+use seckill_infra::durability::DurabilityWatch;
+use seckill_infra::recovery::Recovery;
 use std::sync::Arc;
 
 pub struct State {

@@ -6,7 +6,8 @@ mod common;
 use common::{Events, Http, concurrently, wait_for_empty_outbox};
 use fred::prelude::ClientLike;
 use http::{Method, StatusCode};
-use seckill_schema::{Config, Keys, OrderId};
+use seckill_domain::{Keys, OrderId};
+use seckill_infra::Config;
 use seckill_testkit::{Backend, TestEnv, wait_for};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -113,7 +114,7 @@ async fn a_sigkilled_gateway_loses_no_accepted_order() {
     let port = common::free_port();
     let http = Http::new(port);
     let keys = Keys::new(&config.namespace);
-    let redis = seckill_schema::redis::client(&config.redis_url)
+    let redis = seckill_infra::redis::client(&config.redis_url)
         .await
         .expect("connecting to Redis");
     let events = Events::bind(&config).await;

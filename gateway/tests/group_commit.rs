@@ -18,7 +18,7 @@ fn options() -> RedisOptions {
 async fn master_and_replica() -> (RedisServer, RedisServer, Client) {
     let master = RedisServer::start_ready(options()).await;
     let replica = RedisServer::start_ready(options().replicaof(master.port())).await;
-    let admin = seckill_schema::redis::client(&master.url()).await.unwrap();
+    let admin = seckill_infra::redis::client(&master.url()).await.unwrap();
     wait_acknowledged(&admin).await;
     (master, replica, admin)
 }
@@ -45,7 +45,7 @@ async fn wait_acknowledged(admin: &Client) {
 
 /// The hot path's client, as the gateway builds it: one auto-pipelined connection.
 async fn hot_client(url: &str) -> Client {
-    let pool = seckill_schema::redis::pool(url, 1).await.unwrap();
+    let pool = seckill_infra::redis::pool(url, 1).await.unwrap();
     pool.next().clone()
 }
 
@@ -116,7 +116,7 @@ async fn a_few_waits_confirm_a_crowd_of_writes() {
     );
     // Redis agrees on the count, and the replica holds every confirmed write.
     assert_eq!(wait_calls(&admin).await - waits_before, commit.waits());
-    let on_replica = seckill_schema::redis::client(&replica.url()).await.unwrap();
+    let on_replica = seckill_infra::redis::client(&replica.url()).await.unwrap();
     let written: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
     let present: u64 = on_replica.exists(written).await.unwrap();
     assert_eq!(present, 200);
@@ -187,7 +187,7 @@ async fn on_a_cluster_the_wait_goes_to_the_keys_primary() {
     // One primary holding every slot, and its replica.
     let cluster = RedisCluster::start_with(1, 1, |_| options()).await;
     let master = &cluster.primaries()[0];
-    let admin = seckill_schema::redis::client(&master.url()).await.unwrap();
+    let admin = seckill_infra::redis::client(&master.url()).await.unwrap();
     wait_acknowledged(&admin).await;
     let waits_before = wait_calls(&admin).await;
 

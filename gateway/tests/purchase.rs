@@ -5,7 +5,7 @@ mod common;
 
 use common::{Events, TestApp, concurrently, wait_for_empty_outbox};
 use http::{Method, StatusCode};
-use seckill_schema::OrderId;
+use seckill_domain::OrderId;
 use seckill_testkit::{Backend, TestEnv, wait_for};
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -237,7 +237,7 @@ async fn the_sale_window_and_ticket_issuance() {
         .expect("expires_at is RFC 3339")
         .timestamp();
     assert!(
-        expires >= common::now_unix() + 30 + seckill_schema::auth::TICKET_TTL_SECS - 5,
+        expires >= common::now_unix() + 30 + seckill_infra::auth::TICKET_TTL_SECS - 5,
         "the ticket lasts past the start: {v}"
     );
     let early = app

@@ -6,9 +6,9 @@ mod common;
 use common::{Events, TestApp, wait_for_empty_outbox};
 use fred::prelude::*;
 use lapin::options::BasicGetOptions;
-use seckill_schema::ItemId;
-use seckill_schema::broker::Topology;
-use seckill_schema::keys::gene_of_item;
+use seckill_domain::ItemId;
+use seckill_domain::keys::gene_of_item;
+use seckill_infra::broker::Topology;
 use std::collections::BTreeSet;
 
 const ITEM: u64 = 91;
@@ -30,7 +30,7 @@ async fn an_undecodable_outbox_entry_is_dead_lettered_and_blocks_nothing() {
         .await;
     wait_for_empty_outbox(&app.redis, &app.keys).await;
 
-    let conn = seckill_schema::broker::connect(&app.config.amqp_url, "relay-test")
+    let conn = seckill_infra::broker::connect(&app.config.amqp_url, "relay-test")
         .await
         .expect("RabbitMQ");
     let ch = conn.create_channel().await.expect("a channel");

@@ -10,7 +10,7 @@ use crate::wait::wait_for;
 ///
 /// ```ignore
 /// let cluster = RedisCluster::start(3, 1).await;
-/// let client = seckill_schema::redis::client(&cluster.url()).await?;
+/// let client = seckill_infra::redis::client(&cluster.url()).await?;
 /// let first = &cluster.primaries()[0];
 /// let its_replica = &cluster.replicas_of(0)[0];
 /// ```

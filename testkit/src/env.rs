@@ -2,9 +2,9 @@
 //! waiting until Redis holds what a running gateway or workers process rebuilds at start.
 
 use crate::wait::wait_for;
-use seckill_schema::Config;
-use seckill_schema::broker::Topology;
-use seckill_schema::messages::Kind;
+use seckill_domain::messages::Kind;
+use seckill_infra::Config;
+use seckill_infra::broker::Topology;
 use std::time::Duration;
 
 /// Which database server a test runs against.
@@ -27,7 +27,7 @@ impl TestEnv {
     pub fn new(backend: Backend) -> TestEnv {
         let tag: String = format!(
             "t{:x}{:04x}",
-            seckill_schema::snowflake::now_ms() % 0xffff_ffff,
+            seckill_domain::snowflake::now_ms() % 0xffff_ffff,
             rand::random::<u16>()
         );
         let mut config =
@@ -57,8 +57,8 @@ impl TestEnv {
         }
         self.cleaned = true;
         let c = self.config.clone();
-        let _ = seckill_schema::db::drop_database(&c.database_url).await;
-        if let Ok(redis) = seckill_schema::redis::client(&c.redis_url).await {
+        let _ = seckill_infra::db::drop_database(&c.database_url).await;
+        if let Ok(redis) = seckill_infra::redis::client(&c.redis_url).await {
             use fred::prelude::*;
             let mut cursor = "0".to_owned();
             loop {
@@ -85,7 +85,7 @@ impl TestEnv {
             }
             let _ = redis.quit().await;
         }
-        if let Ok(conn) = seckill_schema::broker::connect(&c.amqp_url, "test-cleanup").await {
+        if let Ok(conn) = seckill_infra::broker::connect(&c.amqp_url, "test-cleanup").await {
             if let Ok(ch) = conn.create_channel().await {
                 let t = Topology::new(&c.namespace, c.payment_timeout);
                 let mut queues: Vec<String> = Kind::ALL.iter().map(|k| t.queue(*k)).collect();
@@ -127,13 +127,13 @@ impl Drop for TestEnv {
 }
 
 /// Waits until Redis holds every shard gene's state for `config`'s namespace (a running gateway
-/// or workers process builds them from the database at start; see `seckill_schema::recovery`).
+/// or workers process builds them from the database at start; see `seckill_infra::recovery`).
 pub async fn wait_for_redis_state(config: &Config) {
     use fred::prelude::*;
-    let redis = seckill_schema::redis::client(&config.redis_url)
+    let redis = seckill_infra::redis::client(&config.redis_url)
         .await
         .expect("connecting to Redis");
-    let keys = seckill_schema::Keys::new(&config.namespace);
+    let keys = seckill_domain::Keys::new(&config.namespace);
     wait_for(
         "Redis to hold every gene's state",
         Duration::from_secs(30),

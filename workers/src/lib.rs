@@ -11,11 +11,12 @@ pub mod store;
 
 use anyhow::Context;
 use runner::Runtime;
-use seckill_schema::broker::{Publisher, Topology};
-use seckill_schema::durability::DurabilityWatch;
-use seckill_schema::recovery::Recovery;
-use seckill_schema::scripts::Scripts;
-use seckill_schema::{Config, Keys, Kind};
+use seckill_domain::scripts::Scripts;
+use seckill_domain::{Keys, Kind};
+use seckill_infra::Config;
+use seckill_infra::broker::{Publisher, Topology};
+use seckill_infra::durability::DurabilityWatch;
+use seckill_infra::recovery::Recovery;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +37,7 @@ impl Workers {
     pub async fn build(config: Config) -> anyhow::Result<Workers> {
         let mut wait = Duration::from_millis(200);
         let db = loop {
-            match seckill_schema::db::connect(&config.database_url, 8).await {
+            match seckill_infra::db::connect(&config.database_url, 8).await {
                 Ok(db) => break db,
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "database unavailable; retrying");
@@ -45,7 +46,7 @@ impl Workers {
                 }
             }
         };
-        let redis = seckill_schema::redis::pool(&config.redis_url, 2).await?;
+        let redis = seckill_infra::redis::pool(&config.redis_url, 2).await?;
         let topology = Topology::new(&config.namespace, config.payment_timeout);
         let publisher = Arc::new(Publisher::new(
             &config.amqp_url,
@@ -64,7 +65,7 @@ impl Workers {
         let durability = DurabilityWatch::spawn(
             redis.next().clone(),
             config.redis_durability,
-            seckill_schema::durability::WATCH_INTERVAL,
+            seckill_infra::durability::WATCH_INTERVAL,
             stop_rx.clone(),
         );
         let recovery = Recovery::new(
@@ -104,7 +105,7 @@ impl Workers {
     /// Consumes every queue until `shutdown` completes; then stops consuming, finishes and acks
     /// the batches in flight, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let metrics = seckill_schema::telemetry::metrics();
+        let metrics = seckill_infra::telemetry::metrics();
         let (stop_tx, stop_rx) = (self.stop_tx, self.stop_rx);
         // Redis's lost state first: nothing in a lost gene is mirrored or released until then.
         let recovery = tokio::spawn(self.runtime.recovery.clone().watch(stop_rx.clone()));

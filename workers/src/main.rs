@@ -14,12 +14,12 @@ struct Cli {}
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     Cli::parse();
-    seckill_schema::telemetry::init_tracing();
-    let config = seckill_schema::Config::from_env()?;
+    seckill_infra::telemetry::init_tracing();
+    let config = seckill_infra::Config::from_env()?;
     tracing::info!(?config, "starting");
     let workers = seckill_workers::Workers::build(config).await?;
     workers
-        .run(seckill_schema::telemetry::shutdown_signal())
+        .run(seckill_infra::telemetry::shutdown_signal())
         .await?;
     tracing::info!("stopped");
     Ok(())

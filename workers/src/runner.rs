@@ -10,9 +10,10 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use sea_orm::DatabaseConnection;
-use seckill_schema::broker::{self, Publisher, Topology};
-use seckill_schema::scripts::{Mirrored, Released, Scripts};
-use seckill_schema::{Config, Kind, Message, OrderId};
+use seckill_domain::scripts::{Mirrored, Released, Scripts};
+use seckill_domain::{Kind, Message, OrderId};
+use seckill_infra::Config;
+use seckill_infra::broker::{self, Publisher, Topology};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,9 +36,9 @@ pub struct Runtime {
     pub publisher: Arc<Publisher>,
     pub topology: Topology,
     /// Rebuilds what Redis lost from the database.
-    pub recovery: Arc<seckill_schema::recovery::Recovery>,
+    pub recovery: Arc<seckill_infra::recovery::Recovery>,
     /// What Redis promises of an accepted order, re-read every few seconds and by `/readyz`.
-    pub durability: seckill_schema::durability::DurabilityWatch,
+    pub durability: seckill_infra::durability::DurabilityWatch,
 }
 
 enum Failure {
@@ -268,7 +269,7 @@ impl Runtime {
 
     async fn run(&self, kind: Kind, batch: &Batch) -> Result<(), Failure> {
         let effects = saga::handle(&self.db, kind, batch).await.map_err(|e| {
-            if seckill_schema::db::is_connection_error(&e) || seckill_schema::db::is_retryable(&e) {
+            if seckill_infra::db::is_connection_error(&e) || seckill_infra::db::is_retryable(&e) {
                 Failure::Transient(e.into())
             } else {
                 Failure::Fatal(e.into())

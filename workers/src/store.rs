@@ -3,9 +3,9 @@
 
 use crate::sql::{Query, insert};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Value};
-use seckill_schema::snowflake::now_ms;
-use seckill_schema::status::{LockStatus, PaymentStatus};
-use seckill_schema::{ItemId, OrderEvent, OrderId, OrderStatus, Quantity, UserId};
+use seckill_domain::snowflake::now_ms;
+use seckill_domain::status::{LockStatus, PaymentStatus};
+use seckill_domain::{ItemId, OrderEvent, OrderId, OrderStatus, Quantity, UserId};
 use std::collections::BTreeMap;
 
 /// Rows per statement, well under both backends' bind-parameter limits.

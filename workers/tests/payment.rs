@@ -5,7 +5,7 @@ mod common;
 
 use common::{Stack, WorkersMode};
 use sea_orm::ConnectionTrait;
-use seckill_schema::OrderId;
+use seckill_domain::OrderId;
 use seckill_testkit::{Backend, wait_for};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -66,7 +66,7 @@ async fn bad_signatures_are_rejected_and_record_nothing() {
     }))
     .unwrap();
     let now = chrono::Utc::now().timestamp();
-    let other = seckill_schema::auth::WebhookSigner::new("not-the-secret");
+    let other = seckill_infra::auth::WebhookSigner::new("not-the-secret");
     let cases: Vec<(&str, Option<String>, Vec<u8>)> = vec![
         ("no header", None, body.clone()),
         ("malformed", Some("garbage".into()), body.clone()),
@@ -202,7 +202,7 @@ async fn the_same_callback_twenty_times_at_once_has_one_effect() {
     let order: serde_json::Value = stack
         .http
         .get(format!("{}/orders/{id}", stack.url))
-        .bearer_auth(stack.jwt.mint(seckill_schema::UserId(1), 60))
+        .bearer_auth(stack.jwt.mint(seckill_domain::UserId(1), 60))
         .send()
         .await
         .unwrap()
@@ -285,7 +285,7 @@ async fn race_timeout(offsets_ms: &[i64]) {
         })
     })
     .await;
-    let now_ms = seckill_schema::snowflake::now_ms() as i64;
+    let now_ms = seckill_domain::snowflake::now_ms() as i64;
     let start = Instant::now();
     let pays = ids.iter().enumerate().map(|(i, id)| {
         let due_ms = created[id] + 1000 + offsets_ms[i % offsets_ms.len()];

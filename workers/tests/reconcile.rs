@@ -11,7 +11,7 @@ use common::{Stack, WorkersMode};
 use fred::prelude::*;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use sea_orm::{ConnectionTrait, Statement};
-use seckill_schema::{ItemId, OrderId};
+use seckill_domain::{ItemId, OrderId};
 use seckill_testkit::{Backend, wait_for};
 use seckill_workers::reconcile::{self, Intervals};
 use std::collections::{BTreeMap, HashSet};
@@ -100,7 +100,7 @@ async fn item_row(stack: &Stack, item: u64) -> (i64, i64, i64, i64) {
 }
 
 async fn queue_exists(stack: &Stack, queue: &str) -> bool {
-    let conn = seckill_schema::broker::connect(&stack.env.config.amqp_url, "test-probe")
+    let conn = seckill_infra::broker::connect(&stack.env.config.amqp_url, "test-probe")
         .await
         .expect("amqp");
     let ch = conn.create_channel().await.expect("channel");
@@ -139,7 +139,7 @@ async fn orders_close_without_their_delay_queue(backend: Backend, item: u64) {
         .unwrap_or(0.0);
 
     // An operator deletes the delay queue: the timeouts in it are gone with it.
-    let conn = seckill_schema::broker::connect(&stack.env.config.amqp_url, "test-operator")
+    let conn = seckill_infra::broker::connect(&stack.env.config.amqp_url, "test-operator")
         .await
         .expect("amqp");
     let ch = conn.create_channel().await.expect("channel");

@@ -12,7 +12,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use sea_orm::ConnectionTrait;
-use seckill_schema::OrderId;
+use seckill_domain::OrderId;
 use seckill_testkit::{Backend, wait_for};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -121,7 +121,7 @@ async fn compensation_when_the_database_holds_less_stock_than_redis() {
 
 /// A tap on `{ns}.events` publishes every message once more, so each handler sees each event twice.
 async fn duplicate_everything(stack: &Stack) -> tokio::task::JoinHandle<()> {
-    let conn = seckill_schema::broker::connect(&stack.env.config.amqp_url, "test-duplicator")
+    let conn = seckill_infra::broker::connect(&stack.env.config.amqp_url, "test-duplicator")
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
@@ -173,7 +173,7 @@ async fn duplicate_everything(stack: &Stack) -> tokio::task::JoinHandle<()> {
                         d.routing_key.clone(),
                         BasicPublishOptions::default(),
                         &d.data,
-                        seckill_schema::broker::persistent().with_headers(headers),
+                        seckill_infra::broker::persistent().with_headers(headers),
                     )
                     .await;
             }
@@ -200,7 +200,7 @@ async fn every_message_delivered_twice_changes_nothing() {
     wait_for("duplicates drained", DRAIN, || async {
         let t = stack.topology();
         let mut total = 0;
-        for k in seckill_schema::Kind::ALL {
+        for k in seckill_domain::Kind::ALL {
             total += stack.queue_depth(&t.queue(k)).await;
         }
         (total == 0).then_some(())
@@ -284,7 +284,7 @@ async fn sigkill_the_workers_three_times_mid_drain_mariadb() {
 async fn garbage_and_unknown_messages_go_to_the_dead_letter_queue() {
     let stack = Stack::start(Backend::Postgres, 600, WorkersMode::InProcess).await;
     let t = stack.topology();
-    let conn = seckill_schema::broker::connect(&stack.env.config.amqp_url, "test-poison")
+    let conn = seckill_infra::broker::connect(&stack.env.config.amqp_url, "test-poison")
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
@@ -308,7 +308,7 @@ async fn garbage_and_unknown_messages_go_to_the_dead_letter_queue() {
             key.into(),
             BasicPublishOptions::default(),
             body,
-            seckill_schema::broker::persistent(),
+            seckill_infra::broker::persistent(),
         )
         .await
         .unwrap();
@@ -430,7 +430,7 @@ async fn messages_wait_while_the_database_is_down_and_flow_when_it_is_back() {
 
     proxy.cut();
     let retries = || {
-        let text = seckill_schema::telemetry::metrics().render();
+        let text = seckill_infra::telemetry::metrics().render();
         text.lines()
             .filter(|l| {
                 l.starts_with("seckill_worker_messages_total") && l.contains("outcome=\"retry\"")

@@ -7,10 +7,10 @@
 use fred::prelude::*;
 use sea_orm::{ActiveModelTrait, ActiveValue::NotSet, DatabaseConnection, EntityTrait, Set};
 use seckill_bench::audit::{self, Accepted, Check};
-use seckill_schema::entity::{inventory_history, items, orders, payments, stock_locks};
-use seckill_schema::snowflake::now_ms;
-use seckill_schema::status::LockStatus;
-use seckill_schema::{ItemId, Keys, OrderId, OrderStatus};
+use seckill_domain::snowflake::now_ms;
+use seckill_domain::status::LockStatus;
+use seckill_domain::{ItemId, Keys, OrderId, OrderStatus};
+use seckill_infra::entity::{inventory_history, items, orders, payments, stock_locks};
 use seckill_testkit::{Backend, TestEnv};
 use std::collections::BTreeSet;
 
@@ -47,10 +47,10 @@ impl Sale {
 
     pub async fn on(backend: Backend) -> Sale {
         let env = TestEnv::new(backend);
-        let db = seckill_schema::db::connect(&env.config.database_url, 2)
+        let db = seckill_infra::db::connect(&env.config.database_url, 2)
             .await
             .expect("test database");
-        let redis = seckill_schema::redis::client(&env.config.redis_url)
+        let redis = seckill_infra::redis::client(&env.config.redis_url)
             .await
             .expect("redis");
         let keys = Keys::new(&env.config.namespace);

@@ -15,10 +15,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use seckill_domain::{ItemId, Keys, Kind, Message, OrderEvent, OrderId, UserId};
 use seckill_gateway::Application;
-use seckill_schema::auth::{Jwt, TICKET_TTL_SECS, Tickets};
-use seckill_schema::broker::Topology;
-use seckill_schema::{Config, ItemId, Keys, Kind, Message, OrderEvent, OrderId, UserId};
+use seckill_infra::Config;
+use seckill_infra::auth::{Jwt, TICKET_TTL_SECS, Tickets};
+use seckill_infra::broker::Topology;
 use seckill_testkit::{Backend, TestEnv, wait_for};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -295,7 +296,7 @@ impl TestApp {
             let _ = rx.await;
         }));
         seckill_testkit::wait_for_redis_state(&config).await;
-        let redis = seckill_schema::redis::client(&config.redis_url)
+        let redis = seckill_infra::redis::client(&config.redis_url)
             .await
             .expect("the test's own Redis client connects");
         TestApp {
@@ -465,7 +466,7 @@ pub struct Events {
 
 impl Events {
     pub async fn bind(config: &Config) -> Events {
-        let conn = seckill_schema::broker::connect(&config.amqp_url, "gateway-test-observer")
+        let conn = seckill_infra::broker::connect(&config.amqp_url, "gateway-test-observer")
             .await
             .expect("connecting to RabbitMQ");
         let channel = conn.create_channel().await.expect("opening a channel");

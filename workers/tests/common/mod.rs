@@ -6,9 +6,9 @@
 
 use fred::prelude::*;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
-use seckill_schema::auth::{Jwt, WebhookSigner};
-use seckill_schema::broker::Topology;
-use seckill_schema::{ItemId, Keys, OrderId, UserId};
+use seckill_domain::{ItemId, Keys, OrderId, UserId};
+use seckill_infra::auth::{Jwt, WebhookSigner};
+use seckill_infra::broker::Topology;
 use seckill_testkit::{Backend, TestEnv, wait_for};
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
@@ -38,7 +38,7 @@ pub enum WorkersMode {
 
 impl Stack {
     pub async fn start(backend: Backend, payment_timeout_secs: u64, mode: WorkersMode) -> Stack {
-        seckill_schema::telemetry::init_tracing();
+        seckill_infra::telemetry::init_tracing();
         let mut env = TestEnv::new(backend);
         env.config.payment_timeout = Duration::from_secs(payment_timeout_secs);
         let app = seckill_gateway::Application::build(env.config.clone())
@@ -50,10 +50,10 @@ impl Stack {
             let _ = grx.await;
         }));
         seckill_testkit::wait_for_redis_state(&env.config).await;
-        let db = seckill_schema::db::connect(&env.config.database_url, 4)
+        let db = seckill_infra::db::connect(&env.config.database_url, 4)
             .await
             .expect("database");
-        let redis = seckill_schema::redis::client(&env.config.redis_url)
+        let redis = seckill_infra::redis::client(&env.config.redis_url)
             .await
             .expect("redis");
         let keys = Keys::new(&env.config.namespace);
@@ -88,7 +88,7 @@ impl Stack {
     }
 
     /// In-process workers with a configuration of their own (another database URL, say).
-    pub async fn start_workers_with(&mut self, config: seckill_schema::Config) {
+    pub async fn start_workers_with(&mut self, config: seckill_infra::Config) {
         let workers = seckill_workers::Workers::build(config)
             .await
             .expect("workers start");
@@ -353,7 +353,7 @@ impl Stack {
     }
 
     pub async fn queue_depth(&self, queue: &str) -> u32 {
-        let conn = seckill_schema::broker::connect(&self.env.config.amqp_url, "test-probe")
+        let conn = seckill_infra::broker::connect(&self.env.config.amqp_url, "test-probe")
             .await
             .expect("amqp");
         let ch = conn.create_channel().await.expect("channel");
@@ -413,11 +413,11 @@ impl Stack {
             let id: i64 = o.try_get("", "id").unwrap();
             let user: i64 = o.try_get("", "user_id").unwrap();
             let q: i32 = o.try_get("", "quantity").unwrap();
-            let status: seckill_schema::OrderStatus =
+            let status: seckill_domain::OrderStatus =
                 o.try_get::<String>("", "status").unwrap().parse().unwrap();
             in_db.insert(OrderId(id as u64));
             assert!(
-                status.is_final() || status == seckill_schema::OrderStatus::AwaitingPayment,
+                status.is_final() || status == seckill_domain::OrderStatus::AwaitingPayment,
                 "invariant 5: order {id} is stuck in {status}"
             );
             if status.holds_stock() {
@@ -425,8 +425,8 @@ impl Stack {
                 *per_user.entry(user).or_default() += q as i64;
             }
             match status {
-                seckill_schema::OrderStatus::Paid => paid_units += q as i64,
-                seckill_schema::OrderStatus::AwaitingPayment => locked_units += q as i64,
+                seckill_domain::OrderStatus::Paid => paid_units += q as i64,
+                seckill_domain::OrderStatus::AwaitingPayment => locked_units += q as i64,
                 _ => {}
             }
         }

@@ -4,7 +4,6 @@
 //! here relies on it: a connection that errors, or a call that passes its deadline, is dropped and
 //! rebuilt on the next use.
 
-use crate::messages::{Kind, Message};
 use anyhow::{Context, bail};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -12,6 +11,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use seckill_domain::messages::{Kind, Message};
 use std::time::Duration;
 use tokio::sync::Mutex;
 

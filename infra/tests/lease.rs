@@ -1,22 +1,22 @@
 //! Snowflake node leases against the real Redis: two live processes never share a node id, a
 //! renewal keeps it, and a successor starts past its predecessor's ids.
 
-use seckill_schema::Keys;
-use seckill_schema::scripts::Scripts;
-use seckill_schema::snowflake::{millis_of, node_of};
+use seckill_domain::Keys;
+use seckill_domain::scripts::Scripts;
+use seckill_domain::snowflake::{millis_of, node_of};
 use seckill_testkit::{Backend, TestEnv};
 
 #[tokio::test]
 async fn live_processes_never_share_a_node_id() {
     let env = TestEnv::new(Backend::Postgres);
-    let redis = seckill_schema::redis::pool(&env.config.redis_url, 1)
+    let redis = seckill_infra::redis::pool(&env.config.redis_url, 1)
         .await
         .unwrap();
     let scripts = Scripts::new(Keys::new(&env.config.namespace));
     let mut nodes = std::collections::HashSet::new();
     let mut gens = Vec::new();
     for i in 0..20 {
-        let g = seckill_schema::lease::acquire(&scripts, &redis, &format!("process-{i}"))
+        let g = seckill_infra::lease::acquire(&scripts, &redis, &format!("process-{i}"))
             .await
             .unwrap();
         assert!(nodes.insert(g.node()), "node {} leased twice", g.node());
@@ -43,12 +43,12 @@ async fn live_processes_never_share_a_node_id() {
 #[tokio::test]
 async fn a_successor_never_repeats_its_predecessors_ids() {
     let env = TestEnv::new(Backend::Postgres);
-    let redis = seckill_schema::redis::pool(&env.config.redis_url, 1)
+    let redis = seckill_infra::redis::pool(&env.config.redis_url, 1)
         .await
         .unwrap();
     let scripts = Scripts::new(Keys::new(&env.config.namespace));
     // A predecessor on node 7 recorded a high-water mark a minute ahead of our clock.
-    let ahead = seckill_schema::snowflake::now_ms() + 60_000;
+    let ahead = seckill_domain::snowflake::now_ms() + 60_000;
     assert!(
         scripts
             .lease(redis.next(), 7, "old", 1, ahead)
@@ -69,7 +69,7 @@ async fn a_successor_never_repeats_its_predecessors_ids() {
     )
     .await;
     assert!(hwm >= ahead);
-    let g = seckill_schema::snowflake::Snowflake::new(7);
+    let g = seckill_domain::snowflake::Snowflake::new(7);
     g.start_after(hwm);
     let id = g.next(0);
     assert_eq!(node_of(id), 7);

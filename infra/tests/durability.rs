@@ -2,7 +2,7 @@
 //! (never the shared one): what each configuration lets a process promise.
 
 use fred::prelude::*;
-use seckill_schema::durability::{Durability, DurabilityStatus, DurabilityWatch, check};
+use seckill_infra::durability::{Durability, DurabilityStatus, DurabilityWatch, check};
 use seckill_testkit::{RedisCluster, RedisOptions, RedisServer, wait_for};
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 /// client of it.
 async fn started(opts: RedisOptions) -> (RedisServer, Client) {
     let redis = RedisServer::start_ready(opts.no_sync_delay()).await;
-    let client = seckill_schema::redis::client(&redis.url())
+    let client = seckill_infra::redis::client(&redis.url())
         .await
         .expect("connecting to the test's Redis");
     (redis, client)
@@ -110,7 +110,7 @@ async fn replica_mode_needs_an_online_replica() {
 
 #[tokio::test]
 async fn the_watch_follows_redis_and_exports_what_it_read() {
-    let metrics = seckill_schema::telemetry::metrics();
+    let metrics = seckill_infra::telemetry::metrics();
     let (redis, client) = started(RedisOptions::volatile()).await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let watch = DurabilityWatch::spawn(
@@ -179,7 +179,7 @@ async fn every_primary_of_a_cluster_is_checked() {
         unreachable!("three primaries")
     };
 
-    let client = seckill_schema::redis::client(&cluster.url()).await.unwrap();
+    let client = seckill_infra::redis::client(&cluster.url()).await.unwrap();
     assert!(client.is_clustered());
     let status = check(&client, Durability::None).await.unwrap();
     let mut servers: Vec<&str> = status.nodes.iter().map(|(s, _)| s.as_str()).collect();

@@ -14,15 +14,15 @@
 //! rebuilds a gene when an operator creates an item in one that was never built.
 
 use crate::entity::{items, orders, payments};
-use crate::ids::{ItemId, OrderId, Quantity, UserId};
-use crate::keys::gene_of_item;
-use crate::record::{OrderRecord, ShownPayment};
-use crate::scripts::{ItemState, RebuiltOrder, Scripts};
-use crate::snowflake::{GENES, now_ms};
-use crate::status::{OrderStatus, PaymentStatus};
 use anyhow::Context;
 use fred::prelude::*;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use seckill_domain::ids::{ItemId, OrderId, Quantity, UserId};
+use seckill_domain::keys::gene_of_item;
+use seckill_domain::record::{OrderRecord, ShownPayment};
+use seckill_domain::scripts::{ItemState, RebuiltOrder, Scripts};
+use seckill_domain::snowflake::{GENES, now_ms};
+use seckill_domain::status::{OrderStatus, PaymentStatus};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

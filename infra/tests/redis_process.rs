@@ -8,20 +8,20 @@ use seckill_testkit::{RedisOptions, RedisServer, Sentinel, free_port, wait_for};
 use std::time::Duration;
 
 async fn get(url: &str, key: &str) -> Option<String> {
-    let client = seckill_schema::redis::client(url).await.unwrap();
+    let client = seckill_infra::redis::client(url).await.unwrap();
     let value: Option<String> = client.get(key).await.unwrap();
     let _ = client.quit().await;
     value
 }
 
 async fn set(url: &str, key: &str, value: &str) {
-    let client = seckill_schema::redis::client(url).await.unwrap();
+    let client = seckill_infra::redis::client(url).await.unwrap();
     let _: () = client.set(key, value, None, None, false).await.unwrap();
     let _ = client.quit().await;
 }
 
 async fn config_get(url: &str, name: &str) -> String {
-    let client = seckill_schema::redis::client(url).await.unwrap();
+    let client = seckill_infra::redis::client(url).await.unwrap();
     let (_, value): (String, String) = client
         .custom(fred::cmd!("CONFIG"), vec!["GET", name])
         .await
@@ -109,7 +109,7 @@ async fn sentinel_promotes_the_replica_when_the_master_is_killed() {
 
     set(&master.url(), "accepted-order", "7").await;
     // The write has reached the replica (WAIT counts the replicas that acknowledged it).
-    let client = seckill_schema::redis::client(&master.url()).await.unwrap();
+    let client = seckill_infra::redis::client(&master.url()).await.unwrap();
     wait_for(
         "the replica to acknowledge",
         Duration::from_secs(10),
@@ -158,7 +158,7 @@ async fn sentinel_promotes_the_replica_when_the_master_is_killed() {
         "the promoted replica to take writes through the sentinel URL",
         Duration::from_secs(15),
         || async move {
-            let client = seckill_schema::redis::client(&s.url()).await.ok()?;
+            let client = seckill_infra::redis::client(&s.url()).await.ok()?;
             let value: Option<String> = client.get("accepted-order").await.ok()?;
             let written: Result<(), _> = client.set("after-failover", "1", None, None, false).await;
             let _ = client.quit().await;

@@ -1,11 +1,11 @@
 //! Credentials: user JWTs (HS256, `sub` = user id, `exp` required), seckill tickets, and the
 //! payment webhook's signature. The gateway verifies them; the bench and the tests mint them.
 
-use crate::ids::{ItemId, UserId};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use seckill_domain::ids::{ItemId, UserId};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
