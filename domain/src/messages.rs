@@ -44,8 +44,15 @@ pub struct PaymentEvent {
     pub received_at_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The envelope: one enum, whose variant is the wire's `"type"`. [`Kind`], the variant without its
+/// events (routing keys, queues, metric labels), is derived from it, so the two cannot drift.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::EnumDiscriminants)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum_discriminants(
+    name(Kind),
+    derive(Hash, strum::VariantArray, strum::IntoStaticStr),
+    strum(serialize_all = "SCREAMING_SNAKE_CASE")
+)]
 pub enum Message {
     OrderCreated { events: Vec<OrderEvent> },
     LockInventory { events: Vec<OrderEvent> },
@@ -56,28 +63,8 @@ pub enum Message {
     InventoryCompensate { events: Vec<OrderEvent> },
 }
 
-/// The kinds of message, each with its routing key and its handler's queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    OrderCreated,
-    LockInventory,
-    PreparePayment,
-    PaymentResult,
-    OrderCancel,
-    OrderTimeout,
-    InventoryCompensate,
-}
-
 impl Kind {
-    pub const ALL: [Kind; 7] = [
-        Kind::OrderCreated,
-        Kind::LockInventory,
-        Kind::PreparePayment,
-        Kind::PaymentResult,
-        Kind::OrderCancel,
-        Kind::OrderTimeout,
-        Kind::InventoryCompensate,
-    ];
+    pub const ALL: &'static [Kind] = <Kind as strum::VariantArray>::VARIANTS;
 
     pub fn routing_key(self) -> &'static str {
         match self {
@@ -91,30 +78,15 @@ impl Kind {
         }
     }
 
+    /// The wire's `"type"` of this kind's messages.
     pub fn type_name(self) -> &'static str {
-        match self {
-            Kind::OrderCreated => "ORDER_CREATED",
-            Kind::LockInventory => "LOCK_INVENTORY",
-            Kind::PreparePayment => "PREPARE_PAYMENT",
-            Kind::PaymentResult => "PAYMENT_RESULT",
-            Kind::OrderCancel => "ORDER_CANCEL",
-            Kind::OrderTimeout => "ORDER_TIMEOUT",
-            Kind::InventoryCompensate => "INVENTORY_COMPENSATE",
-        }
+        self.into()
     }
 }
 
 impl Message {
     pub fn kind(&self) -> Kind {
-        match self {
-            Message::OrderCreated { .. } => Kind::OrderCreated,
-            Message::LockInventory { .. } => Kind::LockInventory,
-            Message::PreparePayment { .. } => Kind::PreparePayment,
-            Message::PaymentResult { .. } => Kind::PaymentResult,
-            Message::OrderCancel { .. } => Kind::OrderCancel,
-            Message::OrderTimeout { .. } => Kind::OrderTimeout,
-            Message::InventoryCompensate { .. } => Kind::InventoryCompensate,
-        }
+        self.into()
     }
 
     pub fn len(&self) -> usize {
@@ -158,7 +130,7 @@ mod tests {
         assert_eq!(v["type"], "ORDER_CREATED");
         assert_eq!(v["events"][0]["order_id"], "7");
         assert_eq!(serde_json::from_value::<Message>(v).unwrap(), m);
-        for k in Kind::ALL {
+        for &k in Kind::ALL {
             let json = format!("{{\"type\":\"{}\",\"events\":[]}}", k.type_name());
             assert_eq!(serde_json::from_str::<Message>(&json).unwrap().kind(), k);
         }

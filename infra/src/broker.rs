@@ -86,7 +86,7 @@ impl Topology {
         ch.queue_declare(self.dead().into(), durable, FieldTable::default())
             .await
             .context("declaring the dead-letter queue")?;
-        for kind in Kind::ALL {
+        for &kind in Kind::ALL {
             let mut args = FieldTable::default();
             args.insert(
                 "x-queue-type".into(),

@@ -110,8 +110,8 @@ impl Workers {
         // Redis's lost state first: nothing in a lost gene is mirrored or released until then.
         let recovery = tokio::spawn(self.runtime.recovery.clone().watch(stop_rx.clone()));
         let consumers: Vec<_> = Kind::ALL
-            .into_iter()
-            .map(|kind| tokio::spawn(self.runtime.clone().consume(kind, stop_rx.clone())))
+            .iter()
+            .map(|&kind| tokio::spawn(self.runtime.clone().consume(kind, stop_rx.clone())))
             .collect();
         let periodic = [
             tokio::spawn(reconcile::run_reconciler(

@@ -200,7 +200,7 @@ async fn every_message_delivered_twice_changes_nothing() {
     wait_for("duplicates drained", DRAIN, || async {
         let t = stack.topology();
         let mut total = 0;
-        for k in seckill_domain::Kind::ALL {
+        for &k in seckill_domain::Kind::ALL {
             total += stack.queue_depth(&t.queue(k)).await;
         }
         (total == 0).then_some(())
