@@ -73,19 +73,23 @@ impl Serialize for OrderId {
 
 impl<'de> Deserialize<'de> for OrderId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr<'a> {
-            Num(u64),
-            Str(&'a str),
-            Owned(String),
+        /// Reads either form with an error message in the API's words, not Rust's.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = OrderId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an order id (a decimal string)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<OrderId, E> {
+                Ok(OrderId(n))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<OrderId, E> {
+                s.parse()
+                    .map(OrderId)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(s), &self))
+            }
         }
-        let parse = |s: &str| s.parse().map(OrderId).map_err(serde::de::Error::custom);
-        match Repr::deserialize(d)? {
-            Repr::Num(n) => Ok(OrderId(n)),
-            Repr::Str(s) => parse(s),
-            Repr::Owned(s) => parse(&s),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -100,7 +104,10 @@ mod tests {
         assert_eq!(json, format!("\"{}\"", u64::MAX - 1));
         assert_eq!(serde_json::from_str::<OrderId>(&json).unwrap(), id);
         assert_eq!(serde_json::from_str::<OrderId>("42").unwrap(), OrderId(42));
-        assert!(serde_json::from_str::<OrderId>("\"x\"").is_err());
+        let err = serde_json::from_str::<OrderId>("\"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected an order id"), "{err}");
     }
 
     #[test]

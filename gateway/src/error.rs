@@ -22,7 +22,14 @@ pub enum ApiError {
     RateLimited {
         retry_after_secs: u64,
     },
-    MethodNotAllowed,
+    /// The path exists; these are its methods (the `Allow` header).
+    MethodNotAllowed(&'static str),
+    /// The body did not arrive within its deadline; the connection is closed.
+    BodyTimeout,
+    /// `Transfer-Encoding` in a request (with or without `Content-Length`: the shape of request
+    /// smuggling behind a proxy). Our bodies are small JSON sent with `Content-Length`; the
+    /// connection is closed, since its framing cannot be trusted.
+    TransferEncoding,
     /// A dependency is unreachable; the request changed nothing.
     Unavailable(&'static str),
     /// The purchase was sent to Redis and no answer came back: it may have sold. `GET
@@ -45,7 +52,9 @@ impl ApiError {
             ApiError::Conflict(code, _) => code,
             ApiError::LimitReached(_) => "limit_reached",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::BodyTimeout => "request_timeout",
+            ApiError::TransferEncoding => "bad_request",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::OutcomeUnknown(_) => "outcome_unknown",
             ApiError::Recovering => "recovering",
@@ -55,13 +64,14 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::TransferEncoding => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(..) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(..) | ApiError::LimitReached(_) => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) | ApiError::Recovering => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -79,7 +89,16 @@ impl ApiError {
             ApiError::PayloadTooLarge => "the body is over 16 KiB".to_owned(),
             ApiError::LimitReached(_) => "this would exceed the item's per-user limit".to_owned(),
             ApiError::RateLimited { .. } => "too many requests; retry later".to_owned(),
-            ApiError::MethodNotAllowed => "method not allowed on this path".to_owned(),
+            ApiError::MethodNotAllowed(allow) => {
+                format!("method not allowed on this path; allowed: {allow}")
+            }
+            ApiError::BodyTimeout => format!(
+                "the body did not arrive within {} s",
+                crate::request::BODY_READ_TIMEOUT.as_secs()
+            ),
+            ApiError::TransferEncoding => {
+                "Transfer-Encoding is not accepted; send the body with Content-Length".to_owned()
+            }
             ApiError::Unavailable(what) => {
                 tracing::warn!(dependency = what, "answering 503");
                 format!("{what} is unavailable; nothing was changed, retry later")
@@ -115,6 +134,17 @@ impl ApiError {
             ApiError::Recovering | ApiError::OutcomeUnknown(_) => Some(1),
             _ => None,
         };
+        match self {
+            ApiError::MethodNotAllowed(allow) => {
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::BodyTimeout | ApiError::TransferEncoding => {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
         if let Some(secs) = retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -2,7 +2,8 @@
 //! and the outbox relay that carries accepted orders to RabbitMQ.
 
 pub mod admin;
-pub mod error;
+mod conn;
+mod error;
 pub mod orders;
 pub mod payment;
 pub mod ratelimit;
@@ -164,7 +165,7 @@ impl Application {
                     let _ = stream.set_nodelay(true);
                     let st = state.clone();
                     let conn = http.serve_connection(
-                        TokioIo::new(stream),
+                        TokioIo::new(conn::JsonErrors::new(stream)),
                         service_fn(move |req| routes::handle(st.clone(), req)),
                     );
                     let conn = graceful.watch(conn);

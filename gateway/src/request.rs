@@ -12,7 +12,12 @@ use serde::Deserialize;
 
 pub const MAX_BODY: usize = 16 * 1024;
 
-/// Reads the whole body, at most 16 KiB.
+/// How long a client may take to send its body once the head arrived. hyper's header-read timeout
+/// covers the head only; a body shorter than its `Content-Length` would otherwise hold the
+/// connection until the client gives up.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads the whole body, at most 16 KiB, within [`BODY_READ_TIMEOUT`].
 pub async fn read_body(req: Request<Incoming>) -> Result<(http::request::Parts, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
     let declared = parts
@@ -23,7 +28,11 @@ pub async fn read_body(req: Request<Incoming>) -> Result<(http::request::Parts, 
     if declared.is_some_and(|n| n > MAX_BODY) {
         return Err(ApiError::PayloadTooLarge);
     }
-    match Limited::new(body, MAX_BODY).collect().await {
+    // A body that came with its head completes at the first poll, before the timer is armed.
+    let collected = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect())
+        .await
+        .map_err(|_| ApiError::BodyTimeout)?;
+    match collected {
         Ok(collected) => Ok((parts, collected.to_bytes())),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -36,11 +45,43 @@ pub async fn read_body(req: Request<Incoming>) -> Result<(http::request::Parts, 
 }
 
 pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        let msg = e.to_string();
-        // serde's message names the field and the expectation, never our internals.
-        ApiError::BadRequest(format!("invalid JSON body: {msg}"))
-    })
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(json_error_message(&e)))
+}
+
+/// serde's message in the API's words: it names the field and what was expected, but serde also
+/// names Rust types ("expected struct NewItem", "u64"), which are no business of a client.
+fn json_error_message(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let at = format!("line {} column {}", e.line(), e.column());
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            format!("the body is not valid JSON ({at})")
+        }
+        Category::Data => {
+            let raw = e.to_string();
+            let raw = raw
+                .rsplit_once(" at line ")
+                .map_or(raw.as_str(), |(m, _)| m);
+            let mut msg = raw.to_owned();
+            for (rust, api) in [
+                ("u64", "a non-negative integer"),
+                ("u32", "a positive integer below 2^32"),
+                ("i64", "an integer"),
+                ("i32", "an integer"),
+                ("a borrowed string", "a string"),
+            ] {
+                msg = msg.replace(&format!("expected {rust}"), &format!("expected {api}"));
+            }
+            if let Some(i) = msg.find("expected struct ") {
+                msg.truncate(i);
+                msg.push_str("expected a JSON object");
+            }
+            if msg.contains("enum ") || msg.contains("struct ") || msg.contains("::") {
+                msg = "a field has the wrong type or value".to_owned();
+            }
+            format!("invalid JSON body: {msg} ({at})")
+        }
+    }
 }
 
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {

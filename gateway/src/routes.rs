@@ -24,7 +24,11 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    let (route, result) = route(&state, req).await;
+    let (route, result) = if req.headers().contains_key(header::TRANSFER_ENCODING) {
+        ("other", Err(ApiError::TransferEncoding))
+    } else {
+        route(&state, req).await
+    };
     let resp = result.unwrap_or_else(ApiError::into_response);
     let status = resp.status();
     let elapsed = started.elapsed().as_secs_f64();
@@ -134,24 +138,27 @@ async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static st
         ),
         (["readyz"], &Method::GET) => ("readyz", Ok(readyz(state).await)),
         (["metrics"], &Method::GET) => ("metrics", Ok(metrics_text(state).await)),
-        (
-            ["seckill"]
-            | ["items", _, "ticket"]
-            | ["orders", _]
-            | ["orders", _, "cancel"]
-            | ["payment", "callback"]
-            | ["admin", "items"]
-            | ["admin", "items", _]
-            | ["healthz"]
-            | ["readyz"]
-            | ["metrics"],
-            _,
-        ) => ("other", Err(ApiError::MethodNotAllowed)),
-        _ => (
-            "other",
-            Err(ApiError::NotFound("not_found", "no such route")),
-        ),
+        (segs, _) => match allowed_methods(segs) {
+            Some(allow) => ("other", Err(ApiError::MethodNotAllowed(allow))),
+            None => (
+                "other",
+                Err(ApiError::NotFound("not_found", "no such route")),
+            ),
+        },
     }
+}
+
+/// The methods a known path answers, for `405`'s `Allow` header.
+fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
+    Some(match segs {
+        ["seckill"]
+        | ["items", _, "ticket"]
+        | ["orders", _, "cancel"]
+        | ["payment", "callback"]
+        | ["admin", "items"] => "POST",
+        ["orders", _] | ["admin", "items", _] | ["healthz"] | ["readyz"] | ["metrics"] => "GET",
+        _ => return None,
+    })
 }
 
 #[derive(Deserialize)]

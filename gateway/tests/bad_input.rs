@@ -46,12 +46,17 @@ fn jwt_with(secret: &str, alg: jsonwebtoken::Algorithm, claims: Value) -> String
     .expect("signing")
 }
 
-/// `POST /seckill` with a chunked body, by hand: the server cannot know its size up front. The
-/// server may answer and close before reading it all, so write errors are expected.
-async fn post_chunked(app: &TestApp, body: &[u8]) -> String {
+/// `POST /seckill` with a chunked body, by hand, with a `Content-Length` too unless `only_chunked`.
+/// The server may answer and close before reading it all, so write errors are expected. Returns
+/// the whole answer, read until the server closes.
+async fn post_chunked(app: &TestApp, body: &[u8], only_chunked: bool) -> String {
     let mut request = b"POST /seckill HTTP/1.1\r\nHost: 127.0.0.1\r\n\
-        Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        Content-Type: application/json\r\n"
         .to_vec();
+    if !only_chunked {
+        request.extend(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    request.extend(b"Transfer-Encoding: chunked\r\n\r\n");
     for chunk in body.chunks(4096) {
         request.extend(format!("{:x}\r\n", chunk.len()).as_bytes());
         request.extend(chunk);
@@ -60,16 +65,105 @@ async fn post_chunked(app: &TestApp, body: &[u8]) -> String {
     request.extend(b"0\r\n\r\n");
     let mut conn = TcpStream::connect(app.addr()).await.expect("connecting");
     let _ = conn.write_all(&request).await;
+    read_until_closed(&mut conn).await
+}
+
+/// Everything the gateway writes on `conn` until it closes it (within 15 s).
+async fn read_until_closed(conn: &mut TcpStream) -> String {
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
-    while !answer.windows(2).any(|w| w == b"\r\n") {
-        match tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => answer.extend(&buf[..n]),
-            other => panic!("no status line from the gateway: {other:?}"),
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend(&buf[..n]),
+            Err(_) => panic!(
+                "the gateway kept the connection open; it wrote: {}",
+                String::from_utf8_lossy(&answer)
+            ),
         }
     }
-    let text = String::from_utf8_lossy(&answer);
-    text.lines().next().unwrap_or_default().to_owned()
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Sends raw bytes on a new connection and returns everything written back until close.
+async fn raw_exchange(app: &TestApp, request: &[u8]) -> String {
+    let mut conn = TcpStream::connect(app.addr()).await.expect("connecting");
+    let _ = conn.write_all(request).await;
+    read_until_closed(&mut conn).await
+}
+
+/// The JSON body of a raw answer.
+fn raw_json(answer: &str) -> Value {
+    let (_, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {answer}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_layer_answers_in_json_and_never_hangs() {
+    let app = TestApp::spawn().await;
+    // A malformed header and an oversized head: hyper's own answers, carrying the JSON error.
+    let answer = raw_exchange(
+        &app,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: \x01\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(raw_json(&answer)["error"], "bad_request");
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(512 * 1024)
+    );
+    let answer = raw_exchange(&app, big.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(raw_json(&answer)["error"], "headers_too_large");
+
+    // A body shorter than its Content-Length: answered 408 at the body's deadline, then closed.
+    let started = std::time::Instant::now();
+    let answer = raw_exchange(
+        &app,
+        b"POST /seckill HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"item_id\"",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(raw_json(&answer)["error"], "request_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(14),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // 405 names the allowed methods.
+    let resp = app
+        .http
+        .send(Method::DELETE, "/seckill", &[], String::new())
+        .await;
+    assert_eq!(resp.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers.get(http::header::ALLOW).unwrap(), "POST");
+    let resp = app
+        .http
+        .send(Method::POST, "/orders/1", &[], String::new())
+        .await;
+    assert_eq!(resp.headers.get(http::header::ALLOW).unwrap(), "GET");
+
+    // serde's messages without Rust's type names.
+    let token = format!("Bearer {}", app.config.admin_token);
+    for body in [r#""AAA""#, r#"{"item_id":"x"}"#, "[1]"] {
+        let resp = app
+            .http
+            .send(
+                Method::POST,
+                "/admin/items",
+                &[("authorization", token.as_str())],
+                body.to_owned(),
+            )
+            .await;
+        assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{body}");
+        let text = resp.text();
+        for rust in ["struct", "enum", "NewItem", "Repr", "u64", "i64"] {
+            assert!(!text.contains(rust), "{body}: {text}");
+        }
+    }
+    app.stop().await.expect("run() returns Ok");
 }
 
 struct Case {
@@ -223,11 +317,18 @@ async fn bad_purchases_are_refused_and_sell_nothing() {
             c.what
         );
     }
+    // Bodies come with Content-Length: a chunked one, of any size, is refused and its connection
+    // closed, as is the request-smuggling shape with both headers.
+    for body in [padded(&good, 17 * 1024), with_ticket(&good)] {
+        let answer = post_chunked(&app, body.as_bytes(), true).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+        assert!(answer.ends_with("Content-Length\"}"), "{answer}");
+    }
+    let answer = post_chunked(&app, with_ticket(&good).as_bytes(), false).await;
     assert!(
-        post_chunked(&app, padded(&good, 17 * 1024).as_bytes())
-            .await
-            .starts_with("HTTP/1.1 413"),
-        "a 17 KiB chunked body is refused too"
+        answer.starts_with("HTTP/1.1 400"),
+        "Content-Length beside chunked: {answer}"
     );
 
     assert_eq!(app.remaining(ITEM).await, Some(STOCK), "nothing sold");
