@@ -29,6 +29,10 @@ pub async fn handle(
     } else {
         route(&state, req).await
     };
+    let outcome = match &result {
+        Ok(_) => None,
+        Err(e) => Some(e.code()),
+    };
     let resp = result.unwrap_or_else(ApiError::into_response);
     let status = resp.status();
     let elapsed = started.elapsed().as_secs_f64();
@@ -37,7 +41,19 @@ pub async fn handle(
         let m = SECKILL_METRICS.get_or_init(|| RouteMetrics::new("seckill"));
         m.count(status);
         m.latency.record(elapsed);
+        PURCHASE_OUTCOMES
+            .get_or_init(Outcomes::purchases)
+            .count(outcome.unwrap_or("accepted"));
     } else {
+        if route == "payment_callback" {
+            let outcome = match outcome {
+                None => "recorded",
+                Some("unauthorized") => "invalid_signature",
+                Some("internal" | "unavailable") => "error",
+                Some(code) => code,
+            };
+            metrics::counter!("seckill_payment_callbacks_total", "outcome" => outcome).increment(1);
+        }
         metrics::counter!("seckill_http_requests_total", "route" => route, "status" => status_label(status))
             .increment(1);
         metrics::histogram!("seckill_http_request_duration_seconds", "route" => route)
@@ -47,6 +63,54 @@ pub async fn handle(
 }
 
 static SECKILL_METRICS: std::sync::OnceLock<RouteMetrics> = std::sync::OnceLock::new();
+static PURCHASE_OUTCOMES: std::sync::OnceLock<Outcomes> = std::sync::OnceLock::new();
+
+/// `seckill_purchases_total{outcome}`: `accepted` or the error code, each counter registered once
+/// (and so exported at 0 before its first purchase, which a rate over it needs).
+struct Outcomes(Vec<(&'static str, metrics::Counter)>);
+
+impl Outcomes {
+    fn purchases() -> Self {
+        const CODES: [&str; 16] = [
+            "accepted",
+            "sold_out",
+            "limit_reached",
+            "not_started",
+            "ended",
+            "bad_request",
+            "unauthorized",
+            "unknown_item",
+            "payload_too_large",
+            "rate_limited",
+            "unavailable",
+            "outcome_unknown",
+            "recovering",
+            "internal",
+            "request_timeout",
+            "other",
+        ];
+        Outcomes(
+            CODES
+                .iter()
+                .map(|c| {
+                    (
+                        *c,
+                        metrics::counter!("seckill_purchases_total", "outcome" => *c),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn count(&self, outcome: &str) {
+        let i = self
+            .0
+            .iter()
+            .position(|(c, _)| *c == outcome)
+            .unwrap_or(self.0.len() - 1);
+        self.0[i].1.increment(1);
+    }
+}
 
 const STATUS_LABELS: [&str; 13] = [
     "200", "201", "202", "400", "401", "404", "405", "409", "413", "429", "503", "500", "other",
@@ -349,31 +413,41 @@ pub async fn missing_item(state: &State, item: ItemId) -> ApiError {
 }
 
 async fn readyz(state: &Arc<State>) -> Response<Body> {
-    let redis_ok = state.redis.next().ping::<String>(None).await.is_ok();
-    let broker_ok = state.publisher.ready().await;
-    let durability = state.durability.check_now().await;
-    let recovering = state.recovery.genes_not_ready().await.unwrap_or_default();
-    let ok = redis_ok && broker_ok && durability.ok && recovering.is_empty();
+    let (ok, body) = readiness(state).await;
     json(
         if ok {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         },
-        &serde_json::json!({
-            "redis": redis_ok,
-            "rabbitmq": broker_ok,
-            "redis_durability": {
-                "mode": durability.mode.as_str(),
-                "ok": durability.ok,
-                "reasons": durability.reasons,
-            },
-            "redis_recovering_genes": recovering,
-        }),
+        &body,
     )
 }
 
+/// Whether this gateway can sell, and why not.
+async fn readiness(state: &Arc<State>) -> (bool, serde_json::Value) {
+    let redis_ok = state.redis.next().ping::<String>(None).await.is_ok();
+    let broker_ok = state.publisher.ready().await;
+    let durability = state.durability.check_now().await;
+    let recovering = state.recovery.genes_not_ready().await.unwrap_or_default();
+    let ok = redis_ok && broker_ok && durability.ok && recovering.is_empty();
+    let body = serde_json::json!({
+        "redis": redis_ok,
+        "rabbitmq": broker_ok,
+        "redis_durability": {
+            "mode": durability.mode.as_str(),
+            "ok": durability.ok,
+            "reasons": durability.reasons,
+        },
+        "redis_recovering_genes": recovering,
+    });
+    (ok, body)
+}
+
 async fn metrics_text(state: &Arc<State>) -> Response<Body> {
+    // Readiness as of the scrape, so an alert sees what `/readyz` would answer.
+    let (ready, _) = readiness(state).await;
+    metrics::gauge!("seckill_ready").set(if ready { 1.0 } else { 0.0 });
     if let Ok(n) = crate::relay::backlog(&state.redis, &state.outboxes).await {
         metrics::gauge!("seckill_outbox_backlog").set(n as f64);
     }

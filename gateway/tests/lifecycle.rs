@@ -31,9 +31,33 @@ async fn health_readiness_and_metrics() {
         .get("/seckill", None)
         .await
         .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    // Purchases are counted by outcome, payment callbacks too, and readiness is a gauge.
+    app.create_item(5, 1, 1).await;
+    app.http.seckill(&app.purchase(1, 5)).await.accepted();
+    app.http
+        .seckill(&app.purchase(2, 5))
+        .await
+        .assert_error(StatusCode::CONFLICT, "sold_out");
+    app.http
+        .post_json(
+            "/payment/callback",
+            None,
+            &json!({"payment_id": "p", "order_id": "1", "status": "SUCCEEDED", "amount_cents": 1}),
+        )
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
     let metrics = app.http.get("/metrics", None).await;
     assert_eq!(metrics.status, StatusCode::OK);
     let text = metrics.text();
+    for line in [
+        "seckill_purchases_total{outcome=\"accepted\"} 1",
+        "seckill_purchases_total{outcome=\"sold_out\"} 1",
+        "seckill_purchases_total{outcome=\"recovering\"} 0",
+        "seckill_payment_callbacks_total{outcome=\"invalid_signature\"} 1",
+        "seckill_ready 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in: {text}");
+    }
     assert!(
         text.contains("seckill_http_requests_total"),
         "metrics: {text}"
