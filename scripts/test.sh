@@ -8,4 +8,8 @@ scripts/services.sh
 # not the machine's shared one on 6379.
 export SECKILL_REDIS_URL="${SECKILL_REDIS_URL:-redis://127.0.0.1:${SECKILL_LOCAL_REDIS_PORT:-6390}}"
 cargo build --workspace --bins --quiet
+# The HTTP surface fuzzed from its own OpenAPI document, and the Prometheus and Grafana files checked
+# with the real tools (both install what they need).
+scripts/schemathesis.sh
+scripts/check-deploy.sh
 cargo test --workspace -- "$@"

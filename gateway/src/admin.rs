@@ -1,5 +1,6 @@
 //! `/admin/items`: create a sale item (database first, then warm Redis) and inspect one.
 
+use crate::api::{AdminItemView, DbStock, ItemView, NewItem, RedisStock};
 use crate::error::{Answer, ApiError, json};
 use crate::request::{bearer, parse_json, read_body};
 use crate::state::State;
@@ -12,7 +13,6 @@ use seckill_domain::snowflake::now_ms;
 use seckill_domain::{ItemId, OrderStatus};
 use seckill_infra::entity::items;
 use seckill_infra::recovery::Rebuilt;
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -29,23 +29,6 @@ fn require_admin(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewItem {
-    item_id: u64,
-    name: String,
-    price_cents: i64,
-    stock: i64,
-    #[serde(default = "one")]
-    per_user_limit: i32,
-    starts_at: Option<String>,
-    ends_at: Option<String>,
-}
-
-fn one() -> i32 {
-    1
-}
-
 fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
     v.as_deref()
         .map(|s| {
@@ -56,17 +39,17 @@ fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> 
         .transpose()
 }
 
-fn item_json(m: &items::Model) -> serde_json::Value {
+fn item_view(m: &items::Model) -> ItemView {
     let t = |v: Option<i64>| v.map(crate::orders::rfc3339_ms);
-    serde_json::json!({
-        "item_id": m.id,
-        "name": m.name,
-        "price_cents": m.price_cents,
-        "stock": m.stock,
-        "per_user_limit": m.per_user_limit,
-        "starts_at": t(m.starts_at_ms),
-        "ends_at": t(m.ends_at_ms),
-    })
+    ItemView {
+        item_id: m.id,
+        name: m.name.clone(),
+        price_cents: m.price_cents,
+        stock: m.stock,
+        per_user_limit: m.per_user_limit,
+        starts_at: t(m.starts_at_ms),
+        ends_at: t(m.ends_at_ms),
+    }
 }
 
 /// Loads the item into Redis unless it is there; in a gene Redis does not hold (never built, or
@@ -112,6 +95,17 @@ async fn warm(state: &State, m: &items::Model) -> Result<(), ApiError> {
     Err(ApiError::Recovering)
 }
 
+#[utoipa::path(post, path = "/admin/items", tag = "operators",
+    request_body = crate::api::NewItem,
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Created, its stock warmed into Redis", body = crate::api::ItemView),
+        (status = 400, description = "bad_request", body = crate::api::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
+        (status = 409, description = "exists", body = crate::api::ErrorBody),
+        (status = 413, description = "payload_too_large", body = crate::api::ErrorBody),
+        (status = 503, description = "unavailable", body = crate::api::ErrorBody),
+    ))]
 pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     require_admin(state, req.headers())?;
     let (_, body) = read_body(req).await?;
@@ -120,8 +114,13 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     if new.item_id == 0 || new.item_id > i64::MAX as u64 {
         return bad("item_id must be between 1 and 2^63-1");
     }
-    if new.name.trim().is_empty() || new.name.len() > 200 {
-        return bad("name must be 1 to 200 characters");
+    // As the schema's pattern says it (ECMAScript's `\s` includes U+FEFF; Rust's whitespace not).
+    let blank = |c: char| c.is_whitespace() || c == '\u{feff}';
+    if new.name.chars().all(blank) || new.name.chars().count() > 200 {
+        return bad("name must be 1 to 200 characters, not only blanks");
+    }
+    if new.name.chars().any(char::is_control) {
+        return bad("name must not contain control characters");
     }
     if new.price_cents < 0 || new.price_cents > 1_000_000_000_000 {
         return bad("price_cents must be between 0 and 10^12");
@@ -158,7 +157,7 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     match model.insert(db).await {
         Ok(m) => {
             warm(state, &m).await?;
-            Ok(json(StatusCode::CREATED, &item_json(&m)))
+            Ok(json(StatusCode::CREATED, &item_view(&m)))
         }
         Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
             // A retry after a failed warm-up must still leave the item sellable.
@@ -178,6 +177,15 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     }
 }
 
+#[utoipa::path(get, path = "/admin/items/{item_id}", tag = "operators",
+    params(("item_id" = u64, Path)),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The item, its stock in Redis and the database, its orders by status", body = crate::api::AdminItemView),
+        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
+        (status = 404, description = "unknown_item", body = crate::api::ErrorBody),
+        (status = 503, description = "unavailable", body = crate::api::ErrorBody),
+    ))]
 pub async fn get_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     require_admin(state, headers)?;
     let id: u64 = raw_id
@@ -222,10 +230,15 @@ pub async fn get_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> 
         let n: i64 = row.try_get("", "n").map_err(ApiError::from_db)?;
         orders.insert(status, n);
     }
-    let mut body = item_json(&m);
-    body["redis"] = serde_json::json!({ "remaining": remaining });
-    body["db"] =
-        serde_json::json!({ "available": m.available, "locked": m.locked, "sold": m.sold });
-    body["orders"] = serde_json::to_value(orders).unwrap_or_default();
+    let body = AdminItemView {
+        item: item_view(&m),
+        redis: RedisStock { remaining },
+        db: DbStock {
+            available: m.available,
+            locked: m.locked,
+            sold: m.sold,
+        },
+        orders,
+    };
     Ok(json(StatusCode::OK, &body))
 }

@@ -1,6 +1,7 @@
 //! The one mapping from failures to HTTP answers. Client errors are specific; server errors are
 //! logged once, here, and answered without internal text.
 
+use crate::api::ErrorBody;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
@@ -125,7 +126,7 @@ impl ApiError {
         };
         let body = ErrorBody {
             error: code,
-            message: &message,
+            message,
             order_id,
         };
         let mut resp = json(status, &body);
@@ -168,14 +169,6 @@ impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
         ApiError::Internal(e)
     }
-}
-
-#[derive(serde::Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    order_id: Option<OrderId>,
 }
 
 pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {

@@ -2,8 +2,10 @@
 //! and the outbox relay that carries accepted orders to RabbitMQ.
 
 pub mod admin;
+pub mod api;
 mod conn;
 mod error;
+pub mod openapi;
 pub mod orders;
 pub mod payment;
 pub mod ratelimit;

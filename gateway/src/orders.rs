@@ -6,6 +6,7 @@
 //! (`lua/lookup_order.lua`), so a purchase of that id still in flight after a `503
 //! outcome_unknown` cannot sell afterwards.
 
+use crate::api::{CancelRequested, OrderView, PaymentView};
 use crate::error::Answer;
 use crate::error::{ApiError, json};
 use crate::request::{parse_id, user_from_jwt};
@@ -141,32 +142,47 @@ async fn owned_order(
     Ok((order_id, record))
 }
 
+#[utoipa::path(get, path = "/orders/{order_id}", tag = "buyers",
+    params(("order_id" = String, Path, description = "The snowflake id, decimal")),
+    security(("user_jwt" = [])),
+    responses(
+        (status = 200, description = "The order; a just-accepted one is PENDING, never 404, to its owner", body = crate::api::OrderView),
+        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
+        (status = 404, description = "not_found: unknown, or another user's", body = crate::api::ErrorBody),
+        (status = 503, description = "unavailable or recovering", body = crate::api::ErrorBody),
+    ))]
 pub async fn get(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     let (order_id, r) = owned_order(state, headers, raw_id).await?;
-    let payment = match &r.payment {
-        Some(p) => serde_json::json!({
-            "payment_id": p.payment_id,
-            "amount_cents": p.amount_cents,
-            "status": p.status,
-        }),
-        None => serde_json::Value::Null,
-    };
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({
-            "order_id": order_id,
-            "user_id": r.user.0,
-            "item_id": r.item.0,
-            "quantity": r.quantity.get(),
-            "amount_cents": r.amount_cents,
-            "status": r.status,
-            "created_at": rfc3339_ms(r.created_at_ms),
-            "updated_at": rfc3339_ms(r.updated_at_ms),
-            "payment": payment,
-        }),
+        &OrderView {
+            order_id,
+            user_id: r.user.0,
+            item_id: r.item.0,
+            quantity: r.quantity.get(),
+            amount_cents: r.amount_cents,
+            status: r.status,
+            created_at: rfc3339_ms(r.created_at_ms),
+            updated_at: rfc3339_ms(r.updated_at_ms),
+            payment: r.payment.map(|p| PaymentView {
+                payment_id: p.payment_id,
+                amount_cents: p.amount_cents,
+                status: p.status,
+            }),
+        },
     ))
 }
 
+#[utoipa::path(post, path = "/orders/{order_id}/cancel", tag = "buyers",
+    params(("order_id" = String, Path, description = "The snowflake id, decimal")),
+    security(("user_jwt" = [])),
+    responses(
+        (status = 202, description = "Cancel requested", body = crate::api::CancelRequested),
+        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
+        (status = 404, description = "not_found", body = crate::api::ErrorBody),
+        (status = 409, description = "not_cancellable: paid or closed", body = crate::api::ErrorBody),
+        (status = 503, description = "unavailable or recovering", body = crate::api::ErrorBody),
+    ))]
 pub async fn cancel(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     let (order_id, r) = owned_order(state, headers, raw_id).await?;
     if !r.status.is_cancellable() {
@@ -187,6 +203,9 @@ pub async fn cancel(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> An
         })?;
     Ok(json(
         StatusCode::ACCEPTED,
-        &serde_json::json!({"order_id": order_id, "status": "CANCEL_REQUESTED"}),
+        &CancelRequested {
+            order_id,
+            status: "CANCEL_REQUESTED",
+        },
     ))
 }

@@ -2,25 +2,29 @@
 //! time over the raw body; the result is published durably (broker-confirmed) before `200`; the
 //! workers apply it once per `payment_id`.
 
+use crate::api::{PaymentCallback, Received};
 use crate::error::{ApiError, json};
 use crate::request::{parse_json, read_body};
 use crate::state::State;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use seckill_domain::snowflake::now_ms;
-use seckill_domain::{Message, OrderId, PaymentEvent, PaymentOutcome};
+use seckill_domain::{Message, PaymentEvent};
 use seckill_infra::auth::SignatureError;
-use serde::Deserialize;
 use std::sync::Arc;
 
-#[derive(Deserialize)]
-struct Callback {
-    payment_id: String,
-    order_id: OrderId,
-    status: PaymentOutcome,
-    amount_cents: i64,
-}
-
+#[utoipa::path(post, path = "/payment/callback", tag = "payment provider",
+    summary = "The payment provider's webhook",
+    request_body = crate::api::PaymentCallback,
+    security(("webhook_signature" = [])),
+    responses(
+        (status = 200, description = "Durably recorded (also for the same callback again)", body = crate::api::Received),
+        (status = 400, description = "bad_request", body = crate::api::ErrorBody),
+        (status = 401, description = "unauthorized: missing, bad or stale signature", body = crate::api::ErrorBody),
+        (status = 404, description = "not_found: unknown order", body = crate::api::ErrorBody),
+        (status = 413, description = "payload_too_large", body = crate::api::ErrorBody),
+        (status = 503, description = "unavailable", body = crate::api::ErrorBody),
+    ))]
 pub async fn callback(
     state: &Arc<State>,
     req: Request<Incoming>,
@@ -41,7 +45,7 @@ pub async fn callback(
                 SignatureError::Mismatch => "the signature does not match",
             })
         })?;
-    let cb: Callback = parse_json(&body)?;
+    let cb: PaymentCallback = parse_json(&body)?;
     if cb.payment_id.is_empty()
         || cb.payment_id.len() > 64
         || !cb
@@ -73,5 +77,5 @@ pub async fn callback(
             tracing::warn!(error = %e, "publishing PAYMENT_RESULT failed");
             ApiError::Unavailable("RabbitMQ")
         })?;
-    Ok(json(StatusCode::OK, &serde_json::json!({"received": true})))
+    Ok(json(StatusCode::OK, &Received { received: true }))
 }

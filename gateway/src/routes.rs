@@ -1,5 +1,6 @@
 //! The HTTP API of the contract: routing, parsing at the edge, and one handler per route.
 
+use crate::api::{Accepted, DurabilityView, Health, PurchaseBody, Readiness, TicketView};
 use crate::error::{Answer, ApiError, Body, json};
 use crate::request::{parse_id, parse_json, rate_limit, read_body, user_from_jwt};
 use crate::state::State;
@@ -10,8 +11,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use seckill_domain::scripts::{Purchase, PurchaseFailure, PurchaseRequest};
 use seckill_domain::snowflake::now_ms;
-use seckill_domain::{ItemId, OrderId, Quantity};
-use serde::Deserialize;
+use seckill_domain::{ItemId, OrderId, OrderStatus, Quantity};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -196,12 +196,10 @@ async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static st
             "admin_item",
             crate::admin::get_item(state, req.headers(), id).await,
         ),
-        (["healthz"], &Method::GET) => (
-            "healthz",
-            Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
-        ),
+        (["healthz"], &Method::GET) => ("healthz", Ok(healthz())),
         (["readyz"], &Method::GET) => ("readyz", Ok(readyz(state).await)),
         (["metrics"], &Method::GET) => ("metrics", Ok(metrics_text(state).await)),
+        (["openapi.json"], &Method::GET) => ("openapi", Ok(openapi_json())),
         (segs, _) => match allowed_methods(segs) {
             Some(allow) => ("other", Err(ApiError::MethodNotAllowed(allow))),
             None => (
@@ -220,32 +218,35 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
         | ["orders", _, "cancel"]
         | ["payment", "callback"]
         | ["admin", "items"] => "POST",
-        ["orders", _] | ["admin", "items", _] | ["healthz"] | ["readyz"] | ["metrics"] => "GET",
+        ["orders", _]
+        | ["admin", "items", _]
+        | ["healthz"]
+        | ["readyz"]
+        | ["metrics"]
+        | ["openapi.json"] => "GET",
         _ => return None,
     })
 }
 
-#[derive(Deserialize)]
-struct SeckillBody {
-    item_id: u64,
-    #[serde(default = "one")]
-    quantity: u32,
-    ticket: Option<String>,
-}
-
-#[derive(serde::Serialize)]
-struct Accepted {
-    order_id: OrderId,
-    status: &'static str,
-}
-
-fn one() -> u32 {
-    1
-}
-
+#[utoipa::path(post, path = "/seckill", tag = "buyers",
+    summary = "Buy: one atomic Redis script, answered at once",
+    request_body = crate::api::PurchaseBody,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,128}$", description = "Up to 128 visible ASCII characters. Scoped to the user and the item: a retry with the same key by the same user for the same item gets the first answer back (never a second order); the same key for another item is another purchase.")),
+    security((), ("user_jwt" = [])),
+    responses(
+        (status = 202, description = "Accepted; the order is on its way", body = crate::api::Accepted,
+            headers(("Location" = String, description = "/orders/{order_id}"))),
+        (status = 400, description = "bad_request: malformed JSON, wrong types, quantity 0", body = crate::api::ErrorBody),
+        (status = 401, description = "unauthorized: missing, forged or expired ticket or token; ticket for another item", body = crate::api::ErrorBody),
+        (status = 404, description = "unknown_item", body = crate::api::ErrorBody),
+        (status = 409, description = "sold_out, limit_reached (with the existing order_id), not_started or ended", body = crate::api::ErrorBody),
+        (status = 413, description = "payload_too_large: body over 16 KiB", body = crate::api::ErrorBody),
+        (status = 429, description = "rate_limited, with Retry-After", body = crate::api::ErrorBody),
+        (status = 503, description = "unavailable (nothing sold), outcome_unknown (with the order_id; GET it once Redis answers) or recovering (with Retry-After)", body = crate::api::ErrorBody),
+    ))]
 async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     let (parts, body) = read_body(req).await?;
-    let body: SeckillBody = parse_json(&body)?;
+    let body: PurchaseBody = parse_json(&body)?;
     let quantity = Quantity::new(body.quantity)
         .ok_or_else(|| ApiError::BadRequest("quantity must be at least 1".into()))?;
     if body.item_id > i64::MAX as u64 {
@@ -348,7 +349,7 @@ fn accepted_response(order_id: OrderId) -> Response<Body> {
         StatusCode::ACCEPTED,
         &Accepted {
             order_id,
-            status: "PENDING",
+            status: OrderStatus::Pending,
         },
     );
     if let Ok(loc) = HeaderValue::from_str(&format!("/orders/{order_id}")) {
@@ -357,6 +358,18 @@ fn accepted_response(order_id: OrderId) -> Response<Body> {
     resp
 }
 
+#[utoipa::path(post, path = "/items/{item_id}/ticket", tag = "buyers",
+    summary = "A seckill ticket binding this user to this item",
+    params(("item_id" = u64, Path)),
+    security(("user_jwt" = [])),
+    responses(
+        (status = 200, description = "The ticket", body = crate::api::TicketView),
+        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
+        (status = 404, description = "unknown_item", body = crate::api::ErrorBody),
+        (status = 409, description = "ended, or not_started (more than 60 s early)", body = crate::api::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::api::ErrorBody),
+        (status = 503, description = "unavailable or recovering", body = crate::api::ErrorBody),
+    ))]
 async fn ticket(state: &Arc<State>, req: Request<Incoming>, raw_id: &str) -> Answer {
     let user = user_from_jwt(state, req.headers())?;
     rate_limit(state, user)?;
@@ -389,10 +402,7 @@ async fn ticket(state: &Arc<State>, req: Request<Incoming>, raw_id: &str) -> Ans
     let expires_at = chrono::DateTime::from_timestamp(expires, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default();
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({"ticket": ticket, "expires_at": expires_at}),
-    ))
+    Ok(json(StatusCode::OK, &TicketView { ticket, expires_at }))
 }
 
 /// An item Redis has no hash for: unknown, or lost and being rebuilt (never `404` for an item the
@@ -412,6 +422,28 @@ pub async fn missing_item(state: &State, item: ItemId) -> ApiError {
     }
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = crate::api::Health)))]
+fn healthz() -> Response<Body> {
+    json(StatusCode::OK, &Health { status: "ok" })
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json")))]
+fn openapi_json() -> Response<Body> {
+    let mut resp = Response::new(Full::new(crate::openapi::json()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = crate::api::Readiness),
+        (status = 503, description = "Not ready, and why", body = crate::api::Readiness),
+    ))]
 async fn readyz(state: &Arc<State>) -> Response<Body> {
     let (ok, body) = readiness(state).await;
     json(
@@ -425,25 +457,27 @@ async fn readyz(state: &Arc<State>) -> Response<Body> {
 }
 
 /// Whether this gateway can sell, and why not.
-async fn readiness(state: &Arc<State>) -> (bool, serde_json::Value) {
+async fn readiness(state: &Arc<State>) -> (bool, Readiness) {
     let redis_ok = state.redis.next().ping::<String>(None).await.is_ok();
     let broker_ok = state.publisher.ready().await;
     let durability = state.durability.check_now().await;
     let recovering = state.recovery.genes_not_ready().await.unwrap_or_default();
     let ok = redis_ok && broker_ok && durability.ok && recovering.is_empty();
-    let body = serde_json::json!({
-        "redis": redis_ok,
-        "rabbitmq": broker_ok,
-        "redis_durability": {
-            "mode": durability.mode.as_str(),
-            "ok": durability.ok,
-            "reasons": durability.reasons,
+    let body = Readiness {
+        redis: redis_ok,
+        rabbitmq: broker_ok,
+        redis_durability: DurabilityView {
+            mode: durability.mode.as_str(),
+            ok: durability.ok,
+            reasons: durability.reasons,
         },
-        "redis_recovering_genes": recovering,
-    });
+        redis_recovering_genes: recovering,
+    };
     (ok, body)
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics_text(state: &Arc<State>) -> Response<Body> {
     // Readiness as of the scrape, so an alert sees what `/readyz` would answer.
     let (ready, _) = readiness(state).await;

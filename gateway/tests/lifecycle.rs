@@ -31,6 +31,47 @@ async fn health_readiness_and_metrics() {
         .get("/seckill", None)
         .await
         .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    // The OpenAPI document names every route of the contract, with its methods and securities.
+    let doc = app.http.get("/openapi.json", None).await.json();
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("3.1"),
+        "{doc}"
+    );
+    for (path, method) in [
+        ("/items/{item_id}/ticket", "post"),
+        ("/seckill", "post"),
+        ("/orders/{order_id}", "get"),
+        ("/orders/{order_id}/cancel", "post"),
+        ("/payment/callback", "post"),
+        ("/admin/items", "post"),
+        ("/admin/items/{item_id}", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} in the OpenAPI document"
+        );
+    }
+    for scheme in ["user_jwt", "admin_token", "webhook_signature"] {
+        assert!(
+            doc["components"]["securitySchemes"][scheme].is_object(),
+            "{scheme}"
+        );
+    }
+    let seckill = &doc["paths"]["/seckill"]["post"]["responses"];
+    for status in ["202", "400", "401", "404", "409", "413", "429", "503"] {
+        assert!(
+            seckill[status].is_object(),
+            "POST /seckill documents {status}"
+        );
+    }
+
     // Purchases are counted by outcome, payment callbacks too, and readiness is a gauge.
     app.create_item(5, 1, 1).await;
     app.http.seckill(&app.purchase(1, 5)).await.accepted();

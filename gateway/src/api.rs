@@ -1,0 +1,251 @@
+//! The HTTP API's bodies, one type each, as they cross the wire: the handlers read and write
+//! these, and the OpenAPI document (`openapi.rs`) is generated from them, so the two cannot drift.
+
+use seckill_domain::{OrderId, OrderStatus, PaymentOutcome, PaymentStatus};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// `POST /seckill`.
+#[derive(Deserialize, ToSchema)]
+pub struct PurchaseBody {
+    /// The item to buy.
+    #[serde(deserialize_with = "integral::de")]
+    #[schema(minimum = 0)]
+    pub item_id: u64,
+    /// Units to buy; at least 1.
+    #[serde(default = "one_unit", deserialize_with = "integral::de")]
+    #[schema(minimum = 1, maximum = 4294967295_u64, default = 1)]
+    pub quantity: u32,
+    /// A seckill ticket from `POST /items/{item_id}/ticket`; may be left out when a user JWT is
+    /// sent in `Authorization`.
+    pub ticket: Option<String>,
+}
+
+fn one_unit() -> u32 {
+    1
+}
+
+/// `202` of `POST /seckill`: the order is accepted and on its way.
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    #[schema(value_type = String, example = "7299016574922244096")]
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+}
+
+/// `200` of `POST /items/{item_id}/ticket`.
+#[derive(Serialize, ToSchema)]
+pub struct TicketView {
+    /// Opaque; binds this user to this item until `expires_at`.
+    pub ticket: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}
+
+/// An order, as its owner sees it.
+#[derive(Serialize, ToSchema)]
+pub struct OrderView {
+    #[schema(value_type = String)]
+    pub order_id: OrderId,
+    pub user_id: u64,
+    pub item_id: u64,
+    pub quantity: u32,
+    pub amount_cents: i64,
+    pub status: OrderStatus,
+    /// RFC 3339, milliseconds.
+    pub created_at: String,
+    pub updated_at: String,
+    pub payment: Option<PaymentView>,
+}
+
+/// The order's latest payment.
+#[derive(Serialize, ToSchema)]
+pub struct PaymentView {
+    pub payment_id: String,
+    pub amount_cents: i64,
+    pub status: PaymentStatus,
+}
+
+/// `202` of `POST /orders/{order_id}/cancel`.
+#[derive(Serialize, ToSchema)]
+pub struct CancelRequested {
+    #[schema(value_type = String)]
+    pub order_id: OrderId,
+    /// Always `CANCEL_REQUESTED`: the order ends `CANCELLED` (or `PAID`, if the payment won).
+    #[schema(example = "CANCEL_REQUESTED")]
+    pub status: &'static str,
+}
+
+/// `POST /payment/callback`: the provider's verdict on one payment.
+#[derive(Deserialize, ToSchema)]
+pub struct PaymentCallback {
+    pub payment_id: String,
+    #[schema(value_type = String, example = "7299016574922244096")]
+    pub order_id: OrderId,
+    pub status: PaymentOutcome,
+    #[serde(deserialize_with = "integral::de")]
+    pub amount_cents: i64,
+}
+
+/// `200` of `POST /payment/callback`: the result is durably recorded.
+#[derive(Serialize, ToSchema)]
+pub struct Received {
+    pub received: bool,
+}
+
+/// `POST /admin/items`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewItem {
+    #[serde(deserialize_with = "integral::de")]
+    #[schema(minimum = 1, maximum = 9223372036854775807_u64)]
+    pub item_id: u64,
+    /// 1 to 200 characters, not only blanks, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub name: String,
+    #[serde(deserialize_with = "integral::de")]
+    #[schema(minimum = 0, maximum = 1000000000000_i64)]
+    pub price_cents: i64,
+    #[serde(deserialize_with = "integral::de")]
+    #[schema(minimum = 0, maximum = 1000000000_i64)]
+    pub stock: i64,
+    #[serde(default = "one_per_user", deserialize_with = "integral::de")]
+    #[schema(minimum = 1, default = 1)]
+    pub per_user_limit: i32,
+    /// RFC 3339; absent: the sale is open now.
+    #[schema(format = DateTime)]
+    pub starts_at: Option<String>,
+    /// RFC 3339, after `starts_at`; absent: the sale never ends by itself.
+    #[schema(format = DateTime)]
+    pub ends_at: Option<String>,
+}
+
+fn one_per_user() -> i32 {
+    1
+}
+
+/// An item, as the operator set it up.
+#[derive(Serialize, ToSchema)]
+pub struct ItemView {
+    pub item_id: i64,
+    pub name: String,
+    pub price_cents: i64,
+    pub stock: i64,
+    pub per_user_limit: i32,
+    pub starts_at: Option<String>,
+    pub ends_at: Option<String>,
+}
+
+/// `GET /admin/items/{item_id}`: the item with its stock in Redis and in the database, and its
+/// orders by status.
+#[derive(Serialize, ToSchema)]
+pub struct AdminItemView {
+    #[serde(flatten)]
+    pub item: ItemView,
+    pub redis: RedisStock,
+    pub db: DbStock,
+    /// Orders by status (every status but `PENDING`, which only Redis knows).
+    pub orders: BTreeMap<String, i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RedisStock {
+    /// `null` while Redis does not hold the item.
+    pub remaining: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DbStock {
+    pub available: i64,
+    pub locked: i64,
+    pub sold: i64,
+}
+
+/// Every error: a stable code and a human message, never internal text.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    #[schema(example = "sold_out")]
+    pub error: &'static str,
+    pub message: String,
+    /// `limit_reached`: the buyer's existing order; `outcome_unknown`: the id the purchase would
+    /// have had.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub order_id: Option<OrderId>,
+}
+
+/// `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// `GET /readyz`: what this process depends on, and whether each is usable.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    pub redis: bool,
+    pub rabbitmq: bool,
+    pub redis_durability: DurabilityView,
+    /// Shard genes whose Redis state is being rebuilt from the database.
+    pub redis_recovering_genes: Vec<u8>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DurabilityView {
+    #[schema(example = "fsync")]
+    pub mode: &'static str,
+    pub ok: bool,
+    /// What Redis lacks for the mode, and how to fix it.
+    pub reasons: Vec<String>,
+}
+
+/// JSON Schema's integer: `3.0` is one, as it is to JavaScript. serde reads an integer type only
+/// from an integer literal, so the integer fields read either, refusing a fraction or a number out
+/// of range.
+mod integral {
+    use serde::Deserializer;
+    use serde::de::{Error, Unexpected, Visitor};
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    pub fn de<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<i64> + TryFrom<u64>,
+    {
+        d.deserialize_any(Integral(PhantomData))
+    }
+
+    struct Integral<T>(PhantomData<T>);
+
+    impl<T: TryFrom<i64> + TryFrom<u64>> Visitor<'_> for Integral<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an integer in range")
+        }
+
+        fn visit_u64<E: Error>(self, n: u64) -> Result<T, E> {
+            T::try_from(n).map_err(|_| E::invalid_value(Unexpected::Unsigned(n), &self))
+        }
+
+        fn visit_i64<E: Error>(self, n: i64) -> Result<T, E> {
+            T::try_from(n).map_err(|_| E::invalid_value(Unexpected::Signed(n), &self))
+        }
+
+        fn visit_f64<E: Error>(self, x: f64) -> Result<T, E> {
+            // Exactly representable integers only: below 2^53 in magnitude.
+            if x.fract() == 0.0 && x.abs() < 9_007_199_254_740_992.0 {
+                self.visit_i64(x as i64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(x), &self))
+            }
+        }
+    }
+}
