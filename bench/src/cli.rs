@@ -1,6 +1,6 @@
 //! The command line: `baseline`, `pay` and `flash-sale`.
 
-use crate::provider::{self, PayOptions};
+use crate::provider::{self, Faults, PayOptions, fraction};
 use crate::report::{self, Report};
 use crate::sale::{self, SaleOptions};
 use crate::svg;
@@ -79,18 +79,8 @@ pub struct PayArgs {
     /// Wait this long before the first callback.
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
-    /// Share of the callbacks delivered twice, with the same payment_id.
-    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
-    pub duplicates: f64,
-    /// Deliver in random order instead of by order id, duplicates included.
-    #[arg(long)]
-    pub reorder: bool,
-    /// Share of the paid orders whose callback carries a wrong amount.
-    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
-    pub wrong_amount: f64,
-    /// Share of the paid orders whose payment FAILED.
-    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
-    pub fail: f64,
+    #[command(flatten)]
+    pub faults: Faults,
     /// The webhook's HMAC secret [default: $SECKILL_WEBHOOK_SECRET].
     #[arg(long)]
     pub webhook_secret: Option<String>,
@@ -100,6 +90,8 @@ pub struct PayArgs {
 }
 
 #[derive(Debug, Args)]
+// A sale's callbacks are delivered twice one time in ten, unless told otherwise.
+#[command(mut_arg("duplicates", |a| a.default_value("0.1")))]
 pub struct FlashSaleArgs {
     /// Units on sale.
     #[arg(long)]
@@ -129,18 +121,8 @@ pub struct FlashSaleArgs {
     /// Price of one unit, in cents.
     #[arg(long, default_value_t = 990)]
     pub price_cents: i64,
-    /// Share of the payment callbacks delivered twice.
-    #[arg(long, default_value_t = 0.1, value_parser = fraction)]
-    pub duplicates: f64,
-    /// Deliver the payment callbacks in random order.
-    #[arg(long)]
-    pub reorder: bool,
-    /// Share of the paid orders whose callback carries a wrong amount.
-    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
-    pub wrong_amount: f64,
-    /// Share of the paid orders whose payment FAILED.
-    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
-    pub fail: f64,
+    #[command(flatten)]
+    pub faults: Faults,
     /// How long the workers get to take every accepted order to AWAITING_PAYMENT.
     #[arg(long, default_value_t = 120)]
     pub drain_timeout_secs: u64,
@@ -154,15 +136,6 @@ pub struct FlashSaleArgs {
     /// The gateway's pid, for its memory [default: the one seckill-gateway process found].
     #[arg(long)]
     pub gateway_pid: Option<u32>,
-}
-
-fn fraction(s: &str) -> Result<f64, String> {
-    let f: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if (0.0..=1.0).contains(&f) {
-        Ok(f)
-    } else {
-        Err("must be between 0 and 1".to_owned())
-    }
 }
 
 /// `http://$SECKILL_HTTP_ADDR`, with a wildcard listen address made reachable.
@@ -210,10 +183,7 @@ async fn pay(config: &Config, args: PayArgs) -> anyhow::Result<ExitCode> {
     opts.item = args.item.map(ItemId);
     opts.ratio = args.ratio;
     opts.delay = Duration::from_millis(args.delay_ms);
-    opts.duplicates = args.duplicates;
-    opts.reorder = args.reorder;
-    opts.wrong_amount = args.wrong_amount;
-    opts.fail = args.fail;
+    opts.faults = args.faults;
     opts.concurrency = args.concurrency;
     let r = provider::pay(&opts).await?;
     println!(
@@ -221,18 +191,9 @@ async fn pay(config: &Config, args: PayArgs) -> anyhow::Result<ExitCode> {
          {} paid, {} wrong amount, {} failed, {} duplicates",
         r.awaiting, r.elsewhere, r.chosen, r.paid, r.wrong_amount, r.failed, r.duplicates
     );
-    let answers: Vec<String> = r
-        .answers
-        .iter()
-        .map(|(k, n)| format!("{k} × {n}"))
-        .collect();
     println!(
         "answers: {}",
-        if answers.is_empty() {
-            "none".to_owned()
-        } else {
-            answers.join(" · ")
-        }
+        report::answers(r.answers.iter().map(|(k, n)| (k, *n as u64)))
     );
     let all_ok = r.answers.keys().all(|k| k == "200");
     Ok(if all_ok {
@@ -263,10 +224,7 @@ async fn flash_sale(config: &Config, args: FlashSaleArgs) -> anyhow::Result<Exit
         per_user_limit: args.per_user_limit,
         price_cents: args.price_cents,
         pay_ratio: args.pay_ratio,
-        duplicates: args.duplicates,
-        reorder: args.reorder,
-        wrong_amount: args.wrong_amount,
-        fail: args.fail,
+        faults: args.faults,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
         wait_for_timeouts,
         baseline: args.baseline,
@@ -306,5 +264,47 @@ mod tests {
         assert!(fraction("0.5").is_ok());
         assert!(fraction("1.5").is_err());
         assert!(fraction("x").is_err());
+    }
+
+    #[test]
+    fn a_sale_duplicates_a_tenth_of_its_callbacks_and_pay_none_by_default() {
+        let faults = |args: &[&str]| match Cli::parse_from(args).command {
+            Command::Pay(a) => a.faults,
+            Command::FlashSale(a) => a.faults,
+            Command::Baseline(_) => unreachable!(),
+        };
+        let sale = faults(&["seckill-bench", "flash-sale", "--stock", "1"]);
+        assert_eq!(
+            sale,
+            Faults {
+                duplicates: 0.1,
+                ..Faults::default()
+            }
+        );
+        assert_eq!(faults(&["seckill-bench", "pay"]), Faults::default());
+        let told = faults(&[
+            "seckill-bench",
+            "flash-sale",
+            "--stock",
+            "1",
+            "--duplicates",
+            "0",
+            "--reorder",
+            "--fail",
+            "0.5",
+        ]);
+        assert_eq!(
+            told,
+            Faults {
+                duplicates: 0.0,
+                reorder: true,
+                wrong_amount: 0.0,
+                fail: 0.5,
+            }
+        );
+        assert!(
+            Cli::try_parse_from(["seckill-bench", "pay", "--duplicates", "2"]).is_err(),
+            "a share above 1"
+        );
     }
 }

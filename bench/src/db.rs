@@ -52,6 +52,11 @@ fn item_value(item: ItemId) -> Value {
     (item.0 as i64).into()
 }
 
+/// A [`statement`] whose only placeholder, `$1`, is the item.
+fn of_item(db: &DatabaseConnection, sql: &str, item: ItemId) -> Statement {
+    statement(db.get_database_backend(), sql, vec![item_value(item)])
+}
+
 /// How many of the item's orders the database holds in each status.
 pub async fn status_counts(
     db: &DatabaseConnection,
@@ -59,11 +64,7 @@ pub async fn status_counts(
 ) -> anyhow::Result<BTreeMap<String, u64>> {
     let sql = "SELECT status, COUNT(*) AS n FROM orders WHERE item_id = $1 GROUP BY status";
     let rows = db
-        .query_all_raw(statement(
-            db.get_database_backend(),
-            sql,
-            vec![item_value(item)],
-        ))
+        .query_all_raw(of_item(db, sql, item))
         .await
         .context("counting orders by status")?;
     rows.iter()
@@ -83,11 +84,7 @@ pub async fn order_span(
     let sql = "SELECT MIN(created_at_ms) AS first, MAX(updated_at_ms) AS last \
                FROM orders WHERE item_id = $1";
     let row = db
-        .query_one_raw(statement(
-            db.get_database_backend(),
-            sql,
-            vec![item_value(item)],
-        ))
+        .query_one_raw(of_item(db, sql, item))
         .await
         .context("reading the orders' time span")?;
     let Some(row) = row else { return Ok(None) };

@@ -21,6 +21,34 @@ pub const CONCURRENCY: usize = 64;
 const ATTEMPTS: usize = 3;
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
+/// The faults real providers have, as shares of the callbacks. The default has none; the fields
+/// are `seckill-bench`'s flags too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, clap::Args)]
+pub struct Faults {
+    /// Share of the callbacks delivered twice, with the same payment_id.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub duplicates: f64,
+    /// Deliver the callbacks in random order instead of by order id, duplicates included.
+    #[arg(long)]
+    pub reorder: bool,
+    /// Share of the paid orders whose callback carries a wrong amount.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub wrong_amount: f64,
+    /// Share of the paid orders whose payment FAILED.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub fail: f64,
+}
+
+/// A share given on the command line: a number from 0 to 1.
+pub fn fraction(s: &str) -> Result<f64, String> {
+    let f: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&f) {
+        Ok(f)
+    } else {
+        Err("must be between 0 and 1".to_owned())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PayOptions {
     /// Base URL of the gateway, e.g. `http://127.0.0.1:8080`.
@@ -36,14 +64,7 @@ pub struct PayOptions {
     pub ratio: f64,
     /// Wait before the first callback.
     pub delay: Duration,
-    /// Share of the callbacks delivered a second time, with the same `payment_id`.
-    pub duplicates: f64,
-    /// Deliver in random order, duplicates included, instead of by order id.
-    pub reorder: bool,
-    /// Share of the paid orders whose callback carries a wrong amount.
-    pub wrong_amount: f64,
-    /// Share of the paid orders whose payment `FAILED`.
-    pub fail: f64,
+    pub faults: Faults,
     pub concurrency: usize,
 }
 
@@ -59,10 +80,7 @@ impl PayOptions {
             item: None,
             ratio: 1.0,
             delay: Duration::ZERO,
-            duplicates: 0.0,
-            reorder: false,
-            wrong_amount: 0.0,
-            fail: 0.0,
+            faults: Faults::default(),
             concurrency: CONCURRENCY,
         }
     }
@@ -145,8 +163,9 @@ pub fn plan(orders: &[(OrderId, i64)], opts: &PayOptions, rng: &mut impl Rng) ->
     let mut chosen = orders.to_vec();
     chosen.shuffle(rng);
     chosen.truncate(share(orders.len(), opts.ratio));
-    let failed = share(chosen.len(), opts.fail);
-    let wrong = share(chosen.len(), opts.wrong_amount).min(chosen.len() - failed);
+    let faults = opts.faults;
+    let failed = share(chosen.len(), faults.fail);
+    let wrong = share(chosen.len(), faults.wrong_amount).min(chosen.len() - failed);
     let mut calls: Vec<Callback> = chosen
         .iter()
         .enumerate()
@@ -168,7 +187,7 @@ pub fn plan(orders: &[(OrderId, i64)], opts: &PayOptions, rng: &mut impl Rng) ->
         .collect();
     calls.sort_by_key(|c| c.order_id);
     let copies: Vec<Callback> = calls
-        .choose_multiple(rng, share(calls.len(), opts.duplicates))
+        .choose_multiple(rng, share(calls.len(), faults.duplicates))
         .map(|c| Callback {
             duplicate: true,
             ..c.clone()
@@ -176,7 +195,7 @@ pub fn plan(orders: &[(OrderId, i64)], opts: &PayOptions, rng: &mut impl Rng) ->
         .collect();
     // Without reordering, duplicates come last, like a provider's retries.
     calls.extend(copies);
-    if opts.reorder {
+    if faults.reorder {
         calls.shuffle(rng);
     }
     calls
@@ -302,10 +321,12 @@ mod tests {
             item: None,
             ratio: 0.5,
             delay: Duration::ZERO,
-            duplicates: 0.5,
-            reorder: false,
-            wrong_amount: 0.2,
-            fail: 0.2,
+            faults: Faults {
+                duplicates: 0.5,
+                reorder: false,
+                wrong_amount: 0.2,
+                fail: 0.2,
+            },
             concurrency: 1,
         }
     }

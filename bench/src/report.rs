@@ -75,12 +75,17 @@ pub fn by_status(counts: &BTreeMap<String, u64>) -> String {
         .iter()
         .filter_map(|s| counts.get_key_value(*s))
         .chain(counts.iter().filter(|(s, _)| !known.contains(&s.as_str())));
-    let parts: Vec<String> = ordered
+    let parts = ordered
         .filter(|(_, n)| **n > 0)
-        .map(|(s, n)| format!("{s} {n}"))
-        .collect();
+        .map(|(s, n)| format!("{s} {n}"));
+    joined(parts, "no orders")
+}
+
+/// `parts` on one line, or `none` when there are none.
+fn joined(parts: impl Iterator<Item = String>, none: &str) -> String {
+    let parts: Vec<String> = parts.collect();
     if parts.is_empty() {
-        "no orders".to_owned()
+        none.to_owned()
     } else {
         parts.join(" · ")
     }
@@ -98,22 +103,33 @@ fn mark(ok: bool) -> char {
     if ok { '✓' } else { '✗' }
 }
 
-fn answers<K: std::fmt::Display>(counts: impl IntoIterator<Item = (K, u64)>) -> String {
-    let parts: Vec<String> = counts
-        .into_iter()
-        .map(|(k, n)| format!("{k} × {n}"))
-        .collect();
-    if parts.is_empty() {
-        "none".to_owned()
-    } else {
-        parts.join(" · ")
-    }
+/// `200 × 3 · 409 × 1`, or `none`.
+pub(crate) fn answers<K: std::fmt::Display>(counts: impl IntoIterator<Item = (K, u64)>) -> String {
+    joined(
+        counts.into_iter().map(|(k, n)| format!("{k} × {n}")),
+        "none",
+    )
 }
 
 const ROW: &str = "                                   requests/s    p50 ms    p99 ms";
 
 fn row(name: &str, rps: f64, p50: Option<f64>, p99: Option<f64>) -> String {
     format!("  {name:<32} {rps:>10.1} {:>9} {:>9}", ms(p50), ms(p99))
+}
+
+/// The baseline's bare hyper server, as a [`row`].
+fn hyper_row(b: &Baseline, name: &str) -> String {
+    row(name, b.http.requests_per_sec, b.http.p50_ms, b.http.p99_ms)
+}
+
+/// The baseline's redis-benchmark, as a [`row`].
+fn redis_row(b: &Baseline) -> String {
+    row(
+        "redis-benchmark purchase.lua",
+        b.redis.requests_per_sec,
+        Some(b.redis.p50_ms),
+        Some(b.redis.p99_ms),
+    )
 }
 
 /// The baseline on its own, as `seckill-bench baseline` prints it.
@@ -125,27 +141,8 @@ pub fn baseline_table(b: &Baseline) -> String {
         b.requests, b.connections
     );
     let _ = writeln!(t, "{ROW}");
-    let _ = writeln!(
-        t,
-        "{}",
-        row(
-            "bare hyper server (oha)",
-            b.http.requests_per_sec,
-            b.http.p50_ms,
-            b.http.p99_ms
-        )
-    );
-    let _ = writeln!(
-        t,
-        "{}   {} purchases",
-        row(
-            "redis-benchmark purchase.lua",
-            b.redis.requests_per_sec,
-            Some(b.redis.p50_ms),
-            Some(b.redis.p99_ms)
-        ),
-        b.redis.purchases
-    );
+    let _ = writeln!(t, "{}", hyper_row(b, "bare hyper server (oha)"));
+    let _ = writeln!(t, "{}   {} purchases", redis_row(b), b.redis.purchases);
     t
 }
 
@@ -257,23 +254,13 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(
             t,
             "{}   {}",
-            row(
-                "bare hyper server",
-                b.http.requests_per_sec,
-                b.http.p50_ms,
-                b.http.p99_ms
-            ),
+            hyper_row(b, "bare hyper server"),
             ratio(l.requests_per_sec, b.http.requests_per_sec)
         );
         let _ = writeln!(
             t,
             "{}   {}",
-            row(
-                "redis-benchmark purchase.lua",
-                b.redis.requests_per_sec,
-                Some(b.redis.p50_ms),
-                Some(b.redis.p99_ms)
-            ),
+            redis_row(b),
             ratio(l.requests_per_sec, b.redis.requests_per_sec)
         );
     }

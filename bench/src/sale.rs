@@ -6,7 +6,7 @@ use crate::audit::{self, Accepted, Snapshot};
 use crate::baseline;
 use crate::http::HttpClient;
 use crate::oha::{self, Body, Load};
-use crate::provider::{self, PayOptions};
+use crate::provider::{self, Faults, PayOptions};
 use crate::report::{Drain, Report, Sample};
 use crate::rss::{self, Rss};
 use anyhow::{Context, ensure};
@@ -43,10 +43,7 @@ pub struct SaleOptions {
     pub per_user_limit: i32,
     pub price_cents: i64,
     pub pay_ratio: f64,
-    pub duplicates: f64,
-    pub reorder: bool,
-    pub wrong_amount: f64,
-    pub fail: f64,
+    pub faults: Faults,
     pub drain_timeout: Duration,
     /// Wait for unpaid orders to time out before the audit.
     pub wait_for_timeouts: bool,
@@ -120,10 +117,7 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
     let payments = provider::pay(&PayOptions {
         item: Some(item),
         ratio: opts.pay_ratio,
-        duplicates: opts.duplicates,
-        reorder: opts.reorder,
-        wrong_amount: opts.wrong_amount,
-        fail: opts.fail,
+        faults: opts.faults,
         ..PayOptions::new(config, &opts.gateway)
     })
     .await?;

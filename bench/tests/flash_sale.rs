@@ -1,8 +1,7 @@
 //! End to end: the real `seckill-gateway` and `seckill-workers` binaries on free ports of a test
 //! namespace and database, and `seckill-bench flash-sale` run against them as an operator would.
 
-use seckill_infra::Config;
-use seckill_testkit::{Backend, TestEnv, wait_for};
+use seckill_testkit::{Backend, TestEnv, env_vars, wait_for};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +11,7 @@ use std::time::Duration;
 struct Running(Child);
 
 impl Running {
-    fn spawn(binary: &Path, vars: &[(String, String)], log: &Path) -> Running {
+    fn spawn(binary: &Path, vars: &[(&str, String)], log: &Path) -> Running {
         let log = std::fs::File::create(log).unwrap();
         let child = Command::new(binary)
             .envs(vars.iter().cloned())
@@ -63,29 +62,6 @@ fn sibling_binaries() -> (PathBuf, PathBuf) {
     (dir.join("seckill-gateway"), dir.join("seckill-workers"))
 }
 
-fn vars(c: &Config) -> Vec<(String, String)> {
-    [
-        ("SECKILL_HTTP_ADDR", c.http_addr.to_string()),
-        ("SECKILL_WORKERS_ADDR", c.workers_addr.to_string()),
-        ("SECKILL_REDIS_URL", c.redis_url.clone()),
-        ("SECKILL_AMQP_URL", c.amqp_url.clone()),
-        ("SECKILL_DATABASE_URL", c.database_url.clone()),
-        ("SECKILL_NAMESPACE", c.namespace.clone()),
-        ("SECKILL_JWT_SECRET", c.jwt_secret.clone()),
-        ("SECKILL_TICKET_SECRET", c.ticket_secret.clone()),
-        ("SECKILL_ADMIN_TOKEN", c.admin_token.clone()),
-        ("SECKILL_WEBHOOK_SECRET", c.webhook_secret.clone()),
-        (
-            "SECKILL_PAYMENT_TIMEOUT_SECS",
-            c.payment_timeout.as_secs().to_string(),
-        ),
-        ("SECKILL_RATE_PER_USER", c.rate_per_user.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
-}
-
 async fn ready(addr: SocketAddr) -> Option<()> {
     let client = seckill_bench::http::HttpClient::default();
     let (status, _) = client.get(&format!("http://{addr}/readyz")).await.ok()?;
@@ -99,7 +75,7 @@ async fn a_flash_sale_keeps_every_invariant() {
     env.config.workers_addr = free_addr();
     env.config.payment_timeout = Duration::from_secs(5);
     let c = env.config.clone();
-    let vars = vars(&c);
+    let vars = env_vars(&c);
     let out = std::env::temp_dir().join(format!("seckill-bench-{}", c.namespace));
     std::fs::create_dir_all(&out).unwrap();
 

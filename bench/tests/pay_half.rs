@@ -2,12 +2,11 @@
 //! half paid with duplicates in random order, the rest left to time out; the audit must pass.
 
 use seckill_bench::audit::{self, Accepted};
-use seckill_bench::provider::{self, PayOptions};
+use seckill_bench::provider::{self, Faults, PayOptions};
 use seckill_domain::{ItemId, UserId};
 use seckill_infra::auth::Tickets;
-use seckill_testkit::{Backend, TestEnv, wait_for};
+use seckill_testkit::{Backend, ServerTask, TestEnv, wait_for};
 use std::time::Duration;
-use tokio::sync::oneshot;
 
 const ITEM: u64 = 42;
 const ORDERS: u64 = 1_000;
@@ -45,18 +44,12 @@ async fn the_provider_pays_half_of_1000_orders_with_duplicates_and_reordering() 
         .await
         .unwrap();
     let gateway = format!("http://127.0.0.1:{}", app.port());
-    let (gtx, grx) = oneshot::channel::<()>();
-    tokio::spawn(app.run(async {
-        let _ = grx.await;
-    }));
+    let gateway_task = ServerTask::spawn(|shutdown| app.run(shutdown));
     seckill_testkit::wait_for_redis_state(&config).await;
     let workers = seckill_workers::Workers::build(config.clone())
         .await
         .unwrap();
-    let (wtx, wrx) = oneshot::channel::<()>();
-    let workers = tokio::spawn(workers.run(async {
-        let _ = wrx.await;
-    }));
+    let workers = ServerTask::spawn(|shutdown| workers.run(shutdown));
 
     let http = reqwest::Client::new();
     let created = http
@@ -97,8 +90,11 @@ async fn the_provider_pays_half_of_1000_orders_with_duplicates_and_reordering() 
     let mut opts = PayOptions::new(&config, &gateway);
     opts.item = Some(ItemId(ITEM));
     opts.ratio = 0.5;
-    opts.duplicates = 0.3;
-    opts.reorder = true;
+    opts.faults = Faults {
+        duplicates: 0.3,
+        reorder: true,
+        ..Faults::default()
+    };
     let report = provider::pay(&opts).await.unwrap();
     assert_eq!(report.chosen, 500);
     assert!(report.duplicates > 100, "{} duplicates", report.duplicates);
@@ -121,7 +117,6 @@ async fn the_provider_pays_half_of_1000_orders_with_duplicates_and_reordering() 
         .unwrap();
     let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
     assert!(failed.is_empty(), "{failed:#?}");
-    let _ = gtx.send(());
-    let _ = wtx.send(());
-    workers.await.unwrap().unwrap();
+    let _gateway = gateway_task.stop_later();
+    workers.stop().await.unwrap();
 }

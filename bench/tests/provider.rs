@@ -3,14 +3,13 @@
 //! delivers becomes one `PAYMENT_RESULT` on the broker.
 
 use fred::prelude::*;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use sea_orm::{ActiveModelTrait, DatabaseConnection, Set};
-use seckill_bench::provider::{self, Intent, PayOptions};
+use seckill_bench::provider::{self, Faults, Intent, PayOptions};
 use seckill_domain::{ItemId, Keys, Kind, Message, OrderId, OrderStatus, PaymentOutcome};
 use seckill_infra::broker::Topology;
 use seckill_infra::entity::orders;
-use seckill_testkit::{Backend, TestEnv, wait_for};
+use seckill_testkit::{Backend, ServerTask, TestEnv, wait_for};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -79,18 +78,17 @@ async fn pays_the_chosen_share_through_the_real_webhook() {
         .await
         .unwrap();
     let gateway = format!("http://127.0.0.1:{}", app.port());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run(async {
-        let _ = stopped.await;
-    }));
+    let server = ServerTask::spawn(|shutdown| app.run(shutdown));
 
     let opts = PayOptions {
         item: Some(ITEM),
         ratio: 0.6,
-        duplicates: 0.5,
-        reorder: true,
-        wrong_amount: 0.17,
-        fail: 0.17,
+        faults: Faults {
+            duplicates: 0.5,
+            reorder: true,
+            wrong_amount: 0.17,
+            fail: 0.17,
+        },
         ..PayOptions::new(&config, &gateway)
     };
     let report = provider::pay(&opts).await.unwrap();
@@ -117,16 +115,9 @@ async fn pays_the_chosen_share_through_the_real_webhook() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
     wait_for("9 payment results", Duration::from_secs(10), || async {
-        let q = ch
-            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-            .await
-            .ok()?;
-        (q.message_count() == 9).then_some(())
+        let ready = seckill_testkit::queue_depth(&config.amqp_url, &queue).await?;
+        (ready == 9).then_some(())
     })
     .await;
     let mut deliveries: BTreeMap<OrderId, usize> = BTreeMap::new();
@@ -168,8 +159,7 @@ async fn pays_the_chosen_share_through_the_real_webhook() {
     assert!(report.accepted.is_empty());
 
     let _ = conn.close(200, "done".into()).await;
-    let _ = stop.send(());
-    let _ = server.await;
+    let _ = server.stop_later().await;
     let _ = redis.quit().await;
     let _ = db.close().await;
     env.cleanup().await;

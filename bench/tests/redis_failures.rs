@@ -25,14 +25,15 @@ use seckill_infra::auth::{Jwt, Tickets};
 use seckill_infra::durability::Durability;
 use seckill_infra::entity::orders;
 use seckill_testkit::{
-    Backend, RedisOptions, RedisServer, Sentinel, TestEnv, wait_for, wait_for_redis_state,
+    Backend, RedisOptions, RedisServer, Sentinel, ServerTask, TestEnv, wait_for,
+    wait_for_redis_state,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
 const ITEM: u64 = 81;
 const PRICE: i64 = 990;
@@ -48,9 +49,8 @@ struct Stack {
     tickets: Tickets,
     jwt: Jwt,
     db: DatabaseConnection,
-    gateway_stop: Option<oneshot::Sender<()>>,
-    workers_stop: Option<oneshot::Sender<()>>,
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    gateway: ServerTask<anyhow::Result<()>>,
+    workers: ServerTask<anyhow::Result<()>>,
 }
 
 impl Stack {
@@ -65,19 +65,13 @@ impl Stack {
             .await
             .expect("the gateway starts");
         let base = format!("http://127.0.0.1:{}", app.port());
-        let (gateway_stop, stopped) = oneshot::channel::<()>();
-        let gateway = tokio::spawn(app.run(async {
-            let _ = stopped.await;
-        }));
+        let gateway = ServerTask::spawn(|shutdown| app.run(shutdown));
         wait_for_redis_state(&config).await;
         let workers = seckill_workers::Workers::build(config.clone())
             .await
             .expect("the workers start");
         let workers_base = format!("http://127.0.0.1:{}", workers.port());
-        let (workers_stop, stopped) = oneshot::channel::<()>();
-        let workers = tokio::spawn(workers.run(async {
-            let _ = stopped.await;
-        }));
+        let workers = ServerTask::spawn(|shutdown| workers.run(shutdown));
         let db = seckill_infra::db::connect(&config.database_url, 2)
             .await
             .expect("the test's database");
@@ -93,9 +87,8 @@ impl Stack {
             workers_base,
             db,
             env,
-            gateway_stop: Some(gateway_stop),
-            workers_stop: Some(workers_stop),
-            tasks: vec![gateway, workers],
+            gateway,
+            workers,
         };
         let created = stack
             .http
@@ -234,13 +227,7 @@ impl Stack {
     }
 
     async fn stop(mut self) {
-        if let Some(tx) = self.gateway_stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(tx) = self.workers_stop.take() {
-            let _ = tx.send(());
-        }
-        for t in self.tasks.drain(..) {
+        for t in [self.gateway.stop_later(), self.workers.stop_later()] {
             let _ = tokio::time::timeout(Duration::from_secs(40), t).await;
         }
         self.env.cleanup().await;

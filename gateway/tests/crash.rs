@@ -40,20 +40,8 @@ fn start_gateway(config: &Config, port: u16) -> Child {
         .open(log_path(config))
         .expect("opening the gateway's log");
     Command::new(env!("CARGO_BIN_EXE_seckill-gateway"))
+        .envs(seckill_testkit::env_vars(config))
         .env("SECKILL_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("SECKILL_REDIS_URL", &config.redis_url)
-        .env("SECKILL_AMQP_URL", &config.amqp_url)
-        .env("SECKILL_DATABASE_URL", &config.database_url)
-        .env("SECKILL_NAMESPACE", &config.namespace)
-        .env("SECKILL_JWT_SECRET", &config.jwt_secret)
-        .env("SECKILL_TICKET_SECRET", &config.ticket_secret)
-        .env("SECKILL_ADMIN_TOKEN", &config.admin_token)
-        .env("SECKILL_WEBHOOK_SECRET", &config.webhook_secret)
-        .env(
-            "SECKILL_PAYMENT_TIMEOUT_SECS",
-            config.payment_timeout.as_secs().to_string(),
-        )
-        .env("SECKILL_RATE_PER_USER", "0")
         .env_remove("SECKILL_NODE_ID")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -111,7 +99,7 @@ async fn burst(http: Http, config: Config, users: Vec<u64>, seen: Arc<Seen>, kil
 async fn a_sigkilled_gateway_loses_no_accepted_order() {
     let env = TestEnv::new(Backend::Postgres);
     let config = env.config.clone();
-    let port = common::free_port();
+    let port = seckill_testkit::free_port();
     let http = Http::new(port);
     let keys = Keys::new(&config.namespace);
     let redis = seckill_infra::redis::client(&config.redis_url)

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Events, TestApp, concurrently, wait_for_empty_outbox};
-use http::{Method, StatusCode};
+use http::StatusCode;
 use seckill_domain::OrderId;
 use seckill_testkit::{Backend, TestEnv, wait_for};
 use serde_json::json;
@@ -46,18 +46,14 @@ async fn one_user_racing_fifty_requests_gets_one_order() {
     assert_eq!(app.remaining(ITEM).await, Some(STOCK - 1));
 
     // The same key answers the same, however often and however concurrently it is retried.
-    let key = [("idempotency-key", "checkout-42")];
+    let key = "checkout-42";
     let body2 = app.purchase(2, ITEM);
-    let first = app
-        .http
-        .send(Method::POST, "/seckill", &key, body2.to_string())
-        .await
-        .accepted();
+    let first = app.http.seckill_with_key(key, &body2).await.accepted();
     assert_ne!(first, order);
     let retries = concurrently((0..20).collect(), 20, |_| {
         let http = app.http.clone();
-        let body = body2.to_string();
-        async move { http.send(Method::POST, "/seckill", &key, body).await }
+        let body = body2.clone();
+        async move { http.seckill_with_key(key, &body).await }
     })
     .await;
     for r in &retries {
@@ -75,24 +71,14 @@ async fn one_user_racing_fifty_requests_gets_one_order() {
     // The key belongs to its user: another user with the same key gets an order of their own.
     let third = app
         .http
-        .send(
-            Method::POST,
-            "/seckill",
-            &key,
-            app.purchase(3, ITEM).to_string(),
-        )
+        .seckill_with_key(key, &app.purchase(3, ITEM))
         .await
         .accepted();
     assert!(third != first && third != order);
     // An unusable key is refused before anything is sold.
     let long = "k".repeat(129);
     app.http
-        .send(
-            Method::POST,
-            "/seckill",
-            &[("idempotency-key", long.as_str())],
-            app.purchase(4, ITEM).to_string(),
-        )
+        .seckill_with_key(&long, &app.purchase(4, ITEM))
         .await
         .assert_error(StatusCode::BAD_REQUEST, "bad_request");
     assert_eq!(app.remaining(ITEM).await, Some(STOCK - 3));
@@ -116,20 +102,16 @@ async fn a_retry_with_its_key_is_answered_even_after_the_sale_sold_out() {
     const ITEM: u64 = 8;
     let app = TestApp::spawn().await;
     app.create_item(ITEM, 2, 1).await;
-    let key = [("idempotency-key", "retry-after-sellout")];
-    let body1 = app.purchase(1, ITEM).to_string();
-    let first = app
-        .http
-        .send(Method::POST, "/seckill", &key, body1.clone())
-        .await
-        .accepted();
+    let key = "retry-after-sellout";
+    let body1 = app.purchase(1, ITEM);
+    let first = app.http.seckill_with_key(key, &body1).await.accepted();
     app.http.seckill(&app.purchase(2, ITEM)).await.accepted();
     // Sold out now; this also raises the gateway's local sold-out flag.
     app.http
         .seckill(&app.purchase(3, ITEM))
         .await
         .assert_error(StatusCode::CONFLICT, "sold_out");
-    let retry = app.http.send(Method::POST, "/seckill", &key, body1).await;
+    let retry = app.http.seckill_with_key(key, &body1).await;
     assert_eq!(retry.accepted(), first, "the first answer, not sold_out");
     assert_eq!(app.remaining(ITEM).await, Some(0));
     app.stop().await.expect("run() returns Ok");
@@ -144,29 +126,20 @@ async fn a_retry_with_its_key_is_answered_after_the_sale_ended() {
     body["ends_at"] = json!(rfc3339(2));
     app.create_item_with(&body).await;
     app.create_item(OTHER, 5, 1).await;
-    let key = [("idempotency-key", "retry-after-the-end")];
-    let body1 = app.purchase(1, ITEM).to_string();
-    let first = app
-        .http
-        .send(Method::POST, "/seckill", &key, body1.clone())
-        .await
-        .accepted();
+    let key = "retry-after-the-end";
+    let body1 = app.purchase(1, ITEM);
+    let first = app.http.seckill_with_key(key, &body1).await.accepted();
     wait_for("the sale to end", Duration::from_secs(10), || async {
         let r = app.http.seckill(&app.purchase(2, ITEM)).await;
         (r.status == StatusCode::CONFLICT && r.error_code() == "ended").then_some(())
     })
     .await;
-    let retry = app.http.send(Method::POST, "/seckill", &key, body1).await;
+    let retry = app.http.seckill_with_key(key, &body1).await;
     assert_eq!(retry.accepted(), first, "the first answer, not ended");
     // The key is scoped to the user and the item: the same key for another item is a new purchase.
     let other = app
         .http
-        .send(
-            Method::POST,
-            "/seckill",
-            &key,
-            app.purchase(1, OTHER).to_string(),
-        )
+        .seckill_with_key(key, &app.purchase(1, OTHER))
         .await
         .accepted();
     assert_ne!(other, first);

@@ -74,7 +74,7 @@ impl Buyers {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purchases_answer_503_while_redis_is_down_and_resume_when_it_is_back() {
-    let port = common::free_port();
+    let port = seckill_testkit::free_port();
     let mut env = TestEnv::new(Backend::Postgres);
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-redis", env.config.namespace));

@@ -126,6 +126,29 @@ impl Drop for TestEnv {
     }
 }
 
+/// The `SECKILL_*` variables under which a child process (the gateway's or the workers' binary)
+/// reads `config` back; add them to its environment with `Command::envs`.
+pub fn env_vars(config: &Config) -> Vec<(&'static str, String)> {
+    let c = config;
+    vec![
+        ("SECKILL_HTTP_ADDR", c.http_addr.to_string()),
+        ("SECKILL_WORKERS_ADDR", c.workers_addr.to_string()),
+        ("SECKILL_REDIS_URL", c.redis_url.clone()),
+        ("SECKILL_AMQP_URL", c.amqp_url.clone()),
+        ("SECKILL_DATABASE_URL", c.database_url.clone()),
+        ("SECKILL_NAMESPACE", c.namespace.clone()),
+        ("SECKILL_JWT_SECRET", c.jwt_secret.clone()),
+        ("SECKILL_TICKET_SECRET", c.ticket_secret.clone()),
+        ("SECKILL_ADMIN_TOKEN", c.admin_token.clone()),
+        ("SECKILL_WEBHOOK_SECRET", c.webhook_secret.clone()),
+        (
+            "SECKILL_PAYMENT_TIMEOUT_SECS",
+            c.payment_timeout.as_secs().to_string(),
+        ),
+        ("SECKILL_RATE_PER_USER", c.rate_per_user.to_string()),
+    ]
+}
+
 /// Waits until Redis holds every shard gene's state for `config`'s namespace (a running gateway
 /// or workers process builds them from the database at start; see `seckill_infra::recovery`).
 pub async fn wait_for_redis_state(config: &Config) {

@@ -1,20 +1,29 @@
-//! Test support for every seckill crate, kept out of the production libraries: a namespace and a
-//! database of a test's own against the real servers, cleaned up when dropped; waiting on a
-//! condition with a deadline instead of sleeping; and Redis, Sentinel and Redis Cluster processes
-//! of a test's own, for the tests that kill, pause, wipe or fail over Redis.
+//! Test support for every seckill crate, kept out of the production libraries:
+//!
+//! - a namespace and a database of a test's own against the real servers, cleaned up when
+//!   dropped, and the variables that hand its configuration to a child process;
+//! - waiting on a condition with a deadline instead of sleeping;
+//! - the gateway and the workers on a task of the test's own ([`ServerTask`]);
+//! - RabbitMQ's queues as a test sees them;
+//! - Redis, Sentinel and Redis Cluster processes of a test's own, for the tests that kill, pause,
+//!   wipe or fail over Redis.
 //!
 //! Use it as a `[dev-dependencies]` entry only.
 
+mod broker;
 mod cluster;
 mod env;
 mod process;
 mod redis;
 mod resp;
 mod sentinel;
+mod server;
 mod wait;
 
+pub use broker::{bind_own_queue, queue_depth};
 pub use cluster::RedisCluster;
-pub use env::{Backend, TEST_MYSQL, TEST_POSTGRES, TestEnv, wait_for_redis_state};
+pub use env::{Backend, TEST_MYSQL, TEST_POSTGRES, TestEnv, env_vars, wait_for_redis_state};
 pub use redis::{RedisOptions, RedisServer, free_port};
 pub use sentinel::Sentinel;
+pub use server::{ServerTask, Shutdown};
 pub use wait::wait_for;

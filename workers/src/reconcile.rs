@@ -10,7 +10,7 @@
 //! and tried again at the next tick; neither job ever stops the workers.
 
 use crate::runner::Runtime;
-use crate::sql::Query;
+use crate::sql::{self, Query};
 use crate::store::{self, OrderRow};
 use anyhow::Context;
 use fred::prelude::*;
@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
 use lapin::types::FieldTable;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
-use seckill_domain::{ItemId, Kind, Message, OrderStatus};
+use seckill_domain::{ItemId, Kind, Message, OrderId, OrderStatus};
 use seckill_infra::broker;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -127,7 +127,7 @@ async fn periodically<J: Job>(
 /// One item as the database has it, with the units its stock-holding orders hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ItemRow {
-    id: i64,
+    id: ItemId,
     stock: i64,
     available: i64,
     locked: i64,
@@ -146,9 +146,9 @@ struct Seen {
 
 #[derive(Default)]
 struct Reconciler {
-    seen: HashMap<i64, Seen>,
+    seen: HashMap<ItemId, Seen>,
     /// `available + locked + sold - stock` of the items whose database row is off.
-    db_off: HashMap<i64, i64>,
+    db_off: HashMap<ItemId, i64>,
     truncated: bool,
 }
 
@@ -175,10 +175,7 @@ impl Reconciler {
         self.truncated = truncated;
 
         let client = rt.redis.next();
-        let keys: Vec<String> = rows
-            .iter()
-            .map(|r| rt.scripts.keys().item(ItemId(r.id as u64)))
-            .collect();
+        let keys: Vec<String> = rows.iter().map(|r| rt.scripts.keys().item(r.id)).collect();
         let remaining: Vec<Option<i64>> = futures_util::stream::iter(
             keys.into_iter()
                 .map(|key| client.hget::<Option<i64>, _, _>(key, "remaining")),
@@ -203,7 +200,7 @@ impl Reconciler {
                     .set(drift as f64);
                 if drift != 0 {
                     tracing::warn!(
-                        item.id = row.id,
+                        item.id = %row.id,
                         redis.remaining = remaining,
                         db.stock = row.stock,
                         db.held = row.held,
@@ -212,7 +209,7 @@ impl Reconciler {
                     );
                 } else {
                     tracing::info!(
-                        item.id = row.id,
+                        item.id = %row.id,
                         redis.remaining = remaining,
                         db.stock = row.stock,
                         db.held = row.held,
@@ -224,11 +221,11 @@ impl Reconciler {
         for id in self.forget_all_but(&present) {
             metrics::gauge!("seckill_reconcile_drift", "item" => id.to_string()).set(0.0);
             tracing::info!(
-                item.id = id,
+                item.id = %id,
                 "drift no longer tracked (the item left Redis or the reconciled sales)"
             );
         }
-        let in_window: HashSet<i64> = rows.iter().map(|r| r.id).collect();
+        let in_window: HashSet<ItemId> = rows.iter().map(|r| r.id).collect();
         self.db_off.retain(|id, _| in_window.contains(id));
         metrics::gauge!("seckill_reconcile_items_missing_in_redis").set(missing as f64);
         metrics::counter!("seckill_reconcile_runs_total").increment(1);
@@ -239,7 +236,7 @@ impl Reconciler {
     /// remaining, the database's held units and the stock all unchanged since the last pass (an
     /// order accepted by Redis but not yet stored, or closed in the database but not yet returned
     /// to Redis, is a passing difference). `Some(d)` when the reported drift becomes `d`.
-    fn observe(&mut self, item: i64, stock: i64, held: i64, remaining: i64) -> Option<i64> {
+    fn observe(&mut self, item: ItemId, stock: i64, held: i64, remaining: i64) -> Option<i64> {
         let drift = remaining - (stock - held);
         let before = self.seen.get(&item).copied();
         let reported_before = before.map_or(0, |s| s.reported);
@@ -259,7 +256,7 @@ impl Reconciler {
     }
 
     /// Forgets the items not seen this pass; those with a drift reported, to be set back to 0.
-    fn forget_all_but(&mut self, present: &HashSet<i64>) -> Vec<i64> {
+    fn forget_all_but(&mut self, present: &HashSet<ItemId>) -> Vec<ItemId> {
         let mut cleared = Vec::new();
         self.seen.retain(|id, s| {
             let keep = present.contains(id);
@@ -281,11 +278,11 @@ impl Reconciler {
         }
         if off == 0 {
             self.db_off.remove(&row.id);
-            tracing::info!(item.id = row.id, "database stock whole again");
+            tracing::info!(item.id = %row.id, "database stock whole again");
         } else {
             self.db_off.insert(row.id, off);
             tracing::warn!(
-                item.id = row.id,
+                item.id = %row.id,
                 db.stock = row.stock,
                 db.available = row.available,
                 db.locked = row.locked,
@@ -328,7 +325,7 @@ async fn items_with_held(db: &DatabaseConnection) -> Result<Vec<ItemRow>, DbErr>
     let mut out = Vec::new();
     for row in db.query_all_raw(q.build()).await? {
         out.push(ItemRow {
-            id: row.try_get("", "id")?,
+            id: sql::id(&row, "id")?,
             stock: row.try_get("", "stock")?,
             available: row.try_get("", "available")?,
             locked: row.try_get("", "locked")?,
@@ -342,7 +339,7 @@ async fn items_with_held(db: &DatabaseConnection) -> Result<Vec<ItemRow>, DbErr>
 #[derive(Default)]
 struct Sweeper {
     /// Orders sent recently, and when: none is sent again within `grace`.
-    sent: HashMap<i64, Instant>,
+    sent: HashMap<OrderId, Instant>,
     last_full: Option<Instant>,
     last_declare: Option<Instant>,
 }
@@ -401,7 +398,7 @@ impl Sweeper {
         }
         tracing::info!(
             orders = due.len(),
-            oldest.order_id = oldest.id,
+            oldest.order_id = %oldest.id,
             oldest.overdue_ms = now - (oldest.created_at_ms + timeout.as_millis() as i64),
             "sent ORDER_TIMEOUT for orders whose payment timeout never came"
         );
@@ -452,10 +449,10 @@ async fn overdue_orders(
     cutoff: i64,
     window: Option<i64>,
 ) -> Result<Vec<OrderRow>, DbErr> {
-    let mut q = Query::new(db.get_database_backend()).sql(
-        "SELECT id, user_id, item_id, quantity, amount_cents, created_at_ms FROM orders \
-         WHERE status = ",
-    );
+    let mut q = Query::new(db.get_database_backend()).sql(&format!(
+        "SELECT {} FROM orders WHERE status = ",
+        OrderRow::COLUMNS
+    ));
     q.bind(OrderStatus::AwaitingPayment.as_str())
         .push(" AND created_at_ms < ")
         .bind(cutoff);
@@ -465,77 +462,76 @@ async fn overdue_orders(
             .push(")");
     }
     q.push(&format!(" ORDER BY created_at_ms, id LIMIT {SWEEP_LIMIT}"));
-    let mut out = Vec::new();
-    for row in db.query_all_raw(q.build()).await? {
-        out.push(OrderRow {
-            id: row.try_get("", "id")?,
-            user_id: row.try_get("", "user_id")?,
-            item_id: row.try_get("", "item_id")?,
-            quantity: store::quantity(row.try_get("", "quantity")?)?,
-            amount_cents: row.try_get("", "amount_cents")?,
-            created_at_ms: row.try_get("", "created_at_ms")?,
-            status: OrderStatus::AwaitingPayment,
-        });
-    }
-    Ok(out)
+    db.query_all_raw(q.build())
+        .await?
+        .iter()
+        .map(OrderRow::read)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const ITEM: ItemId = ItemId(1);
+    const OTHER: ItemId = ItemId(2);
+
     #[test]
     fn a_passing_difference_is_not_reported() {
         let mut r = Reconciler::default();
         // An order accepted by Redis, not yet stored: remaining is 1 short of stock - held.
-        assert_eq!(r.observe(1, 10, 0, 9), None);
+        assert_eq!(r.observe(ITEM, 10, 0, 9), None);
         // Stored on the next pass: consistent, nothing was ever reported.
-        assert_eq!(r.observe(1, 10, 1, 9), None);
-        assert_eq!(r.observe(1, 10, 1, 9), None);
+        assert_eq!(r.observe(ITEM, 10, 1, 9), None);
+        assert_eq!(r.observe(ITEM, 10, 1, 9), None);
     }
 
     #[test]
     fn a_quiet_drift_is_reported_once_then_changes_and_clears() {
         let mut r = Reconciler::default();
-        assert_eq!(r.observe(1, 10, 2, 11), None, "first sight: not yet quiet");
-        assert_eq!(r.observe(1, 10, 2, 11), Some(3), "quiet and off by 3");
         assert_eq!(
-            r.observe(1, 10, 2, 11),
+            r.observe(ITEM, 10, 2, 11),
+            None,
+            "first sight: not yet quiet"
+        );
+        assert_eq!(r.observe(ITEM, 10, 2, 11), Some(3), "quiet and off by 3");
+        assert_eq!(
+            r.observe(ITEM, 10, 2, 11),
             None,
             "reported once, not every pass"
         );
         // A sale moves things: the report stands until the item is quiet again.
-        assert_eq!(r.observe(1, 10, 3, 10), None);
-        assert_eq!(r.observe(1, 10, 3, 10), None, "still off by 3");
-        assert_eq!(r.observe(1, 10, 3, 12), None);
-        assert_eq!(r.observe(1, 10, 3, 12), Some(5), "the drift changed");
-        assert_eq!(r.observe(1, 10, 3, 7), None);
-        assert_eq!(r.observe(1, 10, 3, 7), Some(0), "gone");
-        assert_eq!(r.observe(1, 10, 3, 7), None);
+        assert_eq!(r.observe(ITEM, 10, 3, 10), None);
+        assert_eq!(r.observe(ITEM, 10, 3, 10), None, "still off by 3");
+        assert_eq!(r.observe(ITEM, 10, 3, 12), None);
+        assert_eq!(r.observe(ITEM, 10, 3, 12), Some(5), "the drift changed");
+        assert_eq!(r.observe(ITEM, 10, 3, 7), None);
+        assert_eq!(r.observe(ITEM, 10, 3, 7), Some(0), "gone");
+        assert_eq!(r.observe(ITEM, 10, 3, 7), None);
     }
 
     #[test]
     fn a_stock_change_is_not_quiet() {
         let mut r = Reconciler::default();
-        assert_eq!(r.observe(1, 10, 0, 10), None);
+        assert_eq!(r.observe(ITEM, 10, 0, 10), None);
         // The admin added 5 units: Redis and the database move together, not in the same instant.
-        assert_eq!(r.observe(1, 15, 0, 10), None);
-        assert_eq!(r.observe(1, 15, 0, 15), None);
-        assert_eq!(r.observe(1, 15, 0, 15), None);
+        assert_eq!(r.observe(ITEM, 15, 0, 10), None);
+        assert_eq!(r.observe(ITEM, 15, 0, 15), None);
+        assert_eq!(r.observe(ITEM, 15, 0, 15), None);
     }
 
     #[test]
     fn forgotten_items_with_a_drift_are_cleared() {
         let mut r = Reconciler::default();
-        r.observe(1, 10, 0, 12);
-        r.observe(1, 10, 0, 12);
-        r.observe(2, 10, 0, 10);
-        r.observe(2, 10, 0, 10);
-        assert_eq!(r.forget_all_but(&HashSet::new()), vec![1]);
+        r.observe(ITEM, 10, 0, 12);
+        r.observe(ITEM, 10, 0, 12);
+        r.observe(OTHER, 10, 0, 10);
+        r.observe(OTHER, 10, 0, 10);
+        assert_eq!(r.forget_all_but(&HashSet::new()), vec![ITEM]);
         assert!(r.seen.is_empty());
         // Back in Redis: two quiet passes again before anything is reported.
-        assert_eq!(r.observe(1, 10, 0, 12), None);
-        assert_eq!(r.observe(1, 10, 0, 12), Some(2));
+        assert_eq!(r.observe(ITEM, 10, 0, 12), None);
+        assert_eq!(r.observe(ITEM, 10, 0, 12), Some(2));
     }
 
     #[test]

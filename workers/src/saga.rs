@@ -7,13 +7,13 @@
 //! order's *current* status rather than stopping at "already done": a crash between a commit and
 //! its publishes is repaired by the redelivery.
 
-use crate::store::{self, Ledger, OrderRow, Orders, invariant};
+use crate::store::{self, Ledger, NewPayment, OrderRow, Orders, invariant};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use seckill_domain::messages::PaymentOutcome;
 use seckill_domain::record::ShownPayment;
 use seckill_domain::scripts::StatusUpdate;
 use seckill_domain::status::{LockStatus, PaymentStatus};
-use seckill_domain::{Kind, Message, OrderEvent, OrderStatus, PaymentEvent};
+use seckill_domain::{Kind, Message, OrderEvent, OrderId, OrderStatus, PaymentEvent};
 use std::collections::{BTreeMap, HashSet};
 
 /// The events of one batch; one message type per batch.
@@ -46,7 +46,7 @@ pub struct Effects {
 }
 
 /// The payment each order should show.
-type Shown = BTreeMap<i64, ShownPayment>;
+type Shown = BTreeMap<OrderId, ShownPayment>;
 
 pub async fn handle(db: &DatabaseConnection, kind: Kind, batch: &Batch) -> Result<Effects, DbErr> {
     let txn = db.begin().await?;
@@ -82,8 +82,8 @@ pub async fn handle(db: &DatabaseConnection, kind: Kind, batch: &Batch) -> Resul
     Ok(effects)
 }
 
-fn ids_of(events: &[OrderEvent]) -> Vec<i64> {
-    events.iter().map(|e| e.order_id.0 as i64).collect()
+fn ids_of(events: &[OrderEvent]) -> Vec<OrderId> {
+    events.iter().map(|e| e.order_id).collect()
 }
 
 /// The read model of every order of the batch, and Redis units back for the closed ones.
@@ -161,7 +161,7 @@ async fn lock_inventory(
         }
     }
     store::insert_locks(txn, &locked).await?;
-    let locked_ids: Vec<i64> = locked.iter().map(|o| o.id).collect();
+    let locked_ids: Vec<OrderId> = locked.iter().map(|o| o.id).collect();
     store::move_orders(
         txn,
         &mut orders,
@@ -190,7 +190,7 @@ async fn lock_inventory(
     Ok(effects)
 }
 
-fn intent_id(order_id: i64) -> String {
+fn intent_id(order_id: OrderId) -> String {
     format!("pay_{order_id}")
 }
 
@@ -219,12 +219,14 @@ async fn prepare_payment(
         // result stays, the intent is skipped.
         store::insert_pending_payments(
             txn,
-            ready
-                .iter()
-                .map(|o| (intent_id(o.id), o.id, o.amount_cents)),
+            ready.iter().map(|o| NewPayment {
+                payment_id: intent_id(o.id),
+                order_id: o.id,
+                amount_cents: o.amount_cents,
+            }),
         )
         .await?;
-        let ids: Vec<i64> = ready.iter().map(|o| o.id).collect();
+        let ids: Vec<OrderId> = ready.iter().map(|o| o.id).collect();
         store::move_orders(
             txn,
             &mut orders,
@@ -281,9 +283,9 @@ async fn close(
             )));
         }
     }
-    let holding_ids: Vec<i64> = holding.iter().map(|o| o.id).collect();
+    let holding_ids: Vec<OrderId> = holding.iter().map(|o| o.id).collect();
     store::settle_locks(txn, &holding_ids, LockStatus::Released).await?;
-    let ids: Vec<i64> = closing.iter().map(|o| o.id).collect();
+    let ids: Vec<OrderId> = closing.iter().map(|o| o.id).collect();
     store::move_orders(
         txn,
         &mut orders,
@@ -304,7 +306,7 @@ async fn payment_result(
     txn: &DatabaseTransaction,
     events: &[PaymentEvent],
 ) -> Result<Effects, DbErr> {
-    let order_ids: Vec<i64> = events.iter().map(|e| e.order_id.0 as i64).collect();
+    let order_ids: Vec<OrderId> = events.iter().map(|e| e.order_id).collect();
     // Orders first, as every handler does.
     let orders = store::lock_orders(txn, &order_ids).await?;
     let mut seen = HashSet::new();
@@ -314,9 +316,11 @@ async fn payment_result(
         .collect();
     store::insert_pending_payments(
         txn,
-        fresh
-            .iter()
-            .map(|e| (e.payment_id.clone(), e.order_id.0 as i64, e.amount_cents)),
+        fresh.iter().map(|e| NewPayment {
+            payment_id: e.payment_id.clone(),
+            order_id: e.order_id,
+            amount_cents: e.amount_cents,
+        }),
     )
     .await?;
     let ids: Vec<String> = fresh.iter().map(|e| e.payment_id.clone()).collect();
@@ -328,7 +332,7 @@ async fn payment_result(
                 e.payment_id
             )));
         };
-        if row.order_id != e.order_id.0 as i64 {
+        if row.order_id != e.order_id {
             tracing::warn!(payment.id = %e.payment_id, order.id = %e.order_id, "payment id reused for another order; ignored");
             continue;
         }
@@ -370,7 +374,7 @@ async fn apply_results(
     ledger: &mut Ledger,
     shown: &mut Shown,
 ) -> Result<(), DbErr> {
-    let ids: Vec<i64> = orders.keys().copied().collect();
+    let ids: Vec<OrderId> = orders.keys().copied().collect();
     if ids.is_empty() {
         return Ok(());
     }
@@ -407,7 +411,7 @@ async fn apply_results(
                 (PaymentStatus::Succeeded, Some(OrderStatus::Paid))
             }
             OrderStatus::AwaitingPayment => {
-                tracing::warn!(order.id = order.id, payment.id = %r.payment_id, "payment amount does not match; not paid");
+                tracing::warn!(order.id = %order.id, payment.id = %r.payment_id, "payment amount does not match; not paid");
                 (PaymentStatus::AmountMismatch, None)
             }
             OrderStatus::Paid | OrderStatus::RefundRequired => {

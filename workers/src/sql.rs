@@ -1,7 +1,39 @@
 //! A small backend-neutral SQL builder: PostgreSQL wants `$1`, MySQL wants `?`, and "insert unless
 //! the key exists" is spelled differently by each. Batches of rows become one statement.
+//!
+//! It is also where the workers' id newtypes meet the database's `BIGINT` columns ([`DbId`]).
 
-use sea_orm::{DbBackend, Statement, Value};
+use sea_orm::{DbBackend, DbErr, QueryResult, Statement, Value};
+use seckill_domain::{ItemId, OrderId, UserId};
+
+/// An id the database keeps as a `BIGINT`. Inside the workers ids travel as the domain's
+/// newtypes; they become `i64` only on their way into a statement ([`DbId::db`]) and come back
+/// as soon as a row is read ([`DbId::from_db`], [`id`]).
+pub trait DbId: Copy {
+    fn db(self) -> i64;
+    fn from_db(raw: i64) -> Self;
+}
+
+macro_rules! db_id {
+    ($($t:ident),*) => {$(
+        impl DbId for $t {
+            // Lossless both ways: the gateway refuses ids above `i64::MAX` at the edge, and
+            // snowflake order ids are 63 bits.
+            fn db(self) -> i64 {
+                self.0 as i64
+            }
+            fn from_db(raw: i64) -> Self {
+                $t(raw as u64)
+            }
+        }
+    )*};
+}
+db_id!(OrderId, UserId, ItemId);
+
+/// Reads the id in `column` of a row.
+pub fn id<T: DbId>(row: &QueryResult, column: &str) -> Result<T, DbErr> {
+    row.try_get::<i64>("", column).map(T::from_db)
+}
 
 pub struct Query {
     backend: DbBackend,
@@ -65,40 +97,29 @@ impl Query {
     }
 }
 
-/// `INSERT … VALUES (…), (…)` of many rows that skips rows whose key exists. Whether a row was
-/// inserted is never read from the result (MySQL's `INSERT IGNORE` can look inserted); callers
-/// read the rows back under a lock instead.
-pub fn insert_ignore(
-    backend: DbBackend,
-    table: &str,
-    columns: &[&str],
-    rows: Vec<Vec<Value>>,
-) -> Statement {
-    let mut q = Query::new(backend);
-    match backend {
-        DbBackend::Postgres => q.push("INSERT INTO "),
-        _ => q.push("INSERT IGNORE INTO "),
-    };
-    insert_body(&mut q, table, columns, rows);
-    if backend == DbBackend::Postgres {
-        q.push(" ON CONFLICT DO NOTHING");
-    }
-    q.build()
+/// What an insert does with a row whose key exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// The statement fails.
+    Fail,
+    /// The row is skipped. Whether a row was inserted is never read from the result (MySQL's
+    /// `INSERT IGNORE` can look inserted); callers read the rows back under a lock instead.
+    Skip,
 }
 
+/// `INSERT … VALUES (…), (…)` of many rows.
 pub fn insert(
     backend: DbBackend,
+    existing: Existing,
     table: &str,
     columns: &[&str],
     rows: Vec<Vec<Value>>,
 ) -> Statement {
     let mut q = Query::new(backend);
-    q.push("INSERT INTO ");
-    insert_body(&mut q, table, columns, rows);
-    q.build()
-}
-
-fn insert_body(q: &mut Query, table: &str, columns: &[&str], rows: Vec<Vec<Value>>) {
+    match existing {
+        Existing::Skip if backend != DbBackend::Postgres => q.push("INSERT IGNORE INTO "),
+        _ => q.push("INSERT INTO "),
+    };
     q.push(table)
         .push(" (")
         .push(&columns.join(", "))
@@ -109,6 +130,10 @@ fn insert_body(q: &mut Query, table: &str, columns: &[&str], rows: Vec<Vec<Value
         }
         q.list(row);
     }
+    if existing == Existing::Skip && backend == DbBackend::Postgres {
+        q.push(" ON CONFLICT DO NOTHING");
+    }
+    q.build()
 }
 
 #[cfg(test)]
@@ -123,8 +148,9 @@ mod tests {
         let mut q = Query::new(DbBackend::MySql).sql("SELECT 1 WHERE a = ");
         q.bind(1i64).push(" AND b IN ").list([2i64, 3]);
         assert_eq!(q.build().sql, "SELECT 1 WHERE a = ? AND b IN (?, ?)");
-        let s = insert_ignore(
+        let s = insert(
             DbBackend::Postgres,
+            Existing::Skip,
             "t",
             &["a", "b"],
             vec![vec![1i64.into(), 2i64.into()]],
@@ -133,12 +159,21 @@ mod tests {
             s.sql,
             "INSERT INTO t (a, b) VALUES ($1, $2) ON CONFLICT DO NOTHING"
         );
-        let s = insert_ignore(
+        let s = insert(
             DbBackend::MySql,
+            Existing::Skip,
             "t",
             &["a"],
             vec![vec![1i64.into()], vec![2i64.into()]],
         );
         assert_eq!(s.sql, "INSERT IGNORE INTO t (a) VALUES (?), (?)");
+        let s = insert(
+            DbBackend::MySql,
+            Existing::Fail,
+            "t",
+            &["a"],
+            vec![vec![1i64.into()]],
+        );
+        assert_eq!(s.sql, "INSERT INTO t (a) VALUES (?)");
     }
 }

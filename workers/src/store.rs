@@ -1,8 +1,8 @@
 //! The database side of the saga: rows read under lock, conditional status moves, and the item
 //! ledger that writes one update per item per batch with a history row per order.
 
-use crate::sql::{Query, insert};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Value};
+use crate::sql::{self, DbId, Existing, Query};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, QueryResult, Value};
 use seckill_domain::snowflake::now_ms;
 use seckill_domain::status::{LockStatus, PaymentStatus};
 use seckill_domain::{ItemId, OrderEvent, OrderId, OrderStatus, Quantity, UserId};
@@ -13,9 +13,9 @@ pub const CHUNK: usize = 1000;
 
 #[derive(Debug, Clone)]
 pub struct OrderRow {
-    pub id: i64,
-    pub user_id: i64,
-    pub item_id: i64,
+    pub id: OrderId,
+    pub user_id: UserId,
+    pub item_id: ItemId,
     pub quantity: Quantity,
     pub amount_cents: i64,
     pub created_at_ms: i64,
@@ -23,19 +23,34 @@ pub struct OrderRow {
 }
 
 impl OrderRow {
+    /// The columns [`OrderRow::read`] reads, for a `SELECT`.
+    pub const COLUMNS: &str = "id, user_id, item_id, quantity, amount_cents, created_at_ms, status";
+
+    /// One row of `SELECT` [`OrderRow::COLUMNS`] `FROM orders`.
+    pub fn read(row: &QueryResult) -> Result<OrderRow, DbErr> {
+        let status: String = row.try_get("", "status")?;
+        Ok(OrderRow {
+            id: sql::id(row, "id")?,
+            user_id: sql::id(row, "user_id")?,
+            item_id: sql::id(row, "item_id")?,
+            quantity: quantity(row.try_get("", "quantity")?)?,
+            amount_cents: row.try_get("", "amount_cents")?,
+            created_at_ms: row.try_get("", "created_at_ms")?,
+            status: status.parse().map_err(|e| invariant(format!("{e}")))?,
+        })
+    }
+
     pub fn event(&self) -> OrderEvent {
         OrderEvent {
-            order_id: OrderId(self.id as u64),
-            user_id: UserId(self.user_id as u64),
-            item_id: ItemId(self.item_id as u64),
+            order_id: self.id,
+            user_id: self.user_id,
+            item_id: self.item_id,
             quantity: self.quantity,
             amount_cents: self.amount_cents,
             created_at_ms: self.created_at_ms,
         }
     }
-}
 
-impl OrderRow {
     /// The order's units, as the stock columns count them.
     pub fn units(&self) -> i64 {
         i64::from(self.quantity.get())
@@ -43,14 +58,14 @@ impl OrderRow {
 }
 
 /// A quantity read from the database: never zero or negative, or the row is broken.
-pub fn quantity(raw: i32) -> Result<Quantity, DbErr> {
+fn quantity(raw: i32) -> Result<Quantity, DbErr> {
     u32::try_from(raw)
         .ok()
         .and_then(Quantity::new)
         .ok_or_else(|| invariant(format!("a stored order has quantity {raw}")))
 }
 
-pub type Orders = BTreeMap<i64, OrderRow>;
+pub type Orders = BTreeMap<OrderId, OrderRow>;
 
 pub fn now() -> i64 {
     now_ms() as i64
@@ -61,18 +76,48 @@ pub fn invariant(msg: String) -> DbErr {
     DbErr::Custom(format!("invariant broken: {msg}"))
 }
 
+/// Writes `rows` into `table`, [`CHUNK`] rows a statement.
+async fn insert_rows(
+    txn: &DatabaseTransaction,
+    existing: Existing,
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Value>>,
+) -> Result<(), DbErr> {
+    let backend = txn.get_database_backend();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk = rows.by_ref().take(CHUNK).collect();
+        txn.execute_raw(sql::insert(backend, existing, table, columns, chunk))
+            .await?;
+    }
+    Ok(())
+}
+
 /// Stores orders not stored yet, as `CREATED`. Existing rows are left alone.
 pub async fn ensure_orders(txn: &DatabaseTransaction, events: &[OrderEvent]) -> Result<(), DbErr> {
-    let backend = txn.get_database_backend();
     let now = now();
-    for chunk in events.chunks(CHUNK) {
-        let rows = chunk
+    insert_rows(
+        txn,
+        Existing::Skip,
+        "orders",
+        &[
+            "id",
+            "user_id",
+            "item_id",
+            "quantity",
+            "amount_cents",
+            "status",
+            "created_at_ms",
+            "updated_at_ms",
+        ],
+        events
             .iter()
             .map(|e| {
                 vec![
-                    Value::from(e.order_id.0 as i64),
-                    (e.user_id.0 as i64).into(),
-                    (e.item_id.0 as i64).into(),
+                    Value::from(e.order_id.db()),
+                    e.user_id.db().into(),
+                    e.item_id.db().into(),
                     (e.quantity.get() as i32).into(),
                     e.amount_cents.into(),
                     OrderStatus::Created.as_str().into(),
@@ -80,56 +125,53 @@ pub async fn ensure_orders(txn: &DatabaseTransaction, events: &[OrderEvent]) -> 
                     now.into(),
                 ]
             })
-            .collect();
-        txn.execute_raw(crate::sql::insert_ignore(
-            backend,
-            "orders",
-            &[
-                "id",
-                "user_id",
-                "item_id",
-                "quantity",
-                "amount_cents",
-                "status",
-                "created_at_ms",
-                "updated_at_ms",
-            ],
-            rows,
-        ))
-        .await?;
-    }
-    Ok(())
+            .collect(),
+    )
+    .await
 }
 
 /// Reads and row-locks the orders, in id order (every handler locks orders before items, so two
 /// batches never wait on each other in a cycle).
-pub async fn lock_orders(txn: &DatabaseTransaction, ids: &[i64]) -> Result<Orders, DbErr> {
+pub async fn lock_orders(txn: &DatabaseTransaction, ids: &[OrderId]) -> Result<Orders, DbErr> {
     let backend = txn.get_database_backend();
-    let mut sorted: Vec<i64> = ids.to_vec();
+    let mut sorted: Vec<OrderId> = ids.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
     let mut out = Orders::new();
     for chunk in sorted.chunks(CHUNK) {
-        let mut q = Query::new(backend).sql(
-            "SELECT id, user_id, item_id, quantity, amount_cents, created_at_ms, status FROM orders WHERE id IN ",
-        );
-        q.list(chunk.iter().copied())
+        let mut q = Query::new(backend).sql(&format!(
+            "SELECT {} FROM orders WHERE id IN ",
+            OrderRow::COLUMNS
+        ));
+        q.list(chunk.iter().map(|id| id.db()))
             .push(" ORDER BY id FOR UPDATE");
         for row in txn.query_all_raw(q.build()).await? {
-            let status: String = row.try_get("", "status")?;
-            let r = OrderRow {
-                id: row.try_get("", "id")?,
-                user_id: row.try_get("", "user_id")?,
-                item_id: row.try_get("", "item_id")?,
-                quantity: quantity(row.try_get("", "quantity")?)?,
-                amount_cents: row.try_get("", "amount_cents")?,
-                created_at_ms: row.try_get("", "created_at_ms")?,
-                status: status.parse().map_err(|e| invariant(format!("{e}")))?,
-            };
+            let r = OrderRow::read(&row)?;
             out.insert(r.id, r);
         }
     }
     Ok(out)
+}
+
+/// One conditional `UPDATE` (`update` writes it) for each chunk of `ids`, whose rows are locked:
+/// anything but every row of the chunk changing is a broken invariant, which `broken` describes
+/// from the rows changed and the rows meant.
+async fn update_every(
+    txn: &DatabaseTransaction,
+    ids: &[OrderId],
+    update: impl Fn(&mut Query, &[OrderId]),
+    broken: impl Fn(u64, usize) -> String,
+) -> Result<(), DbErr> {
+    let backend = txn.get_database_backend();
+    for chunk in ids.chunks(CHUNK) {
+        let mut q = Query::new(backend);
+        update(&mut q, chunk);
+        let res = txn.execute_raw(q.build()).await?;
+        if res.rows_affected() != chunk.len() as u64 {
+            return Err(invariant(broken(res.rows_affected(), chunk.len())));
+        }
+    }
+    Ok(())
 }
 
 /// Moves orders from one of `from` to `to`: a conditional update on the current status. The rows
@@ -137,32 +179,31 @@ pub async fn lock_orders(txn: &DatabaseTransaction, ids: &[i64]) -> Result<Order
 pub async fn move_orders(
     txn: &DatabaseTransaction,
     orders: &mut Orders,
-    ids: &[i64],
+    ids: &[OrderId],
     from: &[OrderStatus],
     to: OrderStatus,
     reason: Option<&str>,
 ) -> Result<(), DbErr> {
-    let backend = txn.get_database_backend();
     let now = now();
-    for chunk in ids.chunks(CHUNK) {
-        let mut q = Query::new(backend).sql("UPDATE orders SET status = ");
-        q.bind(to.as_str()).push(", updated_at_ms = ").bind(now);
-        if let Some(r) = reason {
-            q.push(", close_reason = ").bind(r);
-        }
-        q.push(" WHERE id IN ")
-            .list(chunk.iter().copied())
-            .push(" AND status IN ")
-            .list(from.iter().map(|s| s.as_str()));
-        let res = txn.execute_raw(q.build()).await?;
-        if res.rows_affected() != chunk.len() as u64 {
-            return Err(invariant(format!(
-                "moved {} of {} locked orders to {to}",
-                res.rows_affected(),
-                chunk.len()
-            )));
-        }
-    }
+    update_every(
+        txn,
+        ids,
+        |q, chunk| {
+            q.push("UPDATE orders SET status = ")
+                .bind(to.as_str())
+                .push(", updated_at_ms = ")
+                .bind(now);
+            if let Some(r) = reason {
+                q.push(", close_reason = ").bind(r);
+            }
+            q.push(" WHERE id IN ")
+                .list(chunk.iter().map(|id| id.db()))
+                .push(" AND status IN ")
+                .list(from.iter().map(|s| s.as_str()));
+        },
+        |moved, of| format!("moved {moved} of {of} locked orders to {to}"),
+    )
+    .await?;
     for id in ids {
         if let Some(o) = orders.get_mut(id) {
             o.status = to;
@@ -172,66 +213,58 @@ pub async fn move_orders(
 }
 
 pub async fn insert_locks(txn: &DatabaseTransaction, locked: &[&OrderRow]) -> Result<(), DbErr> {
-    let backend = txn.get_database_backend();
     let now = now();
-    for chunk in locked.chunks(CHUNK) {
-        let rows = chunk
+    insert_rows(
+        txn,
+        Existing::Fail,
+        "stock_locks",
+        &[
+            "order_id",
+            "item_id",
+            "quantity",
+            "status",
+            "created_at_ms",
+            "updated_at_ms",
+        ],
+        locked
             .iter()
             .map(|o| {
                 vec![
-                    Value::from(o.id),
-                    o.item_id.into(),
+                    Value::from(o.id.db()),
+                    o.item_id.db().into(),
                     (o.quantity.get() as i32).into(),
                     LockStatus::Locked.as_str().into(),
                     now.into(),
                     now.into(),
                 ]
             })
-            .collect();
-        txn.execute_raw(insert(
-            backend,
-            "stock_locks",
-            &[
-                "order_id",
-                "item_id",
-                "quantity",
-                "status",
-                "created_at_ms",
-                "updated_at_ms",
-            ],
-            rows,
-        ))
-        .await?;
-    }
-    Ok(())
+            .collect(),
+    )
+    .await
 }
 
 /// `LOCKED` → `to` for these orders' stock locks; every one must move.
 pub async fn settle_locks(
     txn: &DatabaseTransaction,
-    ids: &[i64],
+    ids: &[OrderId],
     to: LockStatus,
 ) -> Result<(), DbErr> {
-    let backend = txn.get_database_backend();
-    for chunk in ids.chunks(CHUNK) {
-        let mut q = Query::new(backend).sql("UPDATE stock_locks SET status = ");
-        q.bind(to.as_str())
-            .push(", updated_at_ms = ")
-            .bind(now())
-            .push(" WHERE order_id IN ")
-            .list(chunk.iter().copied())
-            .push(" AND status = ")
-            .bind(LockStatus::Locked.as_str());
-        let res = txn.execute_raw(q.build()).await?;
-        if res.rows_affected() != chunk.len() as u64 {
-            return Err(invariant(format!(
-                "{} of {} stock locks were LOCKED",
-                res.rows_affected(),
-                chunk.len()
-            )));
-        }
-    }
-    Ok(())
+    update_every(
+        txn,
+        ids,
+        |q, chunk| {
+            q.push("UPDATE stock_locks SET status = ")
+                .bind(to.as_str())
+                .push(", updated_at_ms = ")
+                .bind(now())
+                .push(" WHERE order_id IN ")
+                .list(chunk.iter().map(|id| id.db()))
+                .push(" AND status = ")
+                .bind(LockStatus::Locked.as_str());
+        },
+        |settled, of| format!("{settled} of {of} stock locks were LOCKED"),
+    )
+    .await
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -246,7 +279,7 @@ pub struct ItemStock {
 /// a history row), and written back with one update per item.
 #[derive(Default)]
 pub struct Ledger {
-    items: BTreeMap<i64, ItemStock>,
+    items: BTreeMap<ItemId, ItemStock>,
     history: Vec<Vec<Value>>,
 }
 
@@ -254,9 +287,9 @@ impl Ledger {
     pub async fn load(
         &mut self,
         txn: &DatabaseTransaction,
-        item_ids: impl IntoIterator<Item = i64>,
+        item_ids: impl IntoIterator<Item = ItemId>,
     ) -> Result<(), DbErr> {
-        let mut missing: Vec<i64> = item_ids
+        let mut missing: Vec<ItemId> = item_ids
             .into_iter()
             .filter(|i| !self.items.contains_key(i))
             .collect();
@@ -267,11 +300,11 @@ impl Ledger {
         }
         let mut q = Query::new(txn.get_database_backend())
             .sql("SELECT id, available, locked, sold FROM items WHERE id IN ");
-        q.list(missing.iter().copied())
+        q.list(missing.iter().map(|id| id.db()))
             .push(" ORDER BY id FOR UPDATE");
         for row in txn.query_all_raw(q.build()).await? {
             self.items.insert(
-                row.try_get("", "id")?,
+                sql::id(&row, "id")?,
                 ItemStock {
                     available: row.try_get("", "available")?,
                     locked: row.try_get("", "locked")?,
@@ -283,7 +316,7 @@ impl Ledger {
         Ok(())
     }
 
-    pub fn available(&self, item: i64) -> Option<i64> {
+    pub fn available(&self, item: ItemId) -> Option<i64> {
         self.items.get(&item).map(|s| s.available)
     }
 
@@ -309,8 +342,8 @@ impl Ledger {
             return false;
         }
         self.history.push(vec![
-            order.item_id.into(),
-            Some(order.id).into(),
+            order.item_id.db().into(),
+            Some(order.id.db()).into(),
             cause.into(),
             order.units().into(),
             s.available.into(),
@@ -338,82 +371,80 @@ impl Ledger {
                 .push(", updated_at_ms = ")
                 .bind(now)
                 .push(" WHERE id = ")
-                .bind(*id);
+                .bind(id.db());
             txn.execute_raw(q.build()).await?;
         }
-        let mut rows = self.history;
-        while !rows.is_empty() {
-            let rest = rows.split_off(rows.len().min(CHUNK));
-            txn.execute_raw(insert(
-                backend,
-                "inventory_history",
-                &[
-                    "item_id",
-                    "order_id",
-                    "cause",
-                    "quantity",
-                    "available_before",
-                    "available_after",
-                    "locked_before",
-                    "locked_after",
-                    "sold_before",
-                    "sold_after",
-                    "created_at_ms",
-                ],
-                rows,
-            ))
-            .await?;
-            rows = rest;
-        }
-        Ok(())
+        insert_rows(
+            txn,
+            Existing::Fail,
+            "inventory_history",
+            &[
+                "item_id",
+                "order_id",
+                "cause",
+                "quantity",
+                "available_before",
+                "available_after",
+                "locked_before",
+                "locked_after",
+                "sold_before",
+                "sold_after",
+                "created_at_ms",
+            ],
+            self.history,
+        )
+        .await
     }
 }
 
-/// Payments not stored yet, as `PENDING` and unapplied: `(payment id, order id, amount)`. A row
-/// whose id exists is left alone.
+/// A payment to store as `PENDING` unless its id is stored already.
+#[derive(Debug, Clone)]
+pub struct NewPayment {
+    pub payment_id: String,
+    pub order_id: OrderId,
+    pub amount_cents: i64,
+}
+
+/// Payments not stored yet, as `PENDING` and unapplied. A row whose id exists is left alone.
 pub async fn insert_pending_payments(
     txn: &DatabaseTransaction,
-    payments: impl Iterator<Item = (String, i64, i64)>,
+    payments: impl Iterator<Item = NewPayment>,
 ) -> Result<(), DbErr> {
-    let backend = txn.get_database_backend();
     let now = now();
-    let rows: Vec<Vec<Value>> = payments
-        .map(|(id, order, amount)| {
-            vec![
-                id.into(),
-                order.into(),
-                amount.into(),
-                PaymentStatus::Pending.as_str().into(),
-                false.into(),
-                now.into(),
-                now.into(),
-            ]
-        })
-        .collect();
-    for chunk in rows.chunks(CHUNK) {
-        txn.execute_raw(crate::sql::insert_ignore(
-            backend,
-            "payments",
-            &[
-                "payment_id",
-                "order_id",
-                "amount_cents",
-                "status",
-                "applied",
-                "created_at_ms",
-                "updated_at_ms",
-            ],
-            chunk.to_vec(),
-        ))
-        .await?;
-    }
-    Ok(())
+    insert_rows(
+        txn,
+        Existing::Skip,
+        "payments",
+        &[
+            "payment_id",
+            "order_id",
+            "amount_cents",
+            "status",
+            "applied",
+            "created_at_ms",
+            "updated_at_ms",
+        ],
+        payments
+            .map(|p| {
+                vec![
+                    p.payment_id.into(),
+                    p.order_id.db().into(),
+                    p.amount_cents.into(),
+                    PaymentStatus::Pending.as_str().into(),
+                    false.into(),
+                    now.into(),
+                    now.into(),
+                ]
+            })
+            .collect(),
+    )
+    .await
 }
 
 #[derive(Debug, Clone)]
 pub struct PaymentRow {
     pub payment_id: String,
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub amount_cents: i64,
     pub status: PaymentStatus,
     pub applied: bool,
@@ -435,14 +466,14 @@ pub async fn lock_payments_by_id(
 /// Results received but not yet applied to their orders, oldest first.
 pub async fn lock_unapplied(
     txn: &DatabaseTransaction,
-    order_ids: &[i64],
+    order_ids: &[OrderId],
     backend: DbBackend,
 ) -> Result<Vec<PaymentRow>, DbErr> {
     let mut out = Vec::new();
     for chunk in order_ids.chunks(CHUNK) {
         let mut q = Query::new(backend)
             .sql("SELECT payment_id, order_id, amount_cents, status, applied FROM payments WHERE order_id IN ");
-        q.list(chunk.iter().copied())
+        q.list(chunk.iter().map(|id| id.db()))
             .push(" AND applied = ")
             .bind(false)
             .push(" AND status <> ")
@@ -458,7 +489,7 @@ async fn read_payments(txn: &DatabaseTransaction, q: Query) -> Result<Vec<Paymen
     for row in txn.query_all_raw(q.build()).await? {
         out.push(PaymentRow {
             payment_id: row.try_get("", "payment_id")?,
-            order_id: row.try_get("", "order_id")?,
+            order_id: sql::id(&row, "order_id")?,
             amount_cents: row.try_get("", "amount_cents")?,
             status: {
                 let s: String = row.try_get("", "status")?;

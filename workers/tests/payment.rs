@@ -3,19 +3,13 @@
 
 mod common;
 
-use common::{Stack, WorkersMode};
+use common::{DRAIN, Stack, WorkersMode, n};
 use sea_orm::ConnectionTrait;
 use seckill_domain::OrderId;
 use seckill_testkit::{Backend, wait_for};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
-
-const DRAIN: Duration = Duration::from_secs(60);
-
-fn n(c: &BTreeMap<String, i64>, s: &str) -> i64 {
-    c.get(s).copied().unwrap_or(0)
-}
 
 async fn payment_rows(stack: &Stack, order: OrderId) -> Vec<(String, String)> {
     let rows = stack
@@ -43,6 +37,20 @@ async fn order_status(stack: &Stack, order: OrderId) -> Option<String> {
         .await
         .unwrap()
         .map(|r| r.try_get("", "status").unwrap())
+}
+
+/// A failed payment for `order`, sent behind the others and waited for: once it is recorded,
+/// anything sent before it on the same queue would be too.
+async fn send_marker(stack: &Stack, order: OrderId) {
+    assert_eq!(stack.pay(order, "marker", 1999, false).await, 200);
+    wait_for("the marker recorded", DRAIN, || async {
+        payment_rows(stack, order)
+            .await
+            .iter()
+            .any(|(p, _)| p == "marker")
+            .then_some(())
+    })
+    .await;
 }
 
 async fn one_awaiting_order(stack: &Stack, item: u64, user: u64) -> OrderId {
@@ -130,16 +138,7 @@ async fn bad_signatures_are_rejected_and_record_nothing() {
             .unwrap();
         assert_eq!(resp.status().as_u16(), status, "{what}");
     }
-    // A marker behind them on the same queue: once it is recorded, anything before it would be.
-    assert_eq!(stack.pay(id, "marker", 1999, false).await, 200);
-    wait_for("the marker recorded", DRAIN, || async {
-        payment_rows(&stack, id)
-            .await
-            .iter()
-            .any(|(p, _)| p == "marker")
-            .then_some(())
-    })
-    .await;
+    send_marker(&stack, id).await;
     let rows = payment_rows(&stack, id).await;
     assert_eq!(
         rows,
@@ -170,33 +169,15 @@ async fn the_same_callback_twenty_times_at_once_has_one_effect() {
     .await;
     // Redelivery of the same callback later changes nothing either.
     assert_eq!(stack.pay(id, "pay_same", 1999, true).await, 200);
-    assert_eq!(stack.pay(id, "marker", 1999, false).await, 200);
-    wait_for("the marker recorded", DRAIN, || async {
-        payment_rows(&stack, id)
-            .await
-            .iter()
-            .any(|(p, _)| p == "marker")
-            .then_some(())
-    })
-    .await;
+    send_marker(&stack, id).await;
     let sold = stack
-        .db
-        .query_one_raw(stack.sql("SELECT sold, locked, available FROM items WHERE id = 2"))
-        .await
-        .unwrap()
-        .unwrap();
+        .row("SELECT sold, locked, available FROM items WHERE id = 2")
+        .await;
     assert_eq!(sold.try_get::<i64>("", "sold").unwrap(), 1);
     assert_eq!(sold.try_get::<i64>("", "locked").unwrap(), 0);
     let history = stack
-        .db
-        .query_one_raw(
-            stack.sql("SELECT COUNT(*) AS n FROM inventory_history WHERE cause = 'sold'"),
-        )
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get::<i64>("", "n")
-        .unwrap();
+        .count("SELECT COUNT(*) AS n FROM inventory_history WHERE cause = 'sold'")
+        .await;
     assert_eq!(history, 1);
     // The buyer sees the payment on the order.
     let order: serde_json::Value = stack

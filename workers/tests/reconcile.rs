@@ -7,32 +7,25 @@
 
 mod common;
 
-use common::{Stack, WorkersMode};
+use common::{DRAIN, Stack, WorkersMode, n};
 use fred::prelude::*;
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::QueueDeleteOptions;
 use sea_orm::{ConnectionTrait, Statement};
 use seckill_domain::{ItemId, OrderId};
-use seckill_testkit::{Backend, wait_for};
+use seckill_testkit::{Backend, ServerTask, wait_for};
 use seckill_workers::reconcile::{self, Intervals};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
-use tokio::sync::oneshot;
 
-const DRAIN: Duration = Duration::from_secs(60);
 const FAST: Intervals = Intervals {
     reconcile: Duration::from_millis(200),
     sweep: Duration::from_millis(200),
 };
 
-fn n(c: &BTreeMap<String, i64>, s: &str) -> i64 {
-    c.get(s).copied().unwrap_or(0)
-}
-
 /// In-process workers with intervals of the test's choosing, on the stack's configuration.
 struct Workers {
     port: u16,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: ServerTask<anyhow::Result<()>>,
 }
 
 impl Workers {
@@ -41,20 +34,14 @@ impl Workers {
             .await
             .expect("workers start")
             .with_intervals(intervals);
-        let port = workers.port();
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(workers.run(async {
-            let _ = rx.await;
-        }));
-        Workers { port, stop, task }
+        Workers {
+            port: workers.port(),
+            task: ServerTask::spawn(|shutdown| workers.run(shutdown)),
+        }
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task
-            .await
-            .expect("workers task")
-            .expect("workers stop cleanly");
+        self.task.stop().await.expect("workers stop cleanly");
     }
 
     /// One series of the workers' `/metrics`, e.g. `name{label="v"}` (`None`: not exported).
@@ -80,40 +67,16 @@ impl Workers {
 
 async fn item_row(stack: &Stack, item: u64) -> (i64, i64, i64, i64) {
     let row = stack
-        .db
-        .query_one_raw(Statement::from_sql_and_values(
-            stack.db.get_database_backend(),
-            stack
-                .sql("SELECT stock, available, locked, sold FROM items WHERE id = $1")
-                .sql,
-            [(item as i64).into()],
+        .row(&format!(
+            "SELECT stock, available, locked, sold FROM items WHERE id = {item}"
         ))
-        .await
-        .expect("item")
-        .expect("item row");
+        .await;
     (
         row.try_get("", "stock").unwrap(),
         row.try_get("", "available").unwrap(),
         row.try_get("", "locked").unwrap(),
         row.try_get("", "sold").unwrap(),
     )
-}
-
-async fn queue_exists(stack: &Stack, queue: &str) -> bool {
-    let conn = seckill_infra::broker::connect(&stack.env.config.amqp_url, "test-probe")
-        .await
-        .expect("amqp");
-    let ch = conn.create_channel().await.expect("channel");
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let exists = ch
-        .queue_declare(queue.into(), passive, Default::default())
-        .await
-        .is_ok();
-    let _ = conn.close(200, "bye".into()).await;
-    exists
 }
 
 /// The sweeper tests read one process-wide counter: one at a time.
@@ -206,7 +169,9 @@ async fn orders_close_without_their_delay_queue(backend: Backend, item: u64) {
 
     // And the delay queue is back, so the next orders' timeouts have somewhere to wait.
     wait_for("the delay queue declared again", DRAIN, || async {
-        queue_exists(&stack, &delay).await.then_some(())
+        seckill_testkit::queue_depth(&stack.env.config.amqp_url, &delay)
+            .await
+            .map(|_| ())
     })
     .await;
     workers.stop().await;

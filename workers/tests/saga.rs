@@ -4,24 +4,15 @@
 
 mod common;
 
-use common::{Stack, WorkersMode};
+use common::{DRAIN, Stack, WorkersMode, n};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use sea_orm::ConnectionTrait;
 use seckill_domain::OrderId;
 use seckill_testkit::{Backend, wait_for};
 use std::collections::HashSet;
 use std::time::Duration;
-
-const DRAIN: Duration = Duration::from_secs(60);
-
-fn n(c: &std::collections::BTreeMap<String, i64>, s: &str) -> i64 {
-    c.get(s).copied().unwrap_or(0)
-}
 
 async fn half_paid_half_timed_out(backend: Backend) {
     let stack = Stack::start(backend, 2, WorkersMode::InProcess).await;
@@ -110,11 +101,8 @@ async fn compensation_when_the_database_holds_less_stock_than_redis() {
     let dead = stack.queue_depth(&stack.topology().dead()).await;
     assert_eq!(dead, 0);
     let row = stack
-        .db
-        .query_one_raw(stack.sql("SELECT available, locked, sold FROM items WHERE id = 7"))
-        .await
-        .unwrap()
-        .unwrap();
+        .row("SELECT available, locked, sold FROM items WHERE id = 7")
+        .await;
     assert_eq!(row.try_get::<i64>("", "available").unwrap(), 0);
     assert_eq!(row.try_get::<i64>("", "locked").unwrap(), 30);
 }
@@ -126,30 +114,10 @@ async fn duplicate_everything(stack: &Stack) -> tokio::task::JoinHandle<()> {
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let exchange = stack.topology().exchange();
-    let q = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    ch.queue_bind(
-        q.name().clone(),
-        exchange.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let queue = seckill_testkit::bind_own_queue(&ch, &exchange, "#").await;
     let mut consumer = ch
         .basic_consume(
-            q.name().clone(),
+            queue.as_str().into(),
             "dup".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -207,28 +175,16 @@ async fn every_message_delivered_twice_changes_nothing() {
     })
     .await;
     let history = stack
-        .db
-        .query_one_raw(stack.sql("SELECT COUNT(*) AS n FROM inventory_history WHERE item_id = 3"))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get::<i64>("", "n")
-        .unwrap();
+        .count("SELECT COUNT(*) AS n FROM inventory_history WHERE item_id = 3")
+        .await;
     assert_eq!(
         history,
         40 + 20 + 20,
         "one lock per order, one sale or release each: nothing twice"
     );
     let payments = stack
-        .db
-        .query_one_raw(stack.sql(
-            "SELECT COUNT(*) AS n FROM payments WHERE status = 'SUCCEEDED' AND applied = TRUE",
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get::<i64>("", "n")
-        .unwrap();
+        .count("SELECT COUNT(*) AS n FROM payments WHERE status = 'SUCCEEDED' AND applied = TRUE")
+        .await;
     assert_eq!(payments, 20);
     stack.check_invariants(3, &ids.into_iter().collect()).await;
     tap.abort();
@@ -258,13 +214,8 @@ async fn sigkill_three_times(backend: Backend) {
         })
         .await;
     let history = stack
-        .db
-        .query_one_raw(stack.sql("SELECT COUNT(*) AS n FROM inventory_history WHERE item_id = 5"))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get::<i64>("", "n")
-        .unwrap();
+        .count("SELECT COUNT(*) AS n FROM inventory_history WHERE item_id = 5")
+        .await;
     assert_eq!(history, 2000, "every order locked exactly once");
     stack.check_invariants(5, &ids.into_iter().collect()).await;
     stack.sigkill_workers().await;

@@ -13,20 +13,18 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicGetOptions;
 use seckill_domain::{ItemId, Keys, Kind, Message, OrderEvent, OrderId, UserId};
 use seckill_gateway::Application;
 use seckill_infra::Config;
 use seckill_infra::auth::{Jwt, TICKET_TTL_SECS, Tickets};
 use seckill_infra::broker::Topology;
-use seckill_testkit::{Backend, TestEnv, wait_for};
+use seckill_testkit::{Backend, ServerTask, TestEnv, wait_for};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// How long a test waits for the relay to carry events to the broker.
@@ -218,6 +216,13 @@ impl Http {
         self.post_json("/seckill", None, body).await
     }
 
+    /// `POST /seckill` with a JSON body and an `Idempotency-Key`.
+    pub async fn seckill_with_key(&self, key: &str, body: &Value) -> Resp {
+        let headers = [("idempotency-key", key)];
+        self.send(Method::POST, "/seckill", &headers, body.to_string())
+            .await
+    }
+
     /// `POST /admin/items` with the admin token.
     pub async fn create_item(&self, admin_token: &str, body: &Value) -> Resp {
         self.post_json("/admin/items", Some(admin_token), body)
@@ -272,8 +277,8 @@ pub struct TestApp {
     pub config: Config,
     pub keys: Keys,
     pub redis: fred::prelude::Client,
-    shutdown: Option<oneshot::Sender<()>>,
-    run: Option<JoinHandle<anyhow::Result<()>>>,
+    /// `None` once stopping.
+    run: Option<ServerTask<anyhow::Result<()>>>,
     /// Last, so the namespace and database are dropped after everything that uses them.
     pub env: TestEnv,
 }
@@ -291,10 +296,7 @@ impl TestApp {
             .expect("the gateway builds against the real services");
         let port = app.port();
         assert_ne!(port, 0, "the gateway is bound");
-        let (tx, rx) = oneshot::channel::<()>();
-        let run = tokio::spawn(app.run(async move {
-            let _ = rx.await;
-        }));
+        let run = ServerTask::spawn(|shutdown| app.run(shutdown));
         seckill_testkit::wait_for_redis_state(&config).await;
         let redis = seckill_infra::redis::client(&config.redis_url)
             .await
@@ -305,7 +307,6 @@ impl TestApp {
             keys: Keys::new(&config.namespace),
             redis,
             config,
-            shutdown: Some(tx),
             run: Some(run),
             env,
         }
@@ -352,10 +353,7 @@ impl TestApp {
 
     /// Completes the shutdown future and waits for `run()` to return.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let run = self.run.take().expect("running");
+        let run = self.begin_shutdown();
         let result = tokio::time::timeout(Duration::from_secs(30), run)
             .await
             .expect("run() returns within 30 s of the shutdown signal")
@@ -366,10 +364,7 @@ impl TestApp {
 
     /// Triggers the shutdown future without waiting; returns the task that runs the app.
     pub fn begin_shutdown(&mut self) -> JoinHandle<anyhow::Result<()>> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.run.take().expect("running")
+        self.run.take().expect("running").stop_later()
     }
 }
 
@@ -476,29 +471,12 @@ impl Events {
             .declare(&channel)
             .await
             .expect("declaring the topology");
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declaring the observer queue");
-        let queue = queue.name().to_string();
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                topology.exchange().into(),
-                Kind::OrderCreated.routing_key().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("binding the observer queue");
+        let queue = seckill_testkit::bind_own_queue(
+            &channel,
+            &topology.exchange(),
+            Kind::OrderCreated.routing_key(),
+        )
+        .await;
         Events {
             conn: Arc::new(conn),
             channel,
@@ -608,12 +586,4 @@ where
         .buffer_unordered(concurrency)
         .collect()
         .await
-}
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral port")
 }

@@ -5,18 +5,24 @@
 #![allow(dead_code)]
 
 use fred::prelude::*;
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, QueryResult, Statement};
 use seckill_domain::{ItemId, Keys, OrderId, UserId};
 use seckill_infra::auth::{Jwt, WebhookSigner};
 use seckill_infra::broker::Topology;
-use seckill_testkit::{Backend, TestEnv, wait_for};
+use seckill_testkit::{Backend, ServerTask, TestEnv, wait_for};
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::sync::oneshot;
+
+/// How long a test waits for the pipeline to carry its orders where it expects them.
+pub const DRAIN: Duration = Duration::from_secs(60);
+
+/// Orders in `status`, of counts by status.
+pub fn n(counts: &BTreeMap<String, i64>, status: &str) -> i64 {
+    counts.get(status).copied().unwrap_or(0)
+}
 
 pub struct Stack {
-    pub env: TestEnv,
     pub url: String,
     pub http: reqwest::Client,
     pub jwt: Jwt,
@@ -24,10 +30,12 @@ pub struct Stack {
     pub db: DatabaseConnection,
     pub redis: Client,
     pub keys: Keys,
-    gateway_stop: Option<oneshot::Sender<()>>,
-    workers_stop: Option<oneshot::Sender<()>>,
-    workers_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// In process; dropping the stack starts their shutdown.
+    gateway: ServerTask<anyhow::Result<()>>,
+    workers: Option<ServerTask<anyhow::Result<()>>>,
     pub workers_child: Option<tokio::process::Child>,
+    /// Last, so the namespace and database are dropped after everything that uses them.
+    pub env: TestEnv,
 }
 
 pub enum WorkersMode {
@@ -45,10 +53,7 @@ impl Stack {
             .await
             .expect("gateway starts");
         let url = format!("http://127.0.0.1:{}", app.port());
-        let (gtx, grx) = oneshot::channel::<()>();
-        tokio::spawn(app.run(async {
-            let _ = grx.await;
-        }));
+        let gateway = ServerTask::spawn(|shutdown| app.run(shutdown));
         seckill_testkit::wait_for_redis_state(&env.config).await;
         let db = seckill_infra::db::connect(&env.config.database_url, 4)
             .await
@@ -68,11 +73,10 @@ impl Stack {
             db,
             redis,
             keys,
-            env,
-            gateway_stop: Some(gtx),
-            workers_stop: None,
-            workers_task: None,
+            gateway,
+            workers: None,
             workers_child: None,
+            env,
         };
         match mode {
             WorkersMode::InProcess => stack.start_workers_in_process().await,
@@ -92,42 +96,20 @@ impl Stack {
         let workers = seckill_workers::Workers::build(config)
             .await
             .expect("workers start");
-        let (tx, rx) = oneshot::channel::<()>();
-        self.workers_task = Some(tokio::spawn(workers.run(async {
-            let _ = rx.await;
-        })));
-        self.workers_stop = Some(tx);
+        self.workers = Some(ServerTask::spawn(|shutdown| workers.run(shutdown)));
     }
 
     /// Stops in-process workers gracefully and waits for them.
     pub async fn stop_workers_in_process(&mut self) {
-        if let Some(tx) = self.workers_stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.workers_task.take() {
-            t.await
-                .expect("workers task")
-                .expect("workers stop cleanly");
+        if let Some(workers) = self.workers.take() {
+            workers.stop().await.expect("workers stop cleanly");
         }
     }
 
     /// The real `seckill-workers` binary, configured like this stack.
     pub async fn spawn_workers(&mut self) {
-        let c = &self.env.config;
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_seckill-workers"))
-            .env("SECKILL_NAMESPACE", &c.namespace)
-            .env("SECKILL_DATABASE_URL", &c.database_url)
-            .env("SECKILL_REDIS_URL", &c.redis_url)
-            .env("SECKILL_AMQP_URL", &c.amqp_url)
-            .env("SECKILL_WORKERS_ADDR", "127.0.0.1:0")
-            .env(
-                "SECKILL_PAYMENT_TIMEOUT_SECS",
-                c.payment_timeout.as_secs().to_string(),
-            )
-            .env("SECKILL_JWT_SECRET", &c.jwt_secret)
-            .env("SECKILL_TICKET_SECRET", &c.ticket_secret)
-            .env("SECKILL_ADMIN_TOKEN", &c.admin_token)
-            .env("SECKILL_WEBHOOK_SECRET", &c.webhook_secret)
+            .envs(seckill_testkit::env_vars(&self.env.config))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -270,6 +252,20 @@ impl Stack {
         Statement::from_string(backend, sql)
     }
 
+    /// The one row `sql` reads.
+    pub async fn row(&self, sql: &str) -> QueryResult {
+        self.db
+            .query_one_raw(self.sql(sql))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .unwrap_or_else(|| panic!("{sql}: no row"))
+    }
+
+    /// The `n` of `SELECT COUNT(*) AS n …`.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.row(sql).await.try_get("", "n").expect("a count")
+    }
+
     /// Pays each order of `to_pay` (right amount, `pay_<id>`) as soon as it awaits payment.
     pub async fn pay_as_they_await(&self, item: u64, to_pay: &HashSet<OrderId>) {
         let paid = tokio::sync::Mutex::new(HashSet::new());
@@ -353,23 +349,9 @@ impl Stack {
     }
 
     pub async fn queue_depth(&self, queue: &str) -> u32 {
-        let conn = seckill_infra::broker::connect(&self.env.config.amqp_url, "test-probe")
+        seckill_testkit::queue_depth(&self.env.config.amqp_url, queue)
             .await
-            .expect("amqp");
-        let ch = conn.create_channel().await.expect("channel");
-        let q = ch
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .expect("passive declare");
-        let _ = conn.close(200, "bye".into()).await;
-        q.message_count()
+            .unwrap_or_else(|| panic!("no queue {queue}"))
     }
 
     pub fn topology(&self) -> Topology {
@@ -480,17 +462,6 @@ impl Stack {
         );
         let dead = self.queue_depth(&self.topology().dead()).await;
         assert_eq!(dead, 0, "nothing may be dead-lettered");
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if let Some(tx) = self.gateway_stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(tx) = self.workers_stop.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
