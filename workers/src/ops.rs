@@ -37,6 +37,26 @@ async fn ready(rt: &Runtime) -> (bool, bool, bool) {
     (redis, broker, db)
 }
 
+/// Whether the workers can do their job, and what each dependency says.
+async fn readiness(rt: &Runtime) -> (bool, serde_json::Value) {
+    let (redis, broker, db) = ready(rt).await;
+    let durability = rt.durability.check_now().await;
+    let recovering = rt.recovery.genes_not_ready().await.unwrap_or_default();
+    let ok = redis && broker && db && durability.ok && recovering.is_empty();
+    let body = serde_json::json!({
+        "redis": redis,
+        "rabbitmq": broker,
+        "database": db,
+        "redis_durability": {
+            "mode": durability.mode.as_str(),
+            "ok": durability.ok,
+            "reasons": durability.reasons,
+        },
+        "redis_recovering_genes": recovering,
+    });
+    (ok, body)
+}
+
 pub async fn serve(
     listener: TcpListener,
     rt: Arc<Runtime>,
@@ -66,23 +86,7 @@ pub async fn serve(
                             r#"{"status":"ok"}"#.into(),
                         ),
                         "/readyz" => {
-                            let (redis, broker, db) = ready(&rt).await;
-                            let durability = rt.durability.check_now().await;
-                            let recovering =
-                                rt.recovery.genes_not_ready().await.unwrap_or_default();
-                            let ok =
-                                redis && broker && db && durability.ok && recovering.is_empty();
-                            let body = serde_json::json!({
-                                "redis": redis,
-                                "rabbitmq": broker,
-                                "database": db,
-                                "redis_durability": {
-                                    "mode": durability.mode.as_str(),
-                                    "ok": durability.ok,
-                                    "reasons": durability.reasons,
-                                },
-                                "redis_recovering_genes": recovering,
-                            });
+                            let (ok, body) = readiness(&rt).await;
                             text(
                                 if ok {
                                     StatusCode::OK
@@ -93,11 +97,16 @@ pub async fn serve(
                                 body.to_string(),
                             )
                         }
-                        "/metrics" => text(
-                            StatusCode::OK,
-                            "text/plain; version=0.0.4",
-                            metrics.render(),
-                        ),
+                        "/metrics" => {
+                            // Readiness as of the scrape, so an alert sees what `/readyz` would.
+                            let (ok, _) = readiness(&rt).await;
+                            metrics::gauge!("seckill_ready").set(if ok { 1.0 } else { 0.0 });
+                            text(
+                                StatusCode::OK,
+                                "text/plain; version=0.0.4",
+                                metrics.render(),
+                            )
+                        }
                         _ => text(
                             StatusCode::NOT_FOUND,
                             "application/json",

@@ -195,6 +195,8 @@ impl Reconciler {
                 continue;
             };
             present.insert(row.id);
+            metrics::gauge!("seckill_item_remaining", "item" => row.id.to_string())
+                .set(remaining as f64);
             if let Some(drift) = self.observe(row.id, row.stock, row.held, remaining) {
                 metrics::gauge!("seckill_reconcile_drift", "item" => row.id.to_string())
                     .set(drift as f64);
@@ -228,6 +230,12 @@ impl Reconciler {
         let in_window: HashSet<ItemId> = rows.iter().map(|r| r.id).collect();
         self.db_off.retain(|id, _| in_window.contains(id));
         metrics::gauge!("seckill_reconcile_items_missing_in_redis").set(missing as f64);
+        for (status, n) in orders_by_status(&rt.db)
+            .await
+            .context("counting the orders by status")?
+        {
+            metrics::gauge!("seckill_orders", "status" => status.as_str()).set(n as f64);
+        }
         metrics::counter!("seckill_reconcile_runs_total").increment(1);
         Ok(())
     }
@@ -304,6 +312,30 @@ fn stored_holding_statuses() -> impl Iterator<Item = &'static str> {
 
 /// The reconciled items (one more than [`MAX_ITEMS`] when there are more), each with the units
 /// held by its stock-holding orders: one statement.
+/// Every stored status with its count of orders (0 for none), for `seckill_orders{status}`.
+async fn orders_by_status(db: &DatabaseConnection) -> Result<Vec<(OrderStatus, i64)>, DbErr> {
+    let backend = db.get_database_backend();
+    let rows = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            backend,
+            "SELECT status, COUNT(*) AS n FROM orders GROUP BY status",
+        ))
+        .await?;
+    let mut counts: Vec<(OrderStatus, i64)> = OrderStatus::ALL
+        .iter()
+        .filter(|s| **s != OrderStatus::Pending)
+        .map(|s| (*s, 0))
+        .collect();
+    for row in rows {
+        let status: String = row.try_get("", "status")?;
+        let n: i64 = row.try_get("", "n")?;
+        if let Some(c) = counts.iter_mut().find(|(s, _)| s.as_str() == status) {
+            c.1 = n;
+        }
+    }
+    Ok(counts)
+}
+
 async fn items_with_held(db: &DatabaseConnection) -> Result<Vec<ItemRow>, DbErr> {
     let backend = db.get_database_backend();
     // `SUM` of an integer is a `DECIMAL` on MySQL.

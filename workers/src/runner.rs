@@ -212,6 +212,16 @@ impl Runtime {
                 }
                 metrics::counter!("seckill_worker_messages_total", "type" => kind.type_name(), "outcome" => "ok")
                     .increment(group.len() as u64);
+                if let Batch::Orders(events) = &batch
+                    && kind == Kind::PreparePayment
+                {
+                    // Accepted by the gateway → awaiting payment: the pipeline's drain lag.
+                    let now = seckill_domain::snowflake::now_ms() as i64;
+                    let lag = metrics::histogram!("seckill_order_drain_seconds");
+                    for e in events {
+                        lag.record((now - e.created_at_ms).max(0) as f64 / 1000.0);
+                    }
+                }
             }
             Some(e) if group.len() > 1 => {
                 tracing::warn!(kind = kind.type_name(), error = %format!("{e:#}"), "a batch keeps failing; retrying its messages one by one");

@@ -218,6 +218,25 @@ async fn drift_reported_once_quiet_and_cleared(backend: Backend, item: u64) {
         0.0,
         "no drift while Redis and the database agree"
     );
+    // What a dashboard shows: stock left, orders by status (the recorder is process-wide: another
+    // test's reconciler may have written the count of its own database last), the drain lag, and readiness.
+    let remaining = format!("seckill_item_remaining{{item=\"{item}\"}}");
+    assert_eq!(workers.metric(&stack, &remaining).await, Some(17.0));
+    let awaiting = "seckill_orders{status=\"AWAITING_PAYMENT\"}";
+    assert!(
+        workers
+            .metric(&stack, awaiting)
+            .await
+            .is_some_and(|n| n >= 3.0)
+    );
+    let drained = "seckill_order_drain_seconds_count";
+    assert!(
+        workers
+            .metric(&stack, drained)
+            .await
+            .is_some_and(|n| n >= 3.0)
+    );
+    assert_eq!(workers.metric(&stack, "seckill_ready").await, Some(1.0));
 
     // Someone changes Redis behind the system's back.
     let key = stack.keys.item(ItemId(item));
