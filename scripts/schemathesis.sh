@@ -15,46 +15,12 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check 'schemathesis>=4.3,<5'
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ns="st_$$_$(date +%s)"
-export SECKILL_NAMESPACE=$ns
-export SECKILL_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$ns"
-export SECKILL_REDIS_URL="${SECKILL_REDIS_URL:-redis://127.0.0.1:${SECKILL_LOCAL_REDIS_PORT:-6390}}"
-export SECKILL_HTTP_ADDR="127.0.0.1:$(free_port)"
-export SECKILL_WORKERS_ADDR="127.0.0.1:$(free_port)"
-export SECKILL_JWT_SECRET=st-jwt-secret SECKILL_TICKET_SECRET=st-ticket-secret
-export SECKILL_ADMIN_TOKEN=st-admin-token SECKILL_WEBHOOK_SECRET=st-webhook-secret
-export SECKILL_RATE_PER_USER=0 RUST_LOG=${RUST_LOG:-warn}
-out=$(mktemp -d)
-target/debug/seckill-gateway >"$out/gateway.log" 2>&1 & gateway=$!
-target/debug/seckill-workers >"$out/workers.log" 2>&1 & workers=$!
-cleanup() {
-  kill "$gateway" "$workers" 2>/dev/null || true
-  wait "$gateway" "$workers" 2>/dev/null || true
-  psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS \"$ns\"" >/dev/null 2>&1 || true
-  redis-cli -u "$SECKILL_REDIS_URL" --scan --pattern "$ns*" | xargs -r -n 500 redis-cli -u "$SECKILL_REDIS_URL" del >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-base="http://$SECKILL_HTTP_ADDR"
-for _ in $(seq 240); do
-  curl -sf "$base/readyz" >/dev/null && curl -sf "http://$SECKILL_WORKERS_ADDR/readyz" >/dev/null && break
-  sleep 0.5
-done
-curl -sf "$base/readyz" >/dev/null || { log "the gateway did not become ready"; cat "$out/gateway.log" >&2; exit 1; }
+source scripts/lib/stack.sh
+stack_start st
 
 # Something real to find: item 1 on sale, stock to spare, and a buyer's token.
-curl -sf -X POST "$base/admin/items" -H "authorization: Bearer $SECKILL_ADMIN_TOKEN" \
-  -H 'content-type: application/json' \
-  -d '{"item_id":1,"name":"fuzzed","price_cents":100,"stock":1000000,"per_user_limit":1000000}' >/dev/null
-export SECKILL_ST_USER_JWT=$(python3 - <<'PY'
-import base64, hashlib, hmac, json, os, time
-b = lambda x: base64.urlsafe_b64encode(x).rstrip(b"=")
-head = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-body = b(json.dumps({"sub": "1", "exp": int(time.time()) + 3600}).encode())
-sig = b(hmac.new(os.environ["SECKILL_JWT_SECRET"].encode(), head + b"." + body, hashlib.sha256).digest())
-print((head + b"." + body + b"." + sig).decode())
-PY
-)
+stack_item 1 1000000 1000000
+export SECKILL_ST_USER_JWT=$(stack_jwt 1)
 export SECKILL_ST_ADMIN_TOKEN=$SECKILL_ADMIN_TOKEN
 
 examples=${SECKILL_SCHEMATHESIS_EXAMPLES:-60}

@@ -12,4 +12,5 @@ cargo build --workspace --bins --quiet
 # with the real tools (both install what they need).
 scripts/schemathesis.sh
 scripts/check-deploy.sh
+scripts/prometheus-scrape.sh
 cargo test --workspace -- "$@"
