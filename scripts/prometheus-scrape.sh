@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[prometheus-scrape] %s\n' "$*" >&2; }
 source scripts/lib/stack.sh
+# JSON logs, checked at the end: one object per line, and the spans of requests and batches.
+export SECKILL_LOG_FORMAT=json RUST_LOG=info
 stack_start prom
 
 prom_port=$(free_port)
@@ -55,4 +57,17 @@ wait_value "gateway ready" 'min(seckill_ready{job="seckill-gateway"})' 1
 wait_value "orders awaiting payment" 'sum(seckill_orders{job="seckill-workers",status="AWAITING_PAYMENT"})' "$burst"
 wait_value "stock left" 'sum(seckill_item_remaining{job="seckill-workers",item="1"})' 0
 wait_value "no alert firing" 'count(ALERTS{alertstate="firing"}) or vector(0)' 0
+python3 - "$out/gateway.log" "$out/workers.log" <<'PY'
+import json, sys
+spans = set()
+for path in sys.argv[1:]:
+    for line in open(path):
+        entry = json.loads(line)  # every line is one JSON object
+        if entry.get("fields", {}).get("message") == "close":
+            spans.add(entry["span"]["name"])
+            assert "outcome" in entry["span"], entry
+missing = {"request", "batch"} - spans
+assert not missing, f"no closed {missing} span in the JSON logs"
+PY
+log "JSON logs: every line an object, request and batch spans with their outcome"
 log "ok"

@@ -16,6 +16,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
+use tracing::field::Empty;
 
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 
@@ -163,18 +164,56 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Ans
     // of its own: the admin and payment handlers' futures are large, and inlining them would make
     // every purchase allocate and move their state.
     if req.method() == Method::POST && req.uri().path() == "/seckill" {
-        return ("seckill", seckill(state, req).await);
+        // The hot route's span is at debug level: disabled by default, it costs one level check
+        // per purchase; `RUST_LOG=seckill_gateway=debug` turns it on.
+        let span = tracing::debug_span!(
+            "purchase",
+            item.id = Empty,
+            order.id = Empty,
+            outcome = Empty
+        );
+        let answer = seckill(state, req).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            span.record("outcome", outcome_of(&answer));
+        }
+        return ("seckill", answer);
     }
-    // A span for every route but the hot one (whose cost is counted in nanoseconds); the path
-    // carries the order or item id.
-    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path());
-    Box::pin(other_route(state, req).instrument(span)).await
+    // Every other route: a span with the order or item id of its path and its outcome.
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        item.id = Empty,
+        order.id = Empty,
+        outcome = Empty,
+    );
+    let (route, answer) = Box::pin(other_route(state, req).instrument(span.clone())).await;
+    span.record("outcome", outcome_of(&answer));
+    (route, answer)
+}
+
+/// `ok` with the status, or the error's code.
+fn outcome_of(answer: &Answer) -> &'static str {
+    match answer {
+        Ok(resp) => status_label(resp.status()),
+        Err(e) => e.code(),
+    }
 }
 
 async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Answer) {
     let path = req.uri().path().to_owned();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
+    let span = tracing::Span::current();
+    match segs.as_slice() {
+        ["orders", id, ..] | ["admin", "orders", id, ..] => {
+            span.record("order.id", *id);
+        }
+        ["items", id, ..] | ["admin", "items", id, ..] => {
+            span.record("item.id", *id);
+        }
+        _ => {}
+    }
     match (segs.as_slice(), &method) {
         (["seckill"], &Method::POST) => ("seckill", seckill(state, req).await),
         (["items", id, "ticket"], &Method::POST) => ("ticket", ticket(state, req, id).await),
@@ -283,6 +322,12 @@ async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
         return Err(ApiError::Unavailable("a Redis replica"));
     }
     let order_id = OrderId(state.ids.next(seckill_domain::keys::gene_of_item(item)));
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("item.id", item.0);
+        // A string, as in the API: a log viewer's JSON numbers lose a snowflake's low bits.
+        span.record("order.id", tracing::field::display(order_id));
+    }
     let outcome = state
         .scripts
         .purchase(

@@ -4,8 +4,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Logs to stderr, filtered by `RUST_LOG`; one JSON object per line, with the current span's
-/// fields (`order.id`, `item.id`, a batch's size and outcome), when `SECKILL_LOG_FORMAT=json`.
+/// Logs to stderr, filtered by `RUST_LOG`; one JSON object per line when `SECKILL_LOG_FORMAT=json`,
+/// each event with its span's fields (`order.id`, `item.id`, a batch's size and outcome), and one
+/// line per request or batch when its span closes.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,sqlx=warn,lapin=warn,fred=warn")
@@ -15,10 +16,13 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_target(false);
     let _ = match std::env::var("SECKILL_LOG_FORMAT").as_deref() {
+        // A request log too: each request's and batch's span, with its fields and time, when it
+        // closes (the hot route's span is at debug level, so purchases add no line by default).
         Ok("json") => builder
             .json()
             .with_current_span(true)
             .with_span_list(false)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
             .try_init(),
         _ => builder.try_init(),
     };

@@ -191,8 +191,16 @@ impl Runtime {
             kind = kind.type_name(),
             messages = group.len(),
             events = batch.len(),
+            item.id = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
+        // A flash sale's batches are mostly of one item: name it.
+        if let Batch::Orders(events) = &batch
+            && let Some(first) = events.first()
+            && events.iter().all(|e| e.item_id == first.item_id)
+        {
+            span.record("item.id", first.item_id.0);
+        }
         let result = self
             .run_with_retries(kind, &batch, shutdown)
             .instrument(span.clone())
