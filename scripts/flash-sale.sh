@@ -7,11 +7,17 @@
 #   scripts/flash-sale.sh --stock 10000 --requests 1000000
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$(date +%s)
+phase() { printf '\n[flash-sale +%ss] %s\n' "$(( $(date +%s) - started ))" "$*" >&2; }
+
+phase "1/4 services: Redis, RabbitMQ, PostgreSQL, MariaDB and oha (once: apt packages and \
+\`cargo install oha\`, about 5 minutes)"
 scripts/services.sh
 # The project's durable Redis (deploy/redis.conf: AOF, appendfsync always), which services.sh runs,
 # not the machine's shared one on 6379.
 export SECKILL_REDIS_URL="${SECKILL_REDIS_URL:-redis://127.0.0.1:${SECKILL_LOCAL_REDIS_PORT:-6390}}"
-cargo build --release --bins --quiet
+phase "2/4 release build (once: about 10 minutes on 2 cores; cargo lists each crate)"
+cargo build --release --bins
 
 export SECKILL_NAMESPACE="${SECKILL_NAMESPACE:-seckill_demo}"
 export SECKILL_DATABASE_URL="${SECKILL_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/seckill_demo}"
@@ -36,6 +42,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+phase "3/4 starting the workers and the gateway (logs in $out/)"
 target/release/seckill-workers >"$out/workers.log" 2>&1 &
 pids+=($!)
 target/release/seckill-gateway >"$out/gateway.log" 2>&1 &
@@ -51,6 +58,8 @@ done
 curl -sf "http://$SECKILL_HTTP_ADDR/readyz" >/dev/null || { echo "the gateway did not become ready; see $out/gateway.log" >&2; exit 1; }
 curl -sf "http://$SECKILL_WORKERS_ADDR/readyz" >/dev/null || { echo "the workers did not become ready; see $out/workers.log" >&2; exit 1; }
 
+phase "4/4 the sale: an oha burst, payments, timeouts, the audit and the report in $out/"
 target/release/seckill-bench flash-sale \
   --stock 1000 --requests 100000 --connections 256 --pay-ratio 0.5 \
   --baseline --gateway-pid "$gateway_pid" --out "$out" "$@"
+phase "done"

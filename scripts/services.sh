@@ -102,7 +102,7 @@ fi
 
 # oha, the load generator
 if ! have oha; then
-  log "installing oha (cargo install, a few minutes once)"
-  cargo install oha --locked --quiet
+  log "installing oha (cargo install, a few minutes once; cargo lists each crate)"
+  cargo install oha --locked
 fi
 log "redis (shared 6379, project $redis_port), postgresql, mariadb, rabbitmq and oha are ready"
