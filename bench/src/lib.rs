@@ -6,11 +6,13 @@
 //! - [`provider`]: a stand-in payment provider calling the real webhook;
 //! - [`sale`]: one whole flash sale, from item creation to the audit;
 //! - [`audit`]: the contract's invariants, checked from Redis, the database and the broker;
+//! - [`cpu`]: what an order costs in CPU, summed over every process of the pipeline;
 //! - [`report`] and [`svg`]: the results, for people and for the record.
 
 pub mod audit;
 pub mod baseline;
 pub mod cli;
+pub mod cpu;
 pub mod db;
 pub mod http;
 pub mod oha;

@@ -2,6 +2,7 @@
 
 use crate::audit::Check;
 use crate::baseline::Baseline;
+use crate::cpu::CpuCost;
 use crate::oha::LoadStats;
 use crate::provider::PayReport;
 use crate::rss::Rss;
@@ -34,6 +35,9 @@ pub struct Report {
     /// The item's orders by status, sampled from the start of the load to the audit.
     pub timeline: Vec<Sample>,
     pub rss: Option<Rss>,
+    /// CPU time of every part of the pipeline per accepted order, from the first request to the
+    /// drain's end.
+    pub cpu: CpuCost,
     pub baseline: Option<Baseline>,
 }
 
@@ -218,6 +222,19 @@ pub fn table(r: &Report) -> String {
             answers(busy)
         }
     );
+    let _ = writeln!(
+        t,
+        "CPU per accepted order ({} orders, first request to drained)",
+        r.cpu.orders
+    );
+    for (part, c) in &r.cpu.parts {
+        let _ = writeln!(
+            t,
+            "  {part:<9} {:>8.1} µs  ({:.0} ms over {} processes)",
+            c.us_per_order, c.cpu_ms, c.processes
+        );
+    }
+    let _ = writeln!(t, "  {:<9} {:>8.1} µs", "total", r.cpu.total_us_per_order);
     if let Some(m) = &r.rss {
         let _ = writeln!(
             t,

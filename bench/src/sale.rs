@@ -91,6 +91,7 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
         tui: std::io::stdout().is_terminal(),
         output: &output,
     };
+    let cpu_before = crate::cpu::Reading::now();
     let load = watch.during(oha::run(&load)).await?;
     let peak_kib = match sampler {
         Some(s) => Some(s.stop().await),
@@ -108,6 +109,8 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
             s.stored >= accepted && s.in_flight() == 0
         })
         .await?;
+    // From the first request to the last accepted order awaiting payment.
+    let cpu = crate::cpu::Reading::now().since(&cpu_before, accepted);
     let drain = Drain::new(
         watch.stored,
         drained,
@@ -176,6 +179,7 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
         checks,
         timeline,
         rss,
+        cpu,
         baseline,
     })
 }

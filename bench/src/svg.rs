@@ -1,6 +1,7 @@
 //! `report.svg`, written by hand: the latency distribution of the load (oha's percentiles: its
 //! histogram's linear buckets put nearly every answer in the first bar), and the
-//! item's orders by status over time, as sampled while the pipeline drained and settled.
+//! item's orders by status over time, as sampled while the pipeline drained and settled, and what
+//! an accepted order cost in CPU, process by process.
 
 use crate::report::{Report, Sample};
 use seckill_domain::OrderStatus;
@@ -97,7 +98,7 @@ fn color(status: &str) -> &'static str {
 
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
-    let height = 2.0 * PANEL;
+    let height = 3.0 * PANEL;
     let _ = writeln!(
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
@@ -105,6 +106,7 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     percentiles(&mut s, &r.load.percentiles_ms, &Plot { top: 0.0 });
     timeline(&mut s, &r.timeline, &Plot { top: PANEL });
+    cpu(&mut s, &r.cpu, &Plot { top: 2.0 * PANEL });
     s.push_str("</svg>\n");
     s
 }
@@ -129,16 +131,41 @@ fn percentiles(s: &mut String, by_name: &std::collections::BTreeMap<String, f64>
         "latency, ms",
         max,
     );
+    let bars_of: Vec<(&str, f64)> = points.iter().map(|(_, name, ms)| (*name, *ms)).collect();
+    bars(s, p, &bars_of, max, "ms");
+}
+
+/// What an accepted order costs in CPU, part by part, and the total.
+fn cpu(s: &mut String, cost: &crate::cpu::CpuCost, p: &Plot) {
+    let mut points: Vec<(&str, f64)> = cost
+        .parts
+        .iter()
+        .map(|(part, c)| (part.as_str(), c.us_per_order))
+        .collect();
+    points.push(("total", cost.total_us_per_order));
+    let max = points.iter().map(|p| p.1).fold(0.0, f64::max).max(0.001);
+    p.frame(
+        s,
+        &format!("CPU per accepted order ({} orders)", cost.orders),
+        "process",
+        "CPU, µs",
+        max,
+    );
+    bars(s, p, &points, max, "µs");
+}
+
+/// One labelled bar per point, scaled to `max`.
+fn bars(s: &mut String, p: &Plot, points: &[(&str, f64)], max: f64, unit: &str) {
     if points.is_empty() {
         return;
     }
     let slot = p.width() / points.len() as f64;
-    for (i, (_, name, ms)) in points.iter().enumerate() {
-        let h = p.height() * ms / max;
+    for (i, (name, v)) in points.iter().enumerate() {
+        let h = p.height() * v / max;
         let x = p.x0() + slot * i as f64;
         let _ = writeln!(
             s,
-            r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="#1e88e5"><title>{name}: {ms:.3} ms</title></rect>"##,
+            r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="#1e88e5"><title>{name}: {v:.3} {unit}</title></rect>"##,
             x + 4.0,
             p.y0() - h,
             (slot - 8.0).max(1.0)
@@ -150,7 +177,7 @@ fn percentiles(s: &mut String, by_name: &std::collections::BTreeMap<String, f64>
             p.y0() + 16.0,
             x + slot / 2.0,
             p.y0() - h - 4.0,
-            number(*ms)
+            number(*v)
         );
     }
 }

@@ -129,6 +129,22 @@ async fn a_flash_sale_keeps_every_invariant() {
         "{ends}"
     );
     assert!(out.join("report.svg").exists());
+    // What an order cost in CPU: every part of the pipeline found and read (a part's time may round
+    // to 0 at 10 ms a tick over 50 orders; the processes must be there).
+    let cpu = &report["cpu"];
+    assert_eq!(cpu["orders"], 50, "{cpu}");
+    for part in ["gateway", "workers", "redis", "rabbitmq", "database"] {
+        assert!(
+            cpu["parts"][part]["processes"].as_u64() >= Some(1),
+            "{part}: {cpu}"
+        );
+    }
+    assert!(cpu["total_us_per_order"].as_f64() > Some(0.0), "{cpu}");
+    let svg = std::fs::read_to_string(out.join("report.svg")).unwrap();
+    assert!(
+        svg.contains("CPU per accepted order"),
+        "the SVG shows the cost"
+    );
     assert!(
         report["rss"]["peak_kib"].as_u64() > Some(0),
         "the gateway's memory was read"
