@@ -89,13 +89,42 @@ pub struct PayArgs {
     pub concurrency: usize,
 }
 
+impl FlashSaleArgs {
+    /// The stock and the per-user limit of the sale's profile.
+    pub fn shape(&self) -> anyhow::Result<(i64, i32)> {
+        Ok(match self.profile {
+            Profile::SoldOut => (
+                self.stock
+                    .context("--stock is required with --profile sold-out")?,
+                self.per_user_limit,
+            ),
+            Profile::InStock => (
+                self.stock.unwrap_or_default().max(2 * self.requests as i64),
+                self.per_user_limit.max(1000),
+            ),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    SoldOut,
+    InStock,
+}
+
 #[derive(Debug, Args)]
 // A sale's callbacks are delivered twice one time in ten, unless told otherwise.
 #[command(mut_arg("duplicates", |a| a.default_value("0.1")))]
 pub struct FlashSaleArgs {
-    /// Units on sale.
+    /// The sale's shape. `sold-out`: the `--stock` given, most requests answered `sold_out` (a
+    /// flash sale). `in-stock`: stock twice the requests and a per-user limit of 1,000 (unless
+    /// given higher), so every purchase sells and the whole pipeline carries each one (the shape
+    /// of the usual order-system benchmarks).
+    #[arg(long, value_enum, default_value_t = Profile::SoldOut)]
+    pub profile: Profile,
+    /// Units on sale; required with `--profile sold-out`.
     #[arg(long)]
-    pub stock: i64,
+    pub stock: Option<i64>,
     /// POST /seckill requests to fire.
     #[arg(short = 'n', long, default_value_t = 10_000)]
     pub requests: u64,
@@ -211,17 +240,18 @@ async fn flash_sale(config: &Config, args: FlashSaleArgs) -> anyhow::Result<Exit
             config.payment_timeout.as_secs()
         );
     }
+    let (stock, per_user_limit) = args.shape()?;
     let opts = SaleOptions {
         gateway: args
             .gateway
             .unwrap_or_else(|| default_gateway(config))
             .trim_end_matches('/')
             .to_owned(),
-        stock: args.stock,
+        stock,
         requests: args.requests,
         connections: args.connections,
         repeat_ratio: args.repeat_ratio,
-        per_user_limit: args.per_user_limit,
+        per_user_limit,
         price_cents: args.price_cents,
         pay_ratio: args.pay_ratio,
         faults: args.faults,
@@ -264,6 +294,24 @@ mod tests {
         assert!(fraction("0.5").is_ok());
         assert!(fraction("1.5").is_err());
         assert!(fraction("x").is_err());
+    }
+
+    #[test]
+    fn profiles_shape_the_sale() {
+        let shape = |args: &[&str]| match Cli::parse_from(args).command {
+            Command::FlashSale(a) => a.shape().ok(),
+            _ => unreachable!(),
+        };
+        let sale = ["seckill-bench", "flash-sale"];
+        assert_eq!(
+            shape(&[&sale[..], &["--stock", "100"]].concat()),
+            Some((100, 1))
+        );
+        assert_eq!(shape(&sale), None, "a sold-out sale needs its stock");
+        assert_eq!(
+            shape(&[&sale[..], &["--profile", "in-stock", "-n", "20000"]].concat()),
+            Some((40_000, 1000))
+        );
     }
 
     #[test]
