@@ -23,11 +23,11 @@ for i = 1, n do
   local b = 1 + (i - 1) * 12
   local id, status, rank = ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3])
   local user, qty, mode = ARGV[b + 7], tonumber(ARGV[b + 9]), ARGV[b + 12]
-  local rec = redis.call('HMGET', okey, 'epoch', 'rank', 'refused')
+  local rec = redis.call('HMGET', okey, R_EPOCH, R_RANK, R_REFUSED)
   local result = 1
   if rec[1] == epoch then
     if rank > tonumber(rec[2] or '0') then
-      redis.call('HSET', okey, 'status', status, 'rank', rank, 'updated', now)
+      redis.call('HSET', okey, R_STATUS, status, R_RANK, rank, R_UPDATED, now)
     end
     if rec[3] then
       result = 0
@@ -48,22 +48,22 @@ for i = 1, n do
       end
     end
     redis.call('DEL', okey)
-    redis.call('HSET', okey, 'user', user, 'item', ARGV[b + 8], 'qty', qty, 'amount', ARGV[b + 10],
-      'status', status, 'rank', rank, 'created', ARGV[b + 11], 'updated', now, 'epoch', epoch)
+    redis.call('HSET', okey, R_USER, user, R_ITEM, ARGV[b + 8], R_QTY, qty, R_AMOUNT, ARGV[b + 10],
+      R_STATUS, status, R_RANK, rank, R_CREATED, ARGV[b + 11], R_UPDATED, now, R_EPOCH, epoch)
     if take then
       redis.call('HINCRBY', ikey, 'remaining', -qty)
       redis.call('HINCRBY', bkey, user, qty)
       redis.call('HSET', bkey, user .. ':o', id)
     else
       -- Nothing of it is held here: a later close must not give units back.
-      redis.call('HSET', okey, 'released', now)
+      redis.call('HSET', okey, R_RELEASED, now)
       if result == 0 then
-        redis.call('HSET', okey, 'refused', '1')
+        redis.call('HSET', okey, R_REFUSED, '1')
       end
     end
   end
   if ARGV[b + 4] ~= '' then
-    redis.call('HSET', okey, 'pay_id', ARGV[b + 4], 'pay_amount', ARGV[b + 5], 'pay_status', ARGV[b + 6])
+    redis.call('HSET', okey, R_PAY_ID, ARGV[b + 4], R_PAY_AMOUNT, ARGV[b + 5], R_PAY_STATUS, ARGV[b + 6])
   end
   out[i] = result
 end

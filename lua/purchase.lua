@@ -73,8 +73,8 @@ redis.call('HINCRBY', KEYS[1], 'remaining', -qty)
 redis.call('HINCRBY', KEYS[2], user, qty)
 redis.call('HSET', KEYS[2], user .. ':o', order_id)
 local amount = price * qty
-redis.call('HSET', KEYS[3], 'user', user, 'item', ARGV[4], 'qty', qty, 'amount', amount,
-  'status', 'PENDING', 'created', now, 'updated', now, 'epoch', epoch)
+redis.call('HSET', KEYS[3], R_USER, user, R_ITEM, ARGV[4], R_QTY, qty, R_AMOUNT, amount,
+  R_STATUS, 'PENDING', R_CREATED, now, R_UPDATED, now, R_EPOCH, epoch)
 -- One field, decoded by domain/src/outbox.rs: order id, user, item, quantity, amount, accepted ms.
 redis.call('XADD', KEYS[4], '*', 'e', order_id .. ' ' .. user .. ' ' .. ARGV[4] .. ' ' .. qty .. ' ' .. amount .. ' ' .. now)
 if ARGV[5] == '1' then

@@ -11,11 +11,11 @@ end
 for i = 2, #KEYS do
   local b = 4 + (i - 2) * 11
   redis.call('DEL', KEYS[i])
-  redis.call('HSET', KEYS[i], 'user', ARGV[b], 'item', ARGV[b + 1], 'qty', ARGV[b + 2],
-    'amount', ARGV[b + 3], 'status', ARGV[b + 4], 'rank', ARGV[b + 5], 'created', ARGV[b + 6],
-    'updated', ARGV[b + 7], 'epoch', ARGV[2])
+  redis.call('HSET', KEYS[i], R_USER, ARGV[b], R_ITEM, ARGV[b + 1], R_QTY, ARGV[b + 2],
+    R_AMOUNT, ARGV[b + 3], R_STATUS, ARGV[b + 4], R_RANK, ARGV[b + 5], R_CREATED, ARGV[b + 6],
+    R_UPDATED, ARGV[b + 7], R_EPOCH, ARGV[2])
   if ARGV[b + 8] ~= '' then
-    redis.call('HSET', KEYS[i], 'pay_id', ARGV[b + 8], 'pay_amount', ARGV[b + 9], 'pay_status', ARGV[b + 10])
+    redis.call('HSET', KEYS[i], R_PAY_ID, ARGV[b + 8], R_PAY_AMOUNT, ARGV[b + 9], R_PAY_STATUS, ARGV[b + 10])
   end
 end
 return 1

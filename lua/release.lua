@@ -14,11 +14,11 @@ end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return -1
 end
-local rec = redis.call('HMGET', KEYS[3], 'rank', 'epoch')
+local rec = redis.call('HMGET', KEYS[3], R_RANK, R_EPOCH)
 if tonumber(ARGV[5]) > tonumber(rec[1] or '0') then
-  redis.call('HSET', KEYS[3], 'status', ARGV[4], 'rank', ARGV[5], 'updated', ARGV[6])
+  redis.call('HSET', KEYS[3], R_STATUS, ARGV[4], R_RANK, ARGV[5], R_UPDATED, ARGV[6])
 end
-if redis.call('HSETNX', KEYS[3], 'released', ARGV[6]) == 0 then
+if redis.call('HSETNX', KEYS[3], R_RELEASED, ARGV[6]) == 0 then
   return 0
 end
 if rec[2] ~= epoch then

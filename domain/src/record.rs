@@ -6,6 +6,29 @@ use crate::ids::{ItemId, OrderId, Quantity, UserId};
 use crate::messages::OrderEvent;
 use crate::status::{OrderStatus, PaymentStatus};
 
+/// The record's field names, as `lua/record.lua` names them for the scripts that write and read
+/// the record (`R_USER` is [`field::USER`], and so on; a test holds the two together).
+pub mod field {
+    pub const USER: &str = "user";
+    pub const ITEM: &str = "item";
+    pub const QTY: &str = "qty";
+    pub const AMOUNT: &str = "amount";
+    pub const STATUS: &str = "status";
+    pub const RANK: &str = "rank";
+    pub const CREATED: &str = "created";
+    pub const UPDATED: &str = "updated";
+    pub const EPOCH: &str = "epoch";
+    pub const PAY_ID: &str = "pay_id";
+    pub const PAY_AMOUNT: &str = "pay_amount";
+    pub const PAY_STATUS: &str = "pay_status";
+    pub const RELEASED: &str = "released";
+    pub const REFUSED: &str = "refused";
+    pub const ALL: [&str; 14] = [
+        USER, ITEM, QTY, AMOUNT, STATUS, RANK, CREATED, UPDATED, EPOCH, PAY_ID, PAY_AMOUNT,
+        PAY_STATUS, RELEASED, REFUSED,
+    ];
+}
+
 /// The payment an order shows: the intent while it awaits payment, then the provider's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShownPayment {
@@ -50,36 +73,36 @@ impl OrderRecord {
         let unsigned = |k: &str| -> Result<u64, BadRecord> {
             u64::try_from(num(k)?).map_err(|_| BadRecord(format!("field {k:?} is negative")))
         };
-        let status = match f.get("status") {
+        let status = match f.get(field::STATUS) {
             None => OrderStatus::Pending,
             Some(s) => s.parse().map_err(|e| BadRecord(format!("{e}")))?,
         };
-        let quantity = u32::try_from(num("qty")?)
+        let quantity = u32::try_from(num(field::QTY)?)
             .ok()
             .and_then(Quantity::new)
-            .ok_or_else(|| BadRecord("field \"qty\" is not a quantity".into()))?;
-        let payment = match f.get("pay_id") {
+            .ok_or_else(|| BadRecord(format!("field {:?} is not a quantity", field::QTY)))?;
+        let payment = match f.get(field::PAY_ID) {
             None => None,
             Some(id) => Some(ShownPayment {
                 payment_id: id.clone(),
-                amount_cents: num("pay_amount")?,
+                amount_cents: num(field::PAY_AMOUNT)?,
                 status: f
-                    .get("pay_status")
+                    .get(field::PAY_STATUS)
                     .map(|s| s.parse())
                     .transpose()
                     .map_err(|e| BadRecord(format!("{e}")))?
                     .unwrap_or(PaymentStatus::Pending),
             }),
         };
-        let created_at_ms = num("created")?;
+        let created_at_ms = num(field::CREATED)?;
         Ok(OrderRecord {
-            user: UserId(unsigned("user")?),
-            item: ItemId(unsigned("item")?),
+            user: UserId(unsigned(field::USER)?),
+            item: ItemId(unsigned(field::ITEM)?),
             quantity,
-            amount_cents: num("amount")?,
+            amount_cents: num(field::AMOUNT)?,
             status,
             created_at_ms,
-            updated_at_ms: num("updated").unwrap_or(created_at_ms),
+            updated_at_ms: num(field::UPDATED).unwrap_or(created_at_ms),
             payment,
         })
     }
@@ -100,6 +123,30 @@ impl OrderRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scripts_and_the_codec_name_the_fields_alike() {
+        let lua: Vec<(String, String)> = include_str!("../../lua/record.lua")
+            .lines()
+            .filter_map(|l| {
+                let (name, value) = l.strip_prefix("local R_")?.split_once(" = ")?;
+                Some((name.to_owned(), value.trim_matches('\'').to_owned()))
+            })
+            .collect();
+        let rust: Vec<(String, String)> = field::ALL
+            .iter()
+            .map(|f| (f.to_uppercase(), (*f).to_owned()))
+            .collect();
+        assert_eq!(lua, rust);
+        for script in [
+            crate::scripts::PURCHASE,
+            crate::scripts::MIRROR,
+            crate::scripts::RELEASE,
+            crate::scripts::REBUILD_ORDERS,
+        ] {
+            assert!(script.starts_with(include_str!("../../lua/record.lua")));
+        }
+    }
 
     #[test]
     fn decodes_a_pending_record_and_a_paid_one() {

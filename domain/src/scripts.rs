@@ -10,15 +10,27 @@ use crate::status::OrderStatus;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
-pub const PURCHASE: &str = include_str!("../../lua/purchase.lua");
-pub const RELEASE: &str = include_str!("../../lua/release.lua");
-pub const MIRROR: &str = include_str!("../../lua/mirror.lua");
+pub const PURCHASE: &str = concat!(
+    include_str!("../../lua/record.lua"),
+    include_str!("../../lua/purchase.lua")
+);
+pub const RELEASE: &str = concat!(
+    include_str!("../../lua/record.lua"),
+    include_str!("../../lua/release.lua")
+);
+pub const MIRROR: &str = concat!(
+    include_str!("../../lua/record.lua"),
+    include_str!("../../lua/mirror.lua")
+);
 pub const WARM_ITEM: &str = include_str!("../../lua/warm_item.lua");
 pub const LEASE: &str = include_str!("../../lua/lease.lua");
 pub const TRIM_OUTBOX: &str = include_str!("../../lua/trim_outbox.lua");
 pub const LOOKUP_ORDER: &str = include_str!("../../lua/lookup_order.lua");
 pub const REBUILD_ITEM: &str = include_str!("../../lua/rebuild_item.lua");
-pub const REBUILD_ORDERS: &str = include_str!("../../lua/rebuild_orders.lua");
+pub const REBUILD_ORDERS: &str = concat!(
+    include_str!("../../lua/record.lua"),
+    include_str!("../../lua/rebuild_orders.lua")
+);
 pub const REBUILD_DONE: &str = include_str!("../../lua/rebuild_done.lua");
 pub const REBUILD_ABORT: &str = include_str!("../../lua/rebuild_abort.lua");
 
