@@ -29,18 +29,8 @@ impl<T> JsonErrors<T> {
 
 /// hyper's automatic answer, as JSON; `None` for anything else.
 fn replacement(head: &[u8]) -> Option<Vec<u8>> {
-    if !head.starts_with(b"HTTP/1.1 4") {
-        return None;
-    }
-    let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = &head[..end + 2];
-    if !head
-        .windows(20)
-        .any(|w| w.eq_ignore_ascii_case(b"\r\ncontent-length: 0\r"))
-    {
-        return None;
-    }
-    let (status, code, message) = match &head[9..12] {
+    // The status first: a `409 sold_out`, the commonest answer under load, leaves at once.
+    let (status, code, message) = match head.strip_prefix(b"HTTP/1.1 ")?.get(..3)? {
         b"400" => (
             "400 Bad Request",
             "bad_request",
@@ -54,6 +44,13 @@ fn replacement(head: &[u8]) -> Option<Vec<u8>> {
         ),
         _ => return None,
     };
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
+    if !head[..end + 2]
+        .windows(20)
+        .any(|w| w.eq_ignore_ascii_case(b"\r\ncontent-length: 0\r"))
+    {
+        return None;
+    }
     let body = serde_json::json!({ "error": code, "message": message }).to_string();
     Some(
         format!(
