@@ -512,7 +512,11 @@ impl Snapshot {
             let lock = locks.get(&o.id).copied();
             let is = |l: &stock_locks::Model, s: LockStatus| l.status == s.as_str();
             let fine = match (Self::status(o), lock) {
-                (Some(Paid), Some(l)) => is(l, LockStatus::Deducted),
+                (Some(s), Some(l)) if s.is_sold() => is(l, LockStatus::Deducted),
+                // Refunded after it was paid (its lock deducted), or after it had closed.
+                (Some(Refunded), Some(l)) => {
+                    is(l, LockStatus::Deducted) || is(l, LockStatus::Released)
+                }
                 (Some(StockLocked | AwaitingPayment), Some(l)) => is(l, LockStatus::Locked),
                 (Some(s), Some(l)) if s.is_closed() => is(l, LockStatus::Released),
                 // Closed before its stock was ever locked, or not locked yet.
@@ -546,7 +550,15 @@ impl Snapshot {
     /// the previous ended, and no order's step is recorded twice.
     fn inventory_history(&self) -> Check {
         let i = &self.item;
-        let mut state = (i.stock, 0, 0);
+        // Stock adjustments (an operator's restock or shrink) change the total; nothing else does.
+        let adjusted: i64 = self
+            .history
+            .iter()
+            .filter(|h| h.adjustment_id.is_some())
+            .map(|h| h.available_after - h.available_before)
+            .sum();
+        let mut stock = i.stock - adjusted;
+        let mut state = (stock, 0, 0);
         let mut problems = vec![];
         let mut steps: HashMap<(i64, &str), usize> = HashMap::new();
         for h in &self.history {
@@ -558,7 +570,16 @@ impl Snapshot {
                     h.id
                 ));
             }
-            if after.0 + after.1 + after.2 != i.stock {
+            if h.adjustment_id.is_some() {
+                stock += after.0 - before.0;
+                if (after.1, after.2) != (before.1, before.2) || after.0 < 0 {
+                    problems.push(format!(
+                        "adjustment row {} moves {before:?} to {after:?}",
+                        h.id
+                    ));
+                }
+            }
+            if after.0 + after.1 + after.2 != stock {
                 problems.push(format!("history row {} ends at {after:?}", h.id));
             }
             if let Some(order) = h.order_id {
@@ -711,24 +732,32 @@ pub async fn queue_depths(
     Ok(depths)
 }
 
-/// Every callback the gateway accepted shows on its order: a correct payment as `PAID` (or
-/// `REFUND_REQUIRED`, when the order had closed first), a wrong amount or a failure never as
-/// `PAID`.
+/// Every callback the gateway accepted shows on its order: a correct payment as `PAID` or a
+/// status after it (or `REFUND_REQUIRED`, when the order had closed first), a wrong amount or a
+/// failure never as `PAID`, a confirmed refund as an order no longer waiting for one.
 pub fn callbacks_reflected(snapshot_orders: &[orders::Model], payments: &PayReport) -> Check {
     let status: HashMap<u64, &str> = snapshot_orders
         .iter()
         .map(|o| (o.id as u64, o.status.as_str()))
         .collect();
-    let paid = OrderStatus::Paid.as_str();
-    let refund = OrderStatus::RefundRequired.as_str();
     let problems = payments
         .accepted
         .iter()
         .filter_map(|(order, intent)| {
             let s = status.get(&order.0).copied().unwrap_or("missing");
+            let st = s.parse::<OrderStatus>().ok();
             let fine = match intent {
-                Intent::Pay => s == paid || s == refund,
-                Intent::WrongAmount | Intent::Fail => s != paid,
+                Intent::Pay => st.is_some_and(|st| {
+                    st.is_sold()
+                        || matches!(st, OrderStatus::RefundRequired | OrderStatus::Refunded)
+                }),
+                Intent::WrongAmount | Intent::Fail => st != Some(OrderStatus::Paid),
+                Intent::Refund => st.is_some_and(|st| {
+                    !matches!(
+                        st,
+                        OrderStatus::RefundRequested | OrderStatus::RefundRequired
+                    )
+                }),
             };
             (!fine).then(|| format!("order {order} is {s} after an accepted {intent:?} callback"))
         })

@@ -118,6 +118,45 @@ pub async fn awaiting_payment(
         .collect()
 }
 
+/// Refunds the provider owes: `(order id, payment id, amount)` of each order waiting for one, the
+/// payment that paid a `REFUND_REQUESTED` order, and every payment marked `REFUND_REQUIRED` (a
+/// success on an order closed, or paid, already).
+pub async fn refunds_owed(
+    db: &DatabaseConnection,
+    item: Option<ItemId>,
+) -> anyhow::Result<Vec<(i64, String, i64)>> {
+    use seckill_domain::{OrderStatus, PaymentStatus};
+    let base = "SELECT p.order_id, p.payment_id, p.amount_cents FROM payments p \
+        JOIN orders o ON o.id = p.order_id \
+        WHERE ((o.status = $1 AND p.status = $2 AND p.applied = $3) OR p.status = $4)";
+    let mut values = vec![
+        OrderStatus::RefundRequested.as_str().into(),
+        PaymentStatus::Succeeded.as_str().into(),
+        true.into(),
+        PaymentStatus::RefundRequired.as_str().into(),
+    ];
+    let sql = match item {
+        Some(item) => {
+            values.push(item_value(item));
+            format!("{base} AND o.item_id = $5 ORDER BY p.order_id, p.payment_id")
+        }
+        None => format!("{base} ORDER BY p.order_id, p.payment_id"),
+    };
+    let rows = db
+        .query_all_raw(statement(db.get_database_backend(), &sql, values))
+        .await
+        .context("finding refunds owed")?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get("", "order_id")?,
+                row.try_get("", "payment_id")?,
+                row.try_get("", "amount_cents")?,
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

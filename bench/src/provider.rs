@@ -96,28 +96,34 @@ pub enum Intent {
     WrongAmount,
     /// `FAILED`: recorded, the order keeps waiting.
     Fail,
+    /// `REFUNDED` for a payment the provider owes back: the order it paid, or that paid a closed
+    /// order, ends `REFUNDED`.
+    Refund,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Callback {
+    pub payment_id: String,
     pub order_id: OrderId,
     pub intent: Intent,
     pub amount_cents: i64,
     pub duplicate: bool,
 }
 
-impl Callback {
-    pub fn payment_id(&self) -> String {
-        format!("pay_{}", self.order_id)
-    }
+/// The payment id this provider pays an order with.
+pub fn payment_id_of(order_id: OrderId) -> String {
+    format!("pay_{order_id}")
+}
 
+impl Callback {
     pub fn body(&self) -> serde_json::Value {
         let status = match self.intent {
             Intent::Pay | Intent::WrongAmount => PaymentOutcome::Succeeded,
             Intent::Fail => PaymentOutcome::Failed,
+            Intent::Refund => PaymentOutcome::Refunded,
         };
         serde_json::json!({
-            "payment_id": self.payment_id(),
+            "payment_id": self.payment_id,
             "order_id": self.order_id,
             "status": status.as_str(),
             "amount_cents": self.amount_cents,
@@ -136,6 +142,8 @@ pub struct PayReport {
     pub paid: usize,
     pub wrong_amount: usize,
     pub failed: usize,
+    /// Refunds confirmed (`REFUNDED` callbacks for the refunds owed).
+    pub refunds: usize,
     pub duplicates: usize,
     /// Answers by status code (`"error"`: none, after every attempt).
     pub answers: BTreeMap<String, usize>,
@@ -178,6 +186,7 @@ pub fn plan(orders: &[(OrderId, i64)], opts: &PayOptions, rng: &mut impl Rng) ->
                 Intent::Pay
             };
             Callback {
+                payment_id: payment_id_of(order_id),
                 order_id,
                 intent,
                 amount_cents: amount + i64::from(intent == Intent::WrongAmount),
@@ -201,14 +210,34 @@ pub fn plan(orders: &[(OrderId, i64)], opts: &PayOptions, rng: &mut impl Rng) ->
     calls
 }
 
-/// Finds orders awaiting payment and pays `opts.ratio` of them through the webhook.
+/// Finds orders awaiting payment and pays `opts.ratio` of them through the webhook; and confirms
+/// every refund owed (`REFUNDED` with the payment's own id), as a provider does once it has given
+/// the money back.
 pub async fn pay(opts: &PayOptions) -> anyhow::Result<PayReport> {
     let db = crate::db::connect(&opts.database_url).await?;
     let awaiting = crate::db::awaiting_payment(&db, opts.item).await;
+    let owed = crate::db::refunds_owed(&db, opts.item).await;
     let _ = db.close().await;
-    let awaiting = awaiting?;
+    let (awaiting, owed) = (awaiting?, owed?);
     let known = known_here(opts, &awaiting).await?;
-    let calls = plan(&known, opts, &mut rand::rng());
+    let mut calls = plan(&known, opts, &mut rand::rng());
+    let owed_orders: Vec<(i64, i64)> = owed.iter().map(|(o, _, a)| (*o, *a)).collect();
+    let owed_here: std::collections::HashSet<OrderId> = known_here(opts, &owed_orders)
+        .await?
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect();
+    calls.extend(
+        owed.into_iter()
+            .filter(|(o, _, _)| owed_here.contains(&OrderId(*o as u64)))
+            .map(|(order, payment_id, amount_cents)| Callback {
+                payment_id,
+                order_id: OrderId(order as u64),
+                intent: Intent::Refund,
+                amount_cents,
+                duplicate: false,
+            }),
+    );
 
     let mut report = PayReport {
         awaiting: known.len(),
@@ -221,6 +250,7 @@ pub async fn pay(opts: &PayOptions) -> anyhow::Result<PayReport> {
             (false, Intent::Pay) => report.paid += 1,
             (false, Intent::WrongAmount) => report.wrong_amount += 1,
             (false, Intent::Fail) => report.failed += 1,
+            (false, Intent::Refund) => report.refunds += 1,
         }
     }
     report.chosen = calls.len() - report.duplicates;
@@ -373,6 +403,7 @@ mod tests {
     #[test]
     fn callback_bodies_follow_the_contract() {
         let c = Callback {
+            payment_id: payment_id_of(OrderId(42)),
             order_id: OrderId(42),
             intent: Intent::Fail,
             amount_cents: 990,

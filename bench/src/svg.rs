@@ -92,6 +92,10 @@ fn color(status: &str) -> &'static str {
         Ok(OrderStatus::Cancelled) => "#8e24aa",
         Ok(OrderStatus::TimedOut) => "#6d4c41",
         Ok(OrderStatus::RefundRequired) => "#d81b60",
+        Ok(OrderStatus::Shipped) => "#00897b",
+        Ok(OrderStatus::Completed) => "#1b5e20",
+        Ok(OrderStatus::RefundRequested) => "#f06292",
+        Ok(OrderStatus::Refunded) => "#795548",
         Err(_) => "#000000",
     }
 }

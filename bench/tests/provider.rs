@@ -6,9 +6,11 @@ use fred::prelude::*;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use sea_orm::{ActiveModelTrait, DatabaseConnection, Set};
 use seckill_bench::provider::{self, Faults, Intent, PayOptions};
-use seckill_domain::{ItemId, Keys, Kind, Message, OrderId, OrderStatus, PaymentOutcome};
+use seckill_domain::{
+    ItemId, Keys, Kind, Message, OrderId, OrderStatus, PaymentOutcome, PaymentStatus,
+};
 use seckill_infra::broker::Topology;
-use seckill_infra::entity::orders;
+use seckill_infra::entity::{orders, payments};
 use seckill_testkit::{Backend, ServerTask, TestEnv, wait_for};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -73,6 +75,20 @@ async fn pays_the_chosen_share_through_the_real_webhook() {
     }
     order(&db, &redis, Some(&keys), 11, OrderStatus::Paid).await;
     order(&db, &redis, None, 12, OrderStatus::AwaitingPayment).await;
+    // A refund owed: the provider confirms it with the payment's own id.
+    order(&db, &redis, Some(&keys), 13, OrderStatus::RefundRequested).await;
+    payments::ActiveModel {
+        payment_id: Set("card_13".into()),
+        order_id: Set(13),
+        amount_cents: Set(PRICE),
+        status: Set(PaymentStatus::Succeeded.as_str().into()),
+        applied: Set(true),
+        created_at_ms: Set(0),
+        updated_at_ms: Set(0),
+    }
+    .insert(&db)
+    .await
+    .unwrap();
 
     let app = seckill_gateway::Application::build(config.clone())
         .await
@@ -105,8 +121,9 @@ async fn pays_the_chosen_share_through_the_real_webhook() {
         ),
         (4, 1, 1, 3)
     );
-    assert_eq!(report.answers, BTreeMap::from([("200".to_owned(), 9)]));
-    assert_eq!(report.accepted.len(), 6);
+    assert_eq!(report.refunds, 1);
+    assert_eq!(report.answers, BTreeMap::from([("200".to_owned(), 10)]));
+    assert_eq!(report.accepted.len(), 7);
     assert_eq!(report.paid_orders().count(), 4);
 
     // Every delivery, duplicates included, reached the broker as the callback said.
@@ -115,13 +132,13 @@ async fn pays_the_chosen_share_through_the_real_webhook() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    wait_for("9 payment results", Duration::from_secs(10), || async {
+    wait_for("10 payment results", Duration::from_secs(10), || async {
         let ready = seckill_testkit::queue_depth(&config.amqp_url, &queue).await?;
-        (ready == 9).then_some(())
+        (ready == 10).then_some(())
     })
     .await;
     let mut deliveries: BTreeMap<OrderId, usize> = BTreeMap::new();
-    for _ in 0..9 {
+    for _ in 0..10 {
         let msg = ch
             .basic_get(queue.as_str().into(), BasicGetOptions::default())
             .await
@@ -134,19 +151,29 @@ async fn pays_the_chosen_share_through_the_real_webhook() {
         };
         for e in events {
             let intent = report.accepted[&e.order_id];
-            assert_eq!(e.payment_id, format!("pay_{}", e.order_id));
             let expected = match intent {
                 Intent::Pay => (PaymentOutcome::Succeeded, PRICE),
                 Intent::WrongAmount => (PaymentOutcome::Succeeded, PRICE + 1),
                 Intent::Fail => (PaymentOutcome::Failed, PRICE),
+                Intent::Refund => (PaymentOutcome::Refunded, PRICE),
             };
+            let payment_id = if intent == Intent::Refund {
+                "card_13".to_owned()
+            } else {
+                format!("pay_{}", e.order_id)
+            };
+            assert_eq!(e.payment_id, payment_id);
             assert_eq!((e.status, e.amount_cents), expected);
             *deliveries.entry(e.order_id).or_default() += 1;
         }
     }
-    assert_eq!(deliveries.len(), 6);
+    assert_eq!(deliveries.len(), 7);
     assert_eq!(deliveries.values().filter(|n| **n == 2).count(), 3);
-    assert!(deliveries.keys().all(|o| (1..=10).contains(&o.0)));
+    assert!(
+        deliveries
+            .keys()
+            .all(|o| (1..=10).contains(&o.0) || o.0 == 13)
+    );
 
     // A provider with the wrong secret is turned away.
     let forged = PayOptions {
@@ -155,7 +182,7 @@ async fn pays_the_chosen_share_through_the_real_webhook() {
         ..PayOptions::new(&config, &gateway)
     };
     let report = provider::pay(&forged).await.unwrap();
-    assert_eq!(report.answers, BTreeMap::from([("401".to_owned(), 10)]));
+    assert_eq!(report.answers, BTreeMap::from([("401".to_owned(), 11)]));
     assert!(report.accepted.is_empty());
 
     let _ = conn.close(200, "done".into()).await;

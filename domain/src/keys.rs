@@ -103,6 +103,13 @@ impl Keys {
     pub fn node_high_water(&self, node: u16) -> String {
         format!("{}:{{node:{node}}}:hwm", self.ns)
     }
+
+    /// Pub/Sub channel: the workers announce the orders whose status they just mirrored, one
+    /// message per batch ([`crate::record::OrderChange`] lines), so a gateway's order event
+    /// streams learn of a change without polling.
+    pub fn order_changes(&self) -> String {
+        format!("{}:order-changes", self.ns)
+    }
 }
 
 #[cfg(test)]

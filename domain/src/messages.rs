@@ -18,12 +18,14 @@ pub struct OrderEvent {
     pub created_at_ms: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PaymentOutcome {
     Succeeded,
     Failed,
+    /// The provider gave back the money of this payment (same `payment_id` as its success).
+    Refunded,
 }
 
 impl PaymentOutcome {
@@ -31,6 +33,7 @@ impl PaymentOutcome {
         match self {
             PaymentOutcome::Succeeded => "SUCCEEDED",
             PaymentOutcome::Failed => "FAILED",
+            PaymentOutcome::Refunded => "REFUNDED",
         }
     }
 }
@@ -55,13 +58,43 @@ pub struct PaymentEvent {
     strum(serialize_all = "SCREAMING_SNAKE_CASE")
 )]
 pub enum Message {
-    OrderCreated { events: Vec<OrderEvent> },
-    LockInventory { events: Vec<OrderEvent> },
-    PreparePayment { events: Vec<OrderEvent> },
-    PaymentResult { events: Vec<PaymentEvent> },
-    OrderCancel { events: Vec<OrderEvent> },
-    OrderTimeout { events: Vec<OrderEvent> },
-    InventoryCompensate { events: Vec<OrderEvent> },
+    OrderCreated {
+        events: Vec<OrderEvent>,
+    },
+    LockInventory {
+        events: Vec<OrderEvent>,
+    },
+    PreparePayment {
+        events: Vec<OrderEvent>,
+    },
+    PaymentResult {
+        events: Vec<PaymentEvent>,
+    },
+    OrderCancel {
+        events: Vec<OrderEvent>,
+    },
+    OrderTimeout {
+        events: Vec<OrderEvent>,
+    },
+    InventoryCompensate {
+        events: Vec<OrderEvent>,
+    },
+    /// The operator shipped a paid order.
+    OrderShip {
+        events: Vec<OrderEvent>,
+    },
+    /// The buyer confirmed receipt of a shipped order.
+    OrderComplete {
+        events: Vec<OrderEvent>,
+    },
+    /// The same, on its own, `SECKILL_AUTO_COMPLETE_SECS` after shipping (a delayed message).
+    OrderAutoComplete {
+        events: Vec<OrderEvent>,
+    },
+    /// The buyer asked for a paid, unshipped order's money back.
+    RefundRequest {
+        events: Vec<OrderEvent>,
+    },
 }
 
 impl Kind {
@@ -76,6 +109,10 @@ impl Kind {
             Kind::OrderCancel => "order.cancel",
             Kind::OrderTimeout => "order.timeout",
             Kind::InventoryCompensate => "inventory.compensate",
+            Kind::OrderShip => "order.ship",
+            Kind::OrderComplete => "order.complete",
+            Kind::OrderAutoComplete => "order.auto_complete",
+            Kind::RefundRequest => "refund.request",
         }
     }
 
@@ -93,12 +130,24 @@ impl Message {
     pub fn len(&self) -> usize {
         match self {
             Message::PaymentResult { events } => events.len(),
+            other => other.order_events().map_or(0, <[OrderEvent]>::len),
+        }
+    }
+
+    /// The events of a message about orders (every kind but `PAYMENT_RESULT`).
+    pub fn order_events(&self) -> Option<&[OrderEvent]> {
+        match self {
+            Message::PaymentResult { .. } => None,
             Message::OrderCreated { events }
             | Message::LockInventory { events }
             | Message::PreparePayment { events }
             | Message::OrderCancel { events }
             | Message::OrderTimeout { events }
-            | Message::InventoryCompensate { events } => events.len(),
+            | Message::InventoryCompensate { events }
+            | Message::OrderShip { events }
+            | Message::OrderComplete { events }
+            | Message::OrderAutoComplete { events }
+            | Message::RefundRequest { events } => Some(events),
         }
     }
 

@@ -29,6 +29,41 @@ pub mod field {
     ];
 }
 
+/// One order's new status, as announced on [`crate::Keys::order_changes`]: `"<order id>
+/// <STATUS>"`, one per line of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderChange {
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+}
+
+impl OrderChange {
+    /// One message for a batch of changes.
+    pub fn encode(changes: impl IntoIterator<Item = OrderChange>) -> String {
+        let mut out = String::new();
+        for c in changes {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(&c.order_id.0.to_string());
+            out.push(' ');
+            out.push_str(c.status.as_str());
+        }
+        out
+    }
+
+    /// The changes of one message; malformed lines are skipped.
+    pub fn decode(message: &str) -> impl Iterator<Item = OrderChange> + '_ {
+        message.lines().filter_map(|line| {
+            let (id, status) = line.split_once(' ')?;
+            Some(OrderChange {
+                order_id: OrderId(id.parse().ok()?),
+                status: status.parse().ok()?,
+            })
+        })
+    }
+}
+
 /// The payment an order shows: the intent while it awaits payment, then the provider's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShownPayment {
@@ -123,6 +158,23 @@ impl OrderRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn order_changes_round_trip() {
+        let changes = [
+            OrderChange {
+                order_id: OrderId(7),
+                status: OrderStatus::Paid,
+            },
+            OrderChange {
+                order_id: OrderId(u64::MAX >> 1),
+                status: OrderStatus::RefundRequested,
+            },
+        ];
+        let msg = OrderChange::encode(changes);
+        assert_eq!(OrderChange::decode(&msg).collect::<Vec<_>>(), changes);
+        assert_eq!(OrderChange::decode("x PAID\n7 NOPE\n").count(), 0);
+    }
 
     #[test]
     fn the_scripts_and_the_codec_name_the_fields_alike() {

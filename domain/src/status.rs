@@ -17,10 +17,14 @@ pub enum OrderStatus {
     Cancelled,
     TimedOut,
     RefundRequired,
+    Shipped,
+    Completed,
+    RefundRequested,
+    Refunded,
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 9] = [
+    pub const ALL: [OrderStatus; 13] = [
         OrderStatus::Pending,
         OrderStatus::Created,
         OrderStatus::StockLocked,
@@ -30,6 +34,10 @@ impl OrderStatus {
         OrderStatus::Cancelled,
         OrderStatus::TimedOut,
         OrderStatus::RefundRequired,
+        OrderStatus::Shipped,
+        OrderStatus::Completed,
+        OrderStatus::RefundRequested,
+        OrderStatus::Refunded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +51,10 @@ impl OrderStatus {
             OrderStatus::Cancelled => "CANCELLED",
             OrderStatus::TimedOut => "TIMED_OUT",
             OrderStatus::RefundRequired => "REFUND_REQUIRED",
+            OrderStatus::Shipped => "SHIPPED",
+            OrderStatus::Completed => "COMPLETED",
+            OrderStatus::RefundRequested => "REFUND_REQUESTED",
+            OrderStatus::Refunded => "REFUNDED",
         }
     }
 
@@ -58,11 +70,15 @@ impl OrderStatus {
             | OrderStatus::Failed
             | OrderStatus::Cancelled
             | OrderStatus::TimedOut => 5,
-            OrderStatus::RefundRequired => 6,
+            // Each reached from one of rank 5 by a conditional move, so no two race in the model.
+            OrderStatus::RefundRequired | OrderStatus::Shipped | OrderStatus::RefundRequested => 6,
+            OrderStatus::Completed => 7,
+            OrderStatus::Refunded => 8,
         }
     }
 
-    /// Still holding stock: counted against `stock` by the no-oversell invariant.
+    /// Still holding stock (on its way, or sold): counted against `stock` by the no-oversell
+    /// invariant.
     pub fn holds_stock(self) -> bool {
         matches!(
             self,
@@ -70,11 +86,21 @@ impl OrderStatus {
                 | OrderStatus::Created
                 | OrderStatus::StockLocked
                 | OrderStatus::AwaitingPayment
-                | OrderStatus::Paid
+        ) || self.is_sold()
+    }
+
+    /// Paid for and not refunded: its units are `sold` in the database.
+    pub fn is_sold(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Paid
+                | OrderStatus::Shipped
+                | OrderStatus::Completed
+                | OrderStatus::RefundRequested
         )
     }
 
-    /// Closed without a sale: its units went back to stock.
+    /// Closed without a sale, or refunded: its units went back to stock.
     pub fn is_closed(self) -> bool {
         matches!(
             self,
@@ -82,12 +108,26 @@ impl OrderStatus {
                 | OrderStatus::Cancelled
                 | OrderStatus::TimedOut
                 | OrderStatus::RefundRequired
+                | OrderStatus::Refunded
         )
     }
 
-    /// An end state of the contract (invariant 5), `AWAITING_PAYMENT` aside.
+    /// Past the pipeline and the payment window (invariant 5): ended, or waiting on a person or
+    /// the payment provider. No timeout is pending for it.
     pub fn is_final(self) -> bool {
-        self == OrderStatus::Paid || self.is_closed()
+        self.is_sold() || self.is_closed()
+    }
+
+    /// Nothing more can happen to it (an SSE stream of the order ends here).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            OrderStatus::Completed
+                | OrderStatus::Refunded
+                | OrderStatus::Failed
+                | OrderStatus::Cancelled
+                | OrderStatus::TimedOut
+        )
     }
 
     /// Open orders the owner or the timeout may still close.
@@ -136,15 +176,18 @@ pub enum PaymentStatus {
     AmountMismatch,
     /// A success on an order closed (or paid) already: the provider must refund it.
     RefundRequired,
+    /// The provider gave the money back.
+    Refunded,
 }
 
 impl PaymentStatus {
-    pub const ALL: [PaymentStatus; 5] = [
+    pub const ALL: [PaymentStatus; 6] = [
         PaymentStatus::Pending,
         PaymentStatus::Succeeded,
         PaymentStatus::Failed,
         PaymentStatus::AmountMismatch,
         PaymentStatus::RefundRequired,
+        PaymentStatus::Refunded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -154,6 +197,7 @@ impl PaymentStatus {
             PaymentStatus::Failed => "FAILED",
             PaymentStatus::AmountMismatch => "AMOUNT_MISMATCH",
             PaymentStatus::RefundRequired => "REFUND_REQUIRED",
+            PaymentStatus::Refunded => "REFUNDED",
         }
     }
 }
@@ -220,5 +264,35 @@ mod tests {
         ];
         assert!(path.windows(2).all(|w| w[0].rank() < w[1].rank()));
         assert!(OrderStatus::TimedOut.rank() < OrderStatus::RefundRequired.rank());
+        for path in [
+            [
+                OrderStatus::Paid,
+                OrderStatus::Shipped,
+                OrderStatus::Completed,
+            ],
+            [
+                OrderStatus::Paid,
+                OrderStatus::RefundRequested,
+                OrderStatus::Refunded,
+            ],
+            [
+                OrderStatus::TimedOut,
+                OrderStatus::RefundRequired,
+                OrderStatus::Refunded,
+            ],
+        ] {
+            assert!(
+                path.windows(2).all(|w| w[0].rank() < w[1].rank()),
+                "{path:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_status_is_holding_or_closed_never_both() {
+        for st in OrderStatus::ALL {
+            assert_ne!(st.holds_stock(), st.is_closed(), "{st}");
+            assert!(!st.is_terminal() || st.is_final(), "{st}");
+        }
     }
 }

@@ -20,7 +20,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn require_admin(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_admin(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
     match bearer(headers) {
         Some(t) if constant_time_eq(t.as_bytes(), state.config.admin_token.as_bytes()) => Ok(()),
         _ => Err(ApiError::Unauthorized(

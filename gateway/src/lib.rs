@@ -66,7 +66,7 @@ impl Application {
             Some(n) => Arc::new(seckill_domain::snowflake::Snowflake::new(n)),
             None => seckill_infra::lease::acquire(&scripts, &redis, &lease_token).await?,
         };
-        let topology = Topology::new(&config.namespace, config.payment_timeout);
+        let topology = Topology::of(&config);
         let publisher = Arc::new(Publisher::new(
             &config.amqp_url,
             &format!("{}/seckill-gateway", config.namespace),

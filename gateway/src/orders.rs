@@ -18,7 +18,7 @@ use seckill_domain::record::{OrderRecord, ShownPayment};
 use seckill_domain::scripts::Lookup;
 use seckill_domain::snowflake::{millis_of, now_ms};
 use seckill_domain::status::PaymentStatus;
-use seckill_domain::{ItemId, Message, OrderId, Quantity, UserId};
+use seckill_domain::{ItemId, Message, OrderEvent, OrderId, OrderStatus, Quantity, UserId};
 use seckill_infra::entity::{orders, payments};
 use std::sync::Arc;
 
@@ -153,24 +153,112 @@ async fn owned_order(
     ))]
 pub async fn get(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     let (order_id, r) = owned_order(state, headers, raw_id).await?;
-    Ok(json(
-        StatusCode::OK,
-        &OrderView {
-            order_id,
-            user_id: r.user.0,
-            item_id: r.item.0,
-            quantity: r.quantity.get(),
-            amount_cents: r.amount_cents,
-            status: r.status,
-            created_at: rfc3339_ms(r.created_at_ms),
-            updated_at: rfc3339_ms(r.updated_at_ms),
-            payment: r.payment.map(|p| PaymentView {
-                payment_id: p.payment_id,
-                amount_cents: p.amount_cents,
-                status: p.status,
-            }),
-        },
-    ))
+    Ok(json(StatusCode::OK, &order_view(order_id, r)))
+}
+
+/// An order as the API shows it.
+pub fn order_view(order_id: OrderId, r: OrderRecord) -> OrderView {
+    OrderView {
+        order_id,
+        user_id: r.user.0,
+        item_id: r.item.0,
+        quantity: r.quantity.get(),
+        amount_cents: r.amount_cents,
+        status: r.status,
+        created_at: rfc3339_ms(r.created_at_ms),
+        updated_at: rfc3339_ms(r.updated_at_ms),
+        payment: r.payment.map(|p| PaymentView {
+            payment_id: p.payment_id,
+            amount_cents: p.amount_cents,
+            status: p.status,
+        }),
+    }
+}
+
+/// One step of the order's life after payment, asked for by a person: checked against the order's
+/// current status here (`409 invalid_transition`), published durably, and applied by the workers
+/// with a conditional move, so that of two racing steps (a refund and the shipment) exactly one
+/// takes effect. `202` with the order as it is now.
+async fn step(
+    state: &State,
+    order_id: OrderId,
+    r: OrderRecord,
+    from: OrderStatus,
+    message: fn(Vec<OrderEvent>) -> Message,
+) -> Answer {
+    if r.status != from {
+        return Err(ApiError::Conflict(
+            "invalid_transition",
+            "the order's status does not allow this step",
+        ));
+    }
+    let m = message(vec![r.event(order_id)]);
+    state.publisher.publish(&m).await.map_err(|e| {
+        tracing::warn!(error = %e, kind = m.kind().type_name(), "publishing a step failed");
+        ApiError::Unavailable("RabbitMQ")
+    })?;
+    Ok(json(StatusCode::ACCEPTED, &order_view(order_id, r)))
+}
+
+#[utoipa::path(post, path = "/orders/{order_id}/confirm", tag = "buyers",
+    summary = "Confirm receipt: SHIPPED → COMPLETED",
+    params(("order_id" = String, Path, description = "The snowflake id, decimal")),
+    security(("user_jwt" = [])),
+    responses(
+        (status = 202, description = "Requested; the order as it is now", body = crate::api::OrderView),
+        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
+        (status = 404, description = "not_found", body = crate::api::ErrorBody),
+        (status = 409, description = "invalid_transition: the order is not SHIPPED", body = crate::api::ErrorBody),
+        (status = 503, description = "unavailable or recovering", body = crate::api::ErrorBody),
+    ))]
+pub async fn confirm(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
+    let (order_id, r) = owned_order(state, headers, raw_id).await?;
+    step(state, order_id, r, OrderStatus::Shipped, |events| {
+        Message::OrderComplete { events }
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/orders/{order_id}/refund", tag = "buyers",
+    summary = "Ask for the money back: PAID (not shipped) → REFUND_REQUESTED",
+    params(("order_id" = String, Path, description = "The snowflake id, decimal")),
+    security(("user_jwt" = [])),
+    responses(
+        (status = 202, description = "Requested; the order as it is now. It ends REFUNDED once the provider confirms the refund", body = crate::api::OrderView),
+        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
+        (status = 404, description = "not_found", body = crate::api::ErrorBody),
+        (status = 409, description = "invalid_transition: the order is not PAID", body = crate::api::ErrorBody),
+        (status = 503, description = "unavailable or recovering", body = crate::api::ErrorBody),
+    ))]
+pub async fn refund(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
+    let (order_id, r) = owned_order(state, headers, raw_id).await?;
+    step(state, order_id, r, OrderStatus::Paid, |events| {
+        Message::RefundRequest { events }
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/admin/orders/{order_id}/ship", tag = "operators",
+    summary = "Ship a paid order: PAID → SHIPPED (completes on its own after SECKILL_AUTO_COMPLETE_SECS)",
+    params(("order_id" = String, Path, description = "The snowflake id, decimal")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "Requested; the order as it is now", body = crate::api::OrderView),
+        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
+        (status = 404, description = "not_found", body = crate::api::ErrorBody),
+        (status = 409, description = "invalid_transition: the order is not PAID", body = crate::api::ErrorBody),
+        (status = 503, description = "unavailable", body = crate::api::ErrorBody),
+    ))]
+pub async fn ship(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
+    crate::admin::require_admin(state, headers)?;
+    let order_id: OrderId = parse_id(raw_id, "not_found")?;
+    let r = find(state, order_id)
+        .await?
+        .ok_or(ApiError::NotFound("not_found", "no such order"))?;
+    step(state, order_id, r, OrderStatus::Paid, |events| {
+        Message::OrderShip { events }
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/orders/{order_id}/cancel", tag = "buyers",

@@ -223,6 +223,18 @@ async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static st
             "cancel",
             crate::orders::cancel(state, req.headers(), id).await,
         ),
+        (["orders", id, "confirm"], &Method::POST) => (
+            "confirm",
+            crate::orders::confirm(state, req.headers(), id).await,
+        ),
+        (["orders", id, "refund"], &Method::POST) => (
+            "refund",
+            crate::orders::refund(state, req.headers(), id).await,
+        ),
+        (["admin", "orders", id, "ship"], &Method::POST) => (
+            "admin_ship",
+            crate::orders::ship(state, req.headers(), id).await,
+        ),
         (["payment", "callback"], &Method::POST) => (
             "payment_callback",
             crate::payment::callback(state, req).await,
@@ -253,7 +265,8 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
     Some(match segs {
         ["seckill"]
         | ["items", _, "ticket"]
-        | ["orders", _, "cancel"]
+        | ["orders", _, "cancel" | "confirm" | "refund"]
+        | ["admin", "orders", _, "ship"]
         | ["payment", "callback"]
         | ["admin", "items"] => "POST",
         ["orders", _]

@@ -26,6 +26,7 @@ const PERSISTENT: u8 = 2;
 pub struct Topology {
     ns: String,
     payment_timeout: Duration,
+    auto_complete: Duration,
 }
 
 impl Topology {
@@ -33,6 +34,15 @@ impl Topology {
         Topology {
             ns: namespace.to_owned(),
             payment_timeout,
+            auto_complete: Duration::from_secs(crate::config::DEFAULT_AUTO_COMPLETE_SECS),
+        }
+    }
+
+    /// The topology a process of this configuration declares and publishes to.
+    pub fn of(config: &crate::Config) -> Self {
+        Topology {
+            auto_complete: config.auto_complete,
+            ..Topology::new(&config.namespace, config.payment_timeout)
         }
     }
 
@@ -48,21 +58,37 @@ impl Topology {
         format!("{}.dead", self.ns)
     }
 
-    /// The TTL queue that holds `ORDER_TIMEOUT` events until the payment window has passed; one
-    /// per distinct delay, so processes configured differently never clash on its arguments.
-    pub fn delay_queue(&self) -> String {
+    /// The delay of a kind published late (through a TTL queue), or `None`.
+    pub fn delay(&self, kind: Kind) -> Option<Duration> {
+        match kind {
+            Kind::OrderTimeout => Some(self.payment_timeout),
+            Kind::OrderAutoComplete => Some(self.auto_complete),
+            _ => None,
+        }
+    }
+
+    /// The TTL queue that holds a delayed kind's events (`ORDER_TIMEOUT` until the payment window
+    /// has passed, `ORDER_AUTO_COMPLETE` until the buyer's time to confirm has); one per distinct
+    /// delay, so processes configured differently never clash on its arguments.
+    pub fn delay_queue_of(&self, kind: Kind, delay: Duration) -> String {
         format!(
-            "{}.delay.order.timeout.{}s",
+            "{}.delay.{}.{}s",
             self.ns,
-            self.payment_timeout.as_secs()
+            kind.routing_key(),
+            delay.as_secs()
         )
+    }
+
+    /// The payment timeout's delay queue.
+    pub fn delay_queue(&self) -> String {
+        self.delay_queue_of(Kind::OrderTimeout, self.payment_timeout)
     }
 
     /// Exchange and routing key a message of this kind is published with.
     pub fn route(&self, kind: Kind) -> (String, String) {
-        match kind {
-            Kind::OrderTimeout => (String::new(), self.delay_queue()),
-            other => (self.exchange(), other.routing_key().to_owned()),
+        match self.delay(kind) {
+            Some(delay) => (String::new(), self.delay_queue_of(kind, delay)),
+            None => (self.exchange(), kind.routing_key().to_owned()),
         }
     }
 
@@ -118,22 +144,28 @@ impl Topology {
             .await
             .with_context(|| format!("binding queue {queue}"))?;
         }
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt(self.payment_timeout.as_millis() as i64),
-        );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(self.exchange().into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(Kind::OrderTimeout.routing_key().into()),
-        );
-        ch.queue_declare(self.delay_queue().into(), durable, args)
-            .await
-            .context("declaring the payment timeout delay queue")?;
+        for &kind in Kind::ALL {
+            let Some(delay) = self.delay(kind) else {
+                continue;
+            };
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(delay.as_millis() as i64),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(self.exchange().into()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(kind.routing_key().into()),
+            );
+            let queue = self.delay_queue_of(kind, delay);
+            ch.queue_declare(queue.as_str().into(), durable, args)
+                .await
+                .with_context(|| format!("declaring the delay queue {queue}"))?;
+        }
         Ok(())
     }
 }

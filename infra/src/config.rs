@@ -13,6 +13,8 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/seckill";
 pub const DEFAULT_NAMESPACE: &str = "seckill";
 pub const DEFAULT_PAYMENT_TIMEOUT_SECS: u64 = 900;
+/// A shipped order completes on its own a week after shipping.
+pub const DEFAULT_AUTO_COMPLETE_SECS: u64 = 7 * 24 * 3600;
 pub const DEFAULT_RATE_PER_USER: u32 = 5;
 const DEV_JWT_SECRET: &str = "dev-jwt-secret-change-me";
 const DEV_TICKET_SECRET: &str = "dev-ticket-secret-change-me";
@@ -43,6 +45,8 @@ pub struct Config {
     pub admin_token: String,
     pub webhook_secret: String,
     pub payment_timeout: Duration,
+    /// A shipped order the buyer has not confirmed completes after this.
+    pub auto_complete: Duration,
     pub rate_per_user: u32,
     pub node_id: Option<u16>,
 }
@@ -59,6 +63,7 @@ impl std::fmt::Debug for Config {
             .field("database_url", &self.database_url)
             .field("namespace", &self.namespace)
             .field("payment_timeout", &self.payment_timeout)
+            .field("auto_complete", &self.auto_complete)
             .field("rate_per_user", &self.rate_per_user)
             .field("node_id", &self.node_id)
             .finish_non_exhaustive()
@@ -117,15 +122,21 @@ impl Config {
                 Some(n)
             }
         };
-        let timeout_secs: u64 =
-            parsed("SECKILL_PAYMENT_TIMEOUT_SECS", DEFAULT_PAYMENT_TIMEOUT_SECS)?;
-        if timeout_secs == 0 {
-            return Err(ConfigError::Invalid {
-                var: "SECKILL_PAYMENT_TIMEOUT_SECS",
-                value: "0".into(),
-                reason: "must be at least 1".into(),
-            });
-        }
+        let at_least_one = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
+            let secs: u64 = parsed(var, default)?;
+            if secs == 0 {
+                return Err(ConfigError::Invalid {
+                    var,
+                    value: "0".into(),
+                    reason: "must be at least 1".into(),
+                });
+            }
+            Ok(secs)
+        };
+        let timeout_secs =
+            at_least_one("SECKILL_PAYMENT_TIMEOUT_SECS", DEFAULT_PAYMENT_TIMEOUT_SECS)?;
+        let auto_complete_secs =
+            at_least_one("SECKILL_AUTO_COMPLETE_SECS", DEFAULT_AUTO_COMPLETE_SECS)?;
         Ok(Config {
             http_addr: parsed(
                 "SECKILL_HTTP_ADDR",
@@ -146,6 +157,7 @@ impl Config {
             admin_token: secret("SECKILL_ADMIN_TOKEN", DEV_ADMIN_TOKEN),
             webhook_secret: secret("SECKILL_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET),
             payment_timeout: Duration::from_secs(timeout_secs),
+            auto_complete: Duration::from_secs(auto_complete_secs),
             rate_per_user: parsed("SECKILL_RATE_PER_USER", DEFAULT_RATE_PER_USER)?,
             node_id,
         })

@@ -87,10 +87,14 @@ impl TestEnv {
         }
         if let Ok(conn) = seckill_infra::broker::connect(&c.amqp_url, "test-cleanup").await {
             if let Ok(ch) = conn.create_channel().await {
-                let t = Topology::new(&c.namespace, c.payment_timeout);
+                let t = Topology::of(&c);
                 let mut queues: Vec<String> = Kind::ALL.iter().map(|k| t.queue(*k)).collect();
                 queues.push(t.dead());
-                queues.push(t.delay_queue());
+                for &k in Kind::ALL {
+                    if let Some(delay) = t.delay(k) {
+                        queues.push(t.delay_queue_of(k, delay));
+                    }
+                }
                 for q in queues {
                     let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
                 }
@@ -144,6 +148,10 @@ pub fn env_vars(config: &Config) -> Vec<(&'static str, String)> {
         (
             "SECKILL_PAYMENT_TIMEOUT_SECS",
             c.payment_timeout.as_secs().to_string(),
+        ),
+        (
+            "SECKILL_AUTO_COMPLETE_SECS",
+            c.auto_complete.as_secs().to_string(),
         ),
         ("SECKILL_RATE_PER_USER", c.rate_per_user.to_string()),
     ]

@@ -47,7 +47,7 @@ impl Workers {
             }
         };
         let redis = seckill_infra::redis::pool(&config.redis_url, 2).await?;
-        let topology = Topology::new(&config.namespace, config.payment_timeout);
+        let topology = Topology::of(&config);
         let publisher = Arc::new(Publisher::new(
             &config.amqp_url,
             &format!("{}/seckill-workers", config.namespace),

@@ -5,11 +5,13 @@
 
 use crate::saga::{self, Batch, Effects};
 use anyhow::Context;
+use fred::prelude::*;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use sea_orm::DatabaseConnection;
+use seckill_domain::record::OrderChange;
 use seckill_domain::scripts::{Mirrored, Released, Scripts};
 use seckill_domain::{Kind, Message, OrderId};
 use seckill_infra::Config;
@@ -335,6 +337,21 @@ impl Runtime {
         if !refused.is_empty() {
             compensate_refused(&mut effects.publish, &refused);
         }
+        if !effects.statuses.is_empty() {
+            // For the gateways' order event streams. Pub/Sub forgets what no one hears, and a
+            // stream re-reads the order when it (re)subscribes, so a lost message delays nothing
+            // but a change no one was watching.
+            let message = OrderChange::encode(effects.statuses.iter().map(|u| OrderChange {
+                order_id: u.order.order_id,
+                status: u.status,
+            }));
+            if let Err(e) = client
+                .publish::<i64, _, _>(self.scripts.keys().order_changes(), message)
+                .await
+            {
+                tracing::debug!(error = %e, "announcing order changes failed");
+            }
+        }
         self.publisher
             .publish_all(&effects.publish)
             .await
@@ -386,7 +403,8 @@ fn compensate_refused(publish: &mut Vec<Message>, refused: &HashSet<OrderId>) {
     }
 }
 
-/// One batch from many messages of one type; an event repeated within it counts once.
+/// One batch from many messages of one type; an event repeated within it counts once (a payment
+/// by its id and status: a refund carries the id of the success it gives back).
 fn merge<'a>(messages: impl Iterator<Item = &'a Message>) -> Batch {
     let mut orders = Vec::new();
     let mut payments = Vec::new();
@@ -397,16 +415,13 @@ fn merge<'a>(messages: impl Iterator<Item = &'a Message>) -> Batch {
             Message::PaymentResult { events } => payments.extend(
                 events
                     .iter()
-                    .filter(|e| seen_payments.insert(e.payment_id.clone()))
+                    .filter(|e| seen_payments.insert((e.payment_id.clone(), e.status)))
                     .cloned(),
             ),
-            Message::OrderCreated { events }
-            | Message::LockInventory { events }
-            | Message::PreparePayment { events }
-            | Message::OrderCancel { events }
-            | Message::OrderTimeout { events }
-            | Message::InventoryCompensate { events } => orders.extend(
-                events
+            other => orders.extend(
+                other
+                    .order_events()
+                    .unwrap_or_default()
                     .iter()
                     .filter(|e| seen_orders.insert(e.order_id))
                     .cloned(),

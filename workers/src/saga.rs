@@ -72,6 +72,17 @@ pub async fn handle(db: &DatabaseConnection, kind: Kind, batch: &Batch) -> Resul
             close(&txn, evs, OrderStatus::Failed, "insufficient_stock", true).await?
         }
         (Kind::PaymentResult, Batch::Payments(evs)) => payment_result(&txn, evs).await?,
+        (Kind::OrderShip, Batch::Orders(evs)) => ship(&txn, evs).await?,
+        (Kind::OrderComplete | Kind::OrderAutoComplete, Batch::Orders(evs)) => {
+            let orders =
+                after_payment(&txn, evs, OrderStatus::Shipped, OrderStatus::Completed).await?;
+            finish(&txn, orders, Ledger::default(), Shown::new()).await?
+        }
+        (Kind::RefundRequest, Batch::Orders(evs)) => {
+            let orders =
+                after_payment(&txn, evs, OrderStatus::Paid, OrderStatus::RefundRequested).await?;
+            finish(&txn, orders, Ledger::default(), Shown::new()).await?
+        }
         (kind, _) => {
             return Err(invariant(format!(
                 "a batch of the wrong shape for {kind:?}"
@@ -302,6 +313,43 @@ async fn close(
     finish(txn, orders, ledger, Shown::new()).await
 }
 
+/// One step after payment: the orders of the batch in `from` move to `to`; any other status
+/// changes nothing (a refund request racing the shipment: the first to commit wins).
+async fn after_payment(
+    txn: &DatabaseTransaction,
+    events: &[OrderEvent],
+    from: OrderStatus,
+    to: OrderStatus,
+) -> Result<Orders, DbErr> {
+    let mut orders = store::lock_orders(txn, &ids_of(events)).await?;
+    let moving: Vec<OrderId> = orders
+        .values()
+        .filter(|o| o.status == from)
+        .map(|o| o.id)
+        .collect();
+    if !moving.is_empty() {
+        store::move_orders(txn, &mut orders, &moving, &[from], to, None).await?;
+    }
+    Ok(orders)
+}
+
+/// `PAID` → `SHIPPED`, and the automatic completion of every shipped order of the batch, delayed
+/// by `SECKILL_AUTO_COMPLETE_SECS` (re-driven by a redelivery; completing twice changes nothing).
+async fn ship(txn: &DatabaseTransaction, events: &[OrderEvent]) -> Result<Effects, DbErr> {
+    let orders = after_payment(txn, events, OrderStatus::Paid, OrderStatus::Shipped).await?;
+    let mut effects = Effects::default();
+    follow_up(
+        &mut effects,
+        |events| Message::OrderAutoComplete { events },
+        orders
+            .values()
+            .filter(|o| o.status == OrderStatus::Shipped)
+            .collect(),
+    );
+    mirror(&orders, &Shown::new(), &mut effects);
+    Ok(effects)
+}
+
 async fn payment_result(
     txn: &DatabaseTransaction,
     events: &[PaymentEvent],
@@ -325,6 +373,7 @@ async fn payment_result(
     .await?;
     let ids: Vec<String> = fresh.iter().map(|e| e.payment_id.clone()).collect();
     let existing = store::lock_payments_by_id(txn, &ids).await?;
+    let mut refunds = Vec::new();
     for e in fresh {
         let Some(row) = existing.get(&e.payment_id) else {
             return Err(invariant(format!(
@@ -336,17 +385,107 @@ async fn payment_result(
             tracing::warn!(payment.id = %e.payment_id, order.id = %e.order_id, "payment id reused for another order; ignored");
             continue;
         }
-        if row.status != PaymentStatus::Pending {
-            // The same payment_id again: recorded already, no second effect.
-            continue;
-        }
         let status = match e.status {
+            PaymentOutcome::Refunded => {
+                refunds.push(row.clone());
+                continue;
+            }
+            // The same payment_id again: recorded already, no second effect.
+            _ if row.status != PaymentStatus::Pending => continue,
             PaymentOutcome::Succeeded => PaymentStatus::Succeeded,
             PaymentOutcome::Failed => PaymentStatus::Failed,
         };
         store::update_payment(txn, &e.payment_id, status, e.amount_cents, false).await?;
     }
-    finish(txn, orders, Ledger::default(), Shown::new()).await
+    let mut orders = orders;
+    let mut ledger = Ledger::default();
+    let mut shown = Shown::new();
+    apply_refunds(txn, &mut orders, &mut ledger, &mut shown, refunds).await?;
+    finish(txn, orders, ledger, shown).await
+}
+
+/// The provider gave a payment's money back. The order it paid (`PAID`, or `REFUND_REQUESTED`)
+/// becomes `REFUNDED` and its units return to stock, once: the payment row moves to `REFUNDED`
+/// under lock, and a second callback finds it there. A `REFUND_REQUIRED` order (paid after it
+/// closed, its units back already) becomes `REFUNDED` too. A refund of any other payment is
+/// recorded on it and changes no order: a duplicate success on a paid order, a success never
+/// applied, or an order already shipped (the goods are gone; a person settles it).
+async fn apply_refunds(
+    txn: &DatabaseTransaction,
+    orders: &mut Orders,
+    ledger: &mut Ledger,
+    shown: &mut Shown,
+    refunds: Vec<store::PaymentRow>,
+) -> Result<(), DbErr> {
+    if refunds.is_empty() {
+        return Ok(());
+    }
+    ledger
+        .load(
+            txn,
+            refunds
+                .iter()
+                .filter_map(|r| orders.get(&r.order_id))
+                .map(|o| o.item_id),
+        )
+        .await?;
+    for r in refunds {
+        if r.status == PaymentStatus::Refunded {
+            continue;
+        }
+        let Some(order) = orders.get(&r.order_id).cloned() else {
+            continue;
+        };
+        let paid_it = r.status == PaymentStatus::Succeeded && r.applied;
+        let to = match order.status {
+            OrderStatus::Paid | OrderStatus::RefundRequested if paid_it => {
+                let q = order.units();
+                if !ledger.apply(&order, "refund", q, 0, -q) {
+                    return Err(invariant(format!(
+                        "order {} refunded but its units are not sold",
+                        order.id
+                    )));
+                }
+                Some(OrderStatus::Refunded)
+            }
+            OrderStatus::RefundRequired if r.status == PaymentStatus::RefundRequired => {
+                Some(OrderStatus::Refunded)
+            }
+            OrderStatus::Shipped | OrderStatus::Completed if paid_it => {
+                tracing::warn!(order.id = %order.id, payment.id = %r.payment_id, "a shipped order's payment was refunded; the order stays as it is");
+                None
+            }
+            _ => None,
+        };
+        store::update_payment(
+            txn,
+            &r.payment_id,
+            PaymentStatus::Refunded,
+            r.amount_cents,
+            true,
+        )
+        .await?;
+        if let Some(to) = to {
+            store::move_orders(
+                txn,
+                orders,
+                &[order.id],
+                &[order.status],
+                to,
+                Some("refunded"),
+            )
+            .await?;
+            shown.insert(
+                order.id,
+                ShownPayment {
+                    payment_id: r.payment_id.clone(),
+                    amount_cents: r.amount_cents,
+                    status: PaymentStatus::Refunded,
+                },
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The end every payment-aware handler shares: apply the payment results waiting for these orders,
@@ -414,9 +553,13 @@ async fn apply_results(
                 tracing::warn!(order.id = %order.id, payment.id = %r.payment_id, "payment amount does not match; not paid");
                 (PaymentStatus::AmountMismatch, None)
             }
-            OrderStatus::Paid | OrderStatus::RefundRequired => {
-                (PaymentStatus::RefundRequired, None)
-            }
+            // Paid already (by another payment), or refunded: this money goes back too.
+            OrderStatus::Paid
+            | OrderStatus::Shipped
+            | OrderStatus::Completed
+            | OrderStatus::RefundRequested
+            | OrderStatus::Refunded
+            | OrderStatus::RefundRequired => (PaymentStatus::RefundRequired, None),
             OrderStatus::Failed | OrderStatus::Cancelled | OrderStatus::TimedOut => (
                 PaymentStatus::RefundRequired,
                 Some(OrderStatus::RefundRequired),
@@ -426,8 +569,8 @@ async fn apply_results(
         if let Some(to) = order_to {
             store::move_orders(txn, orders, &[order.id], &[order.status], to, None).await?;
         }
-        if order.status != OrderStatus::Paid {
-            // A paid order keeps showing the payment that paid it.
+        if !(order.status.is_sold() || order.status == OrderStatus::Refunded) {
+            // A paid (or refunded) order keeps showing the payment that paid it.
             shown.insert(
                 order.id,
                 ShownPayment {

@@ -213,6 +213,8 @@ impl Sale {
             sold_before: Set(before.2),
             sold_after: Set(after.2),
             created_at_ms: Set(0),
+            reason: Set(None),
+            adjustment_id: Set(None),
         }
         .insert(&self.db)
         .await

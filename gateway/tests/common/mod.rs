@@ -466,7 +466,7 @@ impl Events {
             .expect("connecting to RabbitMQ");
         let channel = conn.create_channel().await.expect("opening a channel");
         // The exchange must exist before the binding, whoever starts first.
-        let topology = Topology::new(&config.namespace, config.payment_timeout);
+        let topology = Topology::of(config);
         topology
             .declare(&channel)
             .await

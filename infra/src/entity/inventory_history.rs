@@ -18,6 +18,10 @@ pub struct Model {
     pub sold_before: i64,
     pub sold_after: i64,
     pub created_at_ms: i64,
+    /// An operator's reason, for a stock adjustment.
+    pub reason: Option<String>,
+    /// A stock adjustment's id (unique): the row is its record.
+    pub adjustment_id: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

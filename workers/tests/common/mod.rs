@@ -46,9 +46,21 @@ pub enum WorkersMode {
 
 impl Stack {
     pub async fn start(backend: Backend, payment_timeout_secs: u64, mode: WorkersMode) -> Stack {
+        Stack::start_configured(backend, mode, |c| {
+            c.payment_timeout = Duration::from_secs(payment_timeout_secs)
+        })
+        .await
+    }
+
+    /// A stack whose configuration `configure` adjusts first.
+    pub async fn start_configured(
+        backend: Backend,
+        mode: WorkersMode,
+        configure: impl FnOnce(&mut seckill_infra::Config),
+    ) -> Stack {
         seckill_infra::telemetry::init_tracing();
         let mut env = TestEnv::new(backend);
-        env.config.payment_timeout = Duration::from_secs(payment_timeout_secs);
+        configure(&mut env.config);
         let app = seckill_gateway::Application::build(env.config.clone())
             .await
             .expect("gateway starts");
@@ -196,9 +208,21 @@ impl Stack {
         amount_cents: i64,
         succeeded: bool,
     ) -> u16 {
+        let status = if succeeded { "SUCCEEDED" } else { "FAILED" };
+        self.callback(order, payment_id, amount_cents, status).await
+    }
+
+    /// A signed provider callback with this `status` (`SUCCEEDED`, `FAILED` or `REFUNDED`).
+    pub async fn callback(
+        &self,
+        order: OrderId,
+        payment_id: &str,
+        amount_cents: i64,
+        status: &str,
+    ) -> u16 {
         let body = serde_json::to_vec(&serde_json::json!({
             "payment_id": payment_id, "order_id": order.to_string(),
-            "status": if succeeded { "SUCCEEDED" } else { "FAILED" }, "amount_cents": amount_cents,
+            "status": status, "amount_cents": amount_cents,
         }))
         .expect("json");
         let sig = self.signer.header(chrono::Utc::now().timestamp(), &body);
@@ -215,13 +239,38 @@ impl Stack {
     }
 
     pub async fn cancel(&self, user: u64, order: OrderId) -> (u16, serde_json::Value) {
+        self.order_step(user, order, "cancel").await
+    }
+
+    /// `POST /orders/{order}/{step}` as its owner (`cancel`, `confirm`, `refund`).
+    pub async fn order_step(
+        &self,
+        user: u64,
+        order: OrderId,
+        step: &str,
+    ) -> (u16, serde_json::Value) {
         let resp = self
             .http
-            .post(format!("{}/orders/{order}/cancel", self.url))
+            .post(format!("{}/orders/{order}/{step}", self.url))
             .bearer_auth(self.jwt.mint(UserId(user), 3600))
             .send()
             .await
-            .expect("cancel");
+            .expect("order step");
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or_default(),
+        )
+    }
+
+    /// `POST /admin/orders/{order}/ship`.
+    pub async fn ship(&self, order: OrderId) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}/admin/orders/{order}/ship", self.url))
+            .bearer_auth(&self.env.config.admin_token)
+            .send()
+            .await
+            .expect("ship");
         (
             resp.status().as_u16(),
             resp.json().await.unwrap_or_default(),
@@ -407,7 +456,7 @@ impl Stack {
                 *per_user.entry(user).or_default() += q as i64;
             }
             match status {
-                seckill_domain::OrderStatus::Paid => paid_units += q as i64,
+                s if s.is_sold() => paid_units += q as i64,
                 seckill_domain::OrderStatus::AwaitingPayment => locked_units += q as i64,
                 _ => {}
             }
@@ -445,7 +494,10 @@ impl Stack {
             remaining, available,
             "invariant 2: drained, redis.remaining = db.available"
         );
-        assert_eq!(sold, paid_units, "sold units = units of PAID orders");
+        assert_eq!(
+            sold, paid_units,
+            "sold units = units of paid, unrefunded orders"
+        );
         assert_eq!(
             locked, locked_units,
             "locked units = units of orders awaiting payment"
