@@ -18,6 +18,12 @@ pub struct UserId(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OrderId(pub u64);
 
+/// A stock adjustment by an operator, a snowflake minted by the gateway: the key of its pending
+/// entry in Redis (`Keys::adjustments`) and of its history row (`inventory_history.adjustment_id`),
+/// so that it is applied once whoever applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AdjustmentId(pub u64);
+
 /// Units of one item in one order; never zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "u32", into = "u32")]
@@ -63,7 +69,7 @@ macro_rules! display_from_str {
         }
     )*};
 }
-display_from_str!(ItemId, UserId, OrderId);
+display_from_str!(ItemId, UserId, OrderId, AdjustmentId);
 
 impl Serialize for OrderId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

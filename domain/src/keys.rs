@@ -83,6 +83,14 @@ impl Keys {
         (0..GENES as u8).map(|g| (g, self.state(g)))
     }
 
+    /// Hash: the stock adjustments of the gene's items applied to Redis and not yet known to be in
+    /// the database: `<adjustment id>` = a [`crate::scripts::PendingAdjustment`]. Written by
+    /// `lua/adjust_stock.lua`, removed once the database has the adjustment (or it was undone);
+    /// what a crash leaves here, the workers' reconciler settles.
+    pub fn adjustments(&self, gene: u8) -> String {
+        self.tagged(gene, format_args!("adjustments"))
+    }
+
     /// String: the token of the process rebuilding a gene, in the gene's slot.
     pub fn rebuild_lock(&self, gene: u8) -> String {
         self.tagged(gene, format_args!("rebuild"))
@@ -129,6 +137,7 @@ mod tests {
         assert_eq!(tag(&keys.state_of_item(item)), tag(&keys.item(item)));
         assert_eq!(tag(&keys.void(order)), tag(&keys.item(item)));
         assert_eq!(tag(&keys.rebuild_lock(gene)), tag(&keys.item(item)));
+        assert_eq!(tag(&keys.adjustments(gene)), tag(&keys.item(item)));
         assert!(keys.item(item).starts_with("t1:"));
     }
 }

@@ -14,7 +14,7 @@ pub mod scripts;
 pub mod snowflake;
 pub mod status;
 
-pub use ids::{ItemId, OrderId, Quantity, UserId};
+pub use ids::{AdjustmentId, ItemId, OrderId, Quantity, UserId};
 pub use keys::Keys;
 pub use messages::{Kind, Message, OrderEvent, PaymentEvent, PaymentOutcome};
 pub use status::{OrderStatus, PaymentStatus};
