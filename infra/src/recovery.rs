@@ -10,13 +10,20 @@
 //! live orders' records, all counted by a new epoch; orders that were on their way to the database
 //! meanwhile are adopted when the workers mirror them (`lua/mirror.lua`).
 //!
+//! Stock adjustments pending in the gene (applied to Redis, not yet known to be in the database:
+//! see `crate::stock`) are counted on top of what the database has, read with the rest in one
+//! snapshot: an adjustment the database commits after that snapshot is then in Redis already.
+//!
 //! Any process may rebuild (the lock makes one win); the workers watch every gene, and the gateway
 //! rebuilds a gene when an operator creates an item in one that was never built.
 
 use crate::entity::{items, orders, payments};
 use anyhow::Context;
 use fred::prelude::*;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::{
+    AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IsolationLevel,
+    QueryFilter, TransactionTrait,
+};
 use seckill_domain::ids::{ItemId, OrderId, Quantity, UserId};
 use seckill_domain::keys::gene_of_item;
 use seckill_domain::record::{OrderRecord, ShownPayment};
@@ -205,7 +212,22 @@ impl Recovery {
         // Read after the lock: anything the database commits from here on is mirrored (and
         // adopted if need be) once the gene is ready, never lost between the read and the write.
         let epoch = now_ms();
-        let (items, orders) = read_gene(db, gene).await?;
+        // Nothing new is pending while the gene is not ready (`lua/adjust_stock.lua` refuses).
+        let pending: Vec<_> = self
+            .scripts
+            .pending_adjustments(client, gene)
+            .await
+            .context("reading the pending stock adjustments")?
+            .into_iter()
+            .filter_map(|(id, adj)| match adj {
+                Ok(adj) => Some((id, adj)),
+                Err(e) => {
+                    tracing::warn!(gene, adjustment.id = %id, error = %e, "a pending stock adjustment does not decode; left out of the rebuild");
+                    None
+                }
+            })
+            .collect();
+        let (items, orders) = read_gene(db, gene, &pending).await?;
         for item in &items {
             if !self.scripts.rebuild_item(client, token, item).await? {
                 return Ok(Rebuilt::LostLock);
@@ -244,10 +266,36 @@ fn holding_statuses() -> Vec<&'static str> {
         .collect()
 }
 
-/// The gene's items and their live orders, as the database has them.
+/// The gene's items and their live orders, as the database has them in one snapshot, with the
+/// `pending` stock adjustments it does not have yet counted in.
 async fn read_gene(
     db: &DatabaseConnection,
     gene: u8,
+    pending: &[(
+        seckill_domain::AdjustmentId,
+        seckill_domain::scripts::PendingAdjustment,
+    )],
+) -> anyhow::Result<(Vec<ItemState>, Vec<RebuiltOrder>)> {
+    let txn = db
+        .begin_with_config(
+            Some(IsolationLevel::RepeatableRead),
+            Some(AccessMode::ReadOnly),
+        )
+        .await
+        .context("starting a snapshot of the database")?;
+    let read = read_gene_in(&txn, gene, pending).await;
+    // Read only: nothing to keep either way.
+    let _ = txn.rollback().await;
+    read
+}
+
+async fn read_gene_in(
+    db: &impl ConnectionTrait,
+    gene: u8,
+    pending: &[(
+        seckill_domain::AdjustmentId,
+        seckill_domain::scripts::PendingAdjustment,
+    )],
 ) -> anyhow::Result<(Vec<ItemState>, Vec<RebuiltOrder>)> {
     let all = items::Entity::find()
         .all(db)
@@ -338,12 +386,19 @@ async fn read_gene(
             },
         });
     }
+    let unapplied = crate::stock::unapplied(db, pending)
+        .await
+        .context("reading which pending stock adjustments the database has")?;
     let items = mine
         .into_iter()
-        .map(|m| ItemState {
+        .map(|m| {
+            let adjusted = unapplied.get(&ItemId(m.id as u64)).copied().unwrap_or(0);
+            (m, adjusted)
+        })
+        .map(|(m, adjusted)| ItemState {
             item: ItemId(m.id as u64),
-            remaining: m.stock - held.get(&m.id).copied().unwrap_or(0),
-            stock: m.stock,
+            remaining: m.stock + adjusted - held.get(&m.id).copied().unwrap_or(0),
+            stock: m.stock + adjusted,
             per_user_limit: m.per_user_limit,
             price_cents: m.price_cents,
             starts_at_ms: m.starts_at_ms,
