@@ -1,4 +1,11 @@
-//! `/admin/items`: create a sale item (database first, then warm Redis) and inspect one.
+//! The operators' API (`Authorization: Bearer $SECKILL_ADMIN_TOKEN`): create a sale item
+//! (database first, then warm Redis) and inspect one here; list them, change them and end their
+//! sale (`adjust`, `listing`), and read an item's stock history and any order (`history`).
+
+pub mod adjust;
+pub mod history;
+pub mod listing;
+mod query;
 
 use crate::api::{AdminItemView, DbStock, ItemView, NewItem, RedisStock};
 use crate::error::{Answer, ApiError, json};
@@ -29,6 +36,32 @@ pub(crate) fn require_admin(state: &State, headers: &HeaderMap) -> Result<(), Ap
     }
 }
 
+/// An item id of a path: anything but a database id is an unknown item.
+pub(crate) fn item_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<u64>()
+        .ok()
+        .and_then(|id| i64::try_from(id).ok())
+        .ok_or(ApiError::NotFound("unknown_item", "no such item"))
+}
+
+/// An operator's text (an item's name, a reason), trimmed: 1 to 200 characters, not only blanks,
+/// no control characters.
+pub(crate) fn check_text(field: &str, text: &str) -> Result<String, ApiError> {
+    // As the schema's pattern says it (ECMAScript's `\s` includes U+FEFF; Rust's whitespace not).
+    let blank = |c: char| c.is_whitespace() || c == '\u{feff}';
+    if text.chars().all(blank) || text.chars().count() > 200 {
+        return Err(ApiError::BadRequest(format!(
+            "{field} must be 1 to 200 characters, not only blanks"
+        )));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(text.trim().to_owned())
+}
+
 fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
     v.as_deref()
         .map(|s| {
@@ -39,7 +72,7 @@ fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> 
         .transpose()
 }
 
-fn item_view(m: &items::Model) -> ItemView {
+pub(crate) fn item_view(m: &items::Model) -> ItemView {
     let t = |v: Option<i64>| v.map(crate::orders::rfc3339_ms);
     ItemView {
         item_id: m.id,
@@ -54,7 +87,7 @@ fn item_view(m: &items::Model) -> ItemView {
 
 /// Loads the item into Redis unless it is there; in a gene Redis does not hold (never built, or
 /// lost), the gene is rebuilt from the database instead, this item included.
-async fn warm(state: &State, m: &items::Model) -> Result<(), ApiError> {
+pub(crate) async fn warm(state: &State, m: &items::Model) -> Result<(), ApiError> {
     let item = ItemState {
         item: ItemId(m.id as u64),
         remaining: m.stock,
@@ -114,14 +147,7 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     if new.item_id == 0 || new.item_id > i64::MAX as u64 {
         return bad("item_id must be between 1 and 2^63-1");
     }
-    // As the schema's pattern says it (ECMAScript's `\s` includes U+FEFF; Rust's whitespace not).
-    let blank = |c: char| c.is_whitespace() || c == '\u{feff}';
-    if new.name.chars().all(blank) || new.name.chars().count() > 200 {
-        return bad("name must be 1 to 200 characters, not only blanks");
-    }
-    if new.name.chars().any(char::is_control) {
-        return bad("name must not contain control characters");
-    }
+    let name = check_text("name", &new.name)?;
     if new.price_cents < 0 || new.price_cents > 1_000_000_000_000 {
         return bad("price_cents must be between 0 and 10^12");
     }
@@ -142,7 +168,7 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     let now = now_ms() as i64;
     let model = items::ActiveModel {
         id: Set(new.item_id as i64),
-        name: Set(new.name.trim().to_owned()),
+        name: Set(name),
         price_cents: Set(new.price_cents),
         stock: Set(new.stock),
         available: Set(new.stock),
@@ -188,21 +214,21 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     ))]
 pub async fn get_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     require_admin(state, headers)?;
-    let id: u64 = raw_id
-        .parse()
-        .map_err(|_| ApiError::NotFound("unknown_item", "no such item"))?;
-    if id > i64::MAX as u64 {
-        return Err(ApiError::NotFound("unknown_item", "no such item"));
-    }
+    let id = item_id(raw_id)?;
+    Ok(json(StatusCode::OK, &admin_view(state, id).await?))
+}
+
+/// An item with its stock in Redis and the database and its orders by status.
+pub(crate) async fn admin_view(state: &State, id: i64) -> Result<AdminItemView, ApiError> {
     let db = state.db().await?;
-    let m = items::Entity::find_by_id(id as i64)
+    let m = items::Entity::find_by_id(id)
         .one(db)
         .await
         .map_err(ApiError::from_db)?
         .ok_or(ApiError::NotFound("unknown_item", "no such item"))?;
     let remaining: Option<i64> = state
         .redis
-        .hget(state.keys.item(ItemId(id)), "remaining")
+        .hget(state.keys.item(ItemId(id as u64)), "remaining")
         .await
         .map_err(|_| ApiError::Unavailable("Redis"))?;
     let backend: DbBackend = db.get_database_backend();
@@ -213,11 +239,7 @@ pub async fn get_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> 
         _ => "SELECT status, COUNT(*) AS n FROM orders WHERE item_id = ? GROUP BY status",
     };
     let rows = db
-        .query_all_raw(Statement::from_sql_and_values(
-            backend,
-            sql,
-            [(id as i64).into()],
-        ))
+        .query_all_raw(Statement::from_sql_and_values(backend, sql, [id.into()]))
         .await
         .map_err(ApiError::from_db)?;
     let mut orders: BTreeMap<String, i64> = OrderStatus::ALL
@@ -230,7 +252,7 @@ pub async fn get_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> 
         let n: i64 = row.try_get("", "n").map_err(ApiError::from_db)?;
         orders.insert(status, n);
     }
-    let body = AdminItemView {
+    Ok(AdminItemView {
         item: item_view(&m),
         redis: RedisStock { remaining },
         db: DbStock {
@@ -239,6 +261,5 @@ pub async fn get_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> 
             sold: m.sold,
         },
         orders,
-    };
-    Ok(json(StatusCode::OK, &body))
+    })
 }

@@ -166,6 +166,106 @@ pub struct DbStock {
     pub sold: i64,
 }
 
+/// `GET /admin/items`: every item by id, a page at a time.
+#[derive(Serialize, ToSchema)]
+pub struct AdminItemsPage {
+    pub items: Vec<AdminItemSummary>,
+    /// The `cursor` of the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// An item with its database stock.
+#[derive(Serialize, ToSchema)]
+pub struct AdminItemSummary {
+    #[serde(flatten)]
+    pub item: ItemView,
+    pub db: DbStock,
+}
+
+/// `PATCH /admin/items/{item_id}`: at least one change, and why.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemPatch {
+    /// Units to add to the stock (negative: to take out, down to the units live orders hold).
+    /// Applied to Redis and the database together, and recorded in the item's history.
+    #[serde(default, deserialize_with = "integral::some")]
+    #[schema(minimum = -1000000000_i64, maximum = 1000000000_i64)]
+    pub stock_delta: Option<i64>,
+    /// Why: 1 to 200 characters, not only blanks, no control characters. Recorded with a stock
+    /// change.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    pub reason: String,
+    /// RFC 3339; `null`: the sale is open from now on.
+    #[serde(default, deserialize_with = "nullable::de")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub starts_at: Option<Option<String>>,
+    /// RFC 3339, after `starts_at`; `null`: the sale never ends by itself.
+    #[serde(default, deserialize_with = "nullable::de")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub ends_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "integral::some")]
+    #[schema(minimum = 1, maximum = 2147483647)]
+    pub per_user_limit: Option<i32>,
+}
+
+/// One change of an item's database stock.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryEntry {
+    /// RFC 3339, milliseconds.
+    pub at: String,
+    /// `lock`, `sold`, `release:<reason>`, `refund`, `restock` or `shrink`.
+    pub cause: String,
+    /// The order that moved the stock; `null` for an operator's adjustment.
+    #[schema(value_type = Option<String>)]
+    pub order_id: Option<OrderId>,
+    /// `after.available - before.available`.
+    pub delta: i64,
+    pub before: DbStock,
+    pub after: DbStock,
+    /// An operator's adjustment: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// An operator's adjustment: its id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adjustment_id: Option<String>,
+}
+
+/// `GET /admin/items/{item_id}/history`: newest first, a page at a time.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryPage {
+    pub history: Vec<HistoryEntry>,
+    /// The `cursor` of the next (older) page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// One payment of an order, as the database has it.
+#[derive(Serialize, ToSchema)]
+pub struct PaymentRecord {
+    pub payment_id: String,
+    pub amount_cents: i64,
+    pub status: PaymentStatus,
+    /// Whether the result was applied to the order (false while it waits for the order to reach
+    /// `AWAITING_PAYMENT`, and for an intent).
+    pub applied: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `GET /admin/orders/{order_id}`: the order with all its payments and its stock history.
+#[derive(Serialize, ToSchema)]
+pub struct AdminOrderView {
+    #[serde(flatten)]
+    pub order: OrderView,
+    /// Oldest first.
+    pub payments: Vec<PaymentRecord>,
+    /// Newest first.
+    pub history: Vec<HistoryEntry>,
+}
+
 /// Every error: a stable code and a human message, never internal text.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -222,6 +322,15 @@ mod integral {
         d.deserialize_any(Integral(PhantomData))
     }
 
+    /// An optional field that, when present, is an integer (never `null`).
+    pub fn some<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<i64> + TryFrom<u64>,
+    {
+        de(d).map(Some)
+    }
+
     struct Integral<T>(PhantomData<T>);
 
     impl<T: TryFrom<i64> + TryFrom<u64>> Visitor<'_> for Integral<T> {
@@ -247,5 +356,19 @@ mod integral {
                 Err(E::invalid_value(Unexpected::Float(x), &self))
             }
         }
+    }
+}
+
+/// A field where absent and `null` differ (JSON merge patch): absent is `None` (by
+/// `#[serde(default)]`), `null` is `Some(None)`.
+mod nullable {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn de<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Option::<T>::deserialize(d).map(Some)
     }
 }

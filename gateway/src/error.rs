@@ -5,7 +5,7 @@ use crate::api::ErrorBody;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
-use seckill_domain::OrderId;
+use seckill_domain::{AdjustmentId, OrderId};
 
 pub type Body = Full<Bytes>;
 
@@ -39,6 +39,9 @@ pub enum ApiError {
     /// Redis lost this part of its state and it is being rebuilt from the database; nothing was
     /// changed.
     Recovering,
+    /// A stock adjustment reached Redis (or may have) and is not known to be in the database: the
+    /// workers' reconciler finishes it, once, within a minute. Sending it again would be another.
+    AdjustmentPending(AdjustmentId),
     /// Our fault. The error is logged, never shown.
     Internal(anyhow::Error),
 }
@@ -59,6 +62,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::OutcomeUnknown(_) => "outcome_unknown",
             ApiError::Recovering => "recovering",
+            ApiError::AdjustmentPending(_) => "adjustment_pending",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -73,9 +77,10 @@ impl ApiError {
             ApiError::Conflict(..) | ApiError::LimitReached(_) => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) | ApiError::Recovering => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable(_)
+            | ApiError::OutcomeUnknown(_)
+            | ApiError::Recovering
+            | ApiError::AdjustmentPending(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -115,6 +120,14 @@ impl ApiError {
             ApiError::Recovering => "this item's state is being rebuilt after a storage failure; \
                 nothing was changed, retry shortly"
                 .to_owned(),
+            ApiError::AdjustmentPending(id) => {
+                tracing::warn!(adjustment.id = %id, "answering 503 adjustment_pending");
+                format!(
+                    "the stock change (adjustment {id}) is not known to be finished; if it reached \
+                     Redis, the workers finish it within a minute. Check the item's history before \
+                     sending it again"
+                )
+            }
             ApiError::Internal(e) => {
                 tracing::error!(error = ?e, "internal error");
                 "internal error".to_owned()

@@ -37,7 +37,10 @@ fn redis_down(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// The order from the database, with the payment it shows.
-async fn from_database(state: &State, order_id: OrderId) -> Result<Option<OrderRecord>, ApiError> {
+pub(crate) async fn from_database(
+    state: &State,
+    order_id: OrderId,
+) -> Result<Option<OrderRecord>, ApiError> {
     let db = state.db().await?;
     let Some(id) = i64::try_from(order_id.0).ok() else {
         return Ok(None);

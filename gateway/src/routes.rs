@@ -246,6 +246,26 @@ async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static st
             "admin_item",
             crate::admin::get_item(state, req.headers(), id).await,
         ),
+        (["admin", "items"], &Method::GET) => (
+            "admin_items_list",
+            crate::admin::listing::list_items(state, req.uri(), req.headers()).await,
+        ),
+        (["admin", "items", id], &Method::PATCH) => (
+            "admin_item_patch",
+            crate::admin::adjust::patch_item(state, req, id).await,
+        ),
+        (["admin", "items", id, "end"], &Method::POST) => (
+            "admin_item_end",
+            crate::admin::adjust::end_item(state, req.headers(), id).await,
+        ),
+        (["admin", "items", id, "history"], &Method::GET) => (
+            "admin_item_history",
+            crate::admin::history::item_history(state, req.uri(), req.headers(), id).await,
+        ),
+        (["admin", "orders", id], &Method::GET) => (
+            "admin_order",
+            crate::admin::history::admin_order(state, req.headers(), id).await,
+        ),
         (["healthz"], &Method::GET) => ("healthz", Ok(healthz())),
         (["readyz"], &Method::GET) => ("readyz", Ok(readyz(state).await)),
         (["metrics"], &Method::GET) => ("metrics", Ok(metrics_text(state).await)),
@@ -268,9 +288,12 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
         | ["orders", _, "cancel" | "confirm" | "refund"]
         | ["admin", "orders", _, "ship"]
         | ["payment", "callback"]
-        | ["admin", "items"] => "POST",
+        | ["admin", "items", _, "end"] => "POST",
+        ["admin", "items"] => "GET, POST",
+        ["admin", "items", _] => "GET, PATCH",
         ["orders", _]
-        | ["admin", "items", _]
+        | ["admin", "items", _, "history"]
+        | ["admin", "orders", _]
         | ["healthz"]
         | ["readyz"]
         | ["metrics"]

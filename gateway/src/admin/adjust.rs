@@ -1,0 +1,289 @@
+//! Changing an item: its stock (`PATCH /admin/items/{id}` with a `stock_delta`: Redis and the
+//! database together, once, see `seckill_infra::stock`), its sale window and per-user limit (the
+//! database row, then Redis's hash under the row's lock), and ending its sale now
+//! (`POST /admin/items/{id}/end`).
+
+use super::{admin_view, check_text, item_id, parse_time, require_admin, warm};
+use crate::api::ItemPatch;
+use crate::error::{Answer, ApiError, json};
+use crate::request::{parse_json, read_body};
+use crate::state::State;
+use fred::interfaces::ClientLike;
+use http::{HeaderMap, Request, StatusCode};
+use hyper::body::Incoming;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
+use seckill_domain::keys::gene_of_item;
+use seckill_domain::scripts::{Adjusted, ItemSettings, PendingAdjustment};
+use seckill_domain::snowflake::now_ms;
+use seckill_domain::{AdjustmentId, ItemId};
+use seckill_infra::entity::items;
+use seckill_infra::stock::{self, Settled};
+use std::sync::Arc;
+
+/// The largest stock change one request makes, either way (the largest stock an item is created
+/// with).
+const MAX_DELTA: i64 = 1_000_000_000;
+
+fn insufficient() -> ApiError {
+    ApiError::Conflict(
+        "insufficient_stock",
+        "stock may shrink only down to the units live orders hold; GET /admin/items/{item_id} \
+         shows what remains",
+    )
+}
+
+#[utoipa::path(patch, path = "/admin/items/{item_id}", tag = "operators",
+    summary = "Change an item's stock, sale window or per-user limit",
+    description = "A `stock_delta` applies to Redis and the database together and becomes a row of \
+        the item's history (`restock` or `shrink`, with the reason). Stock may grow during a sale, \
+        and shrink down to the units held by live orders, never below (`409 insufficient_stock`, \
+        nothing changed). The stock change comes first: when it is refused, nothing is changed. \
+        `starts_at` and `ends_at` take `null` for an open start or end.",
+    params(("item_id" = u64, Path)),
+    request_body = crate::api::ItemPatch,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The item as it is now", body = crate::api::AdminItemView),
+        (status = 400, description = "bad_request: malformed, nothing to change, a bad reason, time or limit, or ends_at not after starts_at", body = crate::api::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
+        (status = 404, description = "unknown_item", body = crate::api::ErrorBody),
+        (status = 409, description = "insufficient_stock: the shrink would take units live orders hold", body = crate::api::ErrorBody),
+        (status = 413, description = "payload_too_large", body = crate::api::ErrorBody),
+        (status = 503, description = "unavailable or recovering (nothing changed), or adjustment_pending (the stock change is finished by the workers within a minute: do not send it again)", body = crate::api::ErrorBody),
+    ))]
+pub async fn patch_item(state: &Arc<State>, req: Request<Incoming>, raw_id: &str) -> Answer {
+    require_admin(state, req.headers())?;
+    let id = item_id(raw_id)?;
+    let (_, body) = read_body(req).await?;
+    let patch: ItemPatch = parse_json(&body)?;
+    let reason = check_text("reason", &patch.reason)?;
+    let delta = patch.stock_delta.filter(|d| *d != 0);
+    if delta.is_some_and(|d| d.abs() > MAX_DELTA) {
+        return Err(ApiError::BadRequest(
+            "stock_delta must be between -10^9 and 10^9".into(),
+        ));
+    }
+    let starts = patch
+        .starts_at
+        .map(|t| parse_time("starts_at", &t))
+        .transpose()?;
+    let ends = patch
+        .ends_at
+        .map(|t| parse_time("ends_at", &t))
+        .transpose()?;
+    if patch.per_user_limit.is_some_and(|l| l < 1) {
+        return Err(ApiError::BadRequest(
+            "per_user_limit must be at least 1".into(),
+        ));
+    }
+    let settings = starts.is_some() || ends.is_some() || patch.per_user_limit.is_some();
+    if delta.is_none() && !settings {
+        return Err(ApiError::BadRequest(
+            "nothing to change: send a stock_delta other than 0, starts_at, ends_at or \
+             per_user_limit"
+                .into(),
+        ));
+    }
+    let change = |s: &mut ItemSettings| {
+        if let Some(t) = starts {
+            s.starts_at_ms = t;
+        }
+        if let Some(t) = ends {
+            s.ends_at_ms = t;
+        }
+        if let Some(l) = patch.per_user_limit {
+            s.per_user_limit = l;
+        }
+        check_window(s)
+    };
+    let db = state.db().await?;
+    let item = items::Entity::find_by_id(id)
+        .one(db)
+        .await
+        .map_err(ApiError::from_db)?
+        .ok_or(ApiError::NotFound("unknown_item", "no such item"))?;
+    // The window against the item as it is, before anything changes, so that a `400` changes
+    // nothing (checked again under the row's lock).
+    change(&mut settings_of(&item))?;
+    if let Some(delta) = delta {
+        adjust(state, &item, delta, reason).await?;
+    }
+    if settings {
+        change_settings(state, id, change).await?;
+    }
+    Ok(json(StatusCode::OK, &admin_view(state, id).await?))
+}
+
+#[utoipa::path(post, path = "/admin/items/{item_id}/end", tag = "operators",
+    summary = "End the sale now",
+    description = "`ends_at` becomes now (an upcoming sale's `starts_at` too); purchases answer \
+        `409 ended` from here on. A sale that ended already keeps its end.",
+    params(("item_id" = u64, Path)),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The item as it is now", body = crate::api::AdminItemView),
+        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
+        (status = 404, description = "unknown_item", body = crate::api::ErrorBody),
+        (status = 503, description = "unavailable: nothing changed", body = crate::api::ErrorBody),
+    ))]
+pub async fn end_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
+    require_admin(state, headers)?;
+    let id = item_id(raw_id)?;
+    let now = now_ms() as i64;
+    change_settings(state, id, |s| {
+        if s.ends_at_ms.is_none_or(|e| e > now) {
+            s.ends_at_ms = Some(now);
+        }
+        if let (Some(start), Some(end)) = (s.starts_at_ms, s.ends_at_ms)
+            && start > end
+        {
+            s.starts_at_ms = Some(end);
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(json(StatusCode::OK, &admin_view(state, id).await?))
+}
+
+fn settings_of(m: &items::Model) -> ItemSettings {
+    ItemSettings {
+        starts_at_ms: m.starts_at_ms,
+        ends_at_ms: m.ends_at_ms,
+        per_user_limit: m.per_user_limit,
+    }
+}
+
+fn check_window(s: &ItemSettings) -> Result<(), ApiError> {
+    match (s.starts_at_ms, s.ends_at_ms) {
+        (Some(start), Some(end)) if end <= start => Err(ApiError::BadRequest(
+            "ends_at must be after starts_at".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A stock change: Redis's half, then the database's, then the pending entry goes (see
+/// `seckill_infra::stock`).
+async fn adjust(
+    state: &State,
+    item: &items::Model,
+    delta: i64,
+    reason: String,
+) -> Result<(), ApiError> {
+    let item_id = ItemId(item.id as u64);
+    let id = AdjustmentId(state.ids.next(gene_of_item(item_id)));
+    let adj = PendingAdjustment {
+        item: item_id,
+        delta,
+        at_ms: now_ms() as i64,
+        reason,
+    };
+    let client = state.redis.next();
+    if !client.is_connected() {
+        return Err(ApiError::Unavailable("Redis"));
+    }
+    let run = || async {
+        state
+            .scripts
+            .adjust_stock(client, id, &adj)
+            .await
+            .map_err(|e| {
+                // It may have run: then it is pending, and the reconciler finishes it.
+                tracing::warn!(adjustment.id = %id, item.id = %item_id, error = %e, "a stock adjustment's Redis half got no answer");
+                ApiError::AdjustmentPending(id)
+            })
+    };
+    let mut outcome = run().await?;
+    if outcome == Adjusted::UnknownItem {
+        // In the database and not in Redis: its warm-up at creation failed. Warm it and go again.
+        warm(state, item).await?;
+        outcome = run().await?;
+    }
+    match outcome {
+        Adjusted::Applied { .. } | Adjusted::AlreadyPending => {}
+        Adjusted::Insufficient { .. } => return Err(insufficient()),
+        Adjusted::Recovering | Adjusted::UnknownItem => return Err(ApiError::Recovering),
+    }
+    if let Some(commit) = &state.group_commit
+        && commit
+            .replicated_for(&state.keys.item(item_id))
+            .await
+            .is_err()
+    {
+        // Not known to be on a replica: a failover may lose it. If it survives, it is pending,
+        // and the reconciler finishes it; if not, nothing happened.
+        return Err(ApiError::AdjustmentPending(id));
+    }
+    let db = state
+        .db()
+        .await
+        .map_err(|_| ApiError::AdjustmentPending(id))?;
+    match stock::settle(db, client, &state.scripts, id, &adj).await {
+        Ok(Settled::Applied(_) | Settled::AlreadyApplied) => {
+            tracing::info!(adjustment.id = %id, item.id = %item_id, delta, "stock adjusted");
+            Ok(())
+        }
+        Ok(Settled::Refused { available }) => {
+            tracing::warn!(adjustment.id = %id, item.id = %item_id, delta, db.available = available, "the database refused a stock adjustment Redis allowed; undone");
+            Err(insufficient())
+        }
+        // Redis lost its data between the two halves: it is rebuilt from the database, which
+        // does not have the change.
+        Ok(Settled::Abandoned) => Err(ApiError::Recovering),
+        Ok(Settled::Recovering | Settled::UnknownItem) => Err(ApiError::AdjustmentPending(id)),
+        Err(e) => {
+            tracing::warn!(adjustment.id = %id, item.id = %item_id, error = %e, "a stock adjustment's database half failed; left to the reconciler");
+            Err(ApiError::AdjustmentPending(id))
+        }
+    }
+}
+
+/// Changes an item's settings with `change` (which may refuse them): the database row under its
+/// lock, and Redis's hash before the lock goes, so that two operators' changes reach Redis in the
+/// database's order. A failure leaves the database as it was; a Redis write whose transaction then
+/// failed is copied back from the database by the reconciler.
+async fn change_settings(
+    state: &State,
+    id: i64,
+    change: impl FnOnce(&mut ItemSettings) -> Result<(), ApiError>,
+) -> Result<(), ApiError> {
+    let db = state.db().await?;
+    let txn = db.begin().await.map_err(ApiError::from_db)?;
+    let item = items::Entity::find_by_id(id)
+        .lock_exclusive()
+        .one(&txn)
+        .await
+        .map_err(ApiError::from_db)?
+        .ok_or(ApiError::NotFound("unknown_item", "no such item"))?;
+    let before = settings_of(&item);
+    let mut after = before;
+    change(&mut after)?;
+    if after == before {
+        return Ok(());
+    }
+    items::Entity::update_many()
+        .col_expr(items::Column::StartsAtMs, Expr::value(after.starts_at_ms))
+        .col_expr(items::Column::EndsAtMs, Expr::value(after.ends_at_ms))
+        .col_expr(
+            items::Column::PerUserLimit,
+            Expr::value(after.per_user_limit),
+        )
+        .col_expr(items::Column::UpdatedAtMs, Expr::value(now_ms() as i64))
+        .filter(items::Column::Id.eq(id))
+        .exec(&txn)
+        .await
+        .map_err(ApiError::from_db)?;
+    // False: Redis does not hold the item (lost, and rebuilt from the database, this included).
+    state
+        .scripts
+        .item_settings(state.redis.next(), ItemId(id as u64), &after)
+        .await
+        .map_err(|e| {
+            tracing::warn!(item.id = id, error = %e, "writing an item's settings to Redis failed");
+            ApiError::Unavailable("Redis")
+        })?;
+    txn.commit().await.map_err(ApiError::from_db)?;
+    tracing::info!(item.id = id, ?before, ?after, "item settings changed");
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! `GET /admin/items`: every item by id, a page at a time, with its database stock.
+
+use super::query::{Params, page};
+use super::{item_view, require_admin};
+use crate::api::{AdminItemSummary, AdminItemsPage, DbStock};
+use crate::error::{Answer, ApiError, json};
+use crate::state::State;
+use http::{HeaderMap, StatusCode, Uri};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use seckill_infra::entity::items;
+use std::sync::Arc;
+
+#[utoipa::path(get, path = "/admin/items", tag = "operators",
+    summary = "Every item by id, a page at a time, with its database stock",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Items per page, 20 by default"),
+        ("cursor" = Option<String>, Query, pattern = "^[0-9]{1,19}$", description = "The `next_cursor` of the previous page"),
+    ),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A page of items, lowest ids first", body = crate::api::AdminItemsPage),
+        (status = 400, description = "bad_request: a bad limit or cursor, or an unknown parameter", body = crate::api::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
+        (status = 503, description = "unavailable", body = crate::api::ErrorBody),
+    ))]
+pub async fn list_items(state: &Arc<State>, uri: &Uri, headers: &HeaderMap) -> Answer {
+    require_admin(state, headers)?;
+    let params = Params::parse(uri, &["limit", "cursor"])?;
+    let limit = params.limit()?;
+    let after = params.cursor()?;
+    let db = state.db().await?;
+    let mut find = items::Entity::find();
+    if let Some(after) = after {
+        // Past the last possible id, nothing follows.
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        find = find.filter(items::Column::Id.gt(after));
+    }
+    let rows = find
+        .order_by_asc(items::Column::Id)
+        .limit(limit + 1)
+        .all(db)
+        .await
+        .map_err(ApiError::from_db)?;
+    let (rows, next_cursor) = page(rows, limit, |m| m.id);
+    let items = rows
+        .iter()
+        .map(|m| AdminItemSummary {
+            item: item_view(m),
+            db: DbStock {
+                available: m.available,
+                locked: m.locked,
+                sold: m.sold,
+            },
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &AdminItemsPage { items, next_cursor }))
+}
