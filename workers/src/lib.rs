@@ -117,6 +117,7 @@ impl Workers {
             tokio::spawn(reconcile::run_reconciler(
                 self.runtime.clone(),
                 self.intervals.reconcile,
+                self.intervals.adjustment_age,
                 stop_rx.clone(),
             )),
             tokio::spawn(reconcile::run_sweeper(

@@ -1,7 +1,10 @@
 //! The safety nets under the saga, two periodic jobs over the workers' [`Runtime`]:
 //!
 //! - the reconciler compares each item's stock in Redis with the database once the item's
-//!   pipeline is quiet, and reports drift (contract invariant 2) as a metric and one log line;
+//!   pipeline is quiet, and reports drift (contract invariant 2) as a metric and one log line. It
+//!   also repairs what a crash between a Redis write and a database write of the admin API leaves:
+//!   it settles stock adjustments left pending in Redis (`seckill_infra::stock`), and copies an
+//!   item's sale window and per-user limit from the database into Redis when they differ;
 //! - the sweeper closes orders still `AWAITING_PAYMENT` well past their deadline whose
 //!   `ORDER_TIMEOUT` never came (a delay queue deleted by hand, a message lost), so no stock stays
 //!   locked forever.
@@ -18,8 +21,11 @@ use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
 use lapin::types::FieldTable;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
-use seckill_domain::{ItemId, Kind, Message, OrderId, OrderStatus};
+use seckill_domain::scripts::ItemSettings;
+use seckill_domain::snowflake::GENES;
+use seckill_domain::{AdjustmentId, ItemId, Kind, Message, OrderId, OrderStatus};
 use seckill_infra::broker;
+use seckill_infra::stock::{self, Settled};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +34,10 @@ use tokio::time::MissedTickBehavior;
 
 /// How often the reconciler compares Redis with the database, in production.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(10);
+/// How old a pending stock adjustment must be before the reconciler settles it, in production:
+/// far longer than the gateway takes to settle its own, so the two rarely meet (and agree when
+/// they do).
+pub const ADJUSTMENT_AGE: Duration = Duration::from_secs(30);
 /// How often the sweeper looks for orders whose timeout never came, in production.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Items reconciled per pass, at most: those whose sale is upcoming, live, or ended within
@@ -47,11 +57,13 @@ const REDIS_IN_FLIGHT: usize = 256;
 /// The sweeper declares the broker topology again at most this often.
 const REDECLARE_EVERY: Duration = Duration::from_secs(60);
 
-/// How often each periodic job runs. `Default` is production's; tests shorten them.
+/// How often each periodic job runs, and how long the reconciler leaves a stock adjustment to the
+/// gateway that started it. `Default` is production's; tests shorten them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Intervals {
     pub reconcile: Duration,
     pub sweep: Duration,
+    pub adjustment_age: Duration,
 }
 
 impl Default for Intervals {
@@ -59,6 +71,7 @@ impl Default for Intervals {
         Intervals {
             reconcile: RECONCILE_EVERY,
             sweep: SWEEP_EVERY,
+            adjustment_age: ADJUSTMENT_AGE,
         }
     }
 }
@@ -69,9 +82,19 @@ pub fn grace(payment_timeout: Duration) -> Duration {
     payment_timeout.clamp(Duration::from_secs(5), Duration::from_secs(60))
 }
 
-/// Compares Redis with the database every `every` until `stop`.
-pub async fn run_reconciler(rt: Arc<Runtime>, every: Duration, stop: watch::Receiver<bool>) {
-    periodically(rt, every, stop, &mut Reconciler::default()).await
+/// Compares Redis with the database every `every` until `stop`, settling the stock adjustments
+/// pending for longer than `adjustment_age`.
+pub async fn run_reconciler(
+    rt: Arc<Runtime>,
+    every: Duration,
+    adjustment_age: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    let mut reconciler = Reconciler {
+        adjustment_age,
+        ..Reconciler::default()
+    };
+    periodically(rt, every, stop, &mut reconciler).await
 }
 
 /// Closes orders whose payment timeout never came, every `every` until `stop`.
@@ -133,6 +156,18 @@ struct ItemRow {
     locked: i64,
     sold: i64,
     held: i64,
+    settings: ItemSettings,
+}
+
+/// What Redis's item hash says of the settings, as the purchase script reads them.
+type RedisSettings = (Option<i64>, Option<i64>, Option<i64>);
+
+fn as_in_redis(s: &ItemSettings) -> RedisSettings {
+    (
+        Some(s.starts_at_ms.unwrap_or(0)),
+        Some(s.ends_at_ms.unwrap_or(0)),
+        Some(i64::from(s.per_user_limit)),
+    )
 }
 
 /// What the last pass saw of an item, and the drift currently reported for it.
@@ -150,6 +185,12 @@ struct Reconciler {
     /// `available + locked + sold - stock` of the items whose database row is off.
     db_off: HashMap<ItemId, i64>,
     truncated: bool,
+    /// Pending adjustments younger than this are the gateway's.
+    adjustment_age: Duration,
+    /// Pending adjustments that could not be settled, already logged.
+    unsettled: HashSet<AdjustmentId>,
+    /// Items whose settings differ between the database and Redis, as last seen.
+    settings_off: HashMap<ItemId, (ItemSettings, RedisSettings)>,
 }
 
 impl Job for Reconciler {
@@ -161,6 +202,8 @@ impl Job for Reconciler {
 
 impl Reconciler {
     async fn reconcile(&mut self, rt: &Runtime) -> anyhow::Result<()> {
+        // First, so that the stock compared below has them.
+        self.settle_adjustments(rt).await?;
         let mut rows = items_with_held(&rt.db)
             .await
             .context("reading the items and the units their orders hold")?;
@@ -176,25 +219,37 @@ impl Reconciler {
 
         let client = rt.redis.next();
         let keys: Vec<String> = rows.iter().map(|r| rt.scripts.keys().item(r.id)).collect();
-        let remaining: Vec<Option<i64>> = futures_util::stream::iter(
-            keys.into_iter()
-                .map(|key| client.hget::<Option<i64>, _, _>(key, "remaining")),
-        )
-        .buffered(REDIS_IN_FLIGHT)
-        .try_collect()
-        .await
-        .context("reading the items' remaining stock from Redis")?;
+        let in_redis: Vec<Vec<Option<i64>>> =
+            futures_util::stream::iter(keys.into_iter().map(|key| {
+                client.hmget::<Vec<Option<i64>>, _, _>(
+                    key,
+                    vec!["remaining", "starts", "ends", "limit"],
+                )
+            }))
+            .buffered(REDIS_IN_FLIGHT)
+            .try_collect()
+            .await
+            .context("reading the items' remaining stock and settings from Redis")?;
 
         let mut missing = 0u64;
         let mut present = HashSet::with_capacity(rows.len());
-        for (row, remaining) in rows.iter().zip(remaining) {
+        let mut settings_off = HashMap::new();
+        for (row, fields) in rows.iter().zip(in_redis) {
             self.check_database(row);
             // No hash: Redis lost the item, and its recovery is another job's.
-            let Some(remaining) = remaining else {
+            let Some(remaining) = fields.first().copied().flatten() else {
                 missing += 1;
                 continue;
             };
             present.insert(row.id);
+            let redis_settings = (
+                fields.get(1).copied().flatten(),
+                fields.get(2).copied().flatten(),
+                fields.get(3).copied().flatten(),
+            );
+            if redis_settings != as_in_redis(&row.settings) {
+                settings_off.insert(row.id, (row.settings, redis_settings));
+            }
             metrics::gauge!("seckill_item_remaining", "item" => row.id.to_string())
                 .set(remaining as f64);
             if let Some(drift) = self.observe(row.id, row.stock, row.held, remaining) {
@@ -227,6 +282,7 @@ impl Reconciler {
                 "drift no longer tracked (the item left Redis or the reconciled sales)"
             );
         }
+        self.copy_settings(rt, settings_off).await?;
         let in_window: HashSet<ItemId> = rows.iter().map(|r| r.id).collect();
         self.db_off.retain(|id, _| in_window.contains(id));
         metrics::gauge!("seckill_reconcile_items_missing_in_redis").set(missing as f64);
@@ -237,6 +293,94 @@ impl Reconciler {
             metrics::gauge!("seckill_orders", "status" => status.as_str()).set(n as f64);
         }
         metrics::counter!("seckill_reconcile_runs_total").increment(1);
+        Ok(())
+    }
+
+    /// Settles the stock adjustments pending in Redis for longer than the gateway takes (a crash
+    /// between their Redis and database halves, see `seckill_infra::stock`). One that fails is
+    /// logged once and tried again at the next pass; it holds up no other.
+    async fn settle_adjustments(&mut self, rt: &Runtime) -> anyhow::Result<()> {
+        let client = rt.redis.next();
+        let now = store::now();
+        let age = self.adjustment_age.as_millis() as i64;
+        let mut pending_ids = HashSet::new();
+        for gene in 0..GENES as u8 {
+            let pending = rt
+                .scripts
+                .pending_adjustments(client, gene)
+                .await
+                .context("reading the pending stock adjustments")?;
+            for (id, adj) in pending {
+                pending_ids.insert(id);
+                let adj = match adj {
+                    Ok(adj) => adj,
+                    Err(e) => {
+                        if self.unsettled.insert(id) {
+                            tracing::error!(adjustment.id = %id, error = %e, "a pending stock adjustment does not decode; left for an operator");
+                        }
+                        continue;
+                    }
+                };
+                if now - adj.at_ms < age {
+                    continue;
+                }
+                let outcome = match stock::settle(&rt.db, client, &rt.scripts, id, &adj).await {
+                    Ok(outcome) => outcome,
+                    Err(e) => {
+                        if self.unsettled.insert(id) {
+                            tracing::warn!(adjustment.id = %id, item.id = %adj.item, error = %e, "settling a pending stock adjustment failed; retrying at every pass");
+                        }
+                        continue;
+                    }
+                };
+                self.unsettled.remove(&id);
+                let label = match &outcome {
+                    Settled::Applied(after) => {
+                        tracing::warn!(adjustment.id = %id, item.id = %adj.item, delta = adj.delta, db.stock = after.stock, "applied a stock adjustment to the database that its gateway left pending");
+                        "applied"
+                    }
+                    Settled::AlreadyApplied => "already_applied",
+                    Settled::Refused { available } => {
+                        tracing::warn!(adjustment.id = %id, item.id = %adj.item, delta = adj.delta, db.available = available, "the database refused a pending stock adjustment; undone in Redis");
+                        "refused"
+                    }
+                    Settled::Abandoned => "abandoned",
+                    // The next pass, once the gene is rebuilt.
+                    Settled::Recovering => continue,
+                    Settled::UnknownItem => {
+                        let undone = rt.scripts.undo_adjustment(client, id, adj.item).await;
+                        tracing::error!(adjustment.id = %id, item.id = %adj.item, ?undone, "a pending stock adjustment names an item the database does not have; undone in Redis");
+                        "unknown_item"
+                    }
+                };
+                metrics::counter!("seckill_stock_adjustments_settled_total", "outcome" => label)
+                    .increment(1);
+            }
+        }
+        self.unsettled.retain(|id| pending_ids.contains(id));
+        Ok(())
+    }
+
+    /// Copies the database's settings into Redis for the items whose two differ the same way on
+    /// two passes in a row: a difference that lasts is a crash between the admin API's two writes,
+    /// one that passes is a change in flight.
+    async fn copy_settings(
+        &mut self,
+        rt: &Runtime,
+        now_off: HashMap<ItemId, (ItemSettings, RedisSettings)>,
+    ) -> anyhow::Result<()> {
+        let before = std::mem::replace(&mut self.settings_off, now_off);
+        for (item, seen) in &self.settings_off {
+            if before.get(item) != Some(seen) {
+                continue;
+            }
+            let (settings, redis) = seen;
+            rt.scripts
+                .item_settings(rt.redis.next(), *item, settings)
+                .await
+                .context("copying an item's settings into Redis")?;
+            tracing::warn!(item.id = %item, db = ?settings, redis = ?redis, "copied an item's sale window and per-user limit from the database into Redis");
+        }
         Ok(())
     }
 
@@ -347,6 +491,7 @@ async fn items_with_held(db: &DatabaseConnection) -> Result<Vec<ItemRow>, DbErr>
     let since = store::now() - RECENTLY_ENDED.as_millis() as i64;
     let mut q = Query::new(backend).sql(&format!(
         "SELECT i.id, i.stock, i.available, i.locked, i.sold, \
+         i.starts_at_ms, i.ends_at_ms, i.per_user_limit, \
          (SELECT CAST(COALESCE(SUM(o.quantity), 0) AS {int}) FROM orders o \
          WHERE o.item_id = i.id AND o.status IN "
     ));
@@ -363,6 +508,11 @@ async fn items_with_held(db: &DatabaseConnection) -> Result<Vec<ItemRow>, DbErr>
             locked: row.try_get("", "locked")?,
             sold: row.try_get("", "sold")?,
             held: row.try_get("", "held")?,
+            settings: ItemSettings {
+                starts_at_ms: row.try_get("", "starts_at_ms")?,
+                ends_at_ms: row.try_get("", "ends_at_ms")?,
+                per_user_limit: row.try_get("", "per_user_limit")?,
+            },
         });
     }
     Ok(out)
@@ -576,6 +726,17 @@ mod tests {
     #[test]
     fn only_stored_orders_that_hold_stock_count() {
         let s: Vec<_> = stored_holding_statuses().collect();
-        assert_eq!(s, ["CREATED", "STOCK_LOCKED", "AWAITING_PAYMENT", "PAID"]);
+        assert_eq!(
+            s,
+            [
+                "CREATED",
+                "STOCK_LOCKED",
+                "AWAITING_PAYMENT",
+                "PAID",
+                "SHIPPED",
+                "COMPLETED",
+                "REFUND_REQUESTED"
+            ]
+        );
     }
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 const FAST: Intervals = Intervals {
     reconcile: Duration::from_millis(200),
     sweep: Duration::from_millis(200),
+    adjustment_age: reconcile::ADJUSTMENT_AGE,
 };
 
 /// In-process workers with intervals of the test's choosing, on the stack's configuration.
