@@ -111,6 +111,18 @@ impl Stack {
         self.workers = Some(ServerTask::spawn(|shutdown| workers.run(shutdown)));
     }
 
+    /// In-process workers whose periodic jobs run at `intervals` (the tests' shorter ones).
+    pub async fn start_workers_with_intervals(
+        &mut self,
+        intervals: seckill_workers::reconcile::Intervals,
+    ) {
+        let workers = seckill_workers::Workers::build(self.env.config.clone())
+            .await
+            .expect("workers start")
+            .with_intervals(intervals);
+        self.workers = Some(ServerTask::spawn(|shutdown| workers.run(shutdown)));
+    }
+
     /// Stops in-process workers gracefully and waits for them.
     pub async fn stop_workers_in_process(&mut self) {
         if let Some(workers) = self.workers.take() {
@@ -275,6 +287,37 @@ impl Stack {
             resp.status().as_u16(),
             resp.json().await.unwrap_or_default(),
         )
+    }
+
+    /// An admin request with the admin token: its status and JSON body (`Null` if none).
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.env.config.admin_token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("admin request");
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or_default(),
+        )
+    }
+
+    /// `PATCH /admin/items/{item}` with `body`.
+    pub async fn patch_item(&self, item: u64, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.admin(
+            reqwest::Method::PATCH,
+            &format!("/admin/items/{item}"),
+            Some(body),
+        )
+        .await
     }
 
     pub fn sql(&self, sql: &str) -> Statement {
