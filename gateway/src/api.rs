@@ -189,7 +189,7 @@ pub struct ItemPatch {
     /// Units to add to the stock (negative: to take out, down to the units live orders hold).
     /// Applied to Redis and the database together, and recorded in the item's history.
     #[serde(default, deserialize_with = "integral::some")]
-    #[schema(minimum = -1000000000_i64, maximum = 1000000000_i64)]
+    #[schema(nullable = false, minimum = -1000000000_i64, maximum = 1000000000_i64)]
     pub stock_delta: Option<i64>,
     /// Why: 1 to 200 characters, not only blanks, no control characters. Recorded with a stock
     /// change.
@@ -208,7 +208,7 @@ pub struct ItemPatch {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub ends_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "integral::some")]
-    #[schema(minimum = 1, maximum = 2147483647)]
+    #[schema(nullable = false, minimum = 1, maximum = 2147483647)]
     pub per_user_limit: Option<i32>,
 }
 
