@@ -37,7 +37,9 @@ pub enum Command {
     Baseline(BaselineArgs),
     /// Act as the payment provider: pay orders awaiting payment through the gateway's real
     /// webhook, with valid signatures, and optionally duplicates, reordering, wrong amounts and
-    /// failures. Exits non-zero unless every callback was answered 200.
+    /// failures; and confirm every refund owed (REFUNDED, with the refunded payment's id) for
+    /// orders in REFUND_REQUESTED or REFUND_REQUIRED. Exits non-zero unless every callback was
+    /// answered 200.
     Pay(PayArgs),
     /// Run one whole flash sale against a running gateway and workers: create an item, fire
     /// tickets at POST /seckill with oha, wait for the pipeline to drain, pay a share of the
@@ -217,8 +219,15 @@ async fn pay(config: &Config, args: PayArgs) -> anyhow::Result<ExitCode> {
     let r = provider::pay(&opts).await?;
     println!(
         "{} orders awaiting payment ({} of other namespaces left alone); callbacks for {}: \
-         {} paid, {} wrong amount, {} failed, {} duplicates",
-        r.awaiting, r.elsewhere, r.chosen, r.paid, r.wrong_amount, r.failed, r.duplicates
+         {} paid, {} wrong amount, {} failed, {} duplicates; {} refunds confirmed",
+        r.awaiting,
+        r.elsewhere,
+        r.chosen,
+        r.paid,
+        r.wrong_amount,
+        r.failed,
+        r.duplicates,
+        r.refunds
     );
     println!(
         "answers: {}",
