@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod catalog;
 mod conn;
 mod error;
 pub mod openapi;
