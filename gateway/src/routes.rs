@@ -40,11 +40,15 @@ pub async fn handle(
     let status = resp.status();
     let elapsed = started.elapsed().as_secs_f64();
     if route == "seckill" {
-        // The hot route's handles, registered once: no registry lookup per purchase.
+        // The hot routes' handles, registered once: no registry lookup per request.
         let m = SECKILL_METRICS.get_or_init(|| RouteMetrics::new("seckill"));
         m.count(status);
         m.latency.record(elapsed);
         m.outcomes.count(outcome.unwrap_or("accepted"));
+    } else if route == "item" {
+        let m = ITEM_METRICS.get_or_init(|| RouteMetrics::new("item"));
+        m.count(status);
+        m.latency.record(elapsed);
     } else {
         if route == "payment_callback" {
             let outcome = match outcome {
@@ -64,6 +68,7 @@ pub async fn handle(
 }
 
 static SECKILL_METRICS: std::sync::OnceLock<RouteMetrics> = std::sync::OnceLock::new();
+static ITEM_METRICS: std::sync::OnceLock<RouteMetrics> = std::sync::OnceLock::new();
 
 /// `seckill_purchases_total{outcome}`: `accepted` or the error code, each counter registered once
 /// (and so exported at 0 before its first purchase, which a rate over it needs).
@@ -178,6 +183,15 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Ans
             span.record("outcome", outcome_of(&answer));
         }
         return ("seckill", answer);
+    }
+    // The product page, the most requested URL of a sale: served from the catalog's cache
+    // without the general router's allocations and span, so a crowd refreshing it costs about
+    // what the sold-out path costs.
+    if req.method() == Method::GET
+        && let Some(id) = req.uri().path().strip_prefix("/items/")
+        && !id.contains('/')
+    {
+        return ("item", catalog_item(state, id).await);
     }
     // Every other route: a span with the order or item id of its path and its outcome.
     let span = tracing::info_span!(
