@@ -15,7 +15,7 @@ use sea_orm::sea_query::Query;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use seckill_domain::snowflake::now_ms;
 use seckill_domain::status::LockStatus;
-use seckill_domain::{ItemId, Keys, OrderId, OrderStatus};
+use seckill_domain::{ItemId, Keys, OrderId, OrderStatus, PaymentStatus};
 use seckill_infra::Config;
 use seckill_infra::broker::Topology;
 use seckill_infra::entity::{inventory_history, items, orders, payments, stock_locks};
@@ -430,13 +430,16 @@ impl Snapshot {
         let succeeded = |p: &&payments::Model| {
             p.status == "SUCCEEDED" || p.status == OrderStatus::RefundRequired.as_str()
         };
+        // Paid for, or owed back, or given back: what a success leaves its order in.
+        let after_success = |s: Option<OrderStatus>| {
+            s.is_some_and(|s| {
+                s.is_sold() || matches!(s, OrderStatus::RefundRequired | OrderStatus::Refunded)
+            })
+        };
         let mut problems = vec![];
         for p in self.payments.iter().filter(succeeded) {
             let status = by_id.get(&p.order_id).and_then(|o| Self::status(o));
-            if !matches!(
-                status,
-                Some(OrderStatus::Paid | OrderStatus::RefundRequired)
-            ) {
+            if !after_success(status) {
                 problems.push(format!(
                     "payment {} {} but order {} is {}",
                     p.payment_id,
@@ -451,16 +454,20 @@ impl Snapshot {
         }
         for o in &self.orders {
             let status = Self::status(o);
-            if !matches!(
-                status,
-                Some(OrderStatus::Paid | OrderStatus::RefundRequired)
-            ) {
+            if !after_success(status) {
                 continue;
             }
-            let paid = self.payments.iter().filter(succeeded).any(|p| {
+            // A refunded order's success is recorded as the refund of it.
+            let refunded = status == Some(OrderStatus::Refunded);
+            let paid = self.payments.iter().any(|p| {
                 p.order_id == o.id
-                    && (status == Some(OrderStatus::RefundRequired)
-                        || p.amount_cents == o.amount_cents)
+                    && if refunded {
+                        p.status == PaymentStatus::Refunded.as_str()
+                    } else {
+                        succeeded(&p)
+                            && (status == Some(OrderStatus::RefundRequired)
+                                || p.amount_cents == o.amount_cents)
+                    }
             });
             if !paid {
                 problems.push(format!(
@@ -513,10 +520,6 @@ impl Snapshot {
             let is = |l: &stock_locks::Model, s: LockStatus| l.status == s.as_str();
             let fine = match (Self::status(o), lock) {
                 (Some(s), Some(l)) if s.is_sold() => is(l, LockStatus::Deducted),
-                // Refunded after it was paid (its lock deducted), or after it had closed.
-                (Some(Refunded), Some(l)) => {
-                    is(l, LockStatus::Deducted) || is(l, LockStatus::Released)
-                }
                 (Some(StockLocked | AwaitingPayment), Some(l)) => is(l, LockStatus::Locked),
                 (Some(s), Some(l)) if s.is_closed() => is(l, LockStatus::Released),
                 // Closed before its stock was ever locked, or not locked yet.

@@ -57,7 +57,13 @@ pub async fn run(
     connections: u64,
     out: &Path,
 ) -> anyhow::Result<Baseline> {
-    let http = bare_http(requests, connections, &out.join("baseline-oha.json")).await?;
+    let http = bare_http(
+        requests,
+        connections,
+        Body::Fixed(REQUEST_BODY),
+        &out.join("baseline-oha.json"),
+    )
+    .await?;
     let redis = redis_purchase(redis_url, requests, connections).await?;
     Ok(Baseline {
         requests,
@@ -99,9 +105,15 @@ pub async fn serve_constant(listener: TcpListener, shutdown: impl Future<Output 
     }
 }
 
-async fn bare_http(requests: u64, connections: u64, output: &Path) -> anyhow::Result<LoadStats> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
+/// oha against the bare server, sending `body` (`Body::Empty`: a `GET`).
+pub async fn bare_http(
+    requests: u64,
+    connections: u64,
+    body: Body<'_>,
+    output: &Path,
+) -> anyhow::Result<LoadStats> {
+    // The gateway's backlog, so the two are compared on their handlers alone.
+    let listener = seckill_infra::net::listen(([127, 0, 0, 1], 0).into())
         .context("binding the bare server")?;
     let url = format!("http://{}/", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -112,7 +124,7 @@ async fn bare_http(requests: u64, connections: u64, output: &Path) -> anyhow::Re
         url: &url,
         requests,
         connections,
-        body: Body::Fixed(REQUEST_BODY),
+        body,
         tui: false,
         output,
     })

@@ -1,4 +1,4 @@
-//! The command line: `baseline`, `pay` and `flash-sale`.
+//! The command line: `baseline`, `pay`, `flash-sale` and `item-page`.
 
 use crate::provider::{self, Faults, PayOptions, fraction};
 use crate::report::{self, Report};
@@ -37,13 +37,38 @@ pub enum Command {
     Baseline(BaselineArgs),
     /// Act as the payment provider: pay orders awaiting payment through the gateway's real
     /// webhook, with valid signatures, and optionally duplicates, reordering, wrong amounts and
-    /// failures. Exits non-zero unless every callback was answered 200.
+    /// failures; and confirm every refund owed (REFUNDED, with the refunded payment's id) for
+    /// orders in REFUND_REQUESTED or REFUND_REQUIRED. Exits non-zero unless every callback was
+    /// answered 200.
     Pay(PayArgs),
     /// Run one whole flash sale against a running gateway and workers: create an item, fire
     /// tickets at POST /seckill with oha, wait for the pipeline to drain, pay a share of the
     /// orders, wait for the rest to time out, audit every invariant of the contract. Writes
     /// DIR/report.json and DIR/report.svg; exits non-zero when an invariant is broken.
     FlashSale(FlashSaleArgs),
+    /// Measure the public product page: oha firing GET /items/{item_id} at a running gateway
+    /// (answered from its per-gateway cache), then at a bare hyper server with the same
+    /// settings. Creates an item unless --item names one. Writes DIR/item-page.json.
+    ItemPage(ItemPageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ItemPageArgs {
+    /// Requests per measurement.
+    #[arg(short = 'n', long, default_value_t = 20_000)]
+    pub requests: u64,
+    /// Concurrent connections.
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub connections: u64,
+    /// The item to ask for [default: a new one, created through the admin API].
+    #[arg(long)]
+    pub item: Option<u64>,
+    /// The gateway's base URL [default: http://$SECKILL_HTTP_ADDR].
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Where to write item-page.json and oha's outputs.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -182,7 +207,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Baseline(args) => baseline(&config, args).await,
         Command::Pay(args) => pay(&config, args).await,
         Command::FlashSale(args) => flash_sale(&config, args).await,
+        Command::ItemPage(args) => item_page(&config, args).await,
     }
+}
+
+async fn item_page(config: &Config, args: ItemPageArgs) -> anyhow::Result<ExitCode> {
+    let opts = crate::page::PageOptions {
+        gateway: args
+            .gateway
+            .unwrap_or_else(|| default_gateway(config))
+            .trim_end_matches('/')
+            .to_owned(),
+        item: args.item.map(ItemId),
+        requests: args.requests,
+        connections: args.connections,
+        out: args.out,
+    };
+    let p = crate::page::run(config, &opts).await?;
+    print!("{}", report::page_table(&p));
+    let path = opts.out.join("item-page.json");
+    report::write_json(&path, &p)?;
+    println!("wrote {}", path.display());
+    Ok(if p.page.count(200) == p.requests {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn baseline(config: &Config, args: BaselineArgs) -> anyhow::Result<ExitCode> {
@@ -217,8 +267,15 @@ async fn pay(config: &Config, args: PayArgs) -> anyhow::Result<ExitCode> {
     let r = provider::pay(&opts).await?;
     println!(
         "{} orders awaiting payment ({} of other namespaces left alone); callbacks for {}: \
-         {} paid, {} wrong amount, {} failed, {} duplicates",
-        r.awaiting, r.elsewhere, r.chosen, r.paid, r.wrong_amount, r.failed, r.duplicates
+         {} paid, {} wrong amount, {} failed, {} duplicates; {} refunds confirmed",
+        r.awaiting,
+        r.elsewhere,
+        r.chosen,
+        r.paid,
+        r.wrong_amount,
+        r.failed,
+        r.duplicates,
+        r.refunds
     );
     println!(
         "answers: {}",
@@ -319,7 +376,7 @@ mod tests {
         let faults = |args: &[&str]| match Cli::parse_from(args).command {
             Command::Pay(a) => a.faults,
             Command::FlashSale(a) => a.faults,
-            Command::Baseline(_) => unreachable!(),
+            Command::Baseline(_) | Command::ItemPage(_) => unreachable!(),
         };
         let sale = faults(&["seckill-bench", "flash-sale", "--stock", "1"]);
         assert_eq!(

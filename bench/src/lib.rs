@@ -5,6 +5,8 @@
 //!   script under redis-benchmark);
 //! - [`provider`]: a stand-in payment provider calling the real webhook;
 //! - [`sale`]: one whole flash sale, from item creation to the audit;
+//! - [`page`]: the public product page (`GET /items/{item_id}`) under a crowd, against the bare
+//!   hyper server;
 //! - [`audit`]: the contract's invariants, checked from Redis, the database and the broker;
 //! - [`cpu`]: what an order costs in CPU, summed over every process of the pipeline;
 //! - [`report`] and [`svg`]: the results, for people and for the record.
@@ -16,6 +18,7 @@ pub mod cpu;
 pub mod db;
 pub mod http;
 pub mod oha;
+pub mod page;
 pub mod provider;
 pub mod report;
 pub mod rss;

@@ -9,13 +9,15 @@ use std::process::Stdio;
 
 /// What each request carries.
 pub enum Body<'a> {
+    /// Nothing: a `GET`.
+    Empty,
     /// The same body every time.
     Fixed(&'a str),
     /// One line of this file per request. oha draws the lines at random, with replacement.
     Lines(&'a Path),
 }
 
-/// One `oha -m POST` run.
+/// One oha run: a `GET`, or a `POST` of JSON bodies.
 pub struct Load<'a> {
     pub url: &'a str,
     pub requests: u64,
@@ -128,11 +130,12 @@ pub async fn run(load: &Load<'_>) -> anyhow::Result<LoadStats> {
     cmd.arg("-n")
         .arg(load.requests.to_string())
         .arg("-c")
-        .arg(load.connections.to_string())
-        .args(["-m", "POST", "-H", "content-type: application/json"]);
+        .arg(load.connections.to_string());
+    const JSON_POST: [&str; 4] = ["-m", "POST", "-H", "content-type: application/json"];
     match load.body {
-        Body::Fixed(body) => cmd.arg("-d").arg(body),
-        Body::Lines(path) => cmd.arg("-Z").arg(path),
+        Body::Empty => cmd.args(["-m", "GET"]),
+        Body::Fixed(body) => cmd.args(JSON_POST).arg("-d").arg(body),
+        Body::Lines(path) => cmd.args(JSON_POST).arg("-Z").arg(path),
     };
     cmd.args(["--output-format", "json", "-o"]).arg(load.output);
     if load.tui {

@@ -253,7 +253,7 @@ pub async fn pay(opts: &PayOptions) -> anyhow::Result<PayReport> {
             (false, Intent::Refund) => report.refunds += 1,
         }
     }
-    report.chosen = calls.len() - report.duplicates;
+    report.chosen = calls.len() - report.duplicates - report.refunds;
 
     tokio::time::sleep(opts.delay).await;
     let client = HttpClient::default();

@@ -150,6 +150,44 @@ pub fn baseline_table(b: &Baseline) -> String {
     t
 }
 
+/// `seckill-bench item-page`: the gateway's product page beside the bare server.
+pub fn page_table(p: &crate::page::PageBench) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "GET /items/{} at {}: {} requests over {} connections",
+        p.item_id, p.gateway, p.requests, p.connections
+    );
+    let _ = writeln!(t, "{ROW}");
+    let g = &p.page;
+    let _ = writeln!(
+        t,
+        "{}   {}",
+        row(
+            "gateway GET /items/{id}",
+            g.requests_per_sec,
+            g.p50_ms,
+            g.p99_ms
+        ),
+        answers(g.status_codes.iter().map(|(k, n)| (k, *n)))
+    );
+    let b = &p.bare;
+    let _ = writeln!(
+        t,
+        "{}",
+        row(
+            "bare hyper server GET (oha)",
+            b.requests_per_sec,
+            b.p50_ms,
+            b.p99_ms
+        )
+    );
+    if g.unanswered() > 0 {
+        let _ = writeln!(t, "  unanswered: {}", g.unanswered());
+    }
+    t
+}
+
 /// The human report of a flash sale.
 pub fn table(r: &Report) -> String {
     let mut t = String::new();

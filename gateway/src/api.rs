@@ -43,6 +43,48 @@ pub struct TicketView {
     pub expires_at: String,
 }
 
+/// Where a sale stands, as of `server_time`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SaleState {
+    /// Before `starts_at`.
+    Upcoming,
+    /// In its window, with units left.
+    Live,
+    /// In its window, nothing left (units may come back from cancelled or expired orders).
+    SoldOut,
+    /// At or after `ends_at`.
+    Ended,
+}
+
+/// `GET /items/{item_id}`: a sale as its product page shows it. Served from each gateway's cache:
+/// `remaining` may lag by up to one second.
+#[derive(Serialize, ToSchema)]
+pub struct PublicItem<'a> {
+    pub item_id: u64,
+    pub name: &'a str,
+    pub price_cents: i64,
+    /// RFC 3339, milliseconds; `null`: open.
+    #[schema(format = DateTime)]
+    pub starts_at: Option<String>,
+    /// RFC 3339, milliseconds; `null`: the sale never ends by itself.
+    #[schema(format = DateTime)]
+    pub ends_at: Option<String>,
+    pub state: SaleState,
+    #[schema(minimum = 0)]
+    pub remaining: i64,
+    /// The server's clock (RFC 3339, milliseconds), for a countdown that does not trust the
+    /// client's.
+    #[schema(value_type = String, format = DateTime)]
+    pub server_time: &'a str,
+}
+
+/// `GET /items`: the sales not over yet (upcoming, live or sold out).
+#[derive(Serialize, ToSchema)]
+pub struct ItemList<'a> {
+    pub items: Vec<PublicItem<'a>>,
+}
+
 /// An order, as its owner sees it.
 #[derive(Serialize, ToSchema)]
 pub struct OrderView {

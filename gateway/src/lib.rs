@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod catalog;
 mod conn;
 mod error;
 pub mod openapi;
@@ -77,8 +78,7 @@ impl Application {
             publisher.ready().await,
             "RabbitMQ is not reachable at start"
         );
-        let listener = TcpListener::bind(config.http_addr)
-            .await
+        let listener = seckill_infra::net::listen(config.http_addr)
             .with_context(|| format!("binding SECKILL_HTTP_ADDR={}", config.http_addr))?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let durability = DurabilityWatch::spawn(

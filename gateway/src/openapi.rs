@@ -19,6 +19,8 @@ use utoipa::{Modify, OpenApi};
     ),
     paths(
         crate::routes::ticket,
+        crate::routes::catalog_item,
+        crate::routes::catalog_items,
         crate::routes::seckill,
         crate::orders::get,
         crate::orders::cancel,

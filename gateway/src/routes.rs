@@ -1,6 +1,8 @@
 //! The HTTP API of the contract: routing, parsing at the edge, and one handler per route.
 
 use crate::api::{Accepted, DurabilityView, Health, PurchaseBody, Readiness, TicketView};
+use crate::api::{ItemList, PublicItem, SaleState};
+use crate::catalog::{Listing, Looked, Snapshot};
 use crate::error::{Answer, ApiError, Body, json};
 use crate::request::{parse_id, parse_json, rate_limit, read_body, user_from_jwt};
 use crate::state::State;
@@ -38,11 +40,15 @@ pub async fn handle(
     let status = resp.status();
     let elapsed = started.elapsed().as_secs_f64();
     if route == "seckill" {
-        // The hot route's handles, registered once: no registry lookup per purchase.
+        // The hot routes' handles, registered once: no registry lookup per request.
         let m = SECKILL_METRICS.get_or_init(|| RouteMetrics::new("seckill"));
         m.count(status);
         m.latency.record(elapsed);
         m.outcomes.count(outcome.unwrap_or("accepted"));
+    } else if route == "item" {
+        let m = ITEM_METRICS.get_or_init(|| RouteMetrics::new("item"));
+        m.count(status);
+        m.latency.record(elapsed);
     } else {
         if route == "payment_callback" {
             let outcome = match outcome {
@@ -62,6 +68,7 @@ pub async fn handle(
 }
 
 static SECKILL_METRICS: std::sync::OnceLock<RouteMetrics> = std::sync::OnceLock::new();
+static ITEM_METRICS: std::sync::OnceLock<RouteMetrics> = std::sync::OnceLock::new();
 
 /// `seckill_purchases_total{outcome}`: `accepted` or the error code, each counter registered once
 /// (and so exported at 0 before its first purchase, which a rate over it needs).
@@ -177,6 +184,15 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Ans
         }
         return ("seckill", answer);
     }
+    // The product page, the most requested URL of a sale: served from the catalog's cache
+    // without the general router's allocations and span, so a crowd refreshing it costs about
+    // what the sold-out path costs.
+    if req.method() == Method::GET
+        && let Some(id) = req.uri().path().strip_prefix("/items/")
+        && !id.contains('/')
+    {
+        return ("item", catalog_item(state, id).await);
+    }
     // Every other route: a span with the order or item id of its path and its outcome.
     let span = tracing::info_span!(
         "request",
@@ -216,6 +232,8 @@ async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static st
     match (segs.as_slice(), &method) {
         (["seckill"], &Method::POST) => ("seckill", seckill(state, req).await),
         (["items", id, "ticket"], &Method::POST) => ("ticket", ticket(state, req, id).await),
+        (["items"], &Method::GET) => ("items", catalog_items(state).await),
+        (["items", id], &Method::GET) => ("item", catalog_item(state, id).await),
         (["orders", id], &Method::GET) => {
             ("order", crate::orders::get(state, req.headers(), id).await)
         }
@@ -294,6 +312,8 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
         ["orders", _]
         | ["admin", "items", _, "history"]
         | ["admin", "orders", _]
+        | ["items"]
+        | ["items", _]
         | ["healthz"]
         | ["readyz"]
         | ["metrics"]
@@ -484,6 +504,136 @@ async fn ticket(state: &Arc<State>, req: Request<Incoming>, raw_id: &str) -> Ans
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default();
     Ok(json(StatusCode::OK, &TicketView { ticket, expires_at }))
+}
+
+#[utoipa::path(get, path = "/items/{item_id}", tag = "buyers",
+    summary = "A sale as its product page shows it",
+    description = "Served from each gateway's cache: `remaining` may lag by up to one second, and a \
+        crowd refreshing the page costs Redis at most one read of the item per second per gateway.",
+    params(("item_id" = u64, Path)),
+    responses(
+        (status = 200, description = "The sale", body = crate::api::PublicItem<'_>,
+            headers(("Cache-Control" = String, description = "public, max-age=1"))),
+        (status = 404, description = "unknown_item", body = crate::api::ErrorBody),
+        (status = 503, description = "unavailable, or recovering (with Retry-After)", body = crate::api::ErrorBody),
+    ))]
+async fn catalog_item(state: &Arc<State>, raw_id: &str) -> Answer {
+    let item = raw_id
+        .parse::<u64>()
+        .ok()
+        .filter(|id| *id <= i64::MAX as u64)
+        .map(ItemId)
+        .ok_or(ApiError::NotFound("unknown_item", "no such item"))?;
+    let snapshot = match state
+        .catalog
+        .item(item, || fetch_item(state.clone(), item))
+        .await
+    {
+        Looked::Item(s) => s,
+        Looked::Unknown => return Err(ApiError::NotFound("unknown_item", "no such item")),
+        Looked::Recovering => return Err(ApiError::Recovering),
+        Looked::Unavailable => return Err(ApiError::Unavailable("Redis")),
+    };
+    let now = now_ms() as i64;
+    let server_time = crate::orders::rfc3339_ms(now);
+    Ok(cacheable(json(
+        StatusCode::OK,
+        &public_item(&snapshot, now, &server_time),
+    )))
+}
+
+#[utoipa::path(get, path = "/items", tag = "buyers",
+    summary = "The sales not over yet: upcoming, live or sold out",
+    description = "Listed from the database at most once a second per gateway; each sale as \
+        `GET /items/{item_id}` shows it.",
+    responses(
+        (status = 200, description = "The sales, soonest first", body = crate::api::ItemList<'_>,
+            headers(("Cache-Control" = String, description = "public, max-age=1"))),
+        (status = 503, description = "unavailable: the database never answered this gateway yet", body = crate::api::ErrorBody),
+    ))]
+async fn catalog_items(state: &Arc<State>) -> Answer {
+    let Listing::Items(listed) = state.catalog.listing(|| fetch_listing(state.clone())).await
+    else {
+        return Err(ApiError::Unavailable("the database"));
+    };
+    let looked = futures_util::future::join_all(listed.iter().map(|row| {
+        state
+            .catalog
+            .item(row.item, || fetch_item(state.clone(), row.item))
+    }))
+    .await;
+    let now = now_ms() as i64;
+    let server_time = crate::orders::rfc3339_ms(now);
+    let items = listed
+        .iter()
+        .zip(&looked)
+        .filter_map(|(row, looked)| {
+            // Redis's view when it has one (its window may have been changed since the listing);
+            // the database's row when Redis cannot say.
+            let s: &Snapshot = match looked {
+                Looked::Item(s) => s,
+                _ => row,
+            };
+            (s.state(now) != SaleState::Ended).then(|| public_item(s, now, &server_time))
+        })
+        .collect();
+    Ok(cacheable(json(StatusCode::OK, &ItemList { items })))
+}
+
+fn public_item<'a>(s: &'a Snapshot, now: i64, server_time: &'a str) -> PublicItem<'a> {
+    let t = |ms: Option<i64>| ms.map(crate::orders::rfc3339_ms);
+    PublicItem {
+        item_id: s.item.0,
+        name: &s.name,
+        price_cents: s.price_cents,
+        starts_at: t(s.starts_at_ms),
+        ends_at: t(s.ends_at_ms),
+        state: s.state(now),
+        // Never below zero on a product page, whatever a compensation did meanwhile.
+        remaining: s.remaining.max(0),
+        server_time,
+    }
+}
+
+/// The catalog's answers may be kept a second by browsers and CDNs, as by the gateway itself.
+fn cacheable(mut resp: Response<Body>) -> Response<Body> {
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=1"),
+    );
+    resp
+}
+
+/// Reads one item for the catalog: its hash, or why Redis has none.
+async fn fetch_item(state: Arc<State>, item: ItemId) -> Looked {
+    match crate::catalog::read_item(&state.redis, &state.keys, item).await {
+        Ok(Some(s)) => Looked::Item(Arc::new(s)),
+        Ok(None) => match missing_item(&state, item).await {
+            ApiError::NotFound(..) => Looked::Unknown,
+            ApiError::Recovering => Looked::Recovering,
+            _ => Looked::Unavailable,
+        },
+        Err(e) => {
+            // Answered as a 503 by the error mapping, which logs it; the cause only here.
+            tracing::debug!(error = %e, item.id = item.0, "reading an item for the catalog failed");
+            Looked::Unavailable
+        }
+    }
+}
+
+/// Lists the sales not over yet for the catalog.
+async fn fetch_listing(state: Arc<State>) -> Listing {
+    // `db()` logs why it has no connection.
+    let Ok(db) = state.db().await else {
+        return Listing::Unavailable;
+    };
+    match crate::catalog::read_listing(db, now_ms() as i64).await {
+        Ok(listed) => Listing::Items(listed.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "listing the catalog failed; serving the last list");
+            Listing::Unavailable
+        }
+    }
 }
 
 /// An item Redis has no hash for: unknown, or lost and being rebuilt (never `404` for an item the

@@ -36,6 +36,8 @@ pub struct State {
     pub recovery: Arc<Recovery>,
     /// In `replica` mode: a `202` waits for a replica to take the purchase.
     pub group_commit: Option<Arc<crate::replication::GroupCommit>>,
+    /// The public catalog (`GET /items`), read from Redis and the database once a second at most.
+    pub catalog: crate::catalog::Catalog,
 }
 
 /// What a gateway runs on besides its configuration and clients.
@@ -76,6 +78,7 @@ impl State {
             durability,
             recovery,
             group_commit,
+            catalog: crate::catalog::Catalog::default(),
         }
     }
 

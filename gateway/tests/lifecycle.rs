@@ -42,6 +42,8 @@ async fn health_readiness_and_metrics() {
     );
     for (path, method) in [
         ("/items/{item_id}/ticket", "post"),
+        ("/items/{item_id}", "get"),
+        ("/items", "get"),
         ("/seckill", "post"),
         ("/orders/{order_id}", "get"),
         ("/orders/{order_id}/cancel", "post"),
@@ -72,6 +74,17 @@ async fn health_readiness_and_metrics() {
             "{scheme}"
         );
     }
+    let page = &doc["paths"]["/items/{item_id}"]["get"];
+    assert!(
+        page.get("security").is_none()
+            && page["responses"]["200"]["headers"]["Cache-Control"].is_object(),
+        "GET /items/{{item_id}} is public and cacheable: {page}"
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["SaleState"]["enum"],
+        json!(["upcoming", "live", "sold_out", "ended"]),
+        "{doc}"
+    );
     let seckill = &doc["paths"]["/seckill"]["post"]["responses"];
     for status in ["202", "400", "401", "404", "409", "413", "429", "503"] {
         assert!(

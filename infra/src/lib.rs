@@ -12,6 +12,7 @@ pub mod durability;
 pub mod entity;
 pub mod lease;
 pub mod migration;
+pub mod net;
 pub mod recovery;
 pub mod redis;
 pub mod stock;

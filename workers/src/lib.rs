@@ -57,8 +57,7 @@ impl Workers {
             publisher.ready().await,
             "RabbitMQ is not reachable at start"
         );
-        let listener = TcpListener::bind(config.workers_addr)
-            .await
+        let listener = seckill_infra::net::listen(config.workers_addr)
             .with_context(|| format!("binding SECKILL_WORKERS_ADDR={}", config.workers_addr))?;
         let scripts = Scripts::new(Keys::new(&config.namespace));
         let (stop_tx, stop_rx) = watch::channel(false);

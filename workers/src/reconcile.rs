@@ -545,27 +545,55 @@ impl Sweeper {
         // An order is created before its sale ends, so an item that ended long before the cutoff
         // has no order that became overdue lately; older ones are the full sweep's.
         let window = (!full).then(|| cutoff - FULL_SWEEP_EVERY.as_millis() as i64);
-        let overdue = overdue_orders(&rt.db, cutoff, window)
+        self.sent.retain(|_, at| at.elapsed() < grace);
+        let mut overdue = overdue_orders(&rt.db, cutoff, window)
             .await
             .context("reading the orders past their payment deadline")?;
         if full {
             self.last_full = Some(Instant::now());
+            // Shipped orders whose automatic completion never came: rare and in no hurry, so
+            // only the full sweep looks for them.
+            let shipped_cutoff = now - (rt.config.auto_complete + grace).as_millis() as i64;
+            let unconfirmed = shipped_unconfirmed(&rt.db, shipped_cutoff)
+                .await
+                .context("reading shipped orders past their completion")?;
+            self.send(rt, Kind::OrderAutoComplete, unconfirmed).await?;
         }
-        self.sent.retain(|_, at| at.elapsed() < grace);
-        let due: Vec<&OrderRow> = overdue
-            .iter()
-            .filter(|o| !self.sent.contains_key(&o.id))
-            .collect();
-        let Some(oldest) = due.first() else {
+        overdue.retain(|o| !self.sent.contains_key(&o.id));
+        let Some(oldest) = overdue.first().cloned() else {
             return Ok(());
         };
-        // Straight to the handler's queue, not through `publish_all`: that routes ORDER_TIMEOUT
-        // through the delay queue, which would wait another payment timeout, and drops it when
-        // that queue is the one that is gone.
-        let queue = rt.topology.queue(Kind::OrderTimeout);
-        for chunk in due.chunks(store::CHUNK) {
-            let message = Message::OrderTimeout {
-                events: chunk.iter().map(|o| o.event()).collect(),
+        let count = overdue.len();
+        self.send(rt, Kind::OrderTimeout, overdue).await?;
+        tracing::info!(
+            orders = count,
+            oldest.order_id = %oldest.id,
+            oldest.overdue_ms = now - (oldest.created_at_ms + timeout.as_millis() as i64),
+            "sent ORDER_TIMEOUT for orders whose payment timeout never came"
+        );
+        self.redeclare(rt).await;
+        Ok(())
+    }
+
+    /// Sends a delayed kind's events for `orders` now, straight to the handler's queue, not
+    /// through `publish_all`: that routes them through the delay queue, which would wait the
+    /// whole delay again, and drops them when that queue is the one that is gone.
+    async fn send(
+        &mut self,
+        rt: &Runtime,
+        kind: Kind,
+        orders: Vec<OrderRow>,
+    ) -> anyhow::Result<()> {
+        let orders: Vec<OrderRow> = orders
+            .into_iter()
+            .filter(|o| !self.sent.contains_key(&o.id))
+            .collect();
+        let queue = rt.topology.queue(kind);
+        for chunk in orders.chunks(store::CHUNK) {
+            let events = chunk.iter().map(|o| o.event()).collect();
+            let message = match kind {
+                Kind::OrderAutoComplete => Message::OrderAutoComplete { events },
+                _ => Message::OrderTimeout { events },
             };
             let mut headers = FieldTable::default();
             let (k, v) = broker::string_header("x-seckill-source", "sweeper");
@@ -573,18 +601,15 @@ impl Sweeper {
             rt.publisher
                 .publish_raw(&queue, &message.to_json(), headers)
                 .await
-                .context("publishing ORDER_TIMEOUT to the timeout queue")?;
+                .with_context(|| format!("publishing {} to its queue", kind.type_name()))?;
             let at = Instant::now();
             self.sent.extend(chunk.iter().map(|o| (o.id, at)));
-            metrics::counter!("seckill_sweeper_closed_total").increment(chunk.len() as u64);
+            let counter = match kind {
+                Kind::OrderAutoComplete => "seckill_sweeper_completed_total",
+                _ => "seckill_sweeper_closed_total",
+            };
+            metrics::counter!(counter).increment(chunk.len() as u64);
         }
-        tracing::info!(
-            orders = due.len(),
-            oldest.order_id = %oldest.id,
-            oldest.overdue_ms = now - (oldest.created_at_ms + timeout.as_millis() as i64),
-            "sent ORDER_TIMEOUT for orders whose payment timeout never came"
-        );
-        self.redeclare(rt).await;
         Ok(())
     }
 
@@ -622,6 +647,23 @@ impl Sweeper {
             tracing::warn!(error = %format!("{e:#}"), "could not declare the broker topology again");
         }
     }
+}
+
+/// Shipped orders shipped before `cutoff`, oldest first, at most [`SWEEP_LIMIT`].
+async fn shipped_unconfirmed(db: &DatabaseConnection, cutoff: i64) -> Result<Vec<OrderRow>, DbErr> {
+    let mut q = Query::new(db.get_database_backend()).sql(&format!(
+        "SELECT {} FROM orders WHERE status = ",
+        OrderRow::COLUMNS
+    ));
+    q.bind(OrderStatus::Shipped.as_str())
+        .push(" AND updated_at_ms < ")
+        .bind(cutoff)
+        .push(&format!(" ORDER BY updated_at_ms, id LIMIT {SWEEP_LIMIT}"));
+    db.query_all_raw(q.build())
+        .await?
+        .iter()
+        .map(OrderRow::read)
+        .collect()
 }
 
 /// Orders awaiting payment created before `cutoff`, oldest first, at most [`SWEEP_LIMIT`]; with

@@ -446,6 +446,8 @@ async fn apply_refunds(
                         order.id
                     )));
                 }
+                store::move_locks(txn, &[order.id], LockStatus::Deducted, LockStatus::Released)
+                    .await?;
                 Some(OrderStatus::Refunded)
             }
             OrderStatus::RefundRequired if r.status == PaymentStatus::RefundRequired => {

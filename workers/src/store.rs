@@ -249,6 +249,16 @@ pub async fn settle_locks(
     ids: &[OrderId],
     to: LockStatus,
 ) -> Result<(), DbErr> {
+    move_locks(txn, ids, LockStatus::Locked, to).await
+}
+
+/// `from` → `to` for these orders' stock locks; every one must move.
+pub async fn move_locks(
+    txn: &DatabaseTransaction,
+    ids: &[OrderId],
+    from: LockStatus,
+    to: LockStatus,
+) -> Result<(), DbErr> {
     update_every(
         txn,
         ids,
@@ -260,9 +270,9 @@ pub async fn settle_locks(
                 .push(" WHERE order_id IN ")
                 .list(chunk.iter().map(|id| id.db()))
                 .push(" AND status = ")
-                .bind(LockStatus::Locked.as_str());
+                .bind(from.as_str());
         },
-        |settled, of| format!("{settled} of {of} stock locks were LOCKED"),
+        |settled, of| format!("{settled} of {of} stock locks were {}", from.as_str()),
     )
     .await
 }

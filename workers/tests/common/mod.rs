@@ -450,6 +450,20 @@ impl Stack {
         Topology::new(&self.env.config.namespace, self.env.config.payment_timeout)
     }
 
+    /// The bench's audit of one item (every invariant of the contract, as `seckill-bench` checks
+    /// it after a sale), which must pass; `accepted` orders were answered `202`.
+    pub async fn audit(&self, item: u64, accepted: usize) {
+        let checks = seckill_bench::audit::audit(
+            &self.env.config,
+            seckill_domain::ItemId(item),
+            seckill_bench::audit::Accepted::exactly(accepted as u64),
+        )
+        .await
+        .expect("the audit runs");
+        let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
+        assert!(failed.is_empty(), "the audit failed: {failed:#?}");
+    }
+
     /// The contract's invariants for one item, once the pipeline is drained. `accepted` is every
     /// order id a client got a 202 for.
     pub async fn check_invariants(&self, item: u64, accepted: &HashSet<OrderId>) {
