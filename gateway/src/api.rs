@@ -59,6 +59,14 @@ pub struct OrderView {
     pub payment: Option<PaymentView>,
 }
 
+/// `200` of `GET /orders`: a page of the buyer's orders, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct OrderList {
+    pub orders: Vec<OrderView>,
+    /// Opaque: pass it as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
 /// The order's latest payment.
 #[derive(Serialize, ToSchema)]
 pub struct PaymentView {

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api;
 mod conn;
 mod error;
+pub mod my_orders;
 pub mod openapi;
 pub mod orders;
 pub mod payment;

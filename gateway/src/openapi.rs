@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         crate::routes::ticket,
         crate::routes::seckill,
+        crate::my_orders::list,
         crate::orders::get,
         crate::orders::cancel,
         crate::orders::confirm,

@@ -54,12 +54,20 @@ async fn from_database(state: &State, order_id: OrderId) -> Result<Option<OrderR
         .all(db)
         .await
         .map_err(ApiError::from_db)?;
+    record_of(o, &pays).map(Some)
+}
+
+/// An order's row and its payments' rows as the API shows the order (`GET /orders` shares it).
+pub(crate) fn record_of(
+    o: orders::Model,
+    pays: &[payments::Model],
+) -> Result<OrderRecord, ApiError> {
     // The payment that paid the order, else the latest.
     let shown = pays
         .iter()
         .find(|p| p.status == PaymentStatus::Succeeded.as_str() && p.applied)
         .or_else(|| pays.iter().max_by_key(|p| p.updated_at_ms));
-    let bad = |what: &str| ApiError::Internal(anyhow::anyhow!("order {order_id} has {what}"));
+    let bad = |what: &str| ApiError::Internal(anyhow::anyhow!("order {} has {what}", o.id));
     let payment = match shown {
         None => None,
         Some(p) => Some(ShownPayment {
@@ -71,7 +79,7 @@ async fn from_database(state: &State, order_id: OrderId) -> Result<Option<OrderR
                 .map_err(|_| bad("a payment of an unknown status"))?,
         }),
     };
-    Ok(Some(OrderRecord {
+    Ok(OrderRecord {
         user: UserId(o.user_id as u64),
         item: ItemId(o.item_id as u64),
         quantity: u32::try_from(o.quantity)
@@ -83,7 +91,7 @@ async fn from_database(state: &State, order_id: OrderId) -> Result<Option<OrderR
         created_at_ms: o.created_at_ms,
         updated_at_ms: o.updated_at_ms,
         payment,
-    }))
+    })
 }
 
 /// Any order, from Redis or else the database (the payment webhook's existence check).

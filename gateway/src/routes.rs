@@ -216,6 +216,10 @@ async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static st
     match (segs.as_slice(), &method) {
         (["seckill"], &Method::POST) => ("seckill", seckill(state, req).await),
         (["items", id, "ticket"], &Method::POST) => ("ticket", ticket(state, req, id).await),
+        (["orders"], &Method::GET) => (
+            "my_orders",
+            crate::my_orders::list(state, req.headers(), req.uri().query()).await,
+        ),
         (["orders", id], &Method::GET) => {
             ("order", crate::orders::get(state, req.headers(), id).await)
         }
@@ -269,7 +273,8 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
         | ["admin", "orders", _, "ship"]
         | ["payment", "callback"]
         | ["admin", "items"] => "POST",
-        ["orders", _]
+        ["orders"]
+        | ["orders", _]
         | ["admin", "items", _]
         | ["healthz"]
         | ["readyz"]

@@ -43,6 +43,7 @@ async fn health_readiness_and_metrics() {
     for (path, method) in [
         ("/items/{item_id}/ticket", "post"),
         ("/seckill", "post"),
+        ("/orders", "get"),
         ("/orders/{order_id}", "get"),
         ("/orders/{order_id}/cancel", "post"),
         ("/orders/{order_id}/confirm", "post"),
