@@ -22,6 +22,7 @@ use utoipa::{Modify, OpenApi};
         crate::routes::seckill,
         crate::my_orders::list,
         crate::orders::get,
+        crate::events::stream,
         crate::orders::cancel,
         crate::orders::confirm,
         crate::orders::refund,

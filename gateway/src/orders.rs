@@ -112,7 +112,7 @@ pub async fn find(state: &State, order_id: OrderId) -> Result<Option<OrderRecord
 }
 
 /// The order if it is `user`'s. `None` is final (see the module's comment).
-async fn owned(
+pub(crate) async fn owned(
     state: &State,
     order_id: OrderId,
     user: UserId,

@@ -7,7 +7,7 @@ use crate::state::State;
 use bytes::Bytes;
 use fred::prelude::*;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use seckill_domain::scripts::{Purchase, PurchaseFailure, PurchaseRequest};
 use seckill_domain::snowflake::now_ms;
@@ -20,10 +20,21 @@ use tracing::field::Empty;
 
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 
+/// Every answer's body: JSON whole, or an order's event stream. An enum, not a box: the hot path's
+/// answer stays a `Full` moved once.
+pub type ResponseBody = Either<Body, crate::events::SseBody>;
+
+/// What the router answers: [`Answer`] with either body.
+type Routed = Result<Response<ResponseBody>, ApiError>;
+
+fn whole(answer: Answer) -> Routed {
+    answer.map(|resp| resp.map(Either::Left))
+}
+
 pub async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let (route, result) = if req.headers().contains_key(header::TRANSFER_ENCODING) {
         ("other", Err(ApiError::TransferEncoding))
@@ -34,7 +45,7 @@ pub async fn handle(
         Ok(_) => None,
         Err(e) => Some(e.code()),
     };
-    let resp = result.unwrap_or_else(ApiError::into_response);
+    let resp = result.unwrap_or_else(|e| e.into_response().map(Either::Left));
     let status = resp.status();
     let elapsed = started.elapsed().as_secs_f64();
     if route == "seckill" {
@@ -158,7 +169,7 @@ fn status_label(s: StatusCode) -> &'static str {
     }
 }
 
-async fn route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Answer) {
+async fn route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Routed) {
     // The hot path first, matched without allocating. Every other route runs in a boxed future
     // of its own: the admin and payment handlers' futures are large, and inlining them would make
     // every purchase allocate and move their state.
@@ -171,7 +182,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Ans
             order.id = Empty,
             outcome = Empty
         );
-        let answer = seckill(state, req).instrument(span.clone()).await;
+        let answer = whole(seckill(state, req).instrument(span.clone()).await);
         if !span.is_disabled() {
             span.record("outcome", outcome_of(&answer));
         }
@@ -192,14 +203,14 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Ans
 }
 
 /// `ok` with the status, or the error's code.
-fn outcome_of(answer: &Answer) -> &'static str {
+fn outcome_of(answer: &Routed) -> &'static str {
     match answer {
         Ok(resp) => status_label(resp.status()),
         Err(e) => e.code(),
     }
 }
 
-async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Answer) {
+async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Routed) {
     let path = req.uri().path().to_owned();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -213,7 +224,11 @@ async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static st
         }
         _ => {}
     }
-    match (segs.as_slice(), &method) {
+    let (route, answer) = match (segs.as_slice(), &method) {
+        (["orders", id, "events"], &Method::GET) => {
+            let answer = crate::events::stream(state, req.headers(), id).await;
+            return ("order_events", answer.map(|resp| resp.map(Either::Right)));
+        }
         (["seckill"], &Method::POST) => ("seckill", seckill(state, req).await),
         (["items", id, "ticket"], &Method::POST) => ("ticket", ticket(state, req, id).await),
         (["orders"], &Method::GET) => (
@@ -261,7 +276,8 @@ async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static st
                 Err(ApiError::NotFound("not_found", "no such route")),
             ),
         },
-    }
+    };
+    (route, whole(answer))
 }
 
 /// The methods a known path answers, for `405`'s `Allow` header.
@@ -275,6 +291,7 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
         | ["admin", "items"] => "POST",
         ["orders"]
         | ["orders", _]
+        | ["orders", _, "events"]
         | ["admin", "items", _]
         | ["healthz"]
         | ["readyz"]

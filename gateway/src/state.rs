@@ -36,6 +36,8 @@ pub struct State {
     pub recovery: Arc<Recovery>,
     /// In `replica` mode: a `202` waits for a replica to take the purchase.
     pub group_commit: Option<Arc<crate::replication::GroupCommit>>,
+    /// The order event streams open on this gateway (`GET /orders/{id}/events`).
+    pub order_streams: Arc<crate::events::OrderStreams>,
 }
 
 /// What a gateway runs on besides its configuration and clients.
@@ -65,6 +67,7 @@ impl State {
             webhook: WebhookSigner::new(&config.webhook_secret),
             limiter: RateLimiter::new(config.rate_per_user),
             sold_out: SoldOut::default(),
+            order_streams: Arc::new(crate::events::OrderStreams::new(config.max_order_streams)),
             outboxes: keys.outboxes().map(|(_, k)| k).collect(),
             keys,
             config,

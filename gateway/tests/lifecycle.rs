@@ -45,6 +45,7 @@ async fn health_readiness_and_metrics() {
         ("/seckill", "post"),
         ("/orders", "get"),
         ("/orders/{order_id}", "get"),
+        ("/orders/{order_id}/events", "get"),
         ("/orders/{order_id}/cancel", "post"),
         ("/orders/{order_id}/confirm", "post"),
         ("/orders/{order_id}/refund", "post"),
