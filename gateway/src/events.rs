@@ -390,3 +390,46 @@ impl Changes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_holds_a_place_until_dropped_and_none_opens_past_the_bound_or_the_shutdown() {
+        let streams = Arc::new(OrderStreams::new(2));
+        let (a, b) = (OrderId(1), OrderId(2));
+        let first = streams.watch(a).unwrap();
+        let mut second = streams.watch(a).unwrap();
+        assert_eq!((streams.open(), streams.watched()), (2, 1));
+        let refused = streams.watch(b).err().unwrap();
+        assert_eq!(
+            (refused.status().as_u16(), refused.code()),
+            (503, "unavailable")
+        );
+
+        // A change wakes the order's streams, however often it was announced; another's, none.
+        streams.wake(b);
+        assert!(!second.changes.as_mut().unwrap().has_changed().unwrap());
+        streams.wake(a);
+        streams.wake(a);
+        assert!(second.changes.as_mut().unwrap().has_changed().unwrap());
+        second.changes.as_mut().unwrap().mark_unchanged();
+        streams.wake_all();
+        assert!(second.changes.as_mut().unwrap().has_changed().unwrap());
+
+        drop(first);
+        assert_eq!((streams.open(), streams.watched()), (1, 1));
+        let other = streams.watch(b).unwrap();
+        assert_eq!((streams.open(), streams.watched()), (2, 2));
+        drop((second, other));
+        assert_eq!((streams.open(), streams.watched()), (0, 0));
+
+        let open = streams.watch(a).unwrap();
+        streams.close();
+        assert!(open.closing.has_changed().unwrap());
+        assert_eq!(streams.watch(b).err().unwrap().code(), "unavailable");
+        drop(open);
+        assert_eq!((streams.open(), streams.watched()), (0, 0));
+    }
+}
