@@ -101,6 +101,40 @@ pub struct OrderView {
     pub payment: Option<PaymentView>,
 }
 
+/// `200` of `GET /orders`: a page of the buyer's orders, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct OrderList {
+    pub orders: Vec<OrderView>,
+    /// Opaque: pass it as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One event of `GET /orders/{order_id}/events` as the stream carries it: `event: order`, then
+/// `data: ` and the order's JSON on one line, then a blank line.
+#[derive(ToSchema)]
+pub struct OrderEventFrame {
+    /// Always `order`.
+    #[schema(pattern = "^order$", example = "order")]
+    pub event: &'static str,
+    /// The order as `GET /orders/{order_id}` answers it (an `OrderView`), on one line.
+    #[schema(content_media_type = "application/json")]
+    pub data: String,
+}
+
+impl OrderEventFrame {
+    pub fn order(view: &OrderView) -> OrderEventFrame {
+        OrderEventFrame {
+            event: "order",
+            data: serde_json::to_string(view).expect("an order serializes"),
+        }
+    }
+
+    /// The event in the `text/event-stream` format (JSON has no raw newline to split it).
+    pub fn to_bytes(&self) -> bytes::Bytes {
+        format!("event: {}\ndata: {}\n\n", self.event, self.data).into()
+    }
+}
+
 /// The order's latest payment.
 #[derive(Serialize, ToSchema)]
 pub struct PaymentView {

@@ -9,6 +9,9 @@ use seckill_domain::{AdjustmentId, OrderId};
 
 pub type Body = Full<Bytes>;
 
+/// `Retry-After` of a bound reached: long enough for a crowd of clients not to come back at once.
+const AT_CAPACITY_RETRY_SECS: u64 = 5;
+
 /// What a route handler answers.
 pub type Answer = Result<http::Response<Body>, ApiError>;
 
@@ -33,6 +36,8 @@ pub enum ApiError {
     TransferEncoding,
     /// A dependency is unreachable; the request changed nothing.
     Unavailable(&'static str),
+    /// One of this gateway's bounds is reached (what, plural); retry after a moment.
+    AtCapacity(&'static str),
     /// The purchase was sent to Redis and no answer came back: it may have sold. `GET
     /// /orders/{id}` tells once Redis answers again.
     OutcomeUnknown(OrderId),
@@ -59,7 +64,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::BodyTimeout => "request_timeout",
             ApiError::TransferEncoding => "bad_request",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::AtCapacity(_) => "unavailable",
             ApiError::OutcomeUnknown(_) => "outcome_unknown",
             ApiError::Recovering => "recovering",
             ApiError::AdjustmentPending(_) => "adjustment_pending",
@@ -78,6 +83,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_)
+            | ApiError::AtCapacity(_)
             | ApiError::OutcomeUnknown(_)
             | ApiError::Recovering
             | ApiError::AdjustmentPending(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -108,6 +114,9 @@ impl ApiError {
             ApiError::Unavailable(what) => {
                 tracing::warn!(dependency = what, "answering 503");
                 format!("{what} is unavailable; nothing was changed, retry later")
+            }
+            ApiError::AtCapacity(what) => {
+                format!("this server holds as many {what} as it may; retry later")
             }
             ApiError::OutcomeUnknown(id) => {
                 tracing::warn!(order.id = %id, "answering 503 outcome_unknown");
@@ -146,6 +155,7 @@ impl ApiError {
         let retry_after = match self {
             ApiError::RateLimited { retry_after_secs } => Some(retry_after_secs.max(1)),
             ApiError::Recovering | ApiError::OutcomeUnknown(_) => Some(1),
+            ApiError::AtCapacity(_) => Some(AT_CAPACITY_RETRY_SECS),
             _ => None,
         };
         match self {

@@ -6,6 +6,8 @@ pub mod api;
 pub mod catalog;
 mod conn;
 mod error;
+pub mod events;
+pub mod my_orders;
 pub mod openapi;
 pub mod orders;
 pub mod payment;
@@ -47,6 +49,8 @@ pub struct Application {
     listener: TcpListener,
     state: Arc<State>,
     lease_token: String,
+    /// The order changes the workers announce, for the order event streams.
+    changes: events::Changes,
     stop_tx: watch::Sender<bool>,
     stop_rx: watch::Receiver<bool>,
 }
@@ -90,6 +94,8 @@ impl Application {
         let group_commit = (config.redis_durability == Durability::Replica)
             .then(|| GroupCommit::new(redis.next().clone(), replication::DEFAULT_TIMEOUT));
         let recovery = Recovery::new(redis.clone(), scripts.clone(), &config.database_url, None);
+        let changes =
+            events::Changes::subscribe(&config.redis_url, scripts.keys().order_changes()).await?;
         let parts = state::Parts {
             ids,
             publisher,
@@ -103,6 +109,7 @@ impl Application {
             listener,
             state,
             lease_token,
+            changes,
             stop_tx,
             stop_rx,
         })
@@ -145,6 +152,10 @@ impl Application {
             ));
         }
         tokio::spawn(state.limiter.clone().run_cleanup(stop_rx.clone()));
+        tokio::spawn(
+            self.changes
+                .follow(state.order_streams.clone(), stop_rx.clone()),
+        );
 
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -179,6 +190,8 @@ impl Application {
             }
         }
         drop(self.listener);
+        // Event streams never end by themselves; the drain below waits for every response.
+        state.order_streams.close();
         tracing::info!("shutting down: draining in-flight requests");
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
             .await

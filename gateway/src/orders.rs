@@ -57,12 +57,20 @@ pub(crate) async fn from_database(
         .all(db)
         .await
         .map_err(ApiError::from_db)?;
+    record_of(o, &pays).map(Some)
+}
+
+/// An order's row and its payments' rows as the API shows the order (`GET /orders` shares it).
+pub(crate) fn record_of(
+    o: orders::Model,
+    pays: &[payments::Model],
+) -> Result<OrderRecord, ApiError> {
     // The payment that paid the order, else the latest.
     let shown = pays
         .iter()
         .find(|p| p.status == PaymentStatus::Succeeded.as_str() && p.applied)
         .or_else(|| pays.iter().max_by_key(|p| p.updated_at_ms));
-    let bad = |what: &str| ApiError::Internal(anyhow::anyhow!("order {order_id} has {what}"));
+    let bad = |what: &str| ApiError::Internal(anyhow::anyhow!("order {} has {what}", o.id));
     let payment = match shown {
         None => None,
         Some(p) => Some(ShownPayment {
@@ -74,7 +82,7 @@ pub(crate) async fn from_database(
                 .map_err(|_| bad("a payment of an unknown status"))?,
         }),
     };
-    Ok(Some(OrderRecord {
+    Ok(OrderRecord {
         user: UserId(o.user_id as u64),
         item: ItemId(o.item_id as u64),
         quantity: u32::try_from(o.quantity)
@@ -86,7 +94,7 @@ pub(crate) async fn from_database(
         created_at_ms: o.created_at_ms,
         updated_at_ms: o.updated_at_ms,
         payment,
-    }))
+    })
 }
 
 /// Any order, from Redis or else the database (the payment webhook's existence check).
@@ -107,7 +115,7 @@ pub async fn find(state: &State, order_id: OrderId) -> Result<Option<OrderRecord
 }
 
 /// The order if it is `user`'s. `None` is final (see the module's comment).
-async fn owned(
+pub(crate) async fn owned(
     state: &State,
     order_id: OrderId,
     user: UserId,

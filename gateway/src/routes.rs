@@ -9,7 +9,7 @@ use crate::state::State;
 use bytes::Bytes;
 use fred::prelude::*;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use seckill_domain::scripts::{Purchase, PurchaseFailure, PurchaseRequest};
 use seckill_domain::snowflake::now_ms;
@@ -22,10 +22,21 @@ use tracing::field::Empty;
 
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 
+/// Every answer's body: JSON whole, or an order's event stream. An enum, not a box: the hot path's
+/// answer stays a `Full` moved once.
+pub type ResponseBody = Either<Body, crate::events::SseBody>;
+
+/// What the router answers: [`Answer`] with either body.
+type Routed = Result<Response<ResponseBody>, ApiError>;
+
+fn whole(answer: Answer) -> Routed {
+    answer.map(|resp| resp.map(Either::Left))
+}
+
 pub async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let (route, result) = if req.headers().contains_key(header::TRANSFER_ENCODING) {
         ("other", Err(ApiError::TransferEncoding))
@@ -36,7 +47,7 @@ pub async fn handle(
         Ok(_) => None,
         Err(e) => Some(e.code()),
     };
-    let resp = result.unwrap_or_else(ApiError::into_response);
+    let resp = result.unwrap_or_else(|e| e.into_response().map(Either::Left));
     let status = resp.status();
     let elapsed = started.elapsed().as_secs_f64();
     if route == "seckill" {
@@ -165,7 +176,7 @@ fn status_label(s: StatusCode) -> &'static str {
     }
 }
 
-async fn route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Answer) {
+async fn route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Routed) {
     // The hot path first, matched without allocating. Every other route runs in a boxed future
     // of its own: the admin and payment handlers' futures are large, and inlining them would make
     // every purchase allocate and move their state.
@@ -178,7 +189,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Ans
             order.id = Empty,
             outcome = Empty
         );
-        let answer = seckill(state, req).instrument(span.clone()).await;
+        let answer = whole(seckill(state, req).instrument(span.clone()).await);
         if !span.is_disabled() {
             span.record("outcome", outcome_of(&answer));
         }
@@ -191,7 +202,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Ans
         && let Some(id) = req.uri().path().strip_prefix("/items/")
         && !id.contains('/')
     {
-        return ("item", catalog_item(state, id).await);
+        return ("item", whole(catalog_item(state, id).await));
     }
     // Every other route: a span with the order or item id of its path and its outcome.
     let span = tracing::info_span!(
@@ -208,14 +219,14 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Ans
 }
 
 /// `ok` with the status, or the error's code.
-fn outcome_of(answer: &Answer) -> &'static str {
+fn outcome_of(answer: &Routed) -> &'static str {
     match answer {
         Ok(resp) => status_label(resp.status()),
         Err(e) => e.code(),
     }
 }
 
-async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Answer) {
+async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static str, Routed) {
     let path = req.uri().path().to_owned();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -229,11 +240,19 @@ async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static st
         }
         _ => {}
     }
-    match (segs.as_slice(), &method) {
+    let (route, answer) = match (segs.as_slice(), &method) {
+        (["orders", id, "events"], &Method::GET) => {
+            let answer = crate::events::stream(state, req.headers(), id).await;
+            return ("order_events", answer.map(|resp| resp.map(Either::Right)));
+        }
         (["seckill"], &Method::POST) => ("seckill", seckill(state, req).await),
         (["items", id, "ticket"], &Method::POST) => ("ticket", ticket(state, req, id).await),
         (["items"], &Method::GET) => ("items", catalog_items(state).await),
         (["items", id], &Method::GET) => ("item", catalog_item(state, id).await),
+        (["orders"], &Method::GET) => (
+            "my_orders",
+            crate::my_orders::list(state, req.headers(), req.uri().query()).await,
+        ),
         (["orders", id], &Method::GET) => {
             ("order", crate::orders::get(state, req.headers(), id).await)
         }
@@ -295,7 +314,8 @@ async fn other_route(state: &Arc<State>, req: Request<Incoming>) -> (&'static st
                 Err(ApiError::NotFound("not_found", "no such route")),
             ),
         },
-    }
+    };
+    (route, whole(answer))
 }
 
 /// The methods a known path answers, for `405`'s `Allow` header.
@@ -309,7 +329,9 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
         | ["admin", "items", _, "end"] => "POST",
         ["admin", "items"] => "GET, POST",
         ["admin", "items", _] => "GET, PATCH",
-        ["orders", _]
+        ["orders"]
+        | ["orders", _]
+        | ["orders", _, "events"]
         | ["admin", "items", _, "history"]
         | ["admin", "orders", _]
         | ["items"]

@@ -38,6 +38,8 @@ pub struct State {
     pub group_commit: Option<Arc<crate::replication::GroupCommit>>,
     /// The public catalog (`GET /items`), read from Redis and the database once a second at most.
     pub catalog: crate::catalog::Catalog,
+    /// The order event streams open on this gateway (`GET /orders/{id}/events`).
+    pub order_streams: Arc<crate::events::OrderStreams>,
 }
 
 /// What a gateway runs on besides its configuration and clients.
@@ -67,6 +69,7 @@ impl State {
             webhook: WebhookSigner::new(&config.webhook_secret),
             limiter: RateLimiter::new(config.rate_per_user),
             sold_out: SoldOut::default(),
+            order_streams: Arc::new(crate::events::OrderStreams::new(config.max_order_streams)),
             outboxes: keys.outboxes().map(|(_, k)| k).collect(),
             keys,
             config,

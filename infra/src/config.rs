@@ -16,6 +16,8 @@ pub const DEFAULT_PAYMENT_TIMEOUT_SECS: u64 = 900;
 /// A shipped order completes on its own a week after shipping.
 pub const DEFAULT_AUTO_COMPLETE_SECS: u64 = 7 * 24 * 3600;
 pub const DEFAULT_RATE_PER_USER: u32 = 5;
+/// Order event streams (`GET /orders/{id}/events`) one gateway holds open at once.
+pub const DEFAULT_MAX_ORDER_STREAMS: u32 = 10_000;
 const DEV_JWT_SECRET: &str = "dev-jwt-secret-change-me";
 const DEV_TICKET_SECRET: &str = "dev-ticket-secret-change-me";
 const DEV_ADMIN_TOKEN: &str = "dev-admin-token";
@@ -49,6 +51,8 @@ pub struct Config {
     pub auto_complete: Duration,
     pub rate_per_user: u32,
     pub node_id: Option<u16>,
+    /// Order event streams one gateway holds open; past it, a new one is `503` with `Retry-After`.
+    pub max_order_streams: u32,
 }
 
 impl std::fmt::Debug for Config {
@@ -66,6 +70,7 @@ impl std::fmt::Debug for Config {
             .field("auto_complete", &self.auto_complete)
             .field("rate_per_user", &self.rate_per_user)
             .field("node_id", &self.node_id)
+            .field("max_order_streams", &self.max_order_streams)
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +142,15 @@ impl Config {
             at_least_one("SECKILL_PAYMENT_TIMEOUT_SECS", DEFAULT_PAYMENT_TIMEOUT_SECS)?;
         let auto_complete_secs =
             at_least_one("SECKILL_AUTO_COMPLETE_SECS", DEFAULT_AUTO_COMPLETE_SECS)?;
+        let max_order_streams: u32 =
+            parsed("SECKILL_MAX_ORDER_STREAMS", DEFAULT_MAX_ORDER_STREAMS)?;
+        if max_order_streams == 0 {
+            return Err(ConfigError::Invalid {
+                var: "SECKILL_MAX_ORDER_STREAMS",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
         Ok(Config {
             http_addr: parsed(
                 "SECKILL_HTTP_ADDR",
@@ -160,6 +174,7 @@ impl Config {
             auto_complete: Duration::from_secs(auto_complete_secs),
             rate_per_user: parsed("SECKILL_RATE_PER_USER", DEFAULT_RATE_PER_USER)?,
             node_id,
+            max_order_streams,
         })
     }
 }

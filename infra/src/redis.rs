@@ -46,3 +46,17 @@ pub async fn blocking_client(url: &str) -> anyhow::Result<Client> {
     client.init().await.context("connecting to Redis")?;
     Ok(client)
 }
+
+/// A Pub/Sub client on a connection of its own (a subscribed connection serves nothing else),
+/// connected. Its broadcast of messages holds `backlog` of them for a slow reader; past that the
+/// reader is told it lagged.
+pub async fn subscriber(
+    url: &str,
+    backlog: usize,
+) -> anyhow::Result<fred::clients::SubscriberClient> {
+    let mut b = builder(url)?;
+    b.with_performance_config(|p| p.broadcast_channel_capacity = backlog);
+    let client = b.build_subscriber_client()?;
+    client.init().await.context("connecting to Redis")?;
+    Ok(client)
+}

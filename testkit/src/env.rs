@@ -154,6 +154,7 @@ pub fn env_vars(config: &Config) -> Vec<(&'static str, String)> {
             c.auto_complete.as_secs().to_string(),
         ),
         ("SECKILL_RATE_PER_USER", c.rate_per_user.to_string()),
+        ("SECKILL_MAX_ORDER_STREAMS", c.max_order_streams.to_string()),
     ]
 }
 
