@@ -11,7 +11,6 @@ use common::{DRAIN, Stack, WorkersMode, n};
 use fred::prelude::*;
 use reqwest::Method;
 use sea_orm::ConnectionTrait;
-use seckill_bench::audit::Accepted;
 use seckill_domain::keys::gene_of_item;
 use seckill_domain::scripts::{Adjusted, PendingAdjustment, Scripts};
 use seckill_domain::snowflake::{Snowflake, now_ms};
@@ -82,18 +81,6 @@ async fn history(stack: &Stack, item: u64, cause: Option<&str>, per_page: u32) -
 }
 
 /// The bench's audit of every invariant, as after a sale.
-async fn audit(stack: &Stack, item: u64, accepted: usize) {
-    let checks = seckill_bench::audit::audit(
-        &stack.env.config,
-        ItemId(item),
-        Accepted::exactly(accepted as u64),
-    )
-    .await
-    .expect("the audit reads everything");
-    let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
-    assert!(failed.is_empty(), "the audit failed: {failed:#?}");
-}
-
 async fn restock_during_a_burst_sells_exactly_the_new_stock(backend: Backend) {
     const ITEM: u64 = 7;
     const STOCK: i64 = 50;
@@ -143,7 +130,7 @@ async fn restock_during_a_burst_sells_exactly_the_new_stock(backend: Backend) {
         .wait_counts(ITEM, "10 orders paid", DRAIN, |c| n(c, "PAID") == 10)
         .await;
     stack.check_invariants(ITEM, &accepted).await;
-    audit(&stack, ITEM, accepted.len()).await;
+    stack.audit(ITEM, accepted.len()).await;
 
     let restocks = history(&stack, ITEM, Some("restock"), 20).await;
     assert_eq!(restocks.len(), 1, "{restocks:?}");
@@ -235,7 +222,7 @@ async fn shrink_stops_at_the_units_live_orders_hold(backend: Backend) {
     assert_eq!((status, body["error"].as_str()), (409, Some("sold_out")));
 
     stack.check_invariants(ITEM, &accepted).await;
-    audit(&stack, ITEM, accepted.len()).await;
+    stack.audit(ITEM, accepted.len()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,7 +357,7 @@ async fn a_crash_between_redis_and_the_database_is_repaired_once(backend: Backen
     .await;
 
     stack.check_invariants(ITEM, &HashSet::from([order])).await;
-    audit(&stack, ITEM, 1).await;
+    stack.audit(ITEM, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,7 +437,7 @@ async fn a_rebuild_counts_the_pending_adjustments(backend: Backend) {
     assert_eq!(db_item(&stack, ITEM).await, (14, 11, 3, 0));
     assert!(pending(&stack, ITEM).await.is_empty());
     stack.check_invariants(ITEM, &accepted).await;
-    audit(&stack, ITEM, accepted.len()).await;
+    stack.audit(ITEM, accepted.len()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -679,7 +666,7 @@ async fn ending_listing_and_history(backend: Backend) {
         })
         .await;
     stack.check_invariants(ITEM, &accepted).await;
-    audit(&stack, ITEM, accepted.len()).await;
+    stack.audit(ITEM, accepted.len()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
