@@ -8,7 +8,6 @@ use crate::oha::{self, Body, Load, LoadStats};
 use anyhow::{Context, ensure};
 use http::StatusCode;
 use seckill_domain::ItemId;
-use seckill_domain::snowflake::now_ms;
 use seckill_infra::Config;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -82,26 +81,6 @@ pub async fn run(config: &Config, opts: &PageOptions) -> anyhow::Result<PageBenc
 }
 
 async fn create_item(http: &HttpClient, config: &Config, gateway: &str) -> anyhow::Result<ItemId> {
-    // Unique per run, and readable as the time it was made.
-    let item = ItemId(now_ms());
-    let body = serde_json::json!({
-        "item_id": item.0,
-        "name": format!("product page {item}"),
-        "price_cents": 990,
-        "stock": STOCK,
-    });
-    let auth = format!("Bearer {}", config.admin_token);
-    let (status, answer) = http
-        .post_json(
-            &format!("{gateway}/admin/items"),
-            &[("authorization", &auth)],
-            &body,
-        )
-        .await?;
-    ensure!(
-        status == StatusCode::CREATED,
-        "creating item {item}: {status} {}",
-        String::from_utf8_lossy(&answer)
-    );
-    Ok(item)
+    let fields = serde_json::json!({"price_cents": 990, "stock": STOCK});
+    crate::sale::create_item_named(http, config, gateway, "product page", fields).await
 }

@@ -189,21 +189,32 @@ async fn create_item(
     config: &Config,
     opts: &SaleOptions,
 ) -> anyhow::Result<ItemId> {
-    // Unique per run, and readable as the time it was made.
-    let item = ItemId(now_ms());
-    let body = serde_json::json!({
-        "item_id": item.0,
-        "name": format!("flash sale {item}"),
+    let fields = serde_json::json!({
         "price_cents": opts.price_cents,
         "stock": opts.stock,
         "per_user_limit": opts.per_user_limit,
     });
+    create_item_named(http, config, &opts.gateway, "flash sale", fields).await
+}
+
+/// Creates an item through the gateway's admin API, with an id unique per run (and readable as
+/// the time it was made), named `<name> <id>`, with the other fields of `fields`.
+pub async fn create_item_named(
+    http: &HttpClient,
+    config: &Config,
+    gateway: &str,
+    name: &str,
+    mut fields: serde_json::Value,
+) -> anyhow::Result<ItemId> {
+    let item = ItemId(now_ms());
+    fields["item_id"] = item.0.into();
+    fields["name"] = format!("{name} {item}").into();
     let auth = format!("Bearer {}", config.admin_token);
     let (status, answer) = http
         .post_json(
-            &format!("{}/admin/items", opts.gateway),
+            &format!("{gateway}/admin/items"),
             &[("authorization", &auth)],
-            &body,
+            &fields,
         )
         .await?;
     ensure!(
