@@ -22,21 +22,6 @@ use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-/// The database's `(stock, available, locked, sold)` of an item.
-async fn db_item(stack: &Stack, item: u64) -> (i64, i64, i64, i64) {
-    let row = stack
-        .row(&format!(
-            "SELECT stock, available, locked, sold FROM items WHERE id = {item}"
-        ))
-        .await;
-    (
-        row.try_get("", "stock").unwrap(),
-        row.try_get("", "available").unwrap(),
-        row.try_get("", "locked").unwrap(),
-        row.try_get("", "sold").unwrap(),
-    )
-}
-
 /// Redis's `(remaining, stock)` of an item.
 async fn redis_item(stack: &Stack, item: u64) -> (Option<i64>, Option<i64>) {
     let v: Vec<Option<i64>> = stack
@@ -173,7 +158,7 @@ async fn shrink_stops_at_the_units_live_orders_hold(backend: Backend) {
             n(c, "AWAITING_PAYMENT") == 4
         })
         .await;
-    let db_before = db_item(&stack, ITEM).await;
+    let db_before = stack.db_item(ITEM).await;
     assert_eq!(db_before, (10, 6, 4, 0));
     let redis_before = redis_item(&stack, ITEM).await;
     assert_eq!(redis_before, (Some(6), Some(10)));
@@ -184,7 +169,7 @@ async fn shrink_stops_at_the_units_live_orders_hold(backend: Backend) {
         .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"], "insufficient_stock", "{body}");
-    assert_eq!(db_item(&stack, ITEM).await, db_before);
+    assert_eq!(stack.db_item(ITEM).await, db_before);
     assert_eq!(redis_item(&stack, ITEM).await, redis_before);
     assert!(history(&stack, ITEM, Some("shrink"), 20).await.is_empty());
     assert!(pending(&stack, ITEM).await.is_empty());
@@ -202,7 +187,7 @@ async fn shrink_stops_at_the_units_live_orders_hold(backend: Backend) {
         json!({"available": 0, "locked": 4, "sold": 0}),
         "{item}"
     );
-    assert_eq!(db_item(&stack, ITEM).await, (4, 0, 4, 0));
+    assert_eq!(stack.db_item(ITEM).await, (4, 0, 4, 0));
     assert_eq!(redis_item(&stack, ITEM).await, (Some(0), Some(4)));
     let shrinks = history(&stack, ITEM, Some("shrink"), 20).await;
     assert_eq!(shrinks.len(), 1, "{shrinks:?}");
@@ -287,18 +272,14 @@ async fn a_crash_between_redis_and_the_database_is_repaired_once(backend: Backen
         Adjusted::AlreadyPending
     );
     assert_eq!(redis_item(&stack, ITEM).await, (Some(24), Some(25)));
-    assert_eq!(
-        db_item(&stack, ITEM).await.0,
-        20,
-        "the database half not yet"
-    );
+    assert_eq!(stack.db_item(ITEM).await.0, 20, "the database half not yet");
 
     // The reconciler applies the database half once the entry is older than its threshold.
     wait_for("the reconciler to settle the adjustment", DRAIN, || async {
         pending(&stack, ITEM).await.is_empty().then_some(())
     })
     .await;
-    assert_eq!(db_item(&stack, ITEM).await, (25, 24, 1, 0));
+    assert_eq!(stack.db_item(ITEM).await, (25, 24, 1, 0));
     let rows_of_id = format!(
         "SELECT COUNT(*) AS n FROM inventory_history WHERE adjustment_id = {}",
         id.0
@@ -325,7 +306,7 @@ async fn a_crash_between_redis_and_the_database_is_repaired_once(backend: Backen
         || async { pending(&stack, ITEM).await.is_empty().then_some(()) },
     )
     .await;
-    assert_eq!(db_item(&stack, ITEM).await, (25, 24, 1, 0), "applied once");
+    assert_eq!(stack.db_item(ITEM).await, (25, 24, 1, 0), "applied once");
     assert_eq!(stack.count(&rows_of_id).await, 1);
     assert_eq!(redis_item(&stack, ITEM).await, (Some(24), Some(25)));
     // Settling it once more changes nothing either.
@@ -335,7 +316,7 @@ async fn a_crash_between_redis_and_the_database_is_repaired_once(backend: Backen
             .unwrap(),
         Settled::AlreadyApplied
     );
-    assert_eq!(db_item(&stack, ITEM).await, (25, 24, 1, 0));
+    assert_eq!(stack.db_item(ITEM).await, (25, 24, 1, 0));
 
     // A crash between the database and Redis writes of a settings change: the reconciler copies
     // the database's into Redis.
@@ -426,7 +407,7 @@ async fn a_rebuild_counts_the_pending_adjustments(backend: Backend) {
         (Some(11), Some(14)),
         "the rebuilt item counts the pending adjustment"
     );
-    assert_eq!(db_item(&stack, ITEM).await.0, 10);
+    assert_eq!(stack.db_item(ITEM).await.0, 10);
     // Then its gateway finishes it: both agree.
     assert!(matches!(
         stock::settle(&stack.db, &stack.redis, &scripts, id, &adj)
@@ -434,7 +415,7 @@ async fn a_rebuild_counts_the_pending_adjustments(backend: Backend) {
             .unwrap(),
         Settled::Applied(_)
     ));
-    assert_eq!(db_item(&stack, ITEM).await, (14, 11, 3, 0));
+    assert_eq!(stack.db_item(ITEM).await, (14, 11, 3, 0));
     assert!(pending(&stack, ITEM).await.is_empty());
     stack.check_invariants(ITEM, &accepted).await;
     stack.audit(ITEM, accepted.len()).await;
@@ -683,7 +664,7 @@ async fn bad_admin_requests_change_nothing(backend: Backend) {
     const ITEM: u64 = 31;
     let stack = Stack::start(backend, 900, WorkersMode::InProcess).await;
     stack.create_item(ITEM, 10, 1).await;
-    let db_before = db_item(&stack, ITEM).await;
+    let db_before = stack.db_item(ITEM).await;
     let (_, view_before) = stack
         .admin(Method::GET, &format!("/admin/items/{ITEM}"), None)
         .await;
@@ -785,7 +766,7 @@ async fn bad_admin_requests_change_nothing(backend: Backend) {
         )
         .await;
     assert_eq!(status, 400, "{body}");
-    assert_eq!(db_item(&stack, ITEM).await, db_before, "no stock changed");
+    assert_eq!(stack.db_item(ITEM).await, db_before, "no stock changed");
     let (status, _) = stack
         .patch_item(ITEM, json!({"starts_at": null, "reason": "back"}))
         .await;
@@ -873,7 +854,7 @@ async fn bad_admin_requests_change_nothing(backend: Backend) {
     }
 
     // Nothing of it changed anything.
-    assert_eq!(db_item(&stack, ITEM).await, db_before);
+    assert_eq!(stack.db_item(ITEM).await, db_before);
     let (_, view_after) = stack
         .admin(Method::GET, &format!("/admin/items/{ITEM}"), None)
         .await;

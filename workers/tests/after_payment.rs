@@ -96,16 +96,7 @@ async fn shipped_orders_complete_by_the_buyer_or_on_their_own() {
     wait_status(&stack, b, "SHIPPED").await;
     wait_status(&stack, b, "COMPLETED").await;
     // The read model follows.
-    let view: serde_json::Value = stack
-        .http
-        .get(format!("{}/orders/{b}", stack.url))
-        .bearer_auth(stack.jwt.mint(seckill_domain::UserId(2), 60))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = stack.get_order(2, b).await;
     assert_eq!(view["status"], "COMPLETED");
     let (status, _) = stack.order_step(2, b, "refund").await;
     assert_eq!(status, 409, "a completed order is not refunded");

@@ -80,19 +80,6 @@ impl Sse {
     }
 }
 
-async fn get_order(stack: &Stack, user: u64, order: OrderId) -> Value {
-    stack
-        .http
-        .get(format!("{}/orders/{order}", stack.url))
-        .bearer_auth(stack.jwt.mint(UserId(user), 3600))
-        .send()
-        .await
-        .expect("GET order")
-        .json()
-        .await
-        .expect("JSON")
-}
-
 /// Follows a stream until `last`, checking that each event moves the order forward.
 async fn follow_until(sse: &mut Sse, order: OrderId, last: OrderStatus) -> Vec<OrderStatus> {
     let mut seen: Vec<OrderStatus> = Vec::new();
@@ -156,7 +143,7 @@ async fn a_buyer_follows_an_order_to_its_end() {
         .next(Duration::from_secs(5))
         .await
         .expect("the current state");
-    assert_eq!(now, get_order(&stack, 1, a).await);
+    assert_eq!(now, stack.get_order(1, a).await);
     assert_eq!(now["status"], "PAID");
     assert_eq!(now["payment"]["status"], "SUCCEEDED", "{now}");
 
@@ -170,7 +157,7 @@ async fn a_buyer_follows_an_order_to_its_end() {
         sa.next(Duration::from_secs(5)).await.is_none(),
         "the stream ends"
     );
-    assert_eq!(event, get_order(&stack, 1, a).await);
+    assert_eq!(event, stack.get_order(1, a).await);
     // A finished order's stream: its state, then the end.
     let mut again = Sse::open(&stack, Some(1), &a.to_string()).await.unwrap();
     assert_eq!(again.next_status().await.0, OrderStatus::Completed);
@@ -185,7 +172,7 @@ async fn a_buyer_follows_an_order_to_its_end() {
         assert!(sse.next(Duration::from_secs(5)).await.is_none(), "ends");
     }
     assert!(then.rank() <= OrderStatus::TimedOut.rank());
-    let final_b = get_order(&stack, 2, b).await;
+    let final_b = stack.get_order(2, b).await;
     assert_eq!(final_b["status"], "TIMED_OUT");
 }
 

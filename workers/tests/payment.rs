@@ -180,16 +180,7 @@ async fn the_same_callback_twenty_times_at_once_has_one_effect() {
         .await;
     assert_eq!(history, 1);
     // The buyer sees the payment on the order.
-    let order: serde_json::Value = stack
-        .http
-        .get(format!("{}/orders/{id}", stack.url))
-        .bearer_auth(stack.jwt.mint(seckill_domain::UserId(1), 60))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let order = stack.get_order(1, id).await;
     assert_eq!(order["status"], "PAID");
     assert_eq!(order["payment"]["payment_id"], "pay_same");
     assert_eq!(order["payment"]["status"], "SUCCEEDED");

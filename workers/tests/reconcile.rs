@@ -66,20 +66,6 @@ impl Workers {
     }
 }
 
-async fn item_row(stack: &Stack, item: u64) -> (i64, i64, i64, i64) {
-    let row = stack
-        .row(&format!(
-            "SELECT stock, available, locked, sold FROM items WHERE id = {item}"
-        ))
-        .await;
-    (
-        row.try_get("", "stock").unwrap(),
-        row.try_get("", "available").unwrap(),
-        row.try_get("", "locked").unwrap(),
-        row.try_get("", "sold").unwrap(),
-    )
-}
-
 /// The sweeper tests read one process-wide counter: one at a time.
 static SWEEPER_COUNTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -165,7 +151,7 @@ async fn orders_close_without_their_delay_queue(backend: Backend, item: u64) {
         (stack.remaining(item).await == 10).then_some(())
     })
     .await;
-    assert_eq!(item_row(&stack, item).await, (10, 10, 0, 0));
+    assert_eq!(stack.db_item(item).await, (10, 10, 0, 0));
     stack.check_invariants(item, &accepted).await;
 
     // And the delay queue is back, so the next orders' timeouts have somewhere to wait.

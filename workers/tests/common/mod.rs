@@ -274,6 +274,34 @@ impl Stack {
         )
     }
 
+    /// `GET /orders/{order}` as `user`: the answer's JSON.
+    pub async fn get_order(&self, user: u64, order: OrderId) -> serde_json::Value {
+        self.http
+            .get(format!("{}/orders/{order}", self.url))
+            .bearer_auth(self.jwt.mint(UserId(user), 3600))
+            .send()
+            .await
+            .expect("GET order")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
+    /// The database's `(stock, available, locked, sold)` of an item.
+    pub async fn db_item(&self, item: u64) -> (i64, i64, i64, i64) {
+        let row = self
+            .row(&format!(
+                "SELECT stock, available, locked, sold FROM items WHERE id = {item}"
+            ))
+            .await;
+        (
+            row.try_get("", "stock").unwrap(),
+            row.try_get("", "available").unwrap(),
+            row.try_get("", "locked").unwrap(),
+            row.try_get("", "sold").unwrap(),
+        )
+    }
+
     /// `POST /admin/orders/{order}/ship`.
     pub async fn ship(&self, order: OrderId) -> (u16, serde_json::Value) {
         let resp = self
