@@ -52,8 +52,10 @@ impl Reading {
     }
 
     /// What each part used since `before`, per accepted order. A process that started since
-    /// counts from zero; one that ended is lost (connections are pooled, so few do).
-    pub fn since(&self, before: &Reading, orders: u64) -> CpuCost {
+    /// counts from zero; one that ended is lost (connections are pooled, so few do). The
+    /// processes in `measuring` are left out: they serve the bench's own polling (its database
+    /// backends), which is the instrument's cost, not the pipeline's.
+    pub fn since(&self, before: &Reading, orders: u64, measuring: &[u32]) -> CpuCost {
         let per_tick_us = 1e6 / clock_ticks_per_second() as f64;
         let parts: BTreeMap<String, PartCost> = PARTS
             .iter()
@@ -62,11 +64,12 @@ impl Reading {
                 let then = before.ticks.get(part).cloned().unwrap_or_default();
                 let used: u64 = now
                     .iter()
+                    .filter(|(pid, _)| !measuring.contains(pid))
                     .map(|(pid, t)| t.saturating_sub(then.get(pid).copied().unwrap_or(0)))
                     .sum();
                 let cpu_us = used as f64 * per_tick_us;
                 let cost = PartCost {
-                    processes: now.len(),
+                    processes: now.keys().filter(|pid| !measuring.contains(pid)).count(),
                     cpu_ms: cpu_us / 1000.0,
                     us_per_order: if orders > 0 {
                         cpu_us / orders as f64
@@ -156,7 +159,7 @@ mod tests {
             );
         };
         assert!(after > before);
-        let cost = Reading::default().since(&Reading::default(), 10);
+        let cost = Reading::default().since(&Reading::default(), 10, &[]);
         assert_eq!(cost.parts.len(), PARTS.len());
         assert_eq!(cost.total_us_per_order, 0.0);
     }

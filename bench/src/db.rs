@@ -11,8 +11,12 @@ use seckill_domain::ItemId;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// The name the bench's PostgreSQL sessions carry, so that its own backends can be told apart
+/// from the pipeline's ([`own_backends`]).
+const APPLICATION_NAME: &str = "seckill-bench";
+
 pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
-    let mut opts = ConnectOptions::new(url.to_owned());
+    let mut opts = ConnectOptions::new(named(url));
     opts.max_connections(4)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(5))
@@ -20,6 +24,38 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
     Database::connect(opts)
         .await
         .context("connecting to the database of SECKILL_DATABASE_URL")
+}
+
+/// `url` with the bench's `application_name` when it is a PostgreSQL URL that names none.
+fn named(url: &str) -> String {
+    if !url.starts_with("postgres") || url.contains("application_name=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}application_name={APPLICATION_NAME}")
+}
+
+/// The process ids of the bench's own PostgreSQL backends (none on MySQL, whose sessions are
+/// threads of one process): their CPU time is the measurement's, not the pipeline's.
+pub async fn own_backends(db: &DatabaseConnection) -> Vec<u32> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Vec::new();
+    }
+    let sql = "SELECT pid FROM pg_stat_activity WHERE application_name = $1";
+    let Ok(rows) = db
+        .query_all_raw(statement(
+            DbBackend::Postgres,
+            sql,
+            vec![APPLICATION_NAME.into()],
+        ))
+        .await
+    else {
+        return Vec::new();
+    };
+    rows.iter()
+        .filter_map(|row| row.try_get::<i32>("", "pid").ok())
+        .map(|pid| pid as u32)
+        .collect()
 }
 
 /// A raw statement written with PostgreSQL's `$1, $2, …` placeholders, which are rewritten to `?`
@@ -170,5 +206,22 @@ mod tests {
             "SELECT 1 FROM t WHERE a = ? AND b = ? AND c = '$'"
         );
         assert_eq!(question_marks("$12,$3"), "?,?");
+    }
+
+    #[test]
+    fn postgres_sessions_are_named_for_the_bench() {
+        assert_eq!(
+            named("postgres://postgres@127.0.0.1/db"),
+            "postgres://postgres@127.0.0.1/db?application_name=seckill-bench"
+        );
+        assert_eq!(
+            named("postgres://h/db?sslmode=disable"),
+            "postgres://h/db?sslmode=disable&application_name=seckill-bench"
+        );
+        assert_eq!(
+            named("postgres://h/db?application_name=x"),
+            "postgres://h/db?application_name=x"
+        );
+        assert_eq!(named("mysql://root@h/db"), "mysql://root@h/db");
     }
 }

@@ -110,7 +110,11 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
         })
         .await?;
     // From the first request to the last accepted order awaiting payment.
-    let cpu = crate::cpu::Reading::now().since(&cpu_before, accepted);
+    let cpu = crate::cpu::Reading::now().since(
+        &cpu_before,
+        accepted,
+        &crate::db::own_backends(&watch.db).await,
+    );
     let drain = Drain::new(
         watch.stored,
         drained,
