@@ -128,8 +128,7 @@ fn follow_up(
 }
 
 async fn order_created(txn: &DatabaseTransaction, events: &[OrderEvent]) -> Result<Effects, DbErr> {
-    store::ensure_orders(txn, events).await?;
-    let orders = store::lock_orders(txn, &ids_of(events)).await?;
+    let orders = store::insert_orders(txn, events).await?;
     let mut effects = Effects::default();
     follow_up(
         &mut effects,

@@ -1,8 +1,15 @@
 //! A small backend-neutral SQL builder: PostgreSQL wants `$1`, MySQL wants `?`, and "insert unless
 //! the key exists" is spelled differently by each. Batches of rows become one statement.
 //!
+//! On PostgreSQL a list is one array parameter (`id = ANY($1)`, `INSERT … SELECT * FROM
+//! UNNEST($1, …)`), so a statement's text is the same whatever the batch's size: it is parsed and
+//! planned once per connection and then runs from the prepared statement cache, where a text per
+//! batch size (`IN ($1, …, $734)`) is parsed, analysed and planned again for nearly every batch.
+//! MySQL has no arrays and keeps the lists.
+//!
 //! It is also where the workers' id newtypes meet the database's `BIGINT` columns ([`DbId`]).
 
+use sea_orm::sea_query::ArrayType;
 use sea_orm::{DbBackend, DbErr, QueryResult, Statement, Value};
 use seckill_domain::{ItemId, OrderId, UserId};
 
@@ -92,9 +99,41 @@ impl Query {
         self
     }
 
+    /// `column IN (…)` of `vs`: `column = ANY($n)` with one array parameter on PostgreSQL,
+    /// `column IN (?, …)` on MySQL. `vs` must not be empty on MySQL.
+    pub fn is_in<V: Listed>(&mut self, column: &str, vs: impl IntoIterator<Item = V>) -> &mut Self {
+        self.push(column);
+        match self.backend {
+            DbBackend::Postgres => {
+                let values: Vec<Value> = vs.into_iter().map(Into::into).collect();
+                self.push(" = ANY(")
+                    .bind(Value::Array(V::ARRAY, Some(Box::new(values))))
+                    .push(")")
+            }
+            _ => self.push(" IN ").list(vs),
+        }
+    }
+
     pub fn build(self) -> Statement {
         Statement::from_sql_and_values(self.backend, self.sql, self.values)
     }
+}
+
+/// A value that [`Query::is_in`] can bind as an element of a PostgreSQL array.
+pub trait Listed: Into<Value> {
+    const ARRAY: ArrayType;
+}
+
+impl Listed for i64 {
+    const ARRAY: ArrayType = ArrayType::BigInt;
+}
+
+impl Listed for String {
+    const ARRAY: ArrayType = ArrayType::String;
+}
+
+impl Listed for &str {
+    const ARRAY: ArrayType = ArrayType::String;
 }
 
 /// What an insert does with a row whose key exists.
@@ -107,8 +146,93 @@ pub enum Existing {
     Skip,
 }
 
-/// `INSERT … VALUES (…), (…)` of many rows.
+/// `INSERT` of many rows: on PostgreSQL one array per column (`INSERT … SELECT * FROM UNNEST(…)`)
+/// when every value is a non-null one of the types [`column_type`] knows, else (and on MySQL)
+/// `INSERT … VALUES (…), (…)`.
 pub fn insert(
+    backend: DbBackend,
+    existing: Existing,
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Value>>,
+) -> Statement {
+    if backend == DbBackend::Postgres {
+        match unnest(existing, table, columns, rows) {
+            Ok(statement) => return statement,
+            Err(rows) => return values(backend, existing, table, columns, rows),
+        }
+    }
+    values(backend, existing, table, columns, rows)
+}
+
+/// The array type of a column's values and its PostgreSQL spelling; `None` for a null or a type
+/// this module does not bind as an array.
+fn column_type(v: &Value) -> Option<(ArrayType, &'static str)> {
+    Some(match v {
+        Value::BigInt(Some(_)) => (ArrayType::BigInt, "int8[]"),
+        Value::Int(Some(_)) => (ArrayType::Int, "int4[]"),
+        Value::String(Some(_)) => (ArrayType::String, "text[]"),
+        Value::Bool(Some(_)) => (ArrayType::Bool, "bool[]"),
+        _ => return None,
+    })
+}
+
+/// `INSERT INTO t (a, b) SELECT * FROM UNNEST($1::int8[], $2::text[])`, or the rows back when a
+/// value does not fit an array.
+fn unnest(
+    existing: Existing,
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Value>>,
+) -> Result<Statement, Vec<Vec<Value>>> {
+    let Some(types) = rows
+        .first()
+        .and_then(|row| row.iter().map(column_type).collect::<Option<Vec<_>>>())
+    else {
+        return Err(rows);
+    };
+    let fits = rows.iter().all(|row| {
+        row.len() == types.len()
+            && row
+                .iter()
+                .zip(&types)
+                .all(|(v, t)| column_type(v).is_some_and(|(a, _)| a == t.0))
+    });
+    if !fits || types.len() != columns.len() {
+        return Err(rows);
+    }
+    let mut arrays: Vec<Vec<Value>> = types
+        .iter()
+        .map(|_| Vec::with_capacity(rows.len()))
+        .collect();
+    for row in rows {
+        for (array, v) in arrays.iter_mut().zip(row) {
+            array.push(v);
+        }
+    }
+    let mut q = Query::new(DbBackend::Postgres);
+    q.push("INSERT INTO ")
+        .push(table)
+        .push(" (")
+        .push(&columns.join(", "))
+        .push(") SELECT * FROM UNNEST(");
+    for (i, (array, (ty, spelled))) in arrays.into_iter().zip(types).enumerate() {
+        if i > 0 {
+            q.push(", ");
+        }
+        q.bind(Value::Array(ty, Some(Box::new(array))))
+            .push("::")
+            .push(spelled);
+    }
+    q.push(")");
+    if existing == Existing::Skip {
+        q.push(" ON CONFLICT DO NOTHING");
+    }
+    Ok(q.build())
+}
+
+/// `INSERT … VALUES (…), (…)`.
+fn values(
     backend: DbBackend,
     existing: Existing,
     table: &str,
@@ -148,6 +272,12 @@ mod tests {
         let mut q = Query::new(DbBackend::MySql).sql("SELECT 1 WHERE a = ");
         q.bind(1i64).push(" AND b IN ").list([2i64, 3]);
         assert_eq!(q.build().sql, "SELECT 1 WHERE a = ? AND b IN (?, ?)");
+        let mut q = Query::new(DbBackend::Postgres).sql("SELECT 1 WHERE a = ");
+        q.bind(1i64).push(" AND ").is_in("b", [2i64, 3]);
+        assert_eq!(q.build().sql, "SELECT 1 WHERE a = $1 AND b = ANY($2)");
+        let mut q = Query::new(DbBackend::MySql).sql("SELECT 1 WHERE ");
+        q.is_in("b", ["x", "y"]);
+        assert_eq!(q.build().sql, "SELECT 1 WHERE b IN (?, ?)");
         let s = insert(
             DbBackend::Postgres,
             Existing::Skip,
@@ -157,8 +287,35 @@ mod tests {
         );
         assert_eq!(
             s.sql,
-            "INSERT INTO t (a, b) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            "INSERT INTO t (a, b) SELECT * FROM UNNEST($1::int8[], $2::int8[]) ON CONFLICT DO NOTHING"
         );
+        let s = insert(
+            DbBackend::Postgres,
+            Existing::Fail,
+            "t",
+            &["a", "b", "c", "d"],
+            vec![
+                vec![1i64.into(), 2i32.into(), "x".into(), true.into()],
+                vec![3i64.into(), 4i32.into(), "y".into(), false.into()],
+            ],
+        );
+        assert_eq!(
+            s.sql,
+            "INSERT INTO t (a, b, c, d) SELECT * FROM UNNEST($1::int8[], $2::int4[], $3::text[], $4::bool[])"
+        );
+        assert_eq!(s.values.as_ref().map(|v| v.0.len()), Some(4));
+        // A null has no place in these arrays: the rows go as VALUES.
+        let s = insert(
+            DbBackend::Postgres,
+            Existing::Fail,
+            "t",
+            &["a", "b"],
+            vec![
+                vec![1i64.into(), Some(2i64).into()],
+                vec![3i64.into(), Option::<i64>::None.into()],
+            ],
+        );
+        assert_eq!(s.sql, "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)");
         let s = insert(
             DbBackend::MySql,
             Existing::Skip,

@@ -6,7 +6,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, QueryResul
 use seckill_domain::snowflake::now_ms;
 use seckill_domain::status::{LockStatus, PaymentStatus};
 use seckill_domain::{ItemId, OrderEvent, OrderId, OrderStatus, Quantity, UserId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// Rows per statement, well under both backends' bind-parameter limits.
 pub const CHUNK: usize = 1000;
@@ -38,6 +38,19 @@ impl OrderRow {
             created_at_ms: row.try_get("", "created_at_ms")?,
             status: status.parse().map_err(|e| invariant(format!("{e}")))?,
         })
+    }
+
+    /// The row [`insert_orders`] stores for `e`.
+    pub fn created(e: &OrderEvent) -> OrderRow {
+        OrderRow {
+            id: e.order_id,
+            user_id: e.user_id,
+            item_id: e.item_id,
+            quantity: e.quantity,
+            amount_cents: e.amount_cents,
+            created_at_ms: e.created_at_ms,
+            status: OrderStatus::Created,
+        }
     }
 
     pub fn event(&self) -> OrderEvent {
@@ -94,40 +107,92 @@ async fn insert_rows(
     Ok(())
 }
 
+const ORDER_COLUMNS: [&str; 8] = [
+    "id",
+    "user_id",
+    "item_id",
+    "quantity",
+    "amount_cents",
+    "status",
+    "created_at_ms",
+    "updated_at_ms",
+];
+
+/// The rows of `events` as `CREATED` orders, in [`ORDER_COLUMNS`].
+fn created_rows(events: &[OrderEvent]) -> Vec<Vec<Value>> {
+    let now = now();
+    events
+        .iter()
+        .map(|e| {
+            vec![
+                Value::from(e.order_id.db()),
+                e.user_id.db().into(),
+                e.item_id.db().into(),
+                (e.quantity.get() as i32).into(),
+                e.amount_cents.into(),
+                OrderStatus::Created.as_str().into(),
+                e.created_at_ms.into(),
+                now.into(),
+            ]
+        })
+        .collect()
+}
+
 /// Stores orders not stored yet, as `CREATED`. Existing rows are left alone.
 pub async fn ensure_orders(txn: &DatabaseTransaction, events: &[OrderEvent]) -> Result<(), DbErr> {
-    let now = now();
     insert_rows(
         txn,
         Existing::Skip,
         "orders",
-        &[
-            "id",
-            "user_id",
-            "item_id",
-            "quantity",
-            "amount_cents",
-            "status",
-            "created_at_ms",
-            "updated_at_ms",
-        ],
-        events
-            .iter()
-            .map(|e| {
-                vec![
-                    Value::from(e.order_id.db()),
-                    e.user_id.db().into(),
-                    e.item_id.db().into(),
-                    (e.quantity.get() as i32).into(),
-                    e.amount_cents.into(),
-                    OrderStatus::Created.as_str().into(),
-                    e.created_at_ms.into(),
-                    now.into(),
-                ]
-            })
-            .collect(),
+        &ORDER_COLUMNS,
+        created_rows(events),
     )
     .await
+}
+
+/// Stores orders not stored yet, as `CREATED`, and returns every order of `events` locked: the
+/// ones this statement inserted as the events describe them (no other transaction can see or
+/// touch them before the commit, so they need no `FOR UPDATE`, which would write each row again),
+/// the ones stored before read under lock. On PostgreSQL `RETURNING` tells the two apart; MySQL's
+/// `INSERT IGNORE` cannot, so there every order is read back under lock.
+pub async fn insert_orders(
+    txn: &DatabaseTransaction,
+    events: &[OrderEvent],
+) -> Result<Orders, DbErr> {
+    if txn.get_database_backend() != DbBackend::Postgres {
+        ensure_orders(txn, events).await?;
+        let ids: Vec<OrderId> = events.iter().map(|e| e.order_id).collect();
+        return lock_orders(txn, &ids).await;
+    }
+    let mut inserted: HashSet<OrderId> = HashSet::with_capacity(events.len());
+    for chunk in events.chunks(CHUNK) {
+        let mut statement = sql::insert(
+            DbBackend::Postgres,
+            Existing::Skip,
+            "orders",
+            &ORDER_COLUMNS,
+            created_rows(chunk),
+        );
+        statement.sql.push_str(" RETURNING id");
+        for row in txn.query_all_raw(statement).await? {
+            inserted.insert(sql::id(&row, "id")?);
+        }
+    }
+    let mut orders = Orders::new();
+    let mut stored_before = Vec::new();
+    for e in events {
+        if inserted.contains(&e.order_id) {
+            orders
+                .entry(e.order_id)
+                .or_insert_with(|| OrderRow::created(e));
+        } else {
+            stored_before.push(e.order_id);
+        }
+    }
+    if !stored_before.is_empty() {
+        orders.extend(lock_orders(txn, &stored_before).await?);
+    }
+    Ok(orders)
 }
 
 /// Reads and row-locks the orders, in id order (every handler locks orders before items, so two
@@ -139,11 +204,9 @@ pub async fn lock_orders(txn: &DatabaseTransaction, ids: &[OrderId]) -> Result<O
     sorted.dedup();
     let mut out = Orders::new();
     for chunk in sorted.chunks(CHUNK) {
-        let mut q = Query::new(backend).sql(&format!(
-            "SELECT {} FROM orders WHERE id IN ",
-            OrderRow::COLUMNS
-        ));
-        q.list(chunk.iter().map(|id| id.db()))
+        let mut q =
+            Query::new(backend).sql(&format!("SELECT {} FROM orders WHERE ", OrderRow::COLUMNS));
+        q.is_in("id", chunk.iter().map(|id| id.db()))
             .push(" ORDER BY id FOR UPDATE");
         for row in txn.query_all_raw(q.build()).await? {
             let r = OrderRow::read(&row)?;
@@ -174,8 +237,11 @@ async fn update_every(
     Ok(())
 }
 
-/// Moves orders from one of `from` to `to`: a conditional update on the current status. The rows
-/// are locked, so anything but every row moving is a broken invariant.
+/// Moves orders from one of `from` to `to`. The rows are locked and `orders` holds what they were
+/// read as, so the status is checked here, and an order not in `from` is a broken invariant. The
+/// update names the rows by id alone: a status in its `WHERE` lets the planner choose the status
+/// index, whose range for a transient status like `CREATED` is mostly the dead entries of orders
+/// that moved on (an `UPDATE` of 1,000 orders took 20–40 ms that way, against 3 ms by the key).
 pub async fn move_orders(
     txn: &DatabaseTransaction,
     orders: &mut Orders,
@@ -184,6 +250,17 @@ pub async fn move_orders(
     to: OrderStatus,
     reason: Option<&str>,
 ) -> Result<(), DbErr> {
+    for id in ids {
+        match orders.get(id) {
+            Some(o) if from.contains(&o.status) => {}
+            found => {
+                return Err(invariant(format!(
+                    "order {id} is to move to {to} from {from:?}, but it is {:?}",
+                    found.map(|o| o.status)
+                )));
+            }
+        }
+    }
     let now = now();
     update_every(
         txn,
@@ -196,10 +273,8 @@ pub async fn move_orders(
             if let Some(r) = reason {
                 q.push(", close_reason = ").bind(r);
             }
-            q.push(" WHERE id IN ")
-                .list(chunk.iter().map(|id| id.db()))
-                .push(" AND status IN ")
-                .list(from.iter().map(|s| s.as_str()));
+            q.push(" WHERE ")
+                .is_in("id", chunk.iter().map(|id| id.db()));
         },
         |moved, of| format!("moved {moved} of {of} locked orders to {to}"),
     )
@@ -267,8 +342,8 @@ pub async fn move_locks(
                 .bind(to.as_str())
                 .push(", updated_at_ms = ")
                 .bind(now())
-                .push(" WHERE order_id IN ")
-                .list(chunk.iter().map(|id| id.db()))
+                .push(" WHERE ")
+                .is_in("order_id", chunk.iter().map(|id| id.db()))
                 .push(" AND status = ")
                 .bind(from.as_str());
         },
@@ -309,8 +384,8 @@ impl Ledger {
             return Ok(());
         }
         let mut q = Query::new(txn.get_database_backend())
-            .sql("SELECT id, available, locked, sold FROM items WHERE id IN ");
-        q.list(missing.iter().map(|id| id.db()))
+            .sql("SELECT id, available, locked, sold FROM items WHERE ");
+        q.is_in("id", missing.iter().map(|id| id.db()))
             .push(" ORDER BY id FOR UPDATE");
         for row in txn.query_all_raw(q.build()).await? {
             self.items.insert(
@@ -465,8 +540,8 @@ pub async fn lock_payments_by_id(
     ids: &[String],
 ) -> Result<BTreeMap<String, PaymentRow>, DbErr> {
     let mut q = Query::new(txn.get_database_backend())
-        .sql("SELECT payment_id, order_id, amount_cents, status, applied FROM payments WHERE payment_id IN ");
-    q.list(ids.iter().cloned())
+        .sql("SELECT payment_id, order_id, amount_cents, status, applied FROM payments WHERE ");
+    q.is_in("payment_id", ids.iter().cloned())
         .push(" ORDER BY payment_id FOR UPDATE");
     read_payments(txn, q)
         .await
@@ -482,8 +557,8 @@ pub async fn lock_unapplied(
     let mut out = Vec::new();
     for chunk in order_ids.chunks(CHUNK) {
         let mut q = Query::new(backend)
-            .sql("SELECT payment_id, order_id, amount_cents, status, applied FROM payments WHERE order_id IN ");
-        q.list(chunk.iter().map(|id| id.db()))
+            .sql("SELECT payment_id, order_id, amount_cents, status, applied FROM payments WHERE ");
+        q.is_in("order_id", chunk.iter().map(|id| id.db()))
             .push(" AND applied = ")
             .bind(false)
             .push(" AND status <> ")
