@@ -21,13 +21,24 @@ local n = (#KEYS - 1) / 3
 for i = 1, n do
   local okey, ikey, bkey = KEYS[i * 3 - 1], KEYS[i * 3], KEYS[i * 3 + 1]
   local b = 1 + (i - 1) * 12
-  local id, status, rank = ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3])
-  local user, qty, mode = ARGV[b + 7], tonumber(ARGV[b + 9]), ARGV[b + 12]
+  -- Strings go to redis.call as they came (ranks and quantities too): a Lua number would be
+  -- formatted with sprintf on the way.
+  local id, status, rank = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local user, units, mode = ARGV[b + 7], ARGV[b + 9], ARGV[b + 12]
+  local qty = tonumber(units)
+  local pay = ARGV[b + 4] ~= ''
   local rec = redis.call('HMGET', okey, R_EPOCH, R_RANK, R_REFUSED)
   local result = 1
   if rec[1] == epoch then
-    if rank > tonumber(rec[2] or '0') then
-      redis.call('HSET', okey, R_STATUS, status, R_RANK, rank, R_UPDATED, now)
+    -- The status and the payment in one write where both change.
+    if tonumber(rank) > tonumber(rec[2] or '0') then
+      if pay then
+        redis.call('HSET', okey, R_STATUS, status, R_RANK, rank, R_UPDATED, now,
+          R_PAY_ID, ARGV[b + 4], R_PAY_AMOUNT, ARGV[b + 5], R_PAY_STATUS, ARGV[b + 6])
+        pay = false
+      else
+        redis.call('HSET', okey, R_STATUS, status, R_RANK, rank, R_UPDATED, now)
+      end
     end
     if rec[3] then
       result = 0
@@ -48,11 +59,11 @@ for i = 1, n do
       end
     end
     redis.call('DEL', okey)
-    redis.call('HSET', okey, R_USER, user, R_ITEM, ARGV[b + 8], R_QTY, qty, R_AMOUNT, ARGV[b + 10],
+    redis.call('HSET', okey, R_USER, user, R_ITEM, ARGV[b + 8], R_QTY, units, R_AMOUNT, ARGV[b + 10],
       R_STATUS, status, R_RANK, rank, R_CREATED, ARGV[b + 11], R_UPDATED, now, R_EPOCH, epoch)
     if take then
-      redis.call('HINCRBY', ikey, 'remaining', -qty)
-      redis.call('HINCRBY', bkey, user, qty)
+      redis.call('HINCRBY', ikey, 'remaining', '-' .. units)
+      redis.call('HINCRBY', bkey, user, units)
       redis.call('HSET', bkey, user .. ':o', id)
     else
       -- Nothing of it is held here: a later close must not give units back.
@@ -62,7 +73,7 @@ for i = 1, n do
       end
     end
   end
-  if ARGV[b + 4] ~= '' then
+  if pay then
     redis.call('HSET', okey, R_PAY_ID, ARGV[b + 4], R_PAY_AMOUNT, ARGV[b + 5], R_PAY_STATUS, ARGV[b + 6])
   end
   out[i] = result

@@ -38,6 +38,8 @@ if ARGV[5] == '1' then
   end
 end
 
+-- Values reach redis.call as the strings they came as where they can: a Lua number passed to
+-- redis.call, or concatenated, is formatted with sprintf, a measurable share of this script's cost.
 local remaining = tonumber(item[1])
 local limit = tonumber(item[2]) or 1
 local price = tonumber(item[3]) or 0
@@ -60,7 +62,7 @@ if held + qty > limit then
   return {5, redis.call('HGET', KEYS[2], user .. ':o') or ''}
 end
 if remaining < qty then
-  return {6, tostring(remaining)}
+  return {6, item[1]}
 end
 -- Only on the selling path: the owner's GET may have declared this id unknown while the purchase
 -- was in flight; then it must not sell, or that answer would have been a lie.
@@ -69,15 +71,21 @@ if redis.call('GET', KEYS[7]) == user then
 end
 
 local order_id = ARGV[1]
-redis.call('HINCRBY', KEYS[1], 'remaining', -qty)
-redis.call('HINCRBY', KEYS[2], user, qty)
+local units = ARGV[3]
+redis.call('HINCRBY', KEYS[1], 'remaining', '-' .. units)
+redis.call('HINCRBY', KEYS[2], user, units)
 redis.call('HSET', KEYS[2], user .. ':o', order_id)
-local amount = price * qty
-redis.call('HSET', KEYS[3], R_USER, user, R_ITEM, ARGV[4], R_QTY, qty, R_AMOUNT, amount,
-  R_STATUS, 'PENDING', R_CREATED, now, R_UPDATED, now, R_EPOCH, epoch)
--- One field, decoded by domain/src/outbox.rs: order id, user, item, quantity, amount, accepted ms.
-redis.call('XADD', KEYS[4], '*', 'e', order_id .. ' ' .. user .. ' ' .. ARGV[4] .. ' ' .. qty .. ' ' .. amount .. ' ' .. now)
-if ARGV[5] == '1' then
-  redis.call('SET', KEYS[5], order_id, 'EX', tonumber(ARGV[6]))
+-- One unit costs the price as Redis holds it; more are multiplied (and formatted) here.
+local amount = item[3]
+if qty ~= 1 or not amount then
+  amount = string.format('%d', price * qty)
 end
-return {0, order_id, tostring(now)}
+local at = ARGV[7]
+redis.call('HSET', KEYS[3], R_USER, user, R_ITEM, ARGV[4], R_QTY, units, R_AMOUNT, amount,
+  R_STATUS, 'PENDING', R_CREATED, at, R_UPDATED, at, R_EPOCH, epoch)
+-- One field, decoded by domain/src/outbox.rs: order id, user, item, quantity, amount, accepted ms.
+redis.call('XADD', KEYS[4], '*', 'e', order_id .. ' ' .. user .. ' ' .. ARGV[4] .. ' ' .. units .. ' ' .. amount .. ' ' .. at)
+if ARGV[5] == '1' then
+  redis.call('SET', KEYS[5], order_id, 'EX', ARGV[6])
+end
+return {0, order_id, at}
