@@ -84,6 +84,7 @@ impl Reading {
             orders,
             total_us_per_order: parts.values().map(|p| p.us_per_order).sum(),
             parts,
+            inherited_messages: 0,
         }
     }
 }
@@ -94,6 +95,10 @@ pub struct CpuCost {
     pub orders: u64,
     pub parts: BTreeMap<String, PartCost>,
     pub total_us_per_order: f64,
+    /// Messages already waiting in the namespace's queues when the run began (an earlier run's
+    /// delayed timeouts, say): the pipeline handles them inside this run's window, so its figure
+    /// counts their work too.
+    pub inherited_messages: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

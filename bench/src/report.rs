@@ -273,6 +273,15 @@ pub fn table(r: &Report) -> String {
         );
     }
     let _ = writeln!(t, "  {:<9} {:>8.1} µs", "total", r.cpu.total_us_per_order);
+    if r.cpu.inherited_messages > 0 {
+        let _ = writeln!(
+            t,
+            "  ! {} messages of earlier runs were waiting in this namespace's queues (delayed \
+             timeouts, say); their work falls in this window: a fresh SECKILL_NAMESPACE gives a \
+             clean figure",
+            r.cpu.inherited_messages
+        );
+    }
     if let Some(m) = &r.rss {
         let _ = writeln!(
             t,

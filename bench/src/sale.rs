@@ -91,6 +91,7 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
         tui: std::io::stdout().is_terminal(),
         output: &output,
     };
+    let inherited = inherited_messages(config).await?;
     let cpu_before = crate::cpu::Reading::now();
     let load = watch.during(oha::run(&load)).await?;
     let peak_kib = match sampler {
@@ -110,11 +111,12 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
         })
         .await?;
     // From the first request to the last accepted order awaiting payment.
-    let cpu = crate::cpu::Reading::now().since(
+    let mut cpu = crate::cpu::Reading::now().since(
         &cpu_before,
         accepted,
         &crate::db::own_backends(&watch.db).await,
     );
+    cpu.inherited_messages = inherited;
     let drain = Drain::new(
         watch.stored,
         drained,
@@ -257,6 +259,21 @@ fn write_bodies(
     }
     out.flush()?;
     Ok(buyers)
+}
+
+/// Messages waiting in the namespace's work queues (the dead letters aside) before the run.
+async fn inherited_messages(config: &Config) -> anyhow::Result<u64> {
+    let dead = Topology::new(&config.namespace, config.payment_timeout).dead();
+    let names: Vec<String> = queue_names(config)
+        .into_iter()
+        .filter(|q| *q != dead)
+        .collect();
+    Ok(audit::queue_depths(&config.amqp_url, &names)
+        .await?
+        .into_values()
+        .flatten()
+        .map(u64::from)
+        .sum())
 }
 
 fn queue_names(config: &Config) -> Vec<String> {
