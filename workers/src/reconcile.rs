@@ -47,8 +47,8 @@ pub const MAX_ITEMS: usize = 2000;
 pub const RECENTLY_ENDED: Duration = Duration::from_secs(3600);
 /// Orders the sweeper sends per pass, at most.
 pub const SWEEP_LIMIT: usize = 1000;
-/// A regular sweep looks only at the orders of recent sales (through the `(item_id, status)`
-/// index); a full one, at start and this often, at every order.
+/// A regular sweep looks only at the orders of recent sales (through the index on `item_id`); a
+/// full one, at start and this often, at every order.
 const FULL_SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// A pass taking longer than this is abandoned and counts as failed.
 const PASS_TIMEOUT: Duration = Duration::from_secs(60);

@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 mod m0001_initial;
 mod m0002_after_sale;
 mod m0003_lean_indexes;
+mod m0004_hot_order_moves;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_initial::Migration),
             Box::new(m0002_after_sale::Migration),
             Box::new(m0003_lean_indexes::Migration),
+            Box::new(m0004_hot_order_moves::Migration),
         ]
     }
 }
