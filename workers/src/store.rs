@@ -558,12 +558,16 @@ pub async fn lock_unapplied(
     for chunk in order_ids.chunks(CHUNK) {
         let mut q = Query::new(backend)
             .sql("SELECT payment_id, order_id, amount_cents, status, applied FROM payments WHERE ");
+        // The two conditions are literals, not parameters: they are the predicate of the partial
+        // index `payments_unapplied` (m0003), which PostgreSQL's generic plan of a prepared
+        // statement can use only when it can prove the predicate from the text. With parameters
+        // it switched, after its first custom plans, to the index on `order_id` and read every
+        // payment of the batch's orders (10.7 µs per order of the in-stock sale, against 2.0).
         q.is_in("order_id", chunk.iter().map(|id| id.db()))
-            .push(" AND applied = ")
-            .bind(false)
-            .push(" AND status <> ")
-            .bind(PaymentStatus::Pending.as_str())
-            .push(" ORDER BY updated_at_ms, payment_id FOR UPDATE");
+            .push(&format!(
+                " AND NOT applied AND status <> '{}' ORDER BY updated_at_ms, payment_id FOR UPDATE",
+                PaymentStatus::Pending.as_str()
+            ));
         out.extend(read_payments(txn, q).await?);
     }
     Ok(out)
