@@ -477,6 +477,8 @@ impl Scripts {
 
     /// Mirrors orders' statuses into the read model, one script call per hash slot, adopting the
     /// orders that Redis lost (see `lua/mirror.lua`). Answers, per order, what Redis made of it.
+    /// Every order goes in the script's short shape first; the few whose record another epoch
+    /// wrote (Redis was rebuilt meanwhile) go again in the full shape, which adopts them.
     pub async fn mirror(
         &self,
         client: &Client,
@@ -493,56 +495,91 @@ impl Scripts {
         let mut out = Vec::with_capacity(updates.len());
         for (gene, group) in by_gene {
             for chunk in group.chunks(500) {
-                let mut keys: Vec<String> = Vec::with_capacity(1 + chunk.len() * 3);
-                keys.push(self.keys.state(gene));
-                let mut args = Vec::with_capacity(1 + chunk.len() * 12);
-                args.push(now.clone());
-                for u in chunk {
-                    let o = &u.order;
-                    keys.push(self.keys.order(o.order_id));
-                    keys.push(self.keys.item(o.item_id));
-                    keys.push(self.keys.buyers(o.item_id));
-                    args.push(o.order_id.0.to_string());
-                    args.push(u.status.as_str().to_owned());
-                    args.push(u.status.rank().to_string());
-                    match &u.payment {
-                        Some(p) => {
-                            args.push(p.payment_id.clone());
-                            args.push(p.amount_cents.to_string());
-                            args.push(p.status.as_str().to_owned());
-                        }
-                        None => args.extend([String::new(), String::new(), String::new()]),
+                let short = self.mirror_call(client, gene, &now, chunk, false).await?;
+                let mut again = Vec::new();
+                for (u, r) in chunk.iter().zip(short) {
+                    match r {
+                        Some(m) => out.push((u.order.order_id, m)),
+                        None => again.push(*u),
                     }
-                    args.push(o.user_id.0.to_string());
-                    args.push(o.item_id.0.to_string());
-                    args.push(o.quantity.get().to_string());
-                    args.push(o.amount_cents.to_string());
-                    args.push(o.created_at_ms.to_string());
-                    args.push(Holding::of(u.status).code().to_owned());
                 }
-                let reply: Vec<i64> = self.mirror.evalsha_with_reload(client, keys, args).await?;
-                if reply.first() == Some(&-1) {
-                    return Err(ScriptError::Recovering(gene));
+                if again.is_empty() {
+                    continue;
                 }
-                if reply.len() != chunk.len() {
-                    return Err(BadScriptReply(format!(
-                        "mirror answered {} results for {} orders",
-                        reply.len(),
-                        chunk.len()
-                    ))
-                    .into());
+                let full = self.mirror_call(client, gene, &now, &again, true).await?;
+                for (u, r) in again.iter().zip(full) {
+                    let m = r.ok_or_else(|| {
+                        BadScriptReply("mirror asked for the full shape of a full call".into())
+                    })?;
+                    out.push((u.order.order_id, m));
                 }
-                out.extend(chunk.iter().zip(reply).map(|(u, r)| {
-                    let m = if r == 0 {
-                        Mirrored::Refused
-                    } else {
-                        Mirrored::Counted
-                    };
-                    (u.order.order_id, m)
-                }));
             }
         }
         Ok(out)
+    }
+
+    /// One call of `lua/mirror.lua` for orders of one gene, in its short or full shape: per order,
+    /// what Redis made of it, or `None` when it wants the order in the full shape.
+    async fn mirror_call(
+        &self,
+        client: &Client,
+        gene: u8,
+        now: &str,
+        chunk: &[&StatusUpdate],
+        full: bool,
+    ) -> Result<Vec<Option<Mirrored>>, ScriptError> {
+        let (stride, width) = if full { (3, 12) } else { (1, 6) };
+        let mut keys: Vec<String> = Vec::with_capacity(1 + chunk.len() * stride);
+        keys.push(self.keys.state(gene));
+        let mut args = Vec::with_capacity(2 + chunk.len() * width);
+        args.push(now.to_owned());
+        args.push(if full { "f" } else { "s" }.to_owned());
+        for u in chunk {
+            let o = &u.order;
+            keys.push(self.keys.order(o.order_id));
+            args.push(o.order_id.0.to_string());
+            args.push(u.status.as_str().to_owned());
+            args.push(u.status.rank().to_string());
+            match &u.payment {
+                Some(p) => {
+                    args.push(p.payment_id.clone());
+                    args.push(p.amount_cents.to_string());
+                    args.push(p.status.as_str().to_owned());
+                }
+                None => args.extend([String::new(), String::new(), String::new()]),
+            }
+            if full {
+                keys.push(self.keys.item(o.item_id));
+                keys.push(self.keys.buyers(o.item_id));
+                args.push(o.user_id.0.to_string());
+                args.push(o.item_id.0.to_string());
+                args.push(o.quantity.get().to_string());
+                args.push(o.amount_cents.to_string());
+                args.push(o.created_at_ms.to_string());
+                args.push(Holding::of(u.status).code().to_owned());
+            }
+        }
+        let reply: Vec<i64> = self.mirror.evalsha_with_reload(client, keys, args).await?;
+        if reply.first() == Some(&-1) {
+            return Err(ScriptError::Recovering(gene));
+        }
+        if reply.len() != chunk.len() {
+            return Err(BadScriptReply(format!(
+                "mirror answered {} results for {} orders",
+                reply.len(),
+                chunk.len()
+            ))
+            .into());
+        }
+        reply
+            .into_iter()
+            .map(|r| match r {
+                0 => Ok(Some(Mirrored::Refused)),
+                1 => Ok(Some(Mirrored::Counted)),
+                2 => Ok(None),
+                r => Err(BadScriptReply(format!("mirror answered {r} for an order")).into()),
+            })
+            .collect()
     }
 
     /// Loads a new item into Redis unless it is there already.
