@@ -333,9 +333,13 @@ async fn flash_sale(config: &Config, args: FlashSaleArgs) -> anyhow::Result<Exit
     })
 }
 
-/// Writes `report.json` and `report.svg` into `dir`.
+/// Writes `report.json`, `report.svg` and `report.txt` (the printed report, with the targets)
+/// into `dir`.
 fn write_report(dir: &Path, r: &Report) -> anyhow::Result<()> {
     report::write_json(&dir.join("report.json"), r)?;
+    let path = dir.join("report.txt");
+    std::fs::write(&path, report::table(r))
+        .with_context(|| format!("writing {}", path.display()))?;
     let path = dir.join("report.svg");
     std::fs::write(&path, svg::render(r)).with_context(|| format!("writing {}", path.display()))
 }
