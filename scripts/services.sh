@@ -17,20 +17,31 @@ apt_install() {
   if [ "$apt_updated" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null; apt_updated=1; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
-wait_for() { # name, tries, command...
-  local name=$1 tries=$2; shift 2
-  for _ in $(seq "$tries"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
-  log "$name did not come up"; return 1
+wait_for() { # name, seconds, command...
+  local name=$1 deadline=$((SECONDS + $2)); shift 2
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || { log "$name did not come up"; return 1; }
+    sleep 0.5
+  done
 }
+# Every probe has a deadline: a server that accepts a connection and then never answers (a full
+# disk under `appendfsync always`, a broker stuck in its boot) must fail the script, not hang it.
+t() { timeout --kill-after=5 "${PROBE_TIMEOUT:-10}" "$@"; }
+
+# A full disk stalls a Redis that fsyncs every write and PostgreSQL's commits: say so first.
+free_mb=$(df -Pm "$(dirname "$0")" | awk 'NR == 2 { print $4 }')
+if [ "${free_mb:-0}" -lt 4096 ]; then
+  log "!!! only ${free_mb} MB free on the disk of $(dirname "$0"): the build and the durable Redis need more"
+fi
 
 # Redis
-if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+if ! t redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
   have redis-server || { log "installing redis"; apt_install redis-server redis-tools; }
   log "starting redis"
   mkdir -p /var/lib/redis /var/log/redis
   redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
     --dir /var/lib/redis --logfile /var/log/redis/ci.log
-  wait_for redis 40 redis-cli -h 127.0.0.1 ping
+  wait_for redis 20 t redis-cli -h 127.0.0.1 ping
 fi
 
 # The project's durable Redis, from deploy/redis.conf.
@@ -38,19 +49,19 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 redis_port=${SECKILL_LOCAL_REDIS_PORT:-6390}
 redis_dir=${SECKILL_LOCAL_REDIS_DIR:-/var/lib/seckill-redis-$redis_port}
 redis_log=/var/log/seckill-redis-$redis_port.log
-rcli() { redis-cli -h 127.0.0.1 -p "$redis_port" "$@"; }
+rcli() { t redis-cli -h 127.0.0.1 -p "$redis_port" "$@"; }
 # PONG only: a server still replaying its AOF answers LOADING.
 redis_pong() { [ "$(rcli ping 2>/dev/null)" = PONG ]; }
 redis_conf() { rcli config get "$1" 2>/dev/null | sed -n 2p; }
 have redis-server && have redis-cli || { log "installing redis"; apt_install redis-server redis-tools; }
-if ! (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null; then
+if ! t bash -c "exec 3<>/dev/tcp/127.0.0.1/$redis_port" 2>/dev/null; then
   log "starting the project's redis on $redis_port (AOF, appendfsync always; data in $redis_dir)"
   mkdir -p "$redis_dir" "$(dirname "$redis_log")"
   redis-server "$repo/deploy/redis.conf" --port "$redis_port" --bind 127.0.0.1 --dir "$redis_dir" \
     --daemonize yes --logfile "$redis_log" --pidfile "/run/seckill-redis-$redis_port.pid"
 fi
 # Replaying a large AOF takes a while: wait for PONG, not for the port.
-if ! wait_for "redis on $redis_port (see $redis_log)" 240 redis_pong; then
+if ! wait_for "redis on $redis_port (see $redis_log)" 120 redis_pong; then
   log "!!! whatever listens on 127.0.0.1:$redis_port does not answer PING with PONG; not touching it."
   log "!!! Stop it, or choose another port with SECKILL_LOCAL_REDIS_PORT."
   exit 1
@@ -76,28 +87,28 @@ if ! have redis-sentinel && [[ $redis_help != *--sentinel* ]]; then
 fi
 
 # PostgreSQL
-if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
+if ! t pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
   have pg_ctlcluster || { log "installing postgresql"; apt_install postgresql; }
   log "starting postgresql"
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
-  wait_for postgresql 60 pg_isready -h 127.0.0.1 -p 5432
+  wait_for postgresql 30 t pg_isready -h 127.0.0.1 -p 5432
 fi
 
 # MariaDB (the MySQL-backend tests)
-if ! mysqladmin -uroot -h127.0.0.1 ping >/dev/null 2>&1; then
+if ! t mysqladmin -uroot -h127.0.0.1 ping >/dev/null 2>&1; then
   have mariadbd || { log "installing mariadb"; apt_install mariadb-server; }
   log "starting mariadb"
   start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
-  wait_for mariadb 60 mysqladmin -uroot -h127.0.0.1 ping
+  wait_for mariadb 30 t mysqladmin -uroot -h127.0.0.1 ping
 fi
 
 # RabbitMQ
-if ! rabbitmqctl -q status >/dev/null 2>&1 || ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+if ! PROBE_TIMEOUT=60 t rabbitmqctl -q status >/dev/null 2>&1 || ! t bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672' 2>/dev/null; then
   have rabbitmq-server || { log "installing rabbitmq"; apt_install rabbitmq-server; }
   log "starting rabbitmq"
-  rabbitmq-server -detached || true
-  wait_for rabbitmq 120 rabbitmqctl -q await_startup
-  wait_for "rabbitmq port" 60 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672'
+  PROBE_TIMEOUT=60 t rabbitmq-server -detached || true
+  PROBE_TIMEOUT=60 wait_for rabbitmq 120 t rabbitmqctl -q await_startup
+  wait_for "rabbitmq port" 30 t bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672'
 fi
 
 # oha, the load generator
