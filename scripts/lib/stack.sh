@@ -37,6 +37,9 @@ stack_stop() {
   psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS \"$ns\"" >/dev/null 2>&1 || true
   redis-cli -u "$SECKILL_REDIS_URL" --scan --pattern "$ns*" \
     | xargs -r -n 500 redis-cli -u "$SECKILL_REDIS_URL" del >/dev/null 2>&1 || true
+  # The namespace's queues (their names start with it; the exchange holds nothing and stays).
+  timeout 120 bash -c 'rabbitmqctl -q list_queues name 2>/dev/null | grep "^$0\." |
+    while read -r q; do rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1; done' "$ns" || true
 }
 
 stack_jwt() { # user id
