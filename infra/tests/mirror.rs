@@ -73,8 +73,9 @@ async fn moves_take_the_short_shape_and_lost_records_are_adopted_or_refused() {
         OrderId(ids.next(gene)),
     );
 
-    // The gene as a rebuild leaves it: the item with 5 left of a per-user limit of 1, buyer 2
-    // holding 1 already, and the record of `kept` (buyer 1) written under this epoch.
+    // The gene as a rebuild leaves it: the item with 5 left of a per-user limit of 1, buyer 1
+    // holding the unit of `kept` (whose record this epoch wrote), buyer 3 holding 1 already from
+    // another order, and buyer 2 holding nothing.
     let _: () = redis
         .hset(keys.state(gene), [("ready", EPOCH)])
         .await
