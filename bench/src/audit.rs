@@ -1,7 +1,7 @@
 //! The audit of the contract's invariants once the pipeline is drained, read from the sources
 //! themselves rather than from the admin API (an audit must not trust the code it audits): Redis
 //! (the item's `remaining`, its buyers, the orders' read model), the database (items, orders,
-//! stock locks, payments, inventory history), the broker (the dead-letter queue), and the count of
+//! payments, inventory history), the broker (the dead-letter queue), and the count of
 //! `202`s the load generator received.
 //!
 //! [`Snapshot::checks`] is a pure function of what was read, so each check can be tested alone.
@@ -14,11 +14,10 @@ use lapin::types::FieldTable;
 use sea_orm::sea_query::Query;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use seckill_domain::snowflake::now_ms;
-use seckill_domain::status::LockStatus;
 use seckill_domain::{ItemId, Keys, OrderId, OrderStatus, PaymentStatus};
 use seckill_infra::Config;
 use seckill_infra::broker::Topology;
-use seckill_infra::entity::{inventory_history, items, orders, payments, stock_locks};
+use seckill_infra::entity::{inventory_history, items, orders, payments};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -92,7 +91,6 @@ pub async fn audit(
 pub struct Snapshot {
     pub item: items::Model,
     pub orders: Vec<orders::Model>,
-    pub locks: Vec<stock_locks::Model>,
     pub payments: Vec<payments::Model>,
     pub history: Vec<inventory_history::Model>,
     /// The item hash's `remaining` (`None`: no such hash).
@@ -110,7 +108,7 @@ impl Snapshot {
         let db = crate::db::connect(&config.database_url).await?;
         let rows = load_rows(&db, item).await;
         let _ = db.close().await;
-        let (item_row, orders, locks, payments, history) = rows?;
+        let (item_row, orders, payments, history) = rows?;
 
         let redis = seckill_infra::redis::client(&config.redis_url).await?;
         let keys = Keys::new(&config.namespace);
@@ -141,7 +139,6 @@ impl Snapshot {
         Ok(Snapshot {
             item: item_row,
             orders,
-            locks,
             payments,
             history,
             redis_remaining,
@@ -161,12 +158,11 @@ impl Snapshot {
             self.db_conservation(),
             self.redis_matches_db(),
             self.redis_buyers(),
-            self.db_matches_locks(),
+            self.db_matches_orders(),
             self.accepted_orders_stored(accepted),
             self.read_model(),
             self.payments_reflected(),
             self.one_payment_per_order(),
-            self.stock_locks(),
             self.inventory_history(),
             self.orders_settled(payment_timeout, now_ms),
             self.dead_letters_empty(),
@@ -343,33 +339,36 @@ impl Snapshot {
         )
     }
 
-    fn db_matches_locks(&self) -> Check {
-        let sum = |status: LockStatus| -> i64 {
-            self.locks
+    /// The database's stock columns agree with its orders: `locked` is what the orders whose stock
+    /// the database locked hold (`STOCK_LOCKED`, `AWAITING_PAYMENT`), `sold` what the sold ones hold.
+    fn db_matches_orders(&self) -> Check {
+        let sum = |counted: fn(OrderStatus) -> bool| -> i64 {
+            self.orders
                 .iter()
-                .filter(|l| l.status == status.as_str())
-                .map(|l| i64::from(l.quantity))
+                .filter(|o| Self::status(o).is_some_and(counted))
+                .map(|o| i64::from(o.quantity))
                 .sum()
         };
-        let (locked, deducted) = (sum(LockStatus::Locked), sum(LockStatus::Deducted));
+        let locked = sum(|s| matches!(s, OrderStatus::StockLocked | OrderStatus::AwaitingPayment));
+        let sold = sum(OrderStatus::is_sold);
         let mut problems = vec![];
         if locked != self.item.locked {
             problems.push(format!(
-                "items.locked {} ≠ {locked} units in LOCKED stock locks",
+                "items.locked {} ≠ {locked} units of orders whose stock is locked",
                 self.item.locked
             ));
         }
-        if deducted != self.item.sold {
+        if sold != self.item.sold {
             problems.push(format!(
-                "items.sold {} ≠ {deducted} units in DEDUCTED stock locks",
+                "items.sold {} ≠ {sold} units of sold orders",
                 self.item.sold
             ));
         }
         Check::new(
             2,
-            "db_matches_locks",
+            "db_matches_orders",
             problems,
-            format!("locked {locked} and sold {deducted} match the stock locks"),
+            format!("locked {locked} and sold {sold} match the orders"),
         )
     }
 
@@ -503,52 +502,6 @@ impl Snapshot {
         )
     }
 
-    /// The stock lock of each order (at most one: it is keyed by order id) agrees with the
-    /// order: locked while the order waits, deducted once paid, released once closed.
-    fn stock_locks(&self) -> Check {
-        use OrderStatus::*;
-        let locks: HashMap<i64, &stock_locks::Model> =
-            self.locks.iter().map(|l| (l.order_id, l)).collect();
-        let mut problems = vec![];
-        for l in &self.locks {
-            if !self.orders.iter().any(|o| o.id == l.order_id) {
-                problems.push(format!("stock lock of unknown order {}", l.order_id));
-            }
-        }
-        for o in &self.orders {
-            let lock = locks.get(&o.id).copied();
-            let is = |l: &stock_locks::Model, s: LockStatus| l.status == s.as_str();
-            let fine = match (Self::status(o), lock) {
-                (Some(s), Some(l)) if s.is_sold() => is(l, LockStatus::Deducted),
-                (Some(StockLocked | AwaitingPayment), Some(l)) => is(l, LockStatus::Locked),
-                (Some(s), Some(l)) if s.is_closed() => is(l, LockStatus::Released),
-                // Closed before its stock was ever locked, or not locked yet.
-                (Some(s), None) => s.is_closed() || matches!(s, Pending | Created),
-                _ => false,
-            } && lock.is_none_or(|l| l.quantity == o.quantity);
-            if !fine {
-                problems.push(format!(
-                    "order {} is {} but its stock lock is {}",
-                    o.id,
-                    o.status,
-                    lock.map_or("missing".to_owned(), |l| format!(
-                        "{} × {}",
-                        l.status, l.quantity
-                    ))
-                ));
-            }
-        }
-        Check::new(
-            4,
-            "stock_locks",
-            problems,
-            format!(
-                "{} stock locks, each agreeing with its order",
-                self.locks.len()
-            ),
-        )
-    }
-
     /// The history replays from the untouched stock to the item's row, each step starting where
     /// the previous ended, and no order's step is recorded twice.
     fn inventory_history(&self) -> Check {
@@ -657,7 +610,6 @@ impl Snapshot {
 type Rows = (
     items::Model,
     Vec<orders::Model>,
-    Vec<stock_locks::Model>,
     Vec<payments::Model>,
     Vec<inventory_history::Model>,
 );
@@ -675,11 +627,6 @@ async fn load_rows(db: &DatabaseConnection, item: ItemId) -> anyhow::Result<Rows
         .all(db)
         .await
         .context("reading the orders")?;
-    let locks = stock_locks::Entity::find()
-        .filter(stock_locks::Column::ItemId.eq(id))
-        .all(db)
-        .await
-        .context("reading the stock locks")?;
     let payments = payments::Entity::find()
         .filter(
             payments::Column::OrderId.in_subquery(
@@ -699,7 +646,7 @@ async fn load_rows(db: &DatabaseConnection, item: ItemId) -> anyhow::Result<Rows
         .all(db)
         .await
         .context("reading the inventory history")?;
-    Ok((item_row, orders, locks, payments, history))
+    Ok((item_row, orders, payments, history))
 }
 
 /// Messages ready in each queue, by a passive declare; `None` for a queue that does not exist.

@@ -11,7 +11,6 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use seckill_bench::audit::{self, Check};
 use seckill_domain::OrderStatus;
 use seckill_domain::snowflake::now_ms;
-use seckill_domain::status::LockStatus;
 use seckill_infra::broker::Topology;
 use seckill_infra::entity::orders;
 use seckill_testkit::{Backend, wait_for};
@@ -36,7 +35,6 @@ async fn a_user_over_the_limit_breaks_invariant_1() {
     let mut sale = Sale::new().await;
     // User 1, already holding one paid unit, gets a second one.
     sale.order(6, 1, OrderStatus::AwaitingPayment).await;
-    sale.lock(6, LockStatus::Locked).await;
     sale.step(6, "LOCK", (-1, 1, 0)).await;
     assert_eq!(sale.broken().await, BTreeSet::from([1]));
     sale.done().await;

@@ -218,24 +218,6 @@ impl FromStr for PaymentStatus {
     }
 }
 
-/// Status of a stock lock row: one per order that the database locked stock for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LockStatus {
-    Locked,
-    Deducted,
-    Released,
-}
-
-impl LockStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LockStatus::Locked => "LOCKED",
-            LockStatus::Deducted => "DEDUCTED",
-            LockStatus::Released => "RELEASED",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, T
 use seckill_domain::messages::PaymentOutcome;
 use seckill_domain::record::ShownPayment;
 use seckill_domain::scripts::StatusUpdate;
-use seckill_domain::status::{LockStatus, PaymentStatus};
+use seckill_domain::status::PaymentStatus;
 use seckill_domain::{Kind, Message, OrderEvent, OrderId, OrderStatus, PaymentEvent};
 use std::collections::{BTreeMap, HashSet};
 
@@ -159,37 +159,45 @@ async fn lock_inventory(
     txn: &DatabaseTransaction,
     events: &[OrderEvent],
 ) -> Result<Effects, DbErr> {
-    let mut orders = store::lock_orders(txn, &ids_of(events)).await?;
-    let candidates: Vec<OrderRow> = orders
-        .values()
-        .filter(|o| o.status == OrderStatus::Created)
-        .cloned()
-        .collect();
-    let mut ledger = Ledger::default();
-    ledger
-        .load(txn, candidates.iter().map(|o| o.item_id))
-        .await?;
-    let (mut locked, mut short) = (Vec::new(), Vec::new());
-    for o in &candidates {
-        let q = o.units();
-        if ledger.apply(o, "lock", -q, q, 0) {
-            locked.push(o);
-        } else {
-            short.push(o);
-        }
-    }
-    store::insert_locks(txn, &locked).await?;
-    let locked_ids: Vec<OrderId> = locked.iter().map(|o| o.id).collect();
-    store::move_orders(
+    let (mut orders, moved) = store::advance_orders(
         txn,
-        &mut orders,
-        &locked_ids,
-        &[OrderStatus::Created],
+        &ids_of(events),
+        OrderStatus::Created,
         OrderStatus::StockLocked,
-        None,
     )
     .await?;
+    let mut ledger = Ledger::default();
+    ledger
+        .load(
+            txn,
+            moved
+                .iter()
+                .filter_map(|id| orders.get(id))
+                .map(|o| o.item_id),
+        )
+        .await?;
+    let mut short = Vec::new();
+    for id in &moved {
+        let o = &orders[id];
+        let q = o.units();
+        if !ledger.apply(o, "lock", -q, q, 0) {
+            short.push(o.id);
+        }
+    }
+    if !short.is_empty() {
+        // The database has no stock for these: they stay `CREATED`, and are compensated.
+        store::move_orders(
+            txn,
+            &mut orders,
+            &short,
+            &[OrderStatus::StockLocked],
+            OrderStatus::Created,
+            None,
+        )
+        .await?;
+    }
     ledger.flush(txn).await?;
+    let short: Vec<&OrderRow> = short.iter().map(|id| &orders[id]).collect();
     let mut effects = Effects::default();
     follow_up(
         &mut effects,
@@ -228,42 +236,38 @@ async fn prepare_payment(
     txn: &DatabaseTransaction,
     events: &[OrderEvent],
 ) -> Result<Effects, DbErr> {
-    let mut orders = store::lock_orders(txn, &ids_of(events)).await?;
-    let ready: Vec<&OrderRow> = orders
-        .values()
-        .filter(|o| o.status == OrderStatus::StockLocked)
-        .collect();
+    let (orders, moved) = store::advance_orders(
+        txn,
+        &ids_of(events),
+        OrderStatus::StockLocked,
+        OrderStatus::AwaitingPayment,
+    )
+    .await?;
     let mut shown = Shown::new();
-    if !ready.is_empty() {
-        for o in &ready {
-            shown.insert(
-                o.id,
-                ShownPayment {
-                    payment_id: intent_id(o.id),
-                    amount_cents: o.amount_cents,
-                    status: PaymentStatus::Pending,
-                },
-            );
-        }
+    for id in &moved {
+        let o = &orders[id];
+        shown.insert(
+            o.id,
+            ShownPayment {
+                payment_id: intent_id(o.id),
+                amount_cents: o.amount_cents,
+                status: PaymentStatus::Pending,
+            },
+        );
+    }
+    if !moved.is_empty() {
         // The provider may have answered before we got here, under this very payment id: its
         // result stays, the intent is skipped.
         store::insert_pending_payments(
             txn,
-            ready.iter().map(|o| NewPayment {
-                payment_id: intent_id(o.id),
-                order_id: o.id,
-                amount_cents: o.amount_cents,
+            moved.iter().map(|id| {
+                let o = &orders[id];
+                NewPayment {
+                    payment_id: intent_id(o.id),
+                    order_id: o.id,
+                    amount_cents: o.amount_cents,
+                }
             }),
-        )
-        .await?;
-        let ids: Vec<OrderId> = ready.iter().map(|o| o.id).collect();
-        store::move_orders(
-            txn,
-            &mut orders,
-            &ids,
-            &[OrderStatus::StockLocked],
-            OrderStatus::AwaitingPayment,
-            None,
         )
         .await?;
     }
@@ -271,7 +275,7 @@ async fn prepare_payment(
 }
 
 /// Closes every order of the batch that is still open (only `CREATED` ones when `only_unlocked`):
-/// status to `to`, stock locks released, units back to `available`. Pending payment results are
+/// status to `to`, units back to `available`. Pending payment results are
 /// then applied, so a success that raced the close ends `REFUND_REQUIRED`.
 async fn close(
     txn: &DatabaseTransaction,
@@ -313,8 +317,6 @@ async fn close(
             )));
         }
     }
-    let holding_ids: Vec<OrderId> = holding.iter().map(|o| o.id).collect();
-    store::settle_locks(txn, &holding_ids, LockStatus::Released).await?;
     let ids: Vec<OrderId> = closing.iter().map(|o| o.id).collect();
     store::move_orders(
         txn,
@@ -340,15 +342,7 @@ async fn after_payment(
     from: OrderStatus,
     to: OrderStatus,
 ) -> Result<Orders, DbErr> {
-    let mut orders = store::lock_orders(txn, &ids_of(events)).await?;
-    let moving: Vec<OrderId> = orders
-        .values()
-        .filter(|o| o.status == from)
-        .map(|o| o.id)
-        .collect();
-    if !moving.is_empty() {
-        store::move_orders(txn, &mut orders, &moving, &[from], to, None).await?;
-    }
+    let (orders, _) = store::advance_orders(txn, &ids_of(events), from, to).await?;
     Ok(orders)
 }
 
@@ -465,8 +459,6 @@ async fn apply_refunds(
                         order.id
                     )));
                 }
-                store::move_locks(txn, &[order.id], LockStatus::Deducted, LockStatus::Released)
-                    .await?;
                 Some(OrderStatus::Refunded)
             }
             OrderStatus::RefundRequired if r.status == PaymentStatus::RefundRequired => {
@@ -567,7 +559,6 @@ async fn apply_results(
                         order.id
                     )));
                 }
-                store::settle_locks(txn, &[order.id], LockStatus::Deducted).await?;
                 (PaymentStatus::Succeeded, Some(OrderStatus::Paid))
             }
             OrderStatus::AwaitingPayment => {

@@ -8,9 +8,8 @@ use fred::prelude::*;
 use sea_orm::{ActiveModelTrait, ActiveValue::NotSet, DatabaseConnection, EntityTrait, Set};
 use seckill_bench::audit::{self, Accepted, Check};
 use seckill_domain::snowflake::now_ms;
-use seckill_domain::status::LockStatus;
 use seckill_domain::{ItemId, Keys, OrderId, OrderStatus};
-use seckill_infra::entity::{inventory_history, items, orders, payments, stock_locks};
+use seckill_infra::entity::{inventory_history, items, orders, payments};
 use seckill_testkit::{Backend, TestEnv};
 use std::collections::BTreeSet;
 
@@ -97,23 +96,19 @@ impl Sale {
         use OrderStatus::*;
         sale.order(1, 1, Paid).await;
         sale.step(1, "LOCK", (-1, 1, 0)).await;
-        sale.lock(1, LockStatus::Deducted).await;
         sale.step(1, "DEDUCT", (0, -1, 1)).await;
         sale.payment("pay_1", 1, "SUCCEEDED", PRICE).await;
 
         sale.order(2, 2, AwaitingPayment).await;
-        sale.lock(2, LockStatus::Locked).await;
         sale.step(2, "LOCK", (-1, 1, 0)).await;
 
         sale.order(3, 3, TimedOut).await;
-        sale.lock(3, LockStatus::Released).await;
         sale.step(3, "LOCK", (-1, 1, 0)).await;
         sale.step(3, "RELEASE", (1, -1, 0)).await;
 
         sale.order(4, 4, Failed).await;
 
         sale.order(5, 5, RefundRequired).await;
-        sale.lock(5, LockStatus::Released).await;
         sale.step(5, "LOCK", (-1, 1, 0)).await;
         sale.step(5, "RELEASE", (1, -1, 0)).await;
         sale.payment("pay_5", 5, "SUCCEEDED", PRICE).await;
@@ -159,20 +154,6 @@ impl Sale {
                 .unwrap();
         }
         self.accepted += 1;
-    }
-
-    pub async fn lock(&self, order: i64, status: LockStatus) {
-        stock_locks::ActiveModel {
-            order_id: Set(order),
-            item_id: Set(ITEM.0 as i64),
-            quantity: Set(1),
-            status: Set(status.as_str().into()),
-            created_at_ms: Set(0),
-            updated_at_ms: Set(0),
-        }
-        .insert(&self.db)
-        .await
-        .unwrap();
     }
 
     /// A change of the database's stock, recorded in the history and applied to the item.

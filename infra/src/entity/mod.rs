@@ -5,4 +5,3 @@ pub mod inventory_history;
 pub mod items;
 pub mod orders;
 pub mod payments;
-pub mod stock_locks;

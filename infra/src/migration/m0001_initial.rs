@@ -11,6 +11,25 @@ fn ms(name: &'static str) -> ColumnDef {
     ColumnDef::new(name).big_integer().not_null().to_owned()
 }
 
+/// The stock locks of m0001, dropped by m0005 (whose `down` brings the table back).
+pub(super) fn stock_locks() -> TableCreateStatement {
+    Table::create()
+        .table("stock_locks")
+        .if_not_exists()
+        .col(
+            ColumnDef::new("order_id")
+                .big_integer()
+                .not_null()
+                .primary_key(),
+        )
+        .col(ColumnDef::new("item_id").big_integer().not_null())
+        .col(ColumnDef::new("quantity").integer().not_null())
+        .col(ColumnDef::new("status").string_len(16).not_null())
+        .col(ms("created_at_ms"))
+        .col(ms("updated_at_ms"))
+        .to_owned()
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
@@ -68,24 +87,7 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
-        m.create_table(
-            Table::create()
-                .table("stock_locks")
-                .if_not_exists()
-                .col(
-                    ColumnDef::new("order_id")
-                        .big_integer()
-                        .not_null()
-                        .primary_key(),
-                )
-                .col(ColumnDef::new("item_id").big_integer().not_null())
-                .col(ColumnDef::new("quantity").integer().not_null())
-                .col(ColumnDef::new("status").string_len(16).not_null())
-                .col(ms("created_at_ms"))
-                .col(ms("updated_at_ms"))
-                .to_owned(),
-        )
-        .await?;
+        m.create_table(stock_locks()).await?;
         m.create_table(
             Table::create()
                 .table("payments")

@@ -6,8 +6,21 @@ mod m0001_initial;
 mod m0002_after_sale;
 mod m0003_lean_indexes;
 mod m0004_hot_order_moves;
+mod m0005_lean_steps;
 
 pub struct Migrator;
+
+/// Runs `statements` on PostgreSQL only (partial indexes, storage parameters and collations that
+/// MySQL does not have).
+async fn on_postgres(m: &SchemaManager<'_>, statements: &[&str]) -> Result<(), DbErr> {
+    if m.get_database_backend() != sea_orm_migration::sea_orm::DbBackend::Postgres {
+        return Ok(());
+    }
+    for sql in statements {
+        m.get_connection().execute_unprepared(sql).await?;
+    }
+    Ok(())
+}
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
@@ -17,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_after_sale::Migration),
             Box::new(m0003_lean_indexes::Migration),
             Box::new(m0004_hot_order_moves::Migration),
+            Box::new(m0005_lean_steps::Migration),
         ]
     }
 }
