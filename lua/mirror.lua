@@ -12,9 +12,17 @@
 -- needs too. The short shape is half the arguments per order: a tenth of Redis's work per sold
 -- order was parsing and interning the full shape's arguments for a move that used a third of them.
 --
--- KEYS[1] the gene's state hash, then per order: its record (short); its record, its item hash,
---   its buyers hash (full)
--- ARGV[1] now (ms), ARGV[2] 's' (short) or 'f' (full), then per order: order id, status, rank,
+-- A third shape, 'v' (verify), writes nothing: it asks only whether Redis counted the order (its
+-- record is of this epoch) and whether it was refused. The workers send `CREATED` that way, the
+-- status an order takes when its ORDER_CREATED is stored: `AWAITING_PAYMENT` follows within
+-- milliseconds, so the read model goes from `PENDING` to `AWAITING_PAYMENT` and is written once
+-- per order on its way to payment. An order of another epoch is answered 2 as in the short shape,
+-- and its full shape adopts it and writes `CREATED` as before.
+--
+-- KEYS[1] the gene's state hash, then per order: its record (short, verify); its record, its item
+--   hash, its buyers hash (full)
+-- ARGV[1] now (ms), ARGV[2] 's' (short), 'v' (verify) or 'f' (full), then per order (none in the
+--   verify shape): order id, status, rank,
 --   payment id ('' = none), payment amount, payment status (short: 6 values); and in the full
 --   shape 6 more: user, item, quantity, amount, created ms, mode: 'r' holds stock and may be
 --   refused, 'h' holds stock, 'n' holds none
@@ -25,6 +33,20 @@ if not epoch then
   return {-1}
 end
 local now = ARGV[1]
+if ARGV[2] == 'v' then
+  local out = {}
+  for i = 2, #KEYS do
+    local rec = redis.call('HMGET', KEYS[i], R_EPOCH, R_REFUSED)
+    if rec[1] ~= epoch then
+      out[i - 1] = 2
+    elseif rec[2] then
+      out[i - 1] = 0
+    else
+      out[i - 1] = 1
+    end
+  end
+  return out
+end
 local full = ARGV[2] == 'f'
 local stride, width = 1, 6
 if full then

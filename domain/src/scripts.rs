@@ -160,6 +160,37 @@ pub struct StatusUpdate {
     pub payment: Option<ShownPayment>,
 }
 
+impl StatusUpdate {
+    /// Does this update write the read model when Redis counted the order already? Not for
+    /// `CREATED` with no payment to show: `AWAITING_PAYMENT` follows within milliseconds, so the
+    /// buyer sees `PENDING` a moment longer and the record is written once on its way to payment
+    /// instead of twice. Such an update is only verified (counted, or to adopt, or refused).
+    pub fn writes(&self) -> bool {
+        self.status != OrderStatus::Created || self.payment.is_some()
+    }
+}
+
+/// The shapes of a `lua/mirror.lua` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Shape {
+    /// Was the order counted by this epoch? Writes nothing.
+    Verify,
+    /// A move of an order counted by this epoch.
+    Short,
+    /// A move that adopts an order Redis did not count.
+    Full,
+}
+
+impl Shape {
+    fn code(self) -> &'static str {
+        match self {
+            Shape::Verify => "v",
+            Shape::Short => "s",
+            Shape::Full => "f",
+        }
+    }
+}
+
 /// What Redis made of an order mirrored into it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mirrored {
@@ -477,27 +508,34 @@ impl Scripts {
 
     /// Mirrors orders' statuses into the read model, one script call per hash slot, adopting the
     /// orders that Redis lost (see `lua/mirror.lua`). Answers, per order, what Redis made of it.
-    /// Every order goes in the script's short shape first; the few whose record another epoch
+    /// Every order goes in the script's short shape first (a `CREATED` one in its verify shape,
+    /// which writes nothing: see [`StatusUpdate::writes`]); the few whose record another epoch
     /// wrote (Redis was rebuilt meanwhile) go again in the full shape, which adopts them.
     pub async fn mirror(
         &self,
         client: &Client,
         updates: &[StatusUpdate],
     ) -> Result<Vec<(OrderId, Mirrored)>, ScriptError> {
-        let mut by_gene: std::collections::BTreeMap<u8, Vec<&StatusUpdate>> = Default::default();
+        let mut by_gene: std::collections::BTreeMap<(u8, Shape), Vec<&StatusUpdate>> =
+            Default::default();
         for u in updates {
+            let shape = if u.writes() {
+                Shape::Short
+            } else {
+                Shape::Verify
+            };
             by_gene
-                .entry(gene_of(u.order.order_id.0))
+                .entry((gene_of(u.order.order_id.0), shape))
                 .or_default()
                 .push(u);
         }
         let now = now_ms().to_string();
         let mut out = Vec::with_capacity(updates.len());
-        for (gene, group) in by_gene {
+        for ((gene, shape), group) in by_gene {
             for chunk in group.chunks(500) {
-                let short = self.mirror_call(client, gene, &now, chunk, false).await?;
+                let first = self.mirror_call(client, gene, &now, chunk, shape).await?;
                 let mut again = Vec::new();
-                for (u, r) in chunk.iter().zip(short) {
+                for (u, r) in chunk.iter().zip(first) {
                     match r {
                         Some(m) => out.push((u.order.order_id, m)),
                         None => again.push(*u),
@@ -506,7 +544,9 @@ impl Scripts {
                 if again.is_empty() {
                     continue;
                 }
-                let full = self.mirror_call(client, gene, &now, &again, true).await?;
+                let full = self
+                    .mirror_call(client, gene, &now, &again, Shape::Full)
+                    .await?;
                 for (u, r) in again.iter().zip(full) {
                     let m = r.ok_or_else(|| {
                         BadScriptReply("mirror asked for the full shape of a full call".into())
@@ -518,25 +558,32 @@ impl Scripts {
         Ok(out)
     }
 
-    /// One call of `lua/mirror.lua` for orders of one gene, in its short or full shape: per order,
-    /// what Redis made of it, or `None` when it wants the order in the full shape.
+    /// One call of `lua/mirror.lua` for orders of one gene, in one of its shapes: per order, what
+    /// Redis made of it, or `None` when it wants the order in the full shape.
     async fn mirror_call(
         &self,
         client: &Client,
         gene: u8,
         now: &str,
         chunk: &[&StatusUpdate],
-        full: bool,
+        shape: Shape,
     ) -> Result<Vec<Option<Mirrored>>, ScriptError> {
-        let (stride, width) = if full { (3, 12) } else { (1, 6) };
+        let (stride, width) = match shape {
+            Shape::Verify => (1, 0),
+            Shape::Short => (1, 6),
+            Shape::Full => (3, 12),
+        };
         let mut keys: Vec<String> = Vec::with_capacity(1 + chunk.len() * stride);
         keys.push(self.keys.state(gene));
         let mut args = Vec::with_capacity(2 + chunk.len() * width);
         args.push(now.to_owned());
-        args.push(if full { "f" } else { "s" }.to_owned());
+        args.push(shape.code().to_owned());
         for u in chunk {
             let o = &u.order;
             keys.push(self.keys.order(o.order_id));
+            if shape == Shape::Verify {
+                continue;
+            }
             args.push(o.order_id.0.to_string());
             args.push(u.status.as_str().to_owned());
             args.push(u.status.rank().to_string());
@@ -548,7 +595,7 @@ impl Scripts {
                 }
                 None => args.extend([String::new(), String::new(), String::new()]),
             }
-            if full {
+            if shape == Shape::Full {
                 keys.push(self.keys.item(o.item_id));
                 keys.push(self.keys.buyers(o.item_id));
                 args.push(o.user_id.0.to_string());
@@ -576,7 +623,7 @@ impl Scripts {
             .map(|r| match r {
                 0 => Ok(Some(Mirrored::Refused)),
                 1 => Ok(Some(Mirrored::Counted)),
-                2 => Ok(None),
+                2 if shape != Shape::Full => Ok(None),
                 r => Err(BadScriptReply(format!("mirror answered {r} for an order")).into()),
             })
             .collect()

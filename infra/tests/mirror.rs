@@ -57,40 +57,61 @@ fn sorted(mut v: Vec<(OrderId, Mirrored)>) -> Vec<(OrderId, Mirrored)> {
     v
 }
 
+/// A gene as a rebuild leaves it, in a test namespace: marked ready at [`EPOCH`], the item with
+/// 5 left of a per-user limit of 1, and `buyers` holding what they hold.
+struct Gene {
+    _env: TestEnv,
+    redis: Pool,
+    keys: Keys,
+    scripts: Scripts,
+    ids: Snowflake,
+}
+
+impl Gene {
+    async fn ready(buyers: &[(&str, &str)]) -> Gene {
+        let env = TestEnv::new(Backend::Postgres);
+        let redis = seckill_infra::redis::pool(&env.config.redis_url, 1)
+            .await
+            .unwrap();
+        let keys = Keys::new(&env.config.namespace);
+        let scripts = Scripts::new(keys.clone());
+        let gene = gene_of_item(ITEM);
+        let _: () = redis
+            .hset(keys.state(gene), [("ready", EPOCH)])
+            .await
+            .unwrap();
+        let _: () = redis
+            .hset(
+                keys.item(ITEM),
+                [("remaining", "5"), ("limit", "1"), ("price", "990")],
+            )
+            .await
+            .unwrap();
+        let _: () = redis
+            .hset(keys.buyers(ITEM), buyers.to_vec())
+            .await
+            .unwrap();
+        Gene {
+            _env: env,
+            redis,
+            keys,
+            scripts,
+            ids: Snowflake::new(9),
+        }
+    }
+
+    fn order_id(&self) -> OrderId {
+        OrderId(self.ids.next(gene_of_item(ITEM)))
+    }
+}
+
 #[tokio::test]
 async fn moves_take_the_short_shape_and_lost_records_are_adopted_or_refused() {
-    let env = TestEnv::new(Backend::Postgres);
-    let redis = seckill_infra::redis::pool(&env.config.redis_url, 1)
-        .await
-        .unwrap();
-    let keys = Keys::new(&env.config.namespace);
-    let scripts = Scripts::new(keys.clone());
-    let gene = gene_of_item(ITEM);
-    let ids = Snowflake::new(9);
-    let (kept, lost, refused) = (
-        OrderId(ids.next(gene)),
-        OrderId(ids.next(gene)),
-        OrderId(ids.next(gene)),
-    );
-
-    // The gene as a rebuild leaves it: the item with 5 left of a per-user limit of 1, buyer 1
-    // holding the unit of `kept` (whose record this epoch wrote), buyer 3 holding 1 already from
-    // another order, and buyer 2 holding nothing.
-    let _: () = redis
-        .hset(keys.state(gene), [("ready", EPOCH)])
-        .await
-        .unwrap();
-    let _: () = redis
-        .hset(
-            keys.item(ITEM),
-            [("remaining", "5"), ("limit", "1"), ("price", "990")],
-        )
-        .await
-        .unwrap();
-    let _: () = redis
-        .hset(keys.buyers(ITEM), [("1", "1"), ("3", "1")])
-        .await
-        .unwrap();
+    // Buyer 1 holds the unit of `kept` (whose record this epoch wrote), buyer 3 holds 1 already
+    // from another order, and buyer 2 holds nothing.
+    let g = Gene::ready(&[("1", "1"), ("3", "1")]).await;
+    let (redis, keys, scripts) = (&g.redis, &g.keys, &g.scripts);
+    let (kept, lost, refused) = (g.order_id(), g.order_id(), g.order_id());
     let created = OrderStatus::Created.rank().to_string();
     let _: () = redis
         .hset(
@@ -130,11 +151,11 @@ async fn moves_take_the_short_shape_and_lost_records_are_adopted_or_refused() {
         ]
     );
 
-    let k = record(&redis, &keys, kept).await;
+    let k = record(redis, keys, kept).await;
     assert_eq!(k[field::STATUS], "AWAITING_PAYMENT");
     assert_eq!(k[field::PAY_ID], format!("pay_{kept}"));
     assert_eq!(k[field::PAY_STATUS], "PENDING");
-    let l = record(&redis, &keys, lost).await;
+    let l = record(redis, keys, lost).await;
     assert_eq!(
         (
             l[field::STATUS].as_str(),
@@ -144,22 +165,22 @@ async fn moves_take_the_short_shape_and_lost_records_are_adopted_or_refused() {
         ("CREATED", EPOCH, "2")
     );
     assert!(!l.contains_key(field::RELEASED));
-    let r = record(&redis, &keys, refused).await;
+    let r = record(redis, keys, refused).await;
     assert_eq!(r[field::REFUSED], "1");
     assert!(
         r.contains_key(field::RELEASED),
         "a refused order holds nothing here"
     );
-    assert_eq!(remaining(&redis, &keys).await, 4, "one unit adopted");
-    assert_eq!(held(&redis, &keys, 2).await, Some(1));
-    assert_eq!(held(&redis, &keys, 3).await, Some(1));
+    assert_eq!(remaining(redis, keys).await, 4, "one unit adopted");
+    assert_eq!(held(redis, keys, 2).await, Some(1));
+    assert_eq!(held(redis, keys, 3).await, Some(1));
 
     // Again (a redelivery): the adopted record is this epoch's now, so nothing is taken twice;
     // the refused order stays refused.
     let again = sorted(scripts.mirror(redis.next(), &updates).await.unwrap());
     assert_eq!(again, first);
-    assert_eq!(remaining(&redis, &keys).await, 4);
-    assert_eq!(held(&redis, &keys, 2).await, Some(1));
+    assert_eq!(remaining(redis, keys).await, 4);
+    assert_eq!(held(redis, keys, 2).await, Some(1));
 
     // A record of another epoch (Redis rebuilt since it was written) is adopted like a lost one.
     let _: () = redis
@@ -172,11 +193,61 @@ async fn moves_take_the_short_shape_and_lost_records_are_adopted_or_refused() {
         scripts.mirror(redis.next(), &moved).await.unwrap(),
         vec![(lost, Mirrored::Counted)]
     );
-    let l = record(&redis, &keys, lost).await;
+    let l = record(redis, keys, lost).await;
     assert_eq!(
         (l[field::STATUS].as_str(), l[field::EPOCH].as_str()),
         ("AWAITING_PAYMENT", EPOCH)
     );
-    assert_eq!(remaining(&redis, &keys).await, 3);
-    assert_eq!(held(&redis, &keys, 2).await, Some(1));
+    assert_eq!(remaining(redis, keys).await, 3);
+    assert_eq!(held(redis, keys, 2).await, Some(1));
+}
+
+/// `CREATED` goes in the verify shape: an order this epoch counted is answered without a write
+/// (the read model stays `PENDING` until `AWAITING_PAYMENT`), one it refused is answered refused
+/// again, and one it never counted is adopted through the full shape, `CREATED` written.
+#[tokio::test]
+async fn created_is_verified_not_written() {
+    let g = Gene::ready(&[("1", "1")]).await;
+    let (redis, keys, scripts) = (&g.redis, &g.keys, &g.scripts);
+    let (counted, refused, lost) = (g.order_id(), g.order_id(), g.order_id());
+    for (id, user, extra) in [
+        (counted, "1", None),
+        (refused, "2", Some((field::REFUSED, "1"))),
+    ] {
+        let mut fields = vec![
+            (field::USER, user),
+            (field::ITEM, "7"),
+            (field::QTY, "1"),
+            (field::AMOUNT, "990"),
+            (field::STATUS, "PENDING"),
+            (field::EPOCH, EPOCH),
+        ];
+        fields.extend(extra);
+        let _: () = redis.hset(keys.order(id), fields).await.unwrap();
+    }
+    let updates = vec![
+        update(event(counted, 1), OrderStatus::Created, None),
+        update(event(refused, 2), OrderStatus::Created, None),
+        update(event(lost, 3), OrderStatus::Created, None),
+    ];
+    assert!(updates.iter().all(|u| !u.writes()));
+    assert_eq!(
+        sorted(scripts.mirror(redis.next(), &updates).await.unwrap()),
+        vec![
+            (counted, Mirrored::Counted),
+            (refused, Mirrored::Refused),
+            (lost, Mirrored::Counted)
+        ]
+    );
+    let c = record(redis, keys, counted).await;
+    assert_eq!(c[field::STATUS], "PENDING", "nothing written");
+    assert!(!c.contains_key(field::RANK));
+    let l = record(redis, keys, lost).await;
+    assert_eq!(
+        (l[field::STATUS].as_str(), l[field::EPOCH].as_str()),
+        ("CREATED", EPOCH),
+        "adopted through the full shape"
+    );
+    assert_eq!(remaining(redis, keys).await, 4, "one unit adopted");
+    assert_eq!(held(redis, keys, 3).await, Some(1));
 }

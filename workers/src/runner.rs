@@ -12,7 +12,7 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::FieldTable;
 use sea_orm::DatabaseConnection;
 use seckill_domain::record::OrderChange;
-use seckill_domain::scripts::{Mirrored, Released, Scripts};
+use seckill_domain::scripts::{Mirrored, Released, Scripts, StatusUpdate};
 use seckill_domain::{Kind, Message, OrderId};
 use seckill_infra::Config;
 use seckill_infra::broker::{self, Publisher, Topology};
@@ -337,14 +337,17 @@ impl Runtime {
         if !refused.is_empty() {
             compensate_refused(&mut effects.publish, &refused);
         }
-        if !effects.statuses.is_empty() {
+        if effects.statuses.iter().any(StatusUpdate::writes) {
             // For the gateways' order event streams. Pub/Sub forgets what no one hears, and a
             // stream re-reads the order when it (re)subscribes, so a lost message delays nothing
             // but a change no one was watching.
-            let message = OrderChange::encode(effects.statuses.iter().map(|u| OrderChange {
-                order_id: u.order.order_id,
-                status: u.status,
-            }));
+            let message =
+                OrderChange::encode(effects.statuses.iter().filter(|u| u.writes()).map(|u| {
+                    OrderChange {
+                        order_id: u.order.order_id,
+                        status: u.status,
+                    }
+                }));
             if let Err(e) = client
                 .publish::<i64, _, _>(self.scripts.keys().order_changes(), message)
                 .await
