@@ -110,9 +110,9 @@ pub struct Callback {
     pub duplicate: bool,
 }
 
-/// The payment id this provider pays an order with.
+/// The payment id this provider pays an order with: the one its intent shows.
 pub fn payment_id_of(order_id: OrderId) -> String {
-    format!("pay_{order_id}")
+    seckill_domain::record::intent_id(order_id)
 }
 
 impl Callback {

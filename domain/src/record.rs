@@ -72,6 +72,24 @@ pub struct ShownPayment {
     pub status: PaymentStatus,
 }
 
+impl ShownPayment {
+    /// What an order awaiting payment asks the provider to pay: its own payment id, its amount.
+    /// It is not stored: the payments table holds what the provider reported, and an order
+    /// awaiting payment with no report shows this.
+    pub fn intent(order: OrderId, amount_cents: i64) -> ShownPayment {
+        ShownPayment {
+            payment_id: intent_id(order),
+            amount_cents,
+            status: PaymentStatus::Pending,
+        }
+    }
+}
+
+/// The payment id of an order's intent.
+pub fn intent_id(order: OrderId) -> String {
+    format!("pay_{order}")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRecord {
     pub user: UserId,

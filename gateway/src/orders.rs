@@ -14,10 +14,9 @@ use crate::state::State;
 use fred::prelude::*;
 use http::{HeaderMap, StatusCode};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-use seckill_domain::record::{OrderRecord, ShownPayment};
+use seckill_domain::record::OrderRecord;
 use seckill_domain::scripts::Lookup;
 use seckill_domain::snowflake::{millis_of, now_ms};
-use seckill_domain::status::PaymentStatus;
 use seckill_domain::{ItemId, Message, OrderEvent, OrderId, OrderStatus, Quantity, UserId};
 use seckill_infra::entity::{orders, payments};
 use std::sync::Arc;
@@ -65,23 +64,10 @@ pub(crate) fn record_of(
     o: orders::Model,
     pays: &[payments::Model],
 ) -> Result<OrderRecord, ApiError> {
-    // The payment that paid the order, else the latest.
-    let shown = pays
-        .iter()
-        .find(|p| p.status == PaymentStatus::Succeeded.as_str() && p.applied)
-        .or_else(|| pays.iter().max_by_key(|p| p.updated_at_ms));
     let bad = |what: &str| ApiError::Internal(anyhow::anyhow!("order {} has {what}", o.id));
-    let payment = match shown {
-        None => None,
-        Some(p) => Some(ShownPayment {
-            payment_id: p.payment_id.clone(),
-            amount_cents: p.amount_cents,
-            status: p
-                .status
-                .parse()
-                .map_err(|_| bad("a payment of an unknown status"))?,
-        }),
-    };
+    let status: OrderStatus = o.status.parse().map_err(|_| bad("an unknown status"))?;
+    let payment = payments::shown(OrderId(o.id as u64), status, o.amount_cents, pays)
+        .map_err(|e| ApiError::Internal(e.into()))?;
     Ok(OrderRecord {
         user: UserId(o.user_id as u64),
         item: ItemId(o.item_id as u64),
@@ -90,7 +76,7 @@ pub(crate) fn record_of(
             .and_then(Quantity::new)
             .ok_or_else(|| bad("a bad quantity"))?,
         amount_cents: o.amount_cents,
-        status: o.status.parse().map_err(|_| bad("an unknown status"))?,
+        status,
         created_at_ms: o.created_at_ms,
         updated_at_ms: o.updated_at_ms,
         payment,

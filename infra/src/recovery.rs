@@ -26,10 +26,10 @@ use sea_orm::{
 };
 use seckill_domain::ids::{ItemId, OrderId, Quantity, UserId};
 use seckill_domain::keys::gene_of_item;
-use seckill_domain::record::{OrderRecord, ShownPayment};
+use seckill_domain::record::OrderRecord;
 use seckill_domain::scripts::{ItemState, RebuiltOrder, Scripts};
 use seckill_domain::snowflake::{GENES, now_ms};
-use seckill_domain::status::{OrderStatus, PaymentStatus};
+use seckill_domain::status::OrderStatus;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -319,7 +319,7 @@ async fn read_gene_in(
         );
     }
     let order_ids: Vec<i64> = live.iter().map(|o| o.id).collect();
-    let mut shown: HashMap<i64, payments::Model> = HashMap::new();
+    let mut pays: HashMap<i64, Vec<payments::Model>> = HashMap::new();
     for chunk in order_ids.chunks(CHUNK) {
         for p in payments::Entity::find()
             .filter(payments::Column::OrderId.is_in(chunk.iter().copied()))
@@ -327,18 +327,7 @@ async fn read_gene_in(
             .await
             .context("reading payments")?
         {
-            // The payment that paid the order, else the latest one.
-            let better = match shown.get(&p.order_id) {
-                None => true,
-                Some(cur) if cur.status == PaymentStatus::Succeeded.as_str() && cur.applied => {
-                    false
-                }
-                Some(_) if p.status == PaymentStatus::Succeeded.as_str() && p.applied => true,
-                Some(cur) => p.updated_at_ms >= cur.updated_at_ms,
-            };
-            if better {
-                shown.insert(p.order_id, p);
-            }
+            pays.entry(p.order_id).or_default().push(p);
         }
     }
 
@@ -362,16 +351,12 @@ async fn read_gene_in(
             .or_insert((0, 0));
         entry.0 += o.quantity as i64;
         entry.1 = entry.1.max(o.id);
-        let payment = match shown.remove(&o.id) {
-            None => None,
-            Some(p) => Some(ShownPayment {
-                status: p.status.parse().with_context(|| {
-                    format!("payment {} has status {:?}", p.payment_id, p.status)
-                })?,
-                payment_id: p.payment_id,
-                amount_cents: p.amount_cents,
-            }),
-        };
+        let payment = payments::shown(
+            OrderId(o.id as u64),
+            status,
+            o.amount_cents,
+            pays.get(&o.id).map_or(&[], Vec::as_slice),
+        )?;
         rebuilt.push(RebuiltOrder {
             order_id: OrderId(o.id as u64),
             record: OrderRecord {

@@ -228,10 +228,9 @@ async fn lock_inventory(
     Ok(effects)
 }
 
-fn intent_id(order_id: OrderId) -> String {
-    format!("pay_{order_id}")
-}
-
+/// `STOCK_LOCKED` → `AWAITING_PAYMENT`. The order's intent (its payment id and amount, which the
+/// read model shows the buyer) is not stored: the payments table keeps what the provider
+/// reports, and a result that came first (under this very payment id) is applied by `finish`.
 async fn prepare_payment(
     txn: &DatabaseTransaction,
     events: &[OrderEvent],
@@ -246,30 +245,7 @@ async fn prepare_payment(
     let mut shown = Shown::new();
     for id in &moved {
         let o = &orders[id];
-        shown.insert(
-            o.id,
-            ShownPayment {
-                payment_id: intent_id(o.id),
-                amount_cents: o.amount_cents,
-                status: PaymentStatus::Pending,
-            },
-        );
-    }
-    if !moved.is_empty() {
-        // The provider may have answered before we got here, under this very payment id: its
-        // result stays, the intent is skipped.
-        store::insert_pending_payments(
-            txn,
-            moved.iter().map(|id| {
-                let o = &orders[id];
-                NewPayment {
-                    payment_id: intent_id(o.id),
-                    order_id: o.id,
-                    amount_cents: o.amount_cents,
-                }
-            }),
-        )
-        .await?;
+        shown.insert(o.id, ShownPayment::intent(o.id, o.amount_cents));
     }
     finish(txn, orders, Ledger::default(), shown).await
 }
