@@ -51,6 +51,11 @@ impl Keys {
         self.tagged(gene, format_args!("outbox"))
     }
 
+    /// String: the token of the relay that moves a gene's outbox to the broker (one at a time).
+    pub fn relay_lease(&self, gene: u8) -> String {
+        self.tagged(gene, format_args!("relay"))
+    }
+
     pub fn outboxes(&self) -> impl Iterator<Item = (u8, String)> + '_ {
         (0..GENES as u8).map(|g| (g, self.outbox(g)))
     }

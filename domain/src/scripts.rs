@@ -24,7 +24,7 @@ pub const MIRROR: &str = concat!(
 );
 pub const WARM_ITEM: &str = include_str!("../../lua/warm_item.lua");
 pub const LEASE: &str = include_str!("../../lua/lease.lua");
-pub const TRIM_OUTBOX: &str = include_str!("../../lua/trim_outbox.lua");
+pub const RELAY_LEASE: &str = include_str!("../../lua/relay_lease.lua");
 pub const LOOKUP_ORDER: &str = include_str!("../../lua/lookup_order.lua");
 pub const REBUILD_ITEM: &str = include_str!("../../lua/rebuild_item.lua");
 pub const REBUILD_ORDERS: &str = concat!(
@@ -339,7 +339,7 @@ pub struct Scripts {
     mirror: Script,
     warm_item: Script,
     lease: Script,
-    trim_outbox: Script,
+    relay_lease: Script,
     lookup_order: Script,
     rebuild_item: Script,
     rebuild_orders: Script,
@@ -397,7 +397,7 @@ impl Scripts {
             mirror: Script::from_lua(MIRROR),
             warm_item: Script::from_lua(WARM_ITEM),
             lease: Script::from_lua(LEASE),
-            trim_outbox: Script::from_lua(TRIM_OUTBOX),
+            relay_lease: Script::from_lua(RELAY_LEASE),
             lookup_order: Script::from_lua(LOOKUP_ORDER),
             rebuild_item: Script::from_lua(REBUILD_ITEM),
             rebuild_orders: Script::from_lua(REBUILD_ORDERS),
@@ -969,17 +969,26 @@ impl Scripts {
         Ok(n == 1)
     }
 
-    /// Drops the outbox entries the relay group is done with (see `lua/trim_outbox.lua`).
-    pub async fn trim_outbox(
+    /// Takes or renews (`hold`), or gives up, the lease of a gene's outbox relay (see
+    /// `lua/relay_lease.lua`); true when the lease is `token`'s.
+    pub async fn relay_lease(
         &self,
         client: &Client,
-        stream: &str,
-        group: &str,
-    ) -> Result<i64, ScriptError> {
-        Ok(self
-            .trim_outbox
-            .evalsha_with_reload(client, vec![stream.to_owned()], vec![group.to_owned()])
-            .await?)
+        gene: u8,
+        token: &str,
+        ttl_ms: u64,
+        hold: bool,
+    ) -> Result<bool, ScriptError> {
+        let args = vec![
+            token.to_owned(),
+            ttl_ms.to_string(),
+            if hold { "hold" } else { "release" }.to_owned(),
+        ];
+        let n: i64 = self
+            .relay_lease
+            .evalsha_with_reload(client, vec![self.keys.relay_lease(gene)], args)
+            .await?;
+        Ok(n == 1)
     }
 
     /// Takes or renews a node lease; `Some(high water ms)` when it is ours.

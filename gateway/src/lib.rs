@@ -137,8 +137,9 @@ impl Application {
                 control: state.redis.clone(),
                 publisher: state.publisher.clone(),
                 scripts: state.scripts.clone(),
+                gene,
                 stream,
-                consumer: format!("{}-g{gene}", self.lease_token),
+                token: format!("{}-g{gene}", self.lease_token),
             };
             relays.push(tokio::spawn(relay.run(stop_rx.clone())));
         }
@@ -206,7 +207,7 @@ impl Application {
             .is_err()
         {
             tracing::warn!(
-                "the relay did not flush within {DRAIN_TIMEOUT:?}; other relays will claim the rest"
+                "the relay did not flush within {DRAIN_TIMEOUT:?}; another relay takes the rest once the lease runs out"
             );
         }
         Ok(())

@@ -25,7 +25,8 @@ const FIRST_BURST: u64 = 2_000;
 const KILL_AFTER: usize = 100;
 const SECOND_BURST: u64 = 200;
 const CONNECTIONS: usize = 50;
-/// A dead relay's entries are claimed after `relay::CLAIM_IDLE` (5 s); leave room for a slow box.
+/// A dead relay's stream is taken over once its lease runs out (`relay::LEASE_TTL`, 5 s); leave
+/// room for a slow box.
 const CLAIM_DEADLINE: Duration = Duration::from_secs(60);
 
 fn log_path(config: &Config) -> PathBuf {

@@ -38,7 +38,7 @@ pub async fn client(url: &str) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-/// One client without a command timeout, for `XREADGROUP … BLOCK`, whose wait is its own.
+/// One client without a command timeout, for `XREAD … BLOCK`, whose wait is its own.
 pub async fn blocking_client(url: &str) -> anyhow::Result<Client> {
     let mut b = builder(url)?;
     b.with_performance_config(|p| p.default_command_timeout = Duration::from_secs(0));
