@@ -1,7 +1,12 @@
--- One purchase, atomically: the gene's state, the item, the idempotency key (before the sale
+-- Purchases, each atomically: the gene's state, the item, the idempotency key (before the sale
 -- window, so a retry after the sale ended still gets its first answer), the sale window, the
 -- buyer's limit (before any decrement, so a repeat click never burns stock), the stock, the
 -- decrement, the order's read model and its ORDER_CREATED event in the outbox stream.
+--
+-- One call carries one purchase or several of one hash slot (the gateway sends the purchases that
+-- arrived together as one call: a call's own cost, which is most of a purchase's, is then paid
+-- once), run one after the other in arrival order, each as if it were the script's only one.
+-- Below, per purchase i (from 0), KEYS[7i + n] and ARGV[7i + n] are its KEYS[n] and ARGV[n].
 --
 -- KEYS[1] item hash      (remaining, limit, price, starts, ends; ms, 0 = open)
 -- KEYS[2] buyers hash    (<user> = units held by live orders, <user>:o = latest order id)
@@ -12,80 +17,99 @@
 -- KEYS[7] the order id's void key (its owner was told it does not exist)
 -- ARGV: order_id, user_id, quantity, item_id, has_idempotency_key, idempotency_ttl_secs, now (ms)
 --
--- Returns {code, value}: 0 accepted (order id, created ms), 1 unknown item, 2 not started,
--- 3 ended, 4 replay of an accepted request (order id), 5 limit reached (the held order id),
--- 6 sold out (units remaining), 7 recovering (Redis lost the gene's state: nothing sold),
--- 8 void (the order id was declared unknown to its owner: nothing sold).
-local state = redis.call('HMGET', KEYS[6], 'ready', 'i:' .. ARGV[4])
-local epoch = state[1]
-if not epoch then
-  return {7, ''}
-end
-local item = redis.call('HMGET', KEYS[1], 'remaining', 'limit', 'price', 'starts', 'ends')
-if not item[1] then
-  if state[2] then
-    -- A known item lost its hash (a flushed key): the gene is rebuilt from the database.
-    redis.call('HDEL', KEYS[6], 'ready')
-    return {7, ''}
+-- Returns, per purchase, three values: code, value, accepted ms (or ''). Codes: 0 accepted (order
+-- id, created ms), 1 unknown item, 2 not started, 3 ended, 4 replay of an accepted request (order
+-- id), 5 limit reached (the held order id), 6 sold out (units remaining), 7 recovering (Redis lost
+-- the gene's state: nothing sold), 8 void (the order id was declared unknown to its owner:
+-- nothing sold), 9 Redis refused it (the error; nothing sold: a purchase's first write comes
+-- after every check, and Redis refuses a script's writes, out of memory or read-only, at its
+-- first).
+local function purchase(k, a)
+  local state = redis.call('HMGET', KEYS[k + 6], 'ready', 'i:' .. ARGV[a + 4])
+  local epoch = state[1]
+  if not epoch then
+    return 7, '', ''
   end
-  return {1, ''}
-end
-
-if ARGV[5] == '1' then
-  local first = redis.call('GET', KEYS[5])
-  if first then
-    return {4, first}
+  local item = redis.call('HMGET', KEYS[k + 1], 'remaining', 'limit', 'price', 'starts', 'ends')
+  if not item[1] then
+    if state[2] then
+      -- A known item lost its hash (a flushed key): the gene is rebuilt from the database.
+      redis.call('HDEL', KEYS[k + 6], 'ready')
+      return 7, '', ''
+    end
+    return 1, '', ''
   end
+
+  if ARGV[a + 5] == '1' then
+    local first = redis.call('GET', KEYS[k + 5])
+    if first then
+      return 4, first, ''
+    end
+  end
+
+  -- Values reach redis.call as the strings they came as where they can: a Lua number passed to
+  -- redis.call, or concatenated, is formatted with sprintf, a measurable share of this script's
+  -- cost.
+  local remaining = tonumber(item[1])
+  local limit = tonumber(item[2]) or 1
+  local price = tonumber(item[3]) or 0
+  local starts = tonumber(item[4]) or 0
+  local ends = tonumber(item[5]) or 0
+
+  -- The gateway's clock, not TIME: one call less on the hottest script.
+  local now = tonumber(ARGV[a + 7])
+  if starts > 0 and now < starts then
+    return 2, '', ''
+  end
+  if ends > 0 and now >= ends then
+    return 3, '', ''
+  end
+
+  local user = ARGV[a + 2]
+  local qty = tonumber(ARGV[a + 3])
+  local held = tonumber(redis.call('HGET', KEYS[k + 2], user) or '0')
+  if held + qty > limit then
+    return 5, redis.call('HGET', KEYS[k + 2], user .. ':o') or '', ''
+  end
+  if remaining < qty then
+    return 6, item[1], ''
+  end
+  -- Only on the selling path: the owner's GET may have declared this id unknown while the purchase
+  -- was in flight; then it must not sell, or that answer would have been a lie.
+  if redis.call('GET', KEYS[k + 7]) == user then
+    return 8, '', ''
+  end
+
+  local order_id = ARGV[a + 1]
+  local units = ARGV[a + 3]
+  redis.call('HINCRBY', KEYS[k + 1], 'remaining', '-' .. units)
+  redis.call('HINCRBY', KEYS[k + 2], user, units)
+  redis.call('HSET', KEYS[k + 2], user .. ':o', order_id)
+  -- One unit costs the price as Redis holds it; more are multiplied (and formatted) here.
+  local amount = item[3]
+  if qty ~= 1 or not amount then
+    amount = string.format('%d', price * qty)
+  end
+  local at = ARGV[a + 7]
+  redis.call('HSET', KEYS[k + 3], R_USER, user, R_ITEM, ARGV[a + 4], R_QTY, units, R_AMOUNT, amount,
+    R_STATUS, 'PENDING', R_CREATED, at, R_UPDATED, at, R_EPOCH, epoch)
+  -- One field, decoded by domain/src/outbox.rs: order id, user, item, quantity, amount, accepted ms.
+  redis.call('XADD', KEYS[k + 4], '*', 'e', order_id .. ' ' .. user .. ' ' .. ARGV[a + 4] .. ' ' .. units .. ' ' .. amount .. ' ' .. at)
+  if ARGV[a + 5] == '1' then
+    redis.call('SET', KEYS[k + 5], order_id, 'EX', ARGV[a + 6])
+  end
+  return 0, order_id, at
 end
 
--- Values reach redis.call as the strings they came as where they can: a Lua number passed to
--- redis.call, or concatenated, is formatted with sprintf, a measurable share of this script's cost.
-local remaining = tonumber(item[1])
-local limit = tonumber(item[2]) or 1
-local price = tonumber(item[3]) or 0
-local starts = tonumber(item[4]) or 0
-local ends = tonumber(item[5]) or 0
-
--- The gateway's clock, not TIME: one call less on the hottest script.
-local now = tonumber(ARGV[7])
-if starts > 0 and now < starts then
-  return {2, ''}
+local out = {}
+for i = 0, #KEYS / 7 - 1 do
+  local ok, code, value, at = pcall(purchase, i * 7, i * 7)
+  if not ok then
+    value = type(code) == 'table' and (code.err or '') or tostring(code)
+    code, at = 9, ''
+  end
+  out[#out + 1] = code
+  out[#out + 1] = value or ''
+  out[#out + 1] = at or ''
 end
-if ends > 0 and now >= ends then
-  return {3, ''}
-end
-
-local user = ARGV[2]
-local qty = tonumber(ARGV[3])
-local held = tonumber(redis.call('HGET', KEYS[2], user) or '0')
-if held + qty > limit then
-  return {5, redis.call('HGET', KEYS[2], user .. ':o') or ''}
-end
-if remaining < qty then
-  return {6, item[1]}
-end
--- Only on the selling path: the owner's GET may have declared this id unknown while the purchase
--- was in flight; then it must not sell, or that answer would have been a lie.
-if redis.call('GET', KEYS[7]) == user then
-  return {8, ''}
-end
-
-local order_id = ARGV[1]
-local units = ARGV[3]
-redis.call('HINCRBY', KEYS[1], 'remaining', '-' .. units)
-redis.call('HINCRBY', KEYS[2], user, units)
-redis.call('HSET', KEYS[2], user .. ':o', order_id)
--- One unit costs the price as Redis holds it; more are multiplied (and formatted) here.
-local amount = item[3]
-if qty ~= 1 or not amount then
-  amount = string.format('%d', price * qty)
-end
-local at = ARGV[7]
-redis.call('HSET', KEYS[3], R_USER, user, R_ITEM, ARGV[4], R_QTY, units, R_AMOUNT, amount,
-  R_STATUS, 'PENDING', R_CREATED, at, R_UPDATED, at, R_EPOCH, epoch)
--- One field, decoded by domain/src/outbox.rs: order id, user, item, quantity, amount, accepted ms.
-redis.call('XADD', KEYS[4], '*', 'e', order_id .. ' ' .. user .. ' ' .. ARGV[4] .. ' ' .. units .. ' ' .. amount .. ' ' .. at)
-if ARGV[5] == '1' then
-  redis.call('SET', KEYS[5], order_id, 'EX', ARGV[6])
-end
-return {0, order_id, at}
+return out

@@ -71,7 +71,8 @@ pub enum Purchase {
 pub struct BadScriptReply(pub String);
 
 impl Purchase {
-    fn decode(reply: Vec<Value>) -> Result<Purchase, BadScriptReply> {
+    /// One purchase's three values of `lua/purchase.lua`'s answer: code, value, accepted ms.
+    fn decode(reply: &[Value]) -> Result<Purchase, BadScriptReply> {
         let bad = || BadScriptReply(format!("{reply:?}"));
         let code = reply.first().and_then(|v| v.as_i64()).ok_or_else(bad)?;
         let text = reply.get(1).and_then(|v| v.as_string()).unwrap_or_default();
@@ -413,24 +414,104 @@ impl Scripts {
         &self.keys
     }
 
-    /// The hot path's one round trip.
+    /// The hot path's one round trip, for one purchase.
     pub async fn purchase(
         &self,
         client: &Client,
         req: &PurchaseRequest<'_>,
     ) -> Result<Purchase, PurchaseFailure> {
+        self.purchase_all(client, std::slice::from_ref(req))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(BadScriptReply("no answer for a purchase".into()).into()))
+    }
+
+    /// Purchases of one gene (one hash slot) in one call of `lua/purchase.lua`, each run as if it
+    /// were alone, in order: the answer of each. A failure of the call itself is every
+    /// purchase's.
+    pub async fn purchase_all(
+        &self,
+        client: &Client,
+        reqs: &[PurchaseRequest<'_>],
+    ) -> Vec<Result<Purchase, PurchaseFailure>> {
+        let every = |failure: fn(fred::error::Error) -> PurchaseFailure, e: fred::error::Error| {
+            reqs.iter().map(|_| Err(failure(e.clone()))).collect()
+        };
         if !client.is_connected() {
-            return Err(PurchaseFailure::NotRun(fred::error::Error::new(
-                fred::error::ErrorKind::IO,
-                "not connected to Redis",
-            )));
+            let e = fred::error::Error::new(fred::error::ErrorKind::IO, "not connected to Redis");
+            return every(PurchaseFailure::NotRun, e);
         }
+        let now = now_ms().to_string();
+        let call = |(keys, args): (Vec<String>, Vec<String>)| async move {
+            client
+                .with_options(&once())
+                .evalsha::<Vec<Value>, _, _, _>(self.purchase.sha1().clone(), keys, args)
+                .await
+        };
+        let mut reply = call(self.purchase_args(reqs, &now)).await;
+        if let Err(e) = &reply
+            && e.details().starts_with("NOSCRIPT")
+        {
+            // Only after a Redis restart or SCRIPT FLUSH: load it and go again. (fred's
+            // `evalsha_with_reload` copies every key and argument up front for this case, whatever
+            // happens; here only the rare case builds them twice.)
+            if let Err(e) = self.purchase.load(client).await {
+                return every(PurchaseFailure::NotRun, e);
+            }
+            reply = call(self.purchase_args(reqs, &now)).await;
+        }
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) if refused_by_server(&e) => return every(PurchaseFailure::NotRun, e),
+            Err(e) => return every(PurchaseFailure::MaybeRan, e),
+        };
+        if reply.len() != 3 * reqs.len() {
+            let bad = format!(
+                "{} values for {} purchases: {reply:?}",
+                reply.len(),
+                reqs.len()
+            );
+            return reqs
+                .iter()
+                .map(|_| Err(BadScriptReply(bad.clone()).into()))
+                .collect();
+        }
+        reply
+            .chunks(3)
+            .map(|answer| match answer.first().and_then(Value::as_i64) {
+                // Redis refused this purchase's first write (or a read failed): nothing sold.
+                Some(9) => Err(PurchaseFailure::NotRun(fred::error::Error::new(
+                    fred::error::ErrorKind::Unknown,
+                    answer[1].as_string().unwrap_or_default(),
+                ))),
+                _ => Purchase::decode(answer).map_err(Into::into),
+            })
+            .collect()
+    }
+
+    /// The purchases' keys and arguments, seven each, in `lua/purchase.lua`'s order.
+    fn purchase_args(&self, reqs: &[PurchaseRequest<'_>], now: &str) -> (Vec<String>, Vec<String>) {
+        let mut keys = Vec::with_capacity(7 * reqs.len());
+        let mut args = Vec::with_capacity(7 * reqs.len());
+        for req in reqs {
+            self.purchase_call(req, now, &mut keys, &mut args);
+        }
+        (keys, args)
+    }
+
+    fn purchase_call(
+        &self,
+        req: &PurchaseRequest<'_>,
+        now: &str,
+        keys: &mut Vec<String>,
+        args: &mut Vec<String>,
+    ) {
         let k = &self.keys;
         let idem = match req.idempotency_key {
             Some(key) => k.idempotency(req.item, req.user, key),
             None => k.no_idempotency(req.item),
         };
-        let keys = vec![
+        keys.extend([
             k.item(req.item),
             k.buyers(req.item),
             k.order(req.order_id),
@@ -438,8 +519,8 @@ impl Scripts {
             idem,
             k.state_of_item(req.item),
             k.void(req.order_id),
-        ];
-        let args = vec![
+        ]);
+        args.extend([
             req.order_id.0.to_string(),
             req.user.0.to_string(),
             req.quantity.get().to_string(),
@@ -451,27 +532,8 @@ impl Scripts {
             }
             .to_owned(),
             IDEMPOTENCY_TTL_SECS.to_string(),
-            now_ms().to_string(),
-        ];
-        let reply: Vec<Value> = match client
-            .with_options(&once())
-            .evalsha(self.purchase.sha1().clone(), keys, args)
-            .await
-        {
-            Ok(reply) => reply,
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                // Only after a Redis restart or SCRIPT FLUSH: load it and go again. (fred's
-                // `evalsha_with_reload` clones every key and argument up front for this case.)
-                self.purchase
-                    .load(client)
-                    .await
-                    .map_err(PurchaseFailure::NotRun)?;
-                return Box::pin(self.purchase(client, req)).await;
-            }
-            Err(e) if refused_by_server(&e) => return Err(PurchaseFailure::NotRun(e)),
-            Err(e) => return Err(PurchaseFailure::MaybeRan(e)),
-        };
-        Ok(Purchase::decode(reply)?)
+            now.to_owned(),
+        ]);
     }
 
     /// Closes an order in the read model and gives its units back to Redis, once.

@@ -7,6 +7,7 @@ pub mod catalog;
 mod conn;
 mod error;
 pub mod events;
+pub mod lanes;
 pub mod my_orders;
 pub mod openapi;
 pub mod orders;

@@ -407,17 +407,14 @@ async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
         span.record("order.id", tracing::field::display(order_id));
     }
     let outcome = state
-        .scripts
-        .purchase(
-            state.redis.next(),
-            &PurchaseRequest {
-                order_id,
-                user,
-                item,
-                quantity,
-                idempotency_key,
-            },
-        )
+        .lanes
+        .purchase(&PurchaseRequest {
+            order_id,
+            user,
+            item,
+            quantity,
+            idempotency_key,
+        })
         .await
         .map_err(|e| match e {
             PurchaseFailure::NotRun(e) => {

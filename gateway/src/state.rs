@@ -40,6 +40,8 @@ pub struct State {
     pub catalog: crate::catalog::Catalog,
     /// The order event streams open on this gateway (`GET /orders/{id}/events`).
     pub order_streams: Arc<crate::events::OrderStreams>,
+    /// Purchases on their way to Redis, one lane per gene.
+    pub lanes: crate::lanes::Lanes,
 }
 
 /// What a gateway runs on besides its configuration and clients.
@@ -71,6 +73,7 @@ impl State {
             sold_out: SoldOut::default(),
             order_streams: Arc::new(crate::events::OrderStreams::new(config.max_order_streams)),
             outboxes: keys.outboxes().map(|(_, k)| k).collect(),
+            lanes: crate::lanes::Lanes::start(redis.clone(), scripts.clone()),
             keys,
             config,
             redis,
