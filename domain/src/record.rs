@@ -107,8 +107,10 @@ pub struct OrderRecord {
 pub struct BadRecord(String);
 
 impl OrderRecord {
-    /// From the hash's `field, value` pairs, as `HGETALL` answers them.
-    pub fn from_pairs<I, K, V>(pairs: I) -> Result<OrderRecord, BadRecord>
+    /// Order `order`'s record, from the hash's `field, value` pairs as `HGETALL` answers them. An
+    /// order awaiting payment with no payment in its record shows its intent: the read model
+    /// does not store what the order's id and amount say.
+    pub fn from_pairs<I, K, V>(order: OrderId, pairs: I) -> Result<OrderRecord, BadRecord>
     where
         I: IntoIterator<Item = (K, V)>,
         K: AsRef<str>,
@@ -134,7 +136,11 @@ impl OrderRecord {
             .ok()
             .and_then(Quantity::new)
             .ok_or_else(|| BadRecord(format!("field {:?} is not a quantity", field::QTY)))?;
+        let amount_cents = num(field::AMOUNT)?;
         let payment = match f.get(field::PAY_ID) {
+            None if status == OrderStatus::AwaitingPayment => {
+                Some(ShownPayment::intent(order, amount_cents))
+            }
             None => None,
             Some(id) => Some(ShownPayment {
                 payment_id: id.clone(),
@@ -152,7 +158,7 @@ impl OrderRecord {
             user: UserId(unsigned(field::USER)?),
             item: ItemId(unsigned(field::ITEM)?),
             quantity,
-            amount_cents: num(field::AMOUNT)?,
+            amount_cents,
             status,
             created_at_ms,
             updated_at_ms: num(field::UPDATED).unwrap_or(created_at_ms),
@@ -220,47 +226,72 @@ mod tests {
 
     #[test]
     fn decodes_a_pending_record_and_a_paid_one() {
-        let pending = OrderRecord::from_pairs([
-            ("user", "7"),
-            ("item", "3"),
-            ("qty", "2"),
-            ("amount", "1980"),
-            ("created", "1000"),
-            ("updated", "1000"),
-            ("epoch", "5"),
-        ])
+        let pending = OrderRecord::from_pairs(
+            OrderId(1),
+            [
+                ("user", "7"),
+                ("item", "3"),
+                ("qty", "2"),
+                ("amount", "1980"),
+                ("created", "1000"),
+                ("updated", "1000"),
+                ("epoch", "5"),
+            ],
+        )
         .unwrap();
         assert_eq!(pending.status, OrderStatus::Pending);
         assert_eq!(pending.quantity.get(), 2);
         assert_eq!(pending.payment, None);
-        let paid = OrderRecord::from_pairs([
-            ("user", "7"),
-            ("item", "3"),
-            ("qty", "1"),
-            ("amount", "990"),
-            ("created", "1000"),
-            ("updated", "2000"),
-            ("status", "PAID"),
-            ("pay_id", "p1"),
-            ("pay_amount", "990"),
-            ("pay_status", "SUCCEEDED"),
-        ])
+        let paid = OrderRecord::from_pairs(
+            OrderId(2),
+            [
+                ("user", "7"),
+                ("item", "3"),
+                ("qty", "1"),
+                ("amount", "990"),
+                ("created", "1000"),
+                ("updated", "2000"),
+                ("status", "PAID"),
+                ("pay_id", "p1"),
+                ("pay_amount", "990"),
+                ("pay_status", "SUCCEEDED"),
+            ],
+        )
         .unwrap();
         assert_eq!(paid.status, OrderStatus::Paid);
         assert_eq!(paid.payment.unwrap().payment_id, "p1");
+        let awaiting = OrderRecord::from_pairs(
+            OrderId(3),
+            [
+                ("user", "7"),
+                ("item", "3"),
+                ("qty", "1"),
+                ("amount", "990"),
+                ("created", "1000"),
+                ("status", "AWAITING_PAYMENT"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            awaiting.payment,
+            Some(ShownPayment::intent(OrderId(3), 990))
+        );
     }
 
     #[test]
     fn a_malformed_record_is_an_error() {
-        assert!(OrderRecord::from_pairs([("user", "x")]).is_err());
+        assert!(OrderRecord::from_pairs(OrderId(1), [("user", "x")]).is_err());
         assert!(
-            OrderRecord::from_pairs([
-                ("user", "1"),
-                ("item", "1"),
-                ("qty", "0"),
-                ("amount", "1"),
-                ("created", "1")
-            ])
+            OrderRecord::from_pairs(
+                OrderId(1),
+                [
+                    ("user", "1"),
+                    ("item", "1"),
+                    ("qty", "0"),
+                    ("amount", "1"),
+                    ("created", "1")
+                ]
+            )
             .is_err()
         );
     }

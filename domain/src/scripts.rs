@@ -752,7 +752,7 @@ impl Scripts {
                         .collect(),
                     _ => return Err(bad().into()),
                 };
-                OrderRecord::from_pairs(fields)
+                OrderRecord::from_pairs(order_id, fields)
                     .map(Lookup::Found)
                     .map_err(|e| BadScriptReply(format!("order {order_id}: {e}")).into())
             }

@@ -93,7 +93,7 @@ pub async fn find(state: &State, order_id: OrderId) -> Result<Option<OrderRecord
         .into_iter()
         .collect();
     if !pairs.is_empty() {
-        return OrderRecord::from_pairs(pairs)
+        return OrderRecord::from_pairs(order_id, pairs)
             .map(Some)
             .map_err(|e| ApiError::Internal(e.into()));
     }

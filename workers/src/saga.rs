@@ -229,25 +229,22 @@ async fn lock_inventory(
 }
 
 /// `STOCK_LOCKED` → `AWAITING_PAYMENT`. The order's intent (its payment id and amount, which the
-/// read model shows the buyer) is not stored: the payments table keeps what the provider
-/// reports, and a result that came first (under this very payment id) is applied by `finish`.
+/// buyer is shown) is stored nowhere: the payments table keeps what the provider reports, and a
+/// result that came first (under this very payment id) is applied by `finish`; an order awaiting
+/// payment with no payment shows its intent, in the read model (`OrderRecord::from_pairs`) as in
+/// the database's view (`infra::entity::payments::shown`).
 async fn prepare_payment(
     txn: &DatabaseTransaction,
     events: &[OrderEvent],
 ) -> Result<Effects, DbErr> {
-    let (orders, moved) = store::advance_orders(
+    let (orders, _) = store::advance_orders(
         txn,
         &ids_of(events),
         OrderStatus::StockLocked,
         OrderStatus::AwaitingPayment,
     )
     .await?;
-    let mut shown = Shown::new();
-    for id in &moved {
-        let o = &orders[id];
-        shown.insert(o.id, ShownPayment::intent(o.id, o.amount_cents));
-    }
-    finish(txn, orders, Ledger::default(), shown).await
+    finish(txn, orders, Ledger::default(), Shown::new()).await
 }
 
 /// Closes every order of the batch that is still open (only `CREATED` ones when `only_unlocked`):

@@ -436,8 +436,17 @@ impl Stack {
         deadline: Duration,
         pred: impl Fn(&BTreeMap<String, i64>) -> bool,
     ) -> BTreeMap<String, i64> {
+        // Every change of the counts is printed, so that a test that times out shows where the
+        // orders stopped.
+        let seen = std::sync::Mutex::new(BTreeMap::new());
         wait_for(what, deadline, || async {
             let c = self.counts(item).await;
+            let mut last = seen.lock().unwrap();
+            if *last != c {
+                eprintln!("{what}: {c:?}");
+                *last = c.clone();
+            }
+            drop(last);
             pred(&c).then_some(c)
         })
         .await
