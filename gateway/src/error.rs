@@ -12,6 +12,12 @@ pub type Body = Full<Bytes>;
 /// `Retry-After` of a bound reached: long enough for a crowd of clients not to come back at once.
 const AT_CAPACITY_RETRY_SECS: u64 = 5;
 
+/// `sold_out`'s message.
+pub const SOLD_OUT: &str = "the item is sold out";
+/// `409 sold_out`'s body, the commonest answer of a sale, written once instead of per answer (a
+/// test holds it equal to what serde writes).
+const SOLD_OUT_BODY: &str = r#"{"error":"sold_out","message":"the item is sold out"}"#;
+
 /// What a route handler answers.
 pub type Answer = Result<http::Response<Body>, ApiError>;
 
@@ -92,6 +98,12 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<Body> {
+        if let ApiError::Conflict("sold_out", SOLD_OUT) = self {
+            return json_bytes(
+                StatusCode::CONFLICT,
+                Bytes::from_static(SOLD_OUT_BODY.as_bytes()),
+            );
+        }
         let status = self.status();
         let code = self.code();
         let message: String = match &self {
@@ -196,11 +208,36 @@ impl From<anyhow::Error> for ApiError {
 
 pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
     let bytes = serde_json::to_vec(value).expect("response bodies serialize");
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    json_bytes(status, Bytes::from(bytes))
+}
+
+fn json_bytes(status: StatusCode, bytes: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Full::new(bytes));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn the_written_sold_out_body_is_what_serde_writes() {
+        let body = ErrorBody {
+            error: "sold_out",
+            message: SOLD_OUT.to_owned(),
+            order_id: None,
+        };
+        assert_eq!(SOLD_OUT_BODY, serde_json::to_string(&body).unwrap());
+        let resp = ApiError::Conflict("sold_out", SOLD_OUT).into_response();
+        assert_eq!(resp.status(), StatusCode::CONFLICT);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, SOLD_OUT_BODY.as_bytes());
+    }
 }

@@ -3,7 +3,7 @@
 use crate::api::{Accepted, DurabilityView, Health, PurchaseBody, Readiness, TicketView};
 use crate::api::{ItemList, PublicItem, SaleState};
 use crate::catalog::{Listing, Looked, Snapshot};
-use crate::error::{Answer, ApiError, Body, json};
+use crate::error::{Answer, ApiError, Body, SOLD_OUT, json};
 use crate::request::{parse_id, parse_json, rate_limit, read_body, user_from_jwt};
 use crate::state::State;
 use bytes::Bytes;
@@ -369,16 +369,6 @@ async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
         return Err(ApiError::NotFound("unknown_item", "no such item"));
     }
     let item = ItemId(body.item_id);
-    let user = match &body.ticket {
-        Some(ticket) => state
-            .tickets
-            .verify(ticket, item, chrono::Utc::now().timestamp())
-            .ok_or(ApiError::Unauthorized(
-                "the ticket is invalid, expired or for another item",
-            ))?,
-        None => user_from_jwt(state, &parts.headers)?,
-    };
-    rate_limit(state, user)?;
     let idempotency_key = match parts.headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -390,9 +380,22 @@ async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
             Some(key)
         }
     };
+    // Sold out, the commonest answer of a sale, before the ticket's HMAC: whether an item is sold
+    // out is public (its page says so), and nothing can be bought with or without a good ticket.
+    // A retry with its key goes on: it may be owed the order it bought before the sale sold out.
     if idempotency_key.is_none() && state.sold_out.is_sold_out(item) {
-        return Err(ApiError::Conflict("sold_out", "the item is sold out"));
+        return Err(ApiError::Conflict("sold_out", SOLD_OUT));
     }
+    let user = match &body.ticket {
+        Some(ticket) => state
+            .tickets
+            .verify(ticket, item, chrono::Utc::now().timestamp())
+            .ok_or(ApiError::Unauthorized(
+                "the ticket is invalid, expired or for another item",
+            ))?,
+        None => user_from_jwt(state, &parts.headers)?,
+    };
+    rate_limit(state, user)?;
     if state.group_commit.is_some() && !state.durability.is_ok() {
         // No replica to confirm a sale: refuse before selling rather than sell and answer
         // `outcome_unknown`.
@@ -446,7 +449,7 @@ async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
             if remaining <= 0 {
                 state.sold_out.mark(item);
             }
-            Err(ApiError::Conflict("sold_out", "the item is sold out"))
+            Err(ApiError::Conflict("sold_out", SOLD_OUT))
         }
         Purchase::Recovering => Err(ApiError::Recovering),
         Purchase::Void => Err(ApiError::Unavailable("Redis")),
