@@ -38,6 +38,11 @@ pub struct Baseline {
     pub http: LoadStats,
     /// redis-benchmark running the purchase script.
     pub redis: RedisBench,
+    /// The gateway's in-stock path with the workers paused (`--profile in-stock`): the purchase,
+    /// its answer and the relay to RabbitMQ, without the pipeline behind them competing for the
+    /// same cores; what `redis` is the ceiling of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_alone: Option<LoadStats>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -51,25 +56,27 @@ pub struct RedisBench {
     pub purchases: i64,
 }
 
+/// `bodies`: what oha sends the bare server, one line per request (the sale's own bodies, so
+/// that oha does the same work against both); a body of the same shape when `None`.
 pub async fn run(
     redis_url: &str,
     requests: u64,
     connections: u64,
+    bodies: Option<&Path>,
     out: &Path,
 ) -> anyhow::Result<Baseline> {
-    let http = bare_http(
-        requests,
-        connections,
-        Body::Fixed(REQUEST_BODY),
-        &out.join("baseline-oha.json"),
-    )
-    .await?;
+    let body = match bodies {
+        Some(path) => Body::Lines(path),
+        None => Body::Fixed(REQUEST_BODY),
+    };
+    let http = bare_http(requests, connections, body, &out.join("baseline-oha.json")).await?;
     let redis = redis_purchase(redis_url, requests, connections).await?;
     Ok(Baseline {
         requests,
         connections,
         http,
         redis,
+        gateway_alone: None,
     })
 }
 

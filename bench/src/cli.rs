@@ -184,7 +184,9 @@ pub struct FlashSaleArgs {
     /// SECKILL_PAYMENT_TIMEOUT_SECS is over 300).
     #[arg(long)]
     pub skip_timeouts: bool,
-    /// Also measure the baseline first, and show the gateway's rates against it.
+    /// Also measure the baseline first, and show the gateway's rates against it. With `--profile
+    /// in-stock`, also the in-stock path alone: the same burst at a second item with the workers
+    /// paused (SIGSTOP, then SIGCONT and that item drained before the sale).
     #[arg(long)]
     pub baseline: bool,
     /// The gateway's pid, for its memory [default: the one seckill-gateway process found].
@@ -243,6 +245,7 @@ async fn baseline(config: &Config, args: BaselineArgs) -> anyhow::Result<ExitCod
         &config.redis_url,
         args.requests,
         args.connections,
+        None,
         &args.out,
     )
     .await?;
@@ -315,6 +318,7 @@ async fn flash_sale(config: &Config, args: FlashSaleArgs) -> anyhow::Result<Exit
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
         wait_for_timeouts,
         baseline: args.baseline,
+        alone: args.baseline && args.profile == Profile::InStock,
         gateway_pid: args.gateway_pid,
         out: args.out,
     };

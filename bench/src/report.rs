@@ -315,6 +315,19 @@ pub fn table(r: &Report) -> String {
                 l.p99_ms
             )
         );
+        if let Some(alone) = &b.gateway_alone {
+            let _ = writeln!(
+                t,
+                "{}   {}",
+                row(
+                    "  the same, workers paused",
+                    alone.requests_per_sec,
+                    alone.p50_ms,
+                    alone.p99_ms
+                ),
+                ratio(alone.requests_per_sec, b.redis.requests_per_sec)
+            );
+        }
         let _ = writeln!(
             t,
             "{}   {}",
@@ -421,21 +434,37 @@ pub fn targets(r: &Report) -> Vec<(bool, String)> {
             ));
         }
         if share(202) >= 0.9 && b.redis.requests_per_sec > 0.0 {
+            // Measured as redis-benchmark is, with the cores to itself (the workers paused),
+            // where the run measured that; else with the whole pipeline running beside it.
+            let (name, rate) = match &b.gateway_alone {
+                Some(alone) => (
+                    "in-stock path (workers paused) vs redis-benchmark",
+                    alone.requests_per_sec,
+                ),
+                None => ("in-stock path vs redis-benchmark", l.requests_per_sec),
+            };
             out.push(ratio_goal(
-                "in-stock path vs redis-benchmark",
-                l.requests_per_sec,
+                name,
+                rate,
                 b.redis.requests_per_sec,
                 IN_STOCK_VS_REDIS,
             ));
         }
-        for (name, ours, bare) in [
-            ("p99", l.p99_ms, b.http.p99_ms),
-            (
-                "p99.9",
-                l.percentiles_ms.get("p99.9").copied(),
-                b.http.percentiles_ms.get("p99.9").copied(),
-            ),
-        ] {
+        // The tails' target is the quick start's, a sold-out sale: every in-stock answer waits
+        // for its sale's fsync, which the bare server has no counterpart of (the table shows both).
+        let tails = if share(409) >= 0.9 {
+            vec![
+                ("p99", l.p99_ms, b.http.p99_ms),
+                (
+                    "p99.9",
+                    l.percentiles_ms.get("p99.9").copied(),
+                    b.http.percentiles_ms.get("p99.9").copied(),
+                ),
+            ]
+        } else {
+            Vec::new()
+        };
+        for (name, ours, bare) in tails {
             if let (Some(ours), Some(bare)) = (ours, bare) {
                 let x = ours / bare;
                 out.push((
@@ -528,6 +557,7 @@ mod tests {
                     requests_per_sec: 40_000.0,
                     ..Default::default()
                 },
+                gateway_alone: None,
             }),
         }
     }
@@ -537,22 +567,55 @@ mod tests {
         let met = targets(&in_stock_run(32_000.0, 60.0, 12_500.0, 105.0));
         let lines: Vec<&str> = met.iter().map(|(_, l)| l.as_str()).collect();
         assert!(met.iter().all(|(ok, _)| *ok), "{lines:#?}");
-        assert_eq!(met.len(), 5, "{lines:#?}");
+        assert_eq!(
+            met.len(),
+            3,
+            "the tails are the sold-out path's: {lines:#?}"
+        );
         assert!(lines[0].starts_with("in-stock path vs redis-benchmark ≥ 80 %: 80.0 %"));
-        assert!(lines[2].starts_with("p99.9 ≤ 3× the bare server's: 3.00×"));
-        assert!(lines[3].starts_with("drain ≥ 12,000 orders/s: 12500"));
-        assert!(lines[4].starts_with("CPU per accepted order, every process ≤ 110 µs: 105.0 µs"));
+        assert!(lines[1].starts_with("drain ≥ 12,000 orders/s: 12500"));
+        assert!(lines[2].starts_with("CPU per accepted order, every process ≤ 110 µs: 105.0 µs"));
 
         let missed = targets(&in_stock_run(12_000.0, 61.0, 10_000.0, 130.0));
         let lines: Vec<&str> = missed.iter().map(|(_, l)| l.as_str()).collect();
         assert_eq!(
             missed.iter().map(|(ok, _)| *ok).collect::<Vec<_>>(),
-            [false, true, false, false, false],
+            [false, false, false],
             "{lines:#?}"
         );
         assert!(lines[0].ends_with("(50.0 points short)"), "{lines:#?}");
-        assert!(lines[3].ends_with("(2000 short)"), "{lines:#?}");
-        assert!(lines[4].ends_with("(20.0 µs over)"), "{lines:#?}");
+        assert!(lines[1].ends_with("(2000 short)"), "{lines:#?}");
+        assert!(lines[2].ends_with("(20.0 µs over)"), "{lines:#?}");
+
+        // Measured alone, the in-stock path is held to redis-benchmark by that figure.
+        let mut alone = in_stock_run(12_000.0, 61.0, 12_500.0, 105.0);
+        if let Some(b) = alone.baseline.as_mut() {
+            b.gateway_alone = Some(LoadStats {
+                requests_per_sec: 36_000.0,
+                ..LoadStats::default()
+            });
+        }
+        let (ok, line) = &targets(&alone)[0];
+        assert!(*ok);
+        assert!(
+            line.starts_with("in-stock path (workers paused) vs redis-benchmark ≥ 80 %: 90.0 %"),
+            "{line}"
+        );
+
+        // A sold-out sale: its rate against the bare server, and its tails.
+        let mut sold_out = in_stock_run(90_000.0, 60.0, 0.0, 900.0);
+        sold_out.load.status_codes = [(202, 1_000), (409, 19_000)].into_iter().collect();
+        sold_out.drain = Drain::new(1_000, true, Some((0, 100)));
+        let goals = targets(&sold_out);
+        let lines: Vec<&str> = goals.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(
+            goals.iter().map(|(ok, _)| *ok).collect::<Vec<_>>(),
+            [true, true, true],
+            "{lines:#?}"
+        );
+        assert!(lines[0].starts_with("sold-out path vs the bare hyper server ≥ 90 %: 90.0 %"));
+        assert!(lines[1].starts_with("p99 ≤ 3× the bare server's: 2.00×"));
+        assert!(lines[2].starts_with("p99.9 ≤ 3× the bare server's: 3.00×"));
     }
 
     #[test]

@@ -39,22 +39,30 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
 
 /// The pid of the one running `seckill-gateway`, if there is exactly one.
 pub fn find_gateway() -> Option<u32> {
-    let mut found = std::fs::read_dir("/proc").ok()?.filter_map(|entry| {
-        let entry = entry.ok()?;
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        let argv0 = cmdline.split(|b| *b == 0).next()?;
-        let name = Path::new(std::str::from_utf8(argv0).ok()?).file_name()?;
-        (name == "seckill-gateway").then_some(pid)
-    });
-    let pid = found.next()?;
-    match found.next() {
-        None => Some(pid),
-        Some(_) => {
+    match find_processes("seckill-gateway").as_slice() {
+        [pid] => Some(*pid),
+        [] => None,
+        _ => {
             tracing::warn!("several seckill-gateway processes run; pass --gateway-pid");
             None
         }
     }
+}
+
+/// The processes whose program is called `name`.
+pub fn find_processes(name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let entry = entry.ok()?;
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let argv0 = cmdline.split(|b| *b == 0).next()?;
+        let program = Path::new(std::str::from_utf8(argv0).ok()?).file_name()?;
+        (program == name).then_some(pid)
+    })
+    .collect()
 }
 
 /// Samples a process's `VmRSS` until stopped, keeping the highest.

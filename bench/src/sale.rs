@@ -48,6 +48,8 @@ pub struct SaleOptions {
     /// Wait for unpaid orders to time out before the audit.
     pub wait_for_timeouts: bool,
     pub baseline: bool,
+    /// With the baseline, also measure the in-stock path alone (the workers paused).
+    pub alone: bool,
     pub gateway_pid: Option<u32>,
     pub out: PathBuf,
 }
@@ -56,17 +58,6 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating {}", opts.out.display()))?;
     oha::ensure_installed().await?;
-    let baseline = if opts.baseline {
-        let b = baseline::run(
-            &config.redis_url,
-            opts.requests,
-            opts.connections,
-            &opts.out,
-        );
-        Some(b.await?)
-    } else {
-        None
-    };
     let http = HttpClient::default();
     let ready = http.get(&format!("{}/readyz", opts.gateway)).await;
     ensure!(
@@ -78,6 +69,25 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
     eprintln!("created item {item} with a stock of {}", opts.stock);
     let bodies = opts.out.join("bodies.jsonl");
     let buyers = write_bodies(&bodies, &Tickets::new(&config.ticket_secret), item, opts)?;
+    // Before the in-stock path alone, whose own delayed timeouts either fire before the sale (it
+    // waits for them) or long after it.
+    let inherited = inherited_messages(config).await?;
+    let baseline = if opts.baseline {
+        let mut b = baseline::run(
+            &config.redis_url,
+            opts.requests,
+            opts.connections,
+            Some(&bodies),
+            &opts.out,
+        )
+        .await?;
+        if opts.alone {
+            b.gateway_alone = in_stock_alone(&http, config, opts).await?;
+        }
+        Some(b)
+    } else {
+        None
+    };
 
     let gateway_pid = opts.gateway_pid.or_else(rss::find_gateway);
     let sampler = gateway_pid.map(rss::Sampler::start);
@@ -91,7 +101,6 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
         tui: std::io::stdout().is_terminal(),
         output: &output,
     };
-    let inherited = inherited_messages(config).await?;
     let cpu_before = crate::cpu::Reading::now();
     let load = watch.during(oha::run(&load)).await?;
     let peak_kib = match sampler {
@@ -229,6 +238,91 @@ pub async fn create_item_named(
         String::from_utf8_lossy(&answer)
     );
     Ok(item)
+}
+
+/// The in-stock path alone: the sale's burst fired at a second item of the same shape while every
+/// `seckill-workers` process is stopped (SIGSTOP), so that the gateway, Redis and the relay to
+/// RabbitMQ have the cores to themselves, as `redis-benchmark` has; then the workers continue and
+/// drain that item before the sale starts. `None` (said on stderr) when no workers run here.
+async fn in_stock_alone(
+    http: &HttpClient,
+    config: &Config,
+    opts: &SaleOptions,
+) -> anyhow::Result<Option<oha::LoadStats>> {
+    let workers = rss::find_processes("seckill-workers");
+    if workers.is_empty() {
+        eprintln!("no seckill-workers process here: the in-stock path alone is not measured");
+        return Ok(None);
+    }
+    let item = create_item(http, config, opts).await?;
+    let bodies = opts.out.join("alone-bodies.jsonl");
+    write_bodies(&bodies, &Tickets::new(&config.ticket_secret), item, opts)?;
+    let load = Load {
+        url: &format!("{}/seckill", opts.gateway),
+        requests: opts.requests,
+        connections: opts.connections,
+        body: Body::Lines(&bodies),
+        tui: false,
+        output: &opts.out.join("alone-oha.json"),
+    };
+    eprintln!("the in-stock path alone: item {item}, workers {workers:?} paused");
+    let stats = {
+        let _paused = Paused::new(&workers)?;
+        oha::run(&load).await?
+    };
+    let accepted = stats.count(202);
+    let mut watch = Watch::new(config, item, opts.stock).await?;
+    watch
+        .until("the in-stock path alone's drain", opts.drain_timeout, |s| {
+            s.stored >= accepted && s.in_flight() == 0
+        })
+        .await?;
+    if opts.wait_for_timeouts {
+        // Its orders time out before the sale, not in the sale's CPU window.
+        watch
+            .until(
+                "the in-stock path alone's timeouts",
+                config.payment_timeout + SETTLE_SLACK,
+                |s| {
+                    s.in_flight() == 0
+                        && s.count(OrderStatus::AwaitingPayment) == 0
+                        && s.redis_remaining == s.db_available
+                },
+            )
+            .await?;
+    }
+    watch.close().await;
+    Ok(Some(stats))
+}
+
+/// Processes stopped with SIGSTOP until this is dropped (SIGCONT), whatever happens between.
+struct Paused(Vec<u32>);
+
+impl Paused {
+    fn new(pids: &[u32]) -> anyhow::Result<Paused> {
+        let paused = Paused(pids.to_vec());
+        signal("-STOP", pids)?;
+        Ok(paused)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if let Err(e) = signal("-CONT", &self.0) {
+            eprintln!("could not continue {:?}: {e:#}", self.0);
+        }
+    }
+}
+
+/// `kill SIG PID...`: the bench needs no signal crate for two signals.
+fn signal(sig: &str, pids: &[u32]) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg(sig)
+        .args(pids.iter().map(u32::to_string))
+        .status()
+        .context("running kill")?;
+    ensure!(status.success(), "kill {sig} {pids:?}: {status}");
+    Ok(())
 }
 
 /// Writes one `POST /seckill` body per request: a ticket for each distinct buyer, then repeat

@@ -9,7 +9,7 @@ async fn measures_the_bare_server_and_the_purchase_script() {
     let out = std::env::temp_dir().join(format!("seckill-bench-baseline-{}", std::process::id()));
     std::fs::create_dir_all(&out).unwrap();
 
-    let b = seckill_bench::baseline::run(&redis_url, 500, 4, &out)
+    let b = seckill_bench::baseline::run(&redis_url, 500, 4, None, &out)
         .await
         .unwrap();
     assert_eq!(b.http.count(202), 500);
