@@ -268,7 +268,14 @@ async fn in_stock_alone(
     eprintln!("the in-stock path alone: item {item}, workers {workers:?} paused");
     let stats = {
         let _paused = Paused::new(&workers)?;
-        oha::run(&load).await?
+        // Ctrl-C here would leave the workers stopped: it ends the burst, and the guard continues
+        // them on the way out.
+        tokio::select! {
+            stats = oha::run(&load) => stats?,
+            _ = tokio::signal::ctrl_c() => {
+                anyhow::bail!("interrupted during the in-stock path alone; the workers were continued")
+            }
+        }
     };
     let accepted = stats.count(202);
     let mut watch = Watch::new(config, item, opts.stock).await?;
