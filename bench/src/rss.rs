@@ -49,6 +49,15 @@ pub fn find_gateway() -> Option<u32> {
     }
 }
 
+/// The value of `var` in process `pid`'s environment as it started; `None` when unset or unreadable.
+pub fn environ_var(pid: u32, var: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|b| *b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(var.as_bytes())?.strip_prefix(b"=")?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    })
+}
+
 /// The processes whose program is called `name`.
 pub fn find_processes(name: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -104,5 +113,22 @@ mod tests {
         let kib = status_kib(std::process::id(), "VmRSS").unwrap();
         assert!(kib > 0);
         assert_eq!(status_kib(std::process::id(), "NoSuchField"), None);
+    }
+
+    #[test]
+    fn reads_a_process_environment() {
+        let me = std::process::id();
+        assert_eq!(environ_var(me, "PATH"), std::env::var("PATH").ok());
+        assert_eq!(environ_var(me, "SECKILL_NO_SUCH_VARIABLE_EVER"), None);
+        // A name that is a prefix of another is not that other.
+        assert_eq!(environ_var(me, "PAT"), std::env::var("PAT").ok());
+        let mine = find_processes(
+            &std::env::current_exe()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy(),
+        );
+        assert!(mine.contains(&me), "{mine:?}");
     }
 }

@@ -249,9 +249,21 @@ async fn in_stock_alone(
     config: &Config,
     opts: &SaleOptions,
 ) -> anyhow::Result<Option<oha::LoadStats>> {
-    let workers = rss::find_processes("seckill-workers");
+    // This sale's workers only: another namespace's sale goes on.
+    let workers: Vec<u32> = rss::find_processes("seckill-workers")
+        .into_iter()
+        .filter(|pid| {
+            rss::environ_var(*pid, "SECKILL_NAMESPACE")
+                .unwrap_or_else(|| seckill_infra::config::DEFAULT_NAMESPACE.to_owned())
+                == config.namespace
+        })
+        .collect();
     if workers.is_empty() {
-        eprintln!("no seckill-workers process here: the in-stock path alone is not measured");
+        eprintln!(
+            "no seckill-workers process of namespace {} here: the in-stock path alone is not \
+             measured",
+            config.namespace
+        );
         return Ok(None);
     }
     let item = create_item(http, config, opts).await?;
