@@ -22,11 +22,14 @@ async fn order_status(stack: &Stack, order: OrderId) -> Option<String> {
         .map(|r| r.try_get("", "status").unwrap())
 }
 
+/// Waits until the order has `status` in the database, then in the read model (which the gateway
+/// checks a step against).
 async fn wait_status(stack: &Stack, order: OrderId, status: &str) {
     wait_for(&format!("order {order} {status}"), DRAIN, || async {
         (order_status(stack, order).await.as_deref() == Some(status)).then_some(())
     })
     .await;
+    stack.wait_shown(order, status).await;
 }
 
 /// `user` buys one unit of `item` and pays for it with `pay_<order>`.

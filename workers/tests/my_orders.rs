@@ -117,6 +117,7 @@ async fn a_buyers_orders_page_by_page(backend: Backend) {
         })
         .await;
     for id in &sorted[..10] {
+        stack.wait_shown(*id, "PAID").await;
         assert_eq!(stack.ship(*id).await.0, 202);
     }
     stack

@@ -275,6 +275,24 @@ impl Stack {
     }
 
     /// `GET /orders/{order}` as `user`: the answer's JSON.
+    /// Waits until the read model shows the order with `status`. The workers write it after their
+    /// commit, and the gateway checks a step (cancel, ship, confirm, refund) against it: a test
+    /// that saw the status in the database waits for this before asking for the next step.
+    pub async fn wait_shown(&self, order: OrderId, status: &str) {
+        wait_for(&format!("order {order} shown {status}"), DRAIN, || async {
+            let shown: Option<String> = self
+                .redis
+                .hget(
+                    self.keys.order(order),
+                    seckill_domain::record::field::STATUS,
+                )
+                .await
+                .unwrap();
+            (shown.as_deref() == Some(status)).then_some(())
+        })
+        .await;
+    }
+
     pub async fn get_order(&self, user: u64, order: OrderId) -> serde_json::Value {
         self.http
             .get(format!("{}/orders/{order}", self.url))
