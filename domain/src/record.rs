@@ -83,6 +83,22 @@ impl ShownPayment {
             status: PaymentStatus::Pending,
         }
     }
+
+    /// The payment an order shows: the one reported for it, else, while it awaits payment, its
+    /// intent. The one rule for the read model, the database's view and recovery.
+    pub fn or_intent(
+        reported: Option<ShownPayment>,
+        order: OrderId,
+        status: OrderStatus,
+        amount_cents: i64,
+    ) -> Option<ShownPayment> {
+        match reported {
+            None if status == OrderStatus::AwaitingPayment => {
+                Some(ShownPayment::intent(order, amount_cents))
+            }
+            reported => reported,
+        }
+    }
 }
 
 /// The payment id of an order's intent.
@@ -137,10 +153,7 @@ impl OrderRecord {
             .and_then(Quantity::new)
             .ok_or_else(|| BadRecord(format!("field {:?} is not a quantity", field::QTY)))?;
         let amount_cents = num(field::AMOUNT)?;
-        let payment = match f.get(field::PAY_ID) {
-            None if status == OrderStatus::AwaitingPayment => {
-                Some(ShownPayment::intent(order, amount_cents))
-            }
+        let reported = match f.get(field::PAY_ID) {
             None => None,
             Some(id) => Some(ShownPayment {
                 payment_id: id.clone(),
@@ -162,7 +175,7 @@ impl OrderRecord {
             status,
             created_at_ms,
             updated_at_ms: num(field::UPDATED).unwrap_or(created_at_ms),
-            payment,
+            payment: ShownPayment::or_intent(reported, order, status, amount_cents),
         })
     }
 

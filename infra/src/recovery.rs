@@ -351,12 +351,8 @@ async fn read_gene_in(
             .or_insert((0, 0));
         entry.0 += o.quantity as i64;
         entry.1 = entry.1.max(o.id);
-        let payment = payments::shown(
-            OrderId(o.id as u64),
-            status,
-            o.amount_cents,
-            pays.get(&o.id).map_or(&[], Vec::as_slice),
-        )?;
+        // What the provider reported; the read model derives an intent itself.
+        let payment = payments::reported(pays.get(&o.id).map_or(&[], Vec::as_slice))?;
         rebuilt.push(RebuiltOrder {
             order_id: OrderId(o.id as u64),
             record: OrderRecord {

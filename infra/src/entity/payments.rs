@@ -39,25 +39,34 @@ pub fn shown(
     amount_cents: i64,
     pays: &[Model],
 ) -> Result<Option<ShownPayment>, UnknownPaymentStatus> {
+    Ok(ShownPayment::or_intent(
+        reported(pays)?,
+        order,
+        status,
+        amount_cents,
+    ))
+}
+
+/// The reported payment an order shows, from its payment rows: the one that paid it, else the
+/// latest; what the read model stores (it derives the intent itself).
+pub fn reported(pays: &[Model]) -> Result<Option<ShownPayment>, UnknownPaymentStatus> {
     let paid = |p: &&Model| p.status == PaymentStatus::Succeeded.as_str() && p.applied;
     let chosen = pays.iter().find(paid).or_else(|| {
         pays.iter()
             .max_by(|a, b| a.updated_at_ms.cmp(&b.updated_at_ms))
     });
-    match chosen {
-        Some(p) => Ok(Some(ShownPayment {
-            payment_id: p.payment_id.clone(),
-            amount_cents: p.amount_cents,
-            status: p
-                .status
-                .parse()
-                .map_err(|_| UnknownPaymentStatus(p.payment_id.clone(), p.status.clone()))?,
-        })),
-        None if status == OrderStatus::AwaitingPayment => {
-            Ok(Some(ShownPayment::intent(order, amount_cents)))
-        }
-        None => Ok(None),
-    }
+    chosen
+        .map(|p| {
+            Ok(ShownPayment {
+                payment_id: p.payment_id.clone(),
+                amount_cents: p.amount_cents,
+                status: p
+                    .status
+                    .parse()
+                    .map_err(|_| UnknownPaymentStatus(p.payment_id.clone(), p.status.clone()))?,
+            })
+        })
+        .transpose()
 }
 
 #[cfg(test)]
