@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 /// `POST /seckill`.
 #[derive(Deserialize, ToSchema)]
-pub struct PurchaseBody {
+pub struct PurchaseBody<'a> {
     /// The item to buy.
     #[serde(deserialize_with = "integral::de")]
     #[schema(minimum = 0)]
@@ -19,7 +19,10 @@ pub struct PurchaseBody {
     pub quantity: u32,
     /// A seckill ticket from `POST /items/{item_id}/ticket`; may be left out when a user JWT is
     /// sent in `Authorization`.
-    pub ticket: Option<String>,
+    // Borrowed from the body unless it has escapes: no copy per purchase.
+    #[serde(default, borrow, deserialize_with = "cow_str::optional")]
+    #[schema(value_type = Option<String>)]
+    pub ticket: Option<std::borrow::Cow<'a, str>>,
 }
 
 fn one_unit() -> u32 {
@@ -384,6 +387,61 @@ pub struct DurabilityView {
 /// JSON Schema's integer: `3.0` is one, as it is to JavaScript. serde reads an integer type only
 /// from an integer literal, so the integer fields read either, refusing a fraction or a number out
 /// of range.
+/// An optional string borrowed from the input when it can be. serde's `borrow` reaches a
+/// `Cow<str>` field only when it is not inside an `Option`; there it always copies.
+mod cow_str {
+    use serde::Deserializer;
+    use serde::de::{Error, Visitor};
+    use std::borrow::Cow;
+    use std::fmt;
+
+    pub fn optional<'de: 'a, 'a, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Cow<'a, str>>, D::Error> {
+        d.deserialize_option(Optional)
+    }
+
+    struct Optional;
+
+    impl<'de> Visitor<'de> for Optional {
+        type Value = Option<Cow<'de, str>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(Str).map(Some)
+        }
+    }
+
+    struct Str;
+
+    impl<'de> Visitor<'de> for Str {
+        type Value = Cow<'de, str>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_borrowed_str<E: Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_owned()))
+        }
+    }
+}
+
 mod integral {
     use serde::Deserializer;
     use serde::de::{Error, Unexpected, Visitor};
@@ -446,5 +504,37 @@ mod nullable {
         T: Deserialize<'de>,
     {
         Option::<T>::deserialize(d).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    fn purchase(json: &str) -> Result<PurchaseBody<'_>, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_ticket_is_borrowed_unless_escaped() {
+        let body = purchase(r#"{"item_id":7,"ticket":"1.7.99.abc"}"#).unwrap();
+        assert!(matches!(body.ticket, Some(Cow::Borrowed("1.7.99.abc"))));
+        assert_eq!(body.quantity, 1);
+        let body = purchase(r#"{"item_id":7,"ticket":"1.7.99.\u0061bc"}"#).unwrap();
+        assert!(matches!(body.ticket, Some(Cow::Owned(ref t)) if t == "1.7.99.abc"));
+    }
+
+    #[test]
+    fn a_ticket_may_be_missing_or_null_but_not_another_type() {
+        assert!(purchase(r#"{"item_id":7}"#).unwrap().ticket.is_none());
+        assert!(
+            purchase(r#"{"item_id":7,"ticket":null}"#)
+                .unwrap()
+                .ticket
+                .is_none()
+        );
+        let err = purchase(r#"{"item_id":7,"ticket":5}"#).err().unwrap();
+        assert!(err.contains("expected a string"), "{err}");
     }
 }

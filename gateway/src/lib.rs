@@ -19,10 +19,11 @@ pub mod request;
 pub mod routes;
 pub mod soldout;
 pub mod state;
+pub mod timer;
 
 use anyhow::Context;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use replication::GroupCommit;
 use seckill_domain::Keys;
@@ -159,9 +160,10 @@ impl Application {
                 .follow(state.order_streams.clone(), stop_rx.clone()),
         );
 
+        let deadlines = timer::Deadlines::new();
+        tokio::spawn(deadlines.clone().run(stop_rx.clone()));
         let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+        http.header_read_timeout(HEADER_READ_TIMEOUT)
             .keep_alive(true);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
@@ -179,6 +181,9 @@ impl Application {
                     };
                     let _ = stream.set_nodelay(true);
                     let st = state.clone();
+                    // Each connection its own timer: see `timer`.
+                    let mut http = http.clone();
+                    http.timer(deadlines.timer());
                     let conn = http.serve_connection(
                         TokioIo::new(conn::JsonErrors::new(stream)),
                         service_fn(move |req| routes::handle(st.clone(), req)),

@@ -28,10 +28,15 @@ pub async fn read_body(req: Request<Incoming>) -> Result<(http::request::Parts, 
     if declared.is_some_and(|n| n > MAX_BODY) {
         return Err(ApiError::PayloadTooLarge);
     }
-    // A body that came with its head completes at the first poll, before the timer is armed.
-    let collected = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect())
-        .await
-        .map_err(|_| ApiError::BodyTimeout)?;
+    // A body that came with its head completes at the first poll: no timer is made for it (a
+    // tokio `Sleep`, even one never armed, costs a clock read and a runtime handle's clone).
+    let mut collect = std::pin::pin!(Limited::new(body, MAX_BODY).collect());
+    let collected = match futures_util::poll!(collect.as_mut()) {
+        std::task::Poll::Ready(collected) => collected,
+        std::task::Poll::Pending => tokio::time::timeout(BODY_READ_TIMEOUT, collect)
+            .await
+            .map_err(|_| ApiError::BodyTimeout)?,
+    };
     match collected {
         Ok(collected) => Ok((parts, collected.to_bytes())),
         Err(e)

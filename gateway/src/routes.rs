@@ -21,6 +21,8 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// A `HeaderName`, not a `&str`: looked up without parsing and lowercasing the name each time.
+static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
 
 /// Every answer's body: JSON whole, or an order's event stream. An enum, not a box: the hot path's
 /// answer stays a `Full` moved once.
@@ -346,7 +348,7 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
 
 #[utoipa::path(post, path = "/seckill", tag = "buyers",
     summary = "Buy: one atomic Redis script, answered at once",
-    request_body = crate::api::PurchaseBody,
+    request_body = crate::api::PurchaseBody<'static>,
     params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,128}$", description = "Up to 128 visible ASCII characters. Scoped to the user and the item: a retry with the same key by the same user for the same item gets the first answer back (never a second order); the same key for another item is another purchase.")),
     security((), ("user_jwt" = [])),
     responses(
@@ -362,14 +364,14 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
     ))]
 async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     let (parts, body) = read_body(req).await?;
-    let body: PurchaseBody = parse_json(&body)?;
+    let body: PurchaseBody<'_> = parse_json(&body)?;
     let quantity = Quantity::new(body.quantity)
         .ok_or_else(|| ApiError::BadRequest("quantity must be at least 1".into()))?;
     if body.item_id > i64::MAX as u64 {
         return Err(ApiError::NotFound("unknown_item", "no such item"));
     }
     let item = ItemId(body.item_id);
-    let idempotency_key = match parts.headers.get("idempotency-key") {
+    let idempotency_key = match parts.headers.get(&IDEMPOTENCY_KEY) {
         None => None,
         Some(v) => {
             let key = v

@@ -118,14 +118,21 @@ async fn the_http_layer_answers_in_json_and_never_hangs() {
     assert_eq!(raw_json(&answer)["error"], "headers_too_large");
 
     // A body shorter than its Content-Length: answered 408 at the body's deadline, then closed.
+    // A head that never ends, and a kept-alive connection that sends nothing more: closed at the
+    // head's deadline (the connection's own coarse timer). All three wait at once.
     let started = std::time::Instant::now();
-    let answer = raw_exchange(
+    let stalled_body = raw_exchange(
         &app,
         b"POST /seckill HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"item_id\"",
-    )
-    .await;
+    );
+    let stalled_head = raw_exchange(&app, b"POST /seckill HTTP/1.1\r\nHost: x\r\nContent-Le");
+    let idle_after_one = raw_exchange(&app, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (answer, head, idle) = tokio::join!(stalled_body, stalled_head, idle_after_one);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(raw_json(&answer)["error"], "request_timeout");
+    assert!(!head.contains("HTTP/1.1 2"), "{head}");
+    assert!(idle.starts_with("HTTP/1.1 200"), "{idle}");
+    assert_eq!(idle.matches("HTTP/1.1").count(), 1, "{idle}");
     assert!(
         started.elapsed() < Duration::from_secs(14),
         "{:?}",
