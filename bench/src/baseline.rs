@@ -38,9 +38,10 @@ pub struct Baseline {
     pub http: LoadStats,
     /// redis-benchmark running the purchase script.
     pub redis: RedisBench,
-    /// The gateway's in-stock path with the workers paused (`--profile in-stock`): the purchase,
-    /// its answer and the relay to RabbitMQ, without the pipeline behind them competing for the
-    /// same cores; what `redis` is the ceiling of.
+    /// The sale's path with the workers paused, without the pipeline behind the gateway
+    /// competing for the same cores. The sold-out path (an item of no stock), whose ceiling is
+    /// `http`; or, with `--profile in-stock`, the in-stock path (the purchase, its answer and the
+    /// relay to RabbitMQ), whose ceiling is `redis`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_alone: Option<LoadStats>,
 }

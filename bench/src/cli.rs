@@ -184,9 +184,10 @@ pub struct FlashSaleArgs {
     /// SECKILL_PAYMENT_TIMEOUT_SECS is over 300).
     #[arg(long)]
     pub skip_timeouts: bool,
-    /// Also measure the baseline first, and show the gateway's rates against it. With `--profile
-    /// in-stock`, also the in-stock path alone: the same burst at a second item with the workers
-    /// paused (SIGSTOP, then SIGCONT and that item drained before the sale).
+    /// Also measure the baseline first, and show the gateway's rates against it, and the sale's
+    /// path alone, with this namespace's workers paused (SIGSTOP, then SIGCONT): the same burst at
+    /// a second item, of no stock (the sold-out path), or, with `--profile in-stock`, of the
+    /// sale's stock (the in-stock path; that item drained before the sale).
     #[arg(long)]
     pub baseline: bool,
     /// The gateway's pid, for its memory [default: the one seckill-gateway process found].
@@ -318,7 +319,10 @@ async fn flash_sale(config: &Config, args: FlashSaleArgs) -> anyhow::Result<Exit
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
         wait_for_timeouts,
         baseline: args.baseline,
-        alone: args.baseline && args.profile == Profile::InStock,
+        alone: args.baseline.then_some(match args.profile {
+            Profile::InStock => sale::Alone::InStock,
+            Profile::SoldOut => sale::Alone::SoldOut,
+        }),
         gateway_pid: args.gateway_pid,
         out: args.out,
     };

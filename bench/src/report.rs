@@ -316,16 +316,23 @@ pub fn table(r: &Report) -> String {
             )
         );
         if let Some(alone) = &b.gateway_alone {
+            // Against its own ceiling: the bare server for the sold-out path, redis-benchmark
+            // for the in-stock one.
+            let ceiling = if sold_out(alone) {
+                b.http.requests_per_sec
+            } else {
+                b.redis.requests_per_sec
+            };
             let _ = writeln!(
                 t,
                 "{}   {}",
                 row(
-                    "  the same, workers paused",
+                    "  its path alone, workers paused",
                     alone.requests_per_sec,
                     alone.p50_ms,
                     alone.p99_ms
                 ),
-                ratio(alone.requests_per_sec, b.redis.requests_per_sec)
+                ratio(alone.requests_per_sec, ceiling)
             );
         }
         let _ = writeln!(
@@ -372,6 +379,21 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
     std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The share of a load's answers with `code`.
+fn share_of(l: &LoadStats, code: u16) -> f64 {
+    let answered: u64 = l.status_codes.values().sum();
+    if answered == 0 {
+        0.0
+    } else {
+        *l.status_codes.get(&code).unwrap_or(&0) as f64 / answered as f64
+    }
+}
+
+/// Nine in ten answers `409`: a load of the sold-out path.
+fn sold_out(l: &LoadStats) -> bool {
+    share_of(l, 409) >= 0.9
+}
+
 /// Issue 10's targets: the sold-out path at 90 % of the bare hyper server, the in-stock path at 80 %
 /// of `redis-benchmark` running the purchase script, the tails (`p99` and `p99.9`) within 3× the
 /// bare server's, the drain of one hot item at 12,000 orders/s, and 110 CPU-µs per accepted order
@@ -389,14 +411,7 @@ pub const CPU_US_PER_ORDER: f64 = 110.0;
 pub fn targets(r: &Report) -> Vec<(bool, String)> {
     let mut out = Vec::new();
     let l = &r.load;
-    let answered: u64 = l.status_codes.values().sum();
-    let share = |code: u16| {
-        if answered == 0 {
-            0.0
-        } else {
-            *l.status_codes.get(&code).unwrap_or(&0) as f64 / answered as f64
-        }
-    };
+    let share = |code: u16| share_of(l, code);
     let ratio_goal = |name: &str, got: f64, of: f64, goal: f64| {
         let ratio = got / of;
         let verdict = if ratio >= goal {
@@ -426,9 +441,19 @@ pub fn targets(r: &Report) -> Vec<(bool, String)> {
     };
     if let Some(b) = &r.baseline {
         if share(409) >= 0.9 && b.http.requests_per_sec > 0.0 {
+            // As the bare server is measured, with the cores to itself (the workers paused), where
+            // the run measured that: the sale's own burst also carries its first requests' sales
+            // and the pipeline draining them (the table shows both).
+            let (name, rate) = match &b.gateway_alone {
+                Some(alone) if sold_out(alone) => (
+                    "sold-out path (workers paused) vs the bare hyper server",
+                    alone.requests_per_sec,
+                ),
+                _ => ("sold-out path vs the bare hyper server", l.requests_per_sec),
+            };
             out.push(ratio_goal(
-                "sold-out path vs the bare hyper server",
-                l.requests_per_sec,
+                name,
+                rate,
                 b.http.requests_per_sec,
                 SOLD_OUT_VS_BARE,
             ));
@@ -437,11 +462,11 @@ pub fn targets(r: &Report) -> Vec<(bool, String)> {
             // Measured as redis-benchmark is, with the cores to itself (the workers paused),
             // where the run measured that; else with the whole pipeline running beside it.
             let (name, rate) = match &b.gateway_alone {
-                Some(alone) => (
+                Some(alone) if !sold_out(alone) => (
                     "in-stock path (workers paused) vs redis-benchmark",
                     alone.requests_per_sec,
                 ),
-                None => ("in-stock path vs redis-benchmark", l.requests_per_sec),
+                _ => ("in-stock path vs redis-benchmark", l.requests_per_sec),
             };
             out.push(ratio_goal(
                 name,
@@ -616,6 +641,30 @@ mod tests {
         assert!(lines[0].starts_with("sold-out path vs the bare hyper server ≥ 90 %: 90.0 %"));
         assert!(lines[1].starts_with("p99 ≤ 3× the bare server's: 2.00×"));
         assert!(lines[2].starts_with("p99.9 ≤ 3× the bare server's: 3.00×"));
+
+        // Measured alone (every answer 409), the sold-out path is held to the bare server by that
+        // figure; the tails stay the sale's.
+        if let Some(b) = sold_out.baseline.as_mut() {
+            b.gateway_alone = Some(LoadStats {
+                requests_per_sec: 85_500.0,
+                status_codes: [(409, 20_000)].into_iter().collect(),
+                ..LoadStats::default()
+            });
+        }
+        let goals = targets(&sold_out);
+        assert!(
+            goals[0].1.starts_with(
+                "sold-out path (workers paused) vs the bare hyper server ≥ 90 %: 85.5 % (4.5 points short)"
+            ),
+            "{goals:#?}"
+        );
+        assert!(!goals[0].0);
+        assert!(goals[1].1.starts_with("p99 ≤ 3× the bare server's: 2.00×"));
+        let table = table(&sold_out);
+        assert!(
+            table.contains("its path alone, workers paused") && table.contains("85.5 %"),
+            "{table}"
+        );
     }
 
     #[test]
