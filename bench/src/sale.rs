@@ -82,7 +82,7 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
         )
         .await?;
         match opts.alone {
-            Some(Alone::InStock) => b.gateway_alone = in_stock_alone(&http, config, opts).await?,
+            Some(Alone::InStock) => in_stock_alone(&http, config, opts, &mut b).await?,
             Some(Alone::SoldOut) => sold_out_alone(&http, config, opts, &bodies, &mut b).await?,
             None => {}
         }
@@ -260,22 +260,31 @@ pub enum Alone {
     SoldOut,
 }
 
+/// Rounds of a path alone, each beside a round of its ceiling (the bare server or
+/// redis-benchmark); the best of each is kept. A burst of a sale's size lasts a second or two,
+/// and this machine's neighbours take up to a tenth of it in some seconds and none in others:
+/// noise only ever slows a run, so the fastest of a few interleaved rounds is each one's own rate.
+const ALONE_ROUNDS: u64 = 3;
+
 /// The in-stock path alone: the sale's burst fired at a second item of the same shape while every
 /// `seckill-workers` process is stopped (SIGSTOP), so that the gateway, Redis and the relay to
 /// RabbitMQ have the cores to themselves, as `redis-benchmark` has; then the workers continue and
-/// drain that item before the sale starts. `None` (said on stderr) when no workers run here.
+/// drain that item before the sale starts. Said on stderr and skipped when no workers run here.
 async fn in_stock_alone(
     http: &HttpClient,
     config: &Config,
     opts: &SaleOptions,
-) -> anyhow::Result<Option<oha::LoadStats>> {
+    baseline: &mut baseline::Baseline,
+) -> anyhow::Result<()> {
     let Some(workers) = namespace_workers(config, "in-stock") else {
-        return Ok(None);
+        return Ok(());
     };
-    let item = create_item(http, config, opts).await?;
-    let stats = burst_alone(config, opts, item, &workers).await?;
-    let accepted = stats.count(202);
-    let mut watch = Watch::new(config, item, opts.stock).await?;
+    // Stock for every round, each selling to every request.
+    let stock = opts.requests as i64 * ALONE_ROUNDS as i64;
+    let item = create_item_of(http, config, opts, stock).await?;
+    let ceiling = Ceiling::Redis(&config.redis_url);
+    let accepted = rounds_alone(config, opts, item, &workers, ceiling, baseline).await?;
+    let mut watch = Watch::new(config, item, stock).await?;
     watch
         .until("the in-stock path alone's drain", opts.drain_timeout, |s| {
             s.stored >= accepted && s.in_flight() == 0
@@ -296,19 +305,12 @@ async fn in_stock_alone(
             .await?;
     }
     watch.close().await;
-    Ok(Some(stats))
+    Ok(())
 }
-
-/// Rounds of the sold-out path alone, each beside a round of the bare server; the best of each
-/// is kept. A burst of this size lasts about a second, and this machine's neighbours take up to a
-/// tenth of it in some seconds and none in others: noise only ever slows a run, so the fastest
-/// of a few interleaved rounds is each server's own rate.
-const SOLD_OUT_ROUNDS: usize = 3;
 
 /// The sold-out path alone, as the bare server is measured: the sale's burst at a second item of
 /// no stock with the workers stopped, so the pipeline draining the sale's own orders does not
-/// share the cores; interleaved with more rounds of the bare server (`baseline.http` keeps its
-/// best). Nothing sells, so nothing is left to drain.
+/// share the cores. Nothing sells, so nothing is left to drain.
 async fn sold_out_alone(
     http: &HttpClient,
     config: &Config,
@@ -320,31 +322,70 @@ async fn sold_out_alone(
         return Ok(());
     };
     let item = create_item_of(http, config, opts, 0).await?;
+    let ceiling = Ceiling::Bare(bare_bodies);
+    let sold = rounds_alone(config, opts, item, &workers, ceiling, baseline).await?;
+    ensure!(
+        sold == 0,
+        "the sold-out path alone sold {sold} units of an item of no stock"
+    );
+    Ok(())
+}
+
+/// What a path alone is held to, measured again between its rounds.
+enum Ceiling<'a> {
+    /// The bare hyper server, sent these bodies.
+    Bare(&'a Path),
+    /// redis-benchmark running the purchase script on this Redis.
+    Redis(&'a str),
+}
+
+/// [`ALONE_ROUNDS`] bursts of the sale's shape at `item` with `workers` stopped, the second and
+/// later each after a round of `ceiling`; `baseline` keeps the best of each (the ceiling's first
+/// round is its own). Returns the purchases accepted over every round.
+async fn rounds_alone(
+    config: &Config,
+    opts: &SaleOptions,
+    item: ItemId,
+    workers: &[u32],
+    ceiling: Ceiling<'_>,
+    baseline: &mut baseline::Baseline,
+) -> anyhow::Result<u64> {
     let bodies = opts.out.join("alone-bodies.jsonl");
     write_bodies(&bodies, &Tickets::new(&config.ticket_secret), item, opts)?;
+    let path = match ceiling {
+        Ceiling::Bare(_) => "sold-out",
+        Ceiling::Redis(_) => "in-stock",
+    };
     eprintln!(
-        "the sold-out path alone: item {item}, {SOLD_OUT_ROUNDS} rounds beside the bare server, \
+        "the {path} path alone: item {item}, {ALONE_ROUNDS} rounds beside its ceiling's, \
          workers {workers:?} paused"
     );
     let (round_bare, round_alone) = (
         opts.out.join("baseline-oha.round.json"),
         opts.out.join("alone-oha.round.json"),
     );
-    let _paused = Paused::new(&workers)?;
+    let _paused = Paused::new(workers)?;
     let rounds = async {
-        let mut best: Option<oha::LoadStats> = None;
-        for round in 0..SOLD_OUT_ROUNDS {
-            if round > 0 {
-                let bare = baseline::bare_http(
-                    opts.requests,
-                    opts.connections,
-                    Body::Lines(bare_bodies),
-                    &round_bare,
-                )
-                .await?;
-                if bare.requests_per_sec > baseline.http.requests_per_sec {
-                    baseline.http = bare;
-                    std::fs::rename(&round_bare, opts.out.join("baseline-oha.json"))?;
+        let mut accepted = 0;
+        for round in 0..ALONE_ROUNDS {
+            match ceiling {
+                _ if round == 0 => {}
+                Ceiling::Bare(bare_bodies) => {
+                    let (requests, connections) = (opts.requests, opts.connections);
+                    let body = Body::Lines(bare_bodies);
+                    let bare =
+                        baseline::bare_http(requests, connections, body, &round_bare).await?;
+                    if bare.requests_per_sec > baseline.http.requests_per_sec {
+                        baseline.http = bare;
+                        std::fs::rename(&round_bare, opts.out.join("baseline-oha.json"))?;
+                    }
+                }
+                Ceiling::Redis(url) => {
+                    let redis =
+                        baseline::redis_purchase(url, opts.requests, opts.connections).await?;
+                    if redis.requests_per_sec > baseline.redis.requests_per_sec {
+                        baseline.redis = redis;
+                    }
                 }
             }
             let stats = oha::run(&Load {
@@ -356,33 +397,26 @@ async fn sold_out_alone(
                 output: &round_alone,
             })
             .await?;
-            ensure!(
-                stats.count(202) == 0,
-                "the sold-out path alone sold {} units of an item of no stock",
-                stats.count(202)
-            );
-            if best
-                .as_ref()
-                .is_none_or(|b| stats.requests_per_sec > b.requests_per_sec)
-            {
-                best = Some(stats);
+            accepted += stats.count(202);
+            let best = baseline.gateway_alone.as_ref();
+            if best.is_none_or(|b| stats.requests_per_sec > b.requests_per_sec) {
+                baseline.gateway_alone = Some(stats);
                 std::fs::rename(&round_alone, opts.out.join("alone-oha.json"))?;
             }
         }
-        anyhow::Ok(best)
+        anyhow::Ok(accepted)
     };
     // Ctrl-C here would leave the workers stopped: it ends the rounds, and the guard continues
     // them on the way out.
-    let best = tokio::select! {
-        best = rounds => best?,
+    let accepted = tokio::select! {
+        accepted = rounds => accepted?,
         _ = tokio::signal::ctrl_c() => {
-            anyhow::bail!("interrupted during the sold-out path alone; the workers were continued")
+            anyhow::bail!("interrupted during the {path} path alone; the workers were continued")
         }
     };
     let _ = std::fs::remove_file(&round_bare);
     let _ = std::fs::remove_file(&round_alone);
-    baseline.gateway_alone = best;
-    Ok(())
+    Ok(accepted)
 }
 
 /// This namespace's `seckill-workers` processes (another namespace's sale goes on); `None`, said
@@ -405,35 +439,6 @@ fn namespace_workers(config: &Config, path: &str) -> Option<Vec<u32>> {
         return None;
     }
     Some(workers)
-}
-
-/// The sale's burst at `item` (bodies of the sale's shape) with `workers` stopped.
-async fn burst_alone(
-    config: &Config,
-    opts: &SaleOptions,
-    item: ItemId,
-    workers: &[u32],
-) -> anyhow::Result<oha::LoadStats> {
-    let bodies = opts.out.join("alone-bodies.jsonl");
-    write_bodies(&bodies, &Tickets::new(&config.ticket_secret), item, opts)?;
-    let load = Load {
-        url: &format!("{}/seckill", opts.gateway),
-        requests: opts.requests,
-        connections: opts.connections,
-        body: Body::Lines(&bodies),
-        tui: false,
-        output: &opts.out.join("alone-oha.json"),
-    };
-    eprintln!("the in-stock path alone: item {item}, workers {workers:?} paused");
-    let _paused = Paused::new(workers)?;
-    // Ctrl-C here would leave the workers stopped: it ends the burst, and the guard continues
-    // them on the way out.
-    tokio::select! {
-        stats = oha::run(&load) => stats,
-        _ = tokio::signal::ctrl_c() => {
-            anyhow::bail!("interrupted during the in-stock path alone; the workers were continued")
-        }
-    }
 }
 
 /// Processes stopped with SIGSTOP until this is dropped (SIGCONT), whatever happens between.
