@@ -103,7 +103,15 @@ async fn a_flash_sale_keeps_every_invariant() {
             "--duplicates",
             "0.2",
         ])
-        .args(["--reorder", "--gateway-pid", &gateway_pid, "--out"])
+        // The baseline too: its sold-out path alone pauses this sale's workers (SIGSTOP), which
+        // must find them continued for the sale.
+        .args([
+            "--reorder",
+            "--baseline",
+            "--gateway-pid",
+            &gateway_pid,
+            "--out",
+        ])
         .arg(&out)
         .stdin(Stdio::null())
         .status()
@@ -129,6 +137,15 @@ async fn a_flash_sale_keeps_every_invariant() {
         "{ends}"
     );
     assert!(out.join("report.svg").exists());
+    // The sold-out path alone: an item of no stock, every answer `409`, beside the bare server.
+    let baseline = &report["baseline"];
+    assert_eq!(
+        baseline["gateway_alone"]["status_codes"]["409"], 2000,
+        "{baseline}"
+    );
+    assert!(baseline["http"]["requests_per_sec"].as_f64() > Some(0.0));
+    assert!(out.join("alone-oha.json").exists() && out.join("baseline-oha.json").exists());
+    assert!(!out.join("alone-oha.round.json").exists());
     // What an order cost in CPU: every part of the pipeline found and read (a part's time may round
     // to 0 at 10 ms a tick over 50 orders; the processes must be there).
     let cpu = &report["cpu"];
