@@ -276,14 +276,13 @@ async fn in_stock_alone(
     opts: &SaleOptions,
     baseline: &mut baseline::Baseline,
 ) -> anyhow::Result<()> {
-    let Some(workers) = namespace_workers(config, "in-stock") else {
-        return Ok(());
-    };
     // Stock for every round, each selling to every request.
     let stock = opts.requests as i64 * ALONE_ROUNDS as i64;
-    let item = create_item_of(http, config, opts, stock).await?;
     let ceiling = Ceiling::Redis(&config.redis_url);
-    let accepted = rounds_alone(config, opts, item, &workers, ceiling, baseline).await?;
+    let Some((item, accepted)) = rounds_alone(http, config, opts, stock, ceiling, baseline).await?
+    else {
+        return Ok(());
+    };
     let mut watch = Watch::new(config, item, stock).await?;
     watch
         .until("the in-stock path alone's drain", opts.drain_timeout, |s| {
@@ -318,12 +317,10 @@ async fn sold_out_alone(
     bare_bodies: &Path,
     baseline: &mut baseline::Baseline,
 ) -> anyhow::Result<()> {
-    let Some(workers) = namespace_workers(config, "sold-out") else {
+    let ceiling = Ceiling::Bare(bare_bodies);
+    let Some((_, sold)) = rounds_alone(http, config, opts, 0, ceiling, baseline).await? else {
         return Ok(());
     };
-    let item = create_item_of(http, config, opts, 0).await?;
-    let ceiling = Ceiling::Bare(bare_bodies);
-    let sold = rounds_alone(config, opts, item, &workers, ceiling, baseline).await?;
     ensure!(
         sold == 0,
         "the sold-out path alone sold {sold} units of an item of no stock"
@@ -339,23 +336,35 @@ enum Ceiling<'a> {
     Redis(&'a str),
 }
 
-/// [`ALONE_ROUNDS`] bursts of the sale's shape at `item` with `workers` stopped, the second and
-/// later each after a round of `ceiling`; `baseline` keeps the best of each (the ceiling's first
-/// round is its own). Returns the purchases accepted over every round.
+impl Ceiling<'_> {
+    /// The path held to this ceiling.
+    fn path(&self) -> &'static str {
+        match self {
+            Ceiling::Bare(_) => "sold-out",
+            Ceiling::Redis(_) => "in-stock",
+        }
+    }
+}
+
+/// [`ALONE_ROUNDS`] bursts of the sale's shape at a new item of `stock` with this namespace's
+/// workers stopped, the second and later each after a round of `ceiling`; `baseline` keeps the
+/// best of each (the ceiling's first round is its own). Returns the item and the purchases
+/// accepted over every round; `None` when no workers of this namespace run here.
 async fn rounds_alone(
+    http: &HttpClient,
     config: &Config,
     opts: &SaleOptions,
-    item: ItemId,
-    workers: &[u32],
+    stock: i64,
     ceiling: Ceiling<'_>,
     baseline: &mut baseline::Baseline,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Option<(ItemId, u64)>> {
+    let path = ceiling.path();
+    let Some(workers) = namespace_workers(config, path) else {
+        return Ok(None);
+    };
+    let item = create_item_of(http, config, opts, stock).await?;
     let bodies = opts.out.join("alone-bodies.jsonl");
     write_bodies(&bodies, &Tickets::new(&config.ticket_secret), item, opts)?;
-    let path = match ceiling {
-        Ceiling::Bare(_) => "sold-out",
-        Ceiling::Redis(_) => "in-stock",
-    };
     eprintln!(
         "the {path} path alone: item {item}, {ALONE_ROUNDS} rounds beside its ceiling's, \
          workers {workers:?} paused"
@@ -364,7 +373,7 @@ async fn rounds_alone(
         opts.out.join("baseline-oha.round.json"),
         opts.out.join("alone-oha.round.json"),
     );
-    let _paused = Paused::new(workers)?;
+    let _paused = Paused::new(&workers)?;
     let rounds = async {
         let mut accepted = 0;
         for round in 0..ALONE_ROUNDS {
@@ -416,7 +425,7 @@ async fn rounds_alone(
     };
     let _ = std::fs::remove_file(&round_bare);
     let _ = std::fs::remove_file(&round_alone);
-    Ok(accepted)
+    Ok(Some((item, accepted)))
 }
 
 /// This namespace's `seckill-workers` processes (another namespace's sale goes on); `None`, said
