@@ -10,10 +10,10 @@ use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use seckill_domain::keys::gene_of_item;
-use seckill_domain::scripts::{ItemState, PURCHASE, Scripts};
-use seckill_domain::snowflake::{Snowflake, now_ms};
-use seckill_domain::{ItemId, Keys, OrderId};
+use seckill_infra::scripts::{ItemState, PURCHASE, Scripts};
+use seckill_schema::keys::gene_of_item;
+use seckill_schema::snowflake::{Snowflake, now_ms};
+use seckill_schema::{ItemId, Keys, OrderId};
 use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::future::Future;
@@ -216,7 +216,7 @@ pub async fn redis_purchase(
         item.to_string(),
         "0".to_owned(),
         "0".to_owned(),
-        seckill_domain::snowflake::now_ms().to_string(),
+        seckill_schema::snowflake::now_ms().to_string(),
     ]);
     let result = redis_benchmark(redis_url, requests, connections, &command).await;
     let remaining: Option<i64> = redis.hget(keys.item(item), "remaining").await?;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, Value,
 };
-use seckill_domain::ItemId;
+use seckill_schema::ItemId;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -134,7 +134,7 @@ pub async fn awaiting_payment(
     db: &DatabaseConnection,
     item: Option<ItemId>,
 ) -> anyhow::Result<Vec<(i64, i64)>> {
-    let awaiting = seckill_domain::OrderStatus::AwaitingPayment.as_str();
+    let awaiting = seckill_schema::OrderStatus::AwaitingPayment.as_str();
     let (sql, values) = match item {
         Some(item) => (
             "SELECT id, amount_cents FROM orders WHERE status = $1 AND item_id = $2 ORDER BY id",
@@ -161,7 +161,7 @@ pub async fn refunds_owed(
     db: &DatabaseConnection,
     item: Option<ItemId>,
 ) -> anyhow::Result<Vec<(i64, String, i64)>> {
-    use seckill_domain::{OrderStatus, PaymentStatus};
+    use seckill_schema::{OrderStatus, PaymentStatus};
     let base = "SELECT p.order_id, p.payment_id, p.amount_cents FROM payments p \
         JOIN orders o ON o.id = p.order_id \
         WHERE ((o.status = $1 AND p.status = $2 AND p.applied = $3) OR p.status = $4)";

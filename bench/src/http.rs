@@ -1,12 +1,15 @@
 //! A small HTTP/1 client for the gateway's admin API and payment webhook.
 
-use anyhow::Context;
+use anyhow::{Context, ensure};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use seckill_infra::Config;
+use seckill_schema::ItemId;
+use seckill_schema::snowflake::now_ms;
 use std::time::Duration;
 
 /// One request, body included, gives up after this.
@@ -69,4 +72,32 @@ impl HttpClient {
         let body = Bytes::from(serde_json::to_vec(body)?);
         self.send(Method::POST, url, &all, body).await
     }
+}
+
+/// Creates an item through the gateway's admin API, with an id unique per run (and readable as
+/// the time it was made), named `<name> <id>`, with the other fields of `fields`.
+pub async fn create_item(
+    http: &HttpClient,
+    config: &Config,
+    gateway: &str,
+    name: &str,
+    mut fields: serde_json::Value,
+) -> anyhow::Result<ItemId> {
+    let item = ItemId(now_ms());
+    fields["item_id"] = item.0.into();
+    fields["name"] = format!("{name} {item}").into();
+    let auth = format!("Bearer {}", config.admin_token);
+    let (status, answer) = http
+        .post_json(
+            &format!("{gateway}/admin/items"),
+            &[("authorization", &auth)],
+            &fields,
+        )
+        .await?;
+    ensure!(
+        status == StatusCode::CREATED,
+        "creating item {item}: {status} {}",
+        String::from_utf8_lossy(&answer)
+    );
+    Ok(item)
 }

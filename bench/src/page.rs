@@ -7,8 +7,8 @@ use crate::http::HttpClient;
 use crate::oha::{self, Body, Load, LoadStats};
 use anyhow::{Context, ensure};
 use http::StatusCode;
-use seckill_domain::ItemId;
 use seckill_infra::Config;
+use seckill_schema::ItemId;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -82,5 +82,5 @@ pub async fn run(config: &Config, opts: &PageOptions) -> anyhow::Result<PageBenc
 
 async fn create_item(http: &HttpClient, config: &Config, gateway: &str) -> anyhow::Result<ItemId> {
     let fields = serde_json::json!({"price_cents": 990, "stock": STOCK});
-    crate::sale::create_item_named(http, config, gateway, "product page", fields).await
+    crate::http::create_item(http, config, gateway, "product page", fields).await
 }

@@ -8,9 +8,9 @@ use fred::prelude::*;
 use futures_util::StreamExt;
 use rand::Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
-use seckill_domain::{ItemId, Keys, OrderId, PaymentOutcome};
 use seckill_infra::Config;
 use seckill_infra::auth::WebhookSigner;
+use seckill_schema::{ItemId, Keys, OrderId, PaymentOutcome};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -112,7 +112,7 @@ pub struct Callback {
 
 /// The payment id this provider pays an order with: the one its intent shows.
 pub fn payment_id_of(order_id: OrderId) -> String {
-    seckill_domain::record::intent_id(order_id)
+    seckill_schema::record::intent_id(order_id)
 }
 
 impl Callback {

@@ -7,7 +7,7 @@ use crate::oha::LoadStats;
 use crate::provider::PayReport;
 use crate::rss::Rss;
 use anyhow::Context;
-use seckill_domain::{ItemId, OrderStatus};
+use seckill_schema::{ItemId, OrderStatus};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;

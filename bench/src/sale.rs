@@ -14,12 +14,12 @@ use fred::prelude::*;
 use http::StatusCode;
 use rand::Rng;
 use sea_orm::{DatabaseConnection, EntityTrait};
-use seckill_domain::snowflake::now_ms;
-use seckill_domain::{ItemId, Keys, Kind, OrderStatus, UserId};
 use seckill_infra::Config;
 use seckill_infra::auth::Tickets;
 use seckill_infra::broker::Topology;
-use seckill_infra::entity::items;
+use seckill_schema::entity::items;
+use seckill_schema::snowflake::now_ms;
+use seckill_schema::{ItemId, Keys, Kind, OrderStatus, UserId};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -220,35 +220,7 @@ async fn create_item_of(
         "stock": stock,
         "per_user_limit": opts.per_user_limit,
     });
-    create_item_named(http, config, &opts.gateway, "flash sale", fields).await
-}
-
-/// Creates an item through the gateway's admin API, with an id unique per run (and readable as
-/// the time it was made), named `<name> <id>`, with the other fields of `fields`.
-pub async fn create_item_named(
-    http: &HttpClient,
-    config: &Config,
-    gateway: &str,
-    name: &str,
-    mut fields: serde_json::Value,
-) -> anyhow::Result<ItemId> {
-    let item = ItemId(now_ms());
-    fields["item_id"] = item.0.into();
-    fields["name"] = format!("{name} {item}").into();
-    let auth = format!("Bearer {}", config.admin_token);
-    let (status, answer) = http
-        .post_json(
-            &format!("{gateway}/admin/items"),
-            &[("authorization", &auth)],
-            &fields,
-        )
-        .await?;
-    ensure!(
-        status == StatusCode::CREATED,
-        "creating item {item}: {status} {}",
-        String::from_utf8_lossy(&answer)
-    );
-    Ok(item)
+    crate::http::create_item(http, config, &opts.gateway, "flash sale", fields).await
 }
 
 /// Which path of the sale to measure alone, beside the baseline.

@@ -4,7 +4,7 @@
 //! an accepted order cost in CPU, process by process.
 
 use crate::report::{Report, Sample};
-use seckill_domain::OrderStatus;
+use seckill_schema::OrderStatus;
 use std::fmt::Write;
 
 const WIDTH: f64 = 900.0;

@@ -27,7 +27,7 @@ async fn raw_reads_work_on_both_backends() {
         let (first, last) = db::order_span(&sale.db, ITEM).await.unwrap().unwrap();
         assert!(first > 0 && first <= last, "{backend:?}");
         assert_eq!(
-            db::order_span(&sale.db, seckill_domain::ItemId(8))
+            db::order_span(&sale.db, seckill_schema::ItemId(8))
                 .await
                 .unwrap(),
             None

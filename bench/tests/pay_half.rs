@@ -3,8 +3,8 @@
 
 use seckill_bench::audit::{self, Accepted};
 use seckill_bench::provider::{self, Faults, PayOptions};
-use seckill_domain::{ItemId, UserId};
 use seckill_infra::auth::Tickets;
+use seckill_schema::{ItemId, UserId};
 use seckill_testkit::{Backend, ServerTask, TestEnv, wait_for};
 use std::time::Duration;
 

@@ -6,11 +6,11 @@ use fred::prelude::*;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use sea_orm::{ActiveModelTrait, DatabaseConnection, Set};
 use seckill_bench::provider::{self, Faults, Intent, PayOptions};
-use seckill_domain::{
+use seckill_infra::broker::Topology;
+use seckill_schema::entity::{orders, payments};
+use seckill_schema::{
     ItemId, Keys, Kind, Message, OrderId, OrderStatus, PaymentOutcome, PaymentStatus,
 };
-use seckill_infra::broker::Topology;
-use seckill_infra::entity::{orders, payments};
 use seckill_testkit::{Backend, ServerTask, TestEnv, wait_for};
 use std::collections::BTreeMap;
 use std::time::Duration;

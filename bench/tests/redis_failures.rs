@@ -16,14 +16,14 @@ use fred::prelude::*;
 use reqwest::StatusCode;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use seckill_bench::audit::{self, Accepted, Check};
-use seckill_domain::keys::gene_of_item;
-use seckill_domain::scripts::{Purchase, PurchaseRequest, Scripts};
-use seckill_domain::snowflake::Snowflake;
-use seckill_domain::{ItemId, Keys, OrderId, OrderStatus, Quantity, UserId};
 use seckill_infra::Config;
 use seckill_infra::auth::{Jwt, Tickets};
 use seckill_infra::durability::Durability;
-use seckill_infra::entity::orders;
+use seckill_infra::scripts::{Purchase, PurchaseRequest, Scripts};
+use seckill_schema::entity::orders;
+use seckill_schema::keys::gene_of_item;
+use seckill_schema::snowflake::Snowflake;
+use seckill_schema::{ItemId, Keys, OrderId, OrderStatus, Quantity, UserId};
 use seckill_testkit::{
     Backend, RedisOptions, RedisServer, Sentinel, ServerTask, TestEnv, wait_for,
     wait_for_redis_state,

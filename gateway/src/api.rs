@@ -1,7 +1,7 @@
 //! The HTTP API's bodies, one type each, as they cross the wire: the handlers read and write
 //! these, and the OpenAPI document (`openapi.rs`) is generated from them, so the two cannot drift.
 
-use seckill_domain::{OrderId, OrderStatus, PaymentOutcome, PaymentStatus};
+use seckill_schema::{OrderId, OrderStatus, PaymentOutcome, PaymentStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;

@@ -12,8 +12,8 @@
 use crate::api::SaleState;
 use fred::prelude::*;
 use sea_orm::{ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
-use seckill_domain::{ItemId, Keys};
-use seckill_infra::entity::items;
+use seckill_schema::entity::items;
+use seckill_schema::{ItemId, Keys};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,7 +5,7 @@ use crate::api::ErrorBody;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
-use seckill_domain::{AdjustmentId, OrderId};
+use seckill_schema::{AdjustmentId, OrderId};
 
 pub type Body = Full<Bytes>;
 
@@ -34,8 +34,8 @@ pub enum ApiError {
     },
     /// The path exists; these are its methods (the `Allow` header).
     MethodNotAllowed(&'static str),
-    /// The body did not arrive within its deadline; the connection is closed.
-    BodyTimeout,
+    /// The body did not arrive within this deadline; the connection is closed.
+    BodyTimeout(std::time::Duration),
     /// `Transfer-Encoding` in a request (with or without `Content-Length`: the shape of request
     /// smuggling behind a proxy). Our bodies are small JSON sent with `Content-Length`; the
     /// connection is closed, since its framing cannot be trusted.
@@ -68,7 +68,7 @@ impl ApiError {
             ApiError::LimitReached(_) => "limit_reached",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::BodyTimeout => "request_timeout",
+            ApiError::BodyTimeout(_) => "request_timeout",
             ApiError::TransferEncoding => "bad_request",
             ApiError::Unavailable(_) | ApiError::AtCapacity(_) => "unavailable",
             ApiError::OutcomeUnknown(_) => "outcome_unknown",
@@ -81,7 +81,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) | ApiError::TransferEncoding => StatusCode::BAD_REQUEST,
-            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(..) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -116,10 +116,9 @@ impl ApiError {
             ApiError::MethodNotAllowed(allow) => {
                 format!("method not allowed on this path; allowed: {allow}")
             }
-            ApiError::BodyTimeout => format!(
-                "the body did not arrive within {} s",
-                crate::request::BODY_READ_TIMEOUT.as_secs()
-            ),
+            ApiError::BodyTimeout(deadline) => {
+                format!("the body did not arrive within {} s", deadline.as_secs())
+            }
             ApiError::TransferEncoding => {
                 "Transfer-Encoding is not accepted; send the body with Content-Length".to_owned()
             }
@@ -175,7 +174,7 @@ impl ApiError {
                 resp.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::BodyTimeout | ApiError::TransferEncoding => {
+            ApiError::BodyTimeout(_) | ApiError::TransferEncoding => {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }

@@ -19,9 +19,9 @@
 //! purchases behind it for longer than one timeout.
 
 use fred::prelude::*;
-use seckill_domain::scripts::{Purchase, PurchaseFailure, PurchaseRequest, Scripts};
-use seckill_domain::snowflake::GENES;
-use seckill_domain::{ItemId, OrderId, Quantity, UserId};
+use seckill_infra::scripts::{Purchase, PurchaseFailure, PurchaseRequest, Scripts};
+use seckill_schema::snowflake::GENES;
+use seckill_schema::{ItemId, OrderId, Quantity, UserId};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
@@ -72,7 +72,7 @@ impl Lanes {
     /// Runs one purchase in its gene's lane.
     pub async fn purchase(&self, req: &PurchaseRequest<'_>) -> Answer {
         let (answer, answered) = oneshot::channel();
-        let lane = &self.lanes[usize::from(seckill_domain::keys::gene_of_item(req.item))];
+        let lane = &self.lanes[usize::from(seckill_schema::keys::gene_of_item(req.item))];
         let pending = Pending {
             order_id: req.order_id,
             user: req.user,

@@ -1,37 +1,37 @@
 //! The seckill gateway: a lean hyper server whose hot path (`POST /seckill`) is one Redis script,
 //! and the outbox relay that carries accepted orders to RabbitMQ.
 
-pub mod admin;
 pub mod api;
 pub mod catalog;
 mod conn;
 mod error;
-pub mod events;
+pub mod handlers;
 pub mod lanes;
-pub mod my_orders;
 pub mod openapi;
-pub mod orders;
-pub mod payment;
 pub mod ratelimit;
+pub mod reader;
 pub mod relay;
 pub mod replication;
 pub mod request;
+mod route_metrics;
 pub mod routes;
 pub mod soldout;
 pub mod state;
+pub mod streams;
 pub mod timer;
+pub mod views;
 
 use anyhow::Context;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use replication::GroupCommit;
-use seckill_domain::Keys;
-use seckill_domain::scripts::Scripts;
 use seckill_infra::Config;
 use seckill_infra::broker::{Publisher, Topology};
 use seckill_infra::durability::{Durability, DurabilityWatch};
 use seckill_infra::recovery::Recovery;
+use seckill_infra::scripts::Scripts;
+use seckill_schema::Keys;
 use state::State;
 use std::future::Future;
 use std::sync::Arc;
@@ -52,7 +52,7 @@ pub struct Application {
     state: Arc<State>,
     lease_token: String,
     /// The order changes the workers announce, for the order event streams.
-    changes: events::Changes,
+    changes: streams::Changes,
     stop_tx: watch::Sender<bool>,
     stop_rx: watch::Receiver<bool>,
 }
@@ -70,7 +70,7 @@ impl Application {
             rand::random::<u64>()
         );
         let ids = match config.node_id {
-            Some(n) => Arc::new(seckill_domain::snowflake::Snowflake::new(n)),
+            Some(n) => Arc::new(seckill_schema::snowflake::Snowflake::new(n)),
             None => seckill_infra::lease::acquire(&scripts, &redis, &lease_token).await?,
         };
         let topology = Topology::of(&config);
@@ -97,7 +97,7 @@ impl Application {
             .then(|| GroupCommit::new(redis.next().clone(), replication::DEFAULT_TIMEOUT));
         let recovery = Recovery::new(redis.clone(), scripts.clone(), &config.database_url, None);
         let changes =
-            events::Changes::subscribe(&config.redis_url, scripts.keys().order_changes()).await?;
+            streams::Changes::subscribe(&config.redis_url, scripts.keys().order_changes()).await?;
         let parts = state::Parts {
             ids,
             publisher,

@@ -3,7 +3,10 @@
 //! change to a body changes the document with it; the tests and schemathesis hold the two to the
 //! server's real answers.
 
+use crate::error::Body;
 use bytes::Bytes;
+use http::{HeaderValue, Response, header};
+use http_body_util::Full;
 use std::sync::OnceLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -18,29 +21,29 @@ use utoipa::{Modify, OpenApi};
             sent as decimal strings."
     ),
     paths(
-        crate::routes::ticket,
-        crate::routes::catalog_item,
-        crate::routes::catalog_items,
-        crate::routes::seckill,
-        crate::my_orders::list,
-        crate::orders::get,
-        crate::events::stream,
-        crate::orders::cancel,
-        crate::orders::confirm,
-        crate::orders::refund,
-        crate::orders::ship,
-        crate::payment::callback,
-        crate::admin::create_item,
-        crate::admin::get_item,
-        crate::admin::listing::list_items,
-        crate::admin::adjust::patch_item,
-        crate::admin::adjust::end_item,
-        crate::admin::history::item_history,
-        crate::admin::history::admin_order,
-        crate::routes::healthz,
-        crate::routes::readyz,
-        crate::routes::metrics_text,
-        crate::routes::openapi_json,
+        crate::handlers::purchase::ticket,
+        crate::handlers::items::catalog_item,
+        crate::handlers::items::catalog_items,
+        crate::handlers::purchase::seckill,
+        crate::handlers::orders::list::list,
+        crate::handlers::orders::get,
+        crate::handlers::orders::events::stream,
+        crate::handlers::orders::cancel,
+        crate::handlers::orders::confirm,
+        crate::handlers::orders::refund,
+        crate::handlers::admin::orders::ship,
+        crate::handlers::payment::callback,
+        crate::handlers::admin::create_item,
+        crate::handlers::admin::get_item,
+        crate::handlers::admin::listing::list_items,
+        crate::handlers::admin::adjust::patch_item,
+        crate::handlers::admin::adjust::end_item,
+        crate::handlers::admin::history::item_history,
+        crate::handlers::admin::orders::admin_order,
+        crate::handlers::ops::healthz,
+        crate::handlers::ops::readyz,
+        crate::handlers::ops::metrics_text,
+        serve,
     ),
     modifiers(&SecuritySchemes),
     tags(
@@ -100,4 +103,15 @@ pub fn json() -> Bytes {
         )
     })
     .clone()
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json")))]
+pub fn serve() -> Response<Body> {
+    let mut resp = Response::new(Full::new(json()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }

@@ -2,7 +2,7 @@
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use seckill_domain::UserId;
+use seckill_schema::UserId;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,9 +14,9 @@
 
 use anyhow::Context;
 use fred::prelude::*;
-use seckill_domain::outbox;
-use seckill_domain::{Message, OrderEvent};
 use seckill_infra::broker::Publisher;
+use seckill_schema::outbox;
+use seckill_schema::{Message, OrderEvent};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -42,7 +42,7 @@ pub struct Relay {
     pub redis: Client,
     pub control: Pool,
     pub publisher: Arc<Publisher>,
-    pub scripts: seckill_domain::scripts::Scripts,
+    pub scripts: seckill_infra::scripts::Scripts,
     pub gene: u8,
     pub stream: String,
     /// This relay's lease token.
@@ -137,7 +137,7 @@ impl Relay {
         Ok(())
     }
 
-    async fn lease(&self, hold: bool) -> Result<bool, seckill_domain::scripts::ScriptError> {
+    async fn lease(&self, hold: bool) -> Result<bool, seckill_infra::scripts::ScriptError> {
         let ttl = LEASE_TTL.as_millis() as u64;
         self.scripts
             .relay_lease(self.control.next(), self.gene, &self.token, ttl, hold)

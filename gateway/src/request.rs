@@ -1,5 +1,6 @@
-//! Parsing a request at the edge: the body (bounded), JSON, the bearer token, the user, path ids
-//! and the per-user rate limit. Every route module imports these; none imports the router.
+//! Parsing a request at the edge: the body (bounded), JSON, who sends it (the user's bearer token,
+//! the operators' admin token), path ids and the per-user rate limit. Every handler imports these;
+//! none imports the router.
 
 use crate::error::ApiError;
 use crate::state::State;
@@ -7,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use seckill_domain::UserId;
+use seckill_schema::UserId;
 use serde::Deserialize;
 
 pub const MAX_BODY: usize = 16 * 1024;
@@ -35,7 +36,7 @@ pub async fn read_body(req: Request<Incoming>) -> Result<(http::request::Parts, 
         std::task::Poll::Ready(collected) => collected,
         std::task::Poll::Pending => tokio::time::timeout(BODY_READ_TIMEOUT, collect)
             .await
-            .map_err(|_| ApiError::BodyTimeout)?,
+            .map_err(|_| ApiError::BodyTimeout(BODY_READ_TIMEOUT))?,
     };
     match collected {
         Ok(collected) => Ok((parts, collected.to_bytes())),
@@ -101,6 +102,28 @@ pub fn user_from_jwt(state: &State, headers: &HeaderMap) -> Result<UserId, ApiEr
         .jwt
         .verify(token)
         .ok_or(ApiError::Unauthorized("the token is invalid or expired"))
+}
+
+/// Constant time: how much of a guess matches must not show in how long the answer takes.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn require_admin(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
+    match bearer(headers) {
+        Some(t) if constant_time_eq(t.as_bytes(), state.config.admin_token.as_bytes()) => Ok(()),
+        _ => Err(ApiError::Unauthorized(
+            "the admin token is missing or wrong",
+        )),
+    }
+}
+
+/// An item id of a path, as the database keeps it: anything else is an unknown item.
+pub fn item_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<u64>()
+        .ok()
+        .and_then(|id| i64::try_from(id).ok())
+        .ok_or(ApiError::NotFound("unknown_item", "no such item"))
 }
 
 pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> Result<T, ApiError> {

@@ -4,7 +4,7 @@
 //! [`FLAG_TTL`] on every gateway, with no message to lose.
 
 use arc_swap::ArcSwap;
-use seckill_domain::ItemId;
+use seckill_schema::ItemId;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

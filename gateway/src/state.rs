@@ -6,14 +6,14 @@ use crate::soldout::SoldOut;
 use fred::prelude::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sea_orm::DatabaseConnection;
-use seckill_domain::Keys;
-use seckill_domain::scripts::Scripts;
-use seckill_domain::snowflake::Snowflake;
 use seckill_infra::Config;
 use seckill_infra::auth::{Jwt, Tickets, WebhookSigner};
 use seckill_infra::broker::Publisher;
 use seckill_infra::durability::DurabilityWatch;
 use seckill_infra::recovery::Recovery;
+use seckill_infra::scripts::Scripts;
+use seckill_schema::Keys;
+use seckill_schema::snowflake::Snowflake;
 use std::sync::Arc;
 
 pub struct State {
@@ -39,7 +39,7 @@ pub struct State {
     /// The public catalog (`GET /items`), read from Redis and the database once a second at most.
     pub catalog: crate::catalog::Catalog,
     /// The order event streams open on this gateway (`GET /orders/{id}/events`).
-    pub order_streams: Arc<crate::events::OrderStreams>,
+    pub order_streams: Arc<crate::streams::OrderStreams>,
     /// Purchases on their way to Redis, one lane per gene.
     pub lanes: crate::lanes::Lanes,
 }
@@ -71,7 +71,7 @@ impl State {
             webhook: WebhookSigner::new(&config.webhook_secret),
             limiter: RateLimiter::new(config.rate_per_user),
             sold_out: SoldOut::default(),
-            order_streams: Arc::new(crate::events::OrderStreams::new(config.max_order_streams)),
+            order_streams: Arc::new(crate::streams::OrderStreams::new(config.max_order_streams)),
             outboxes: keys.outboxes().map(|(_, k)| k).collect(),
             lanes: crate::lanes::Lanes::start(redis.clone(), scripts.clone()),
             keys,

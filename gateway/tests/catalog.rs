@@ -5,7 +5,7 @@ mod common;
 
 use common::{Http, Resp, TestApp};
 use http::{Method, StatusCode};
-use seckill_domain::snowflake::now_ms;
+use seckill_schema::snowflake::now_ms;
 use seckill_testkit::{Backend, RedisOptions, RedisServer, TestEnv, wait_for};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

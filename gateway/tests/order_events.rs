@@ -207,7 +207,7 @@ async fn streams_are_bounded_and_end_on_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_reach_streams_and_a_reconnection_rereads() {
     use fred::interfaces::{ClientLike, HashesInterface, PubsubInterface};
-    use seckill_domain::record::field;
+    use seckill_schema::record::field;
     // A Redis of the test's own: it cuts the gateway's Pub/Sub connection.
     let redis = RedisServer::start_ready(RedisOptions::default()).await;
     let mut env = TestEnv::new(Backend::Postgres);
@@ -293,7 +293,7 @@ async fn an_idle_stream_carries_keep_alives() {
         .stream();
     assert!(s.next(Duration::from_secs(5)).await.is_some());
     let started = Instant::now();
-    let keep_alive = seckill_gateway::events::KEEP_ALIVE;
+    let keep_alive = seckill_gateway::handlers::orders::events::KEEP_ALIVE;
     let block = s.next_block(keep_alive + Duration::from_secs(5)).await;
     assert_eq!(block.as_deref(), Some(": keep-alive\n\n"));
     assert!(started.elapsed() >= keep_alive - Duration::from_secs(1));

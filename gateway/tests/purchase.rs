@@ -5,7 +5,7 @@ mod common;
 
 use common::{Events, TestApp, concurrently, wait_for_empty_outbox};
 use http::StatusCode;
-use seckill_domain::OrderId;
+use seckill_schema::OrderId;
 use seckill_testkit::{Backend, TestEnv, wait_for};
 use serde_json::json;
 use std::collections::BTreeSet;

@@ -7,7 +7,7 @@ mod common;
 use common::{Events, TestApp, wait_for_empty_outbox};
 use fred::prelude::*;
 use http::StatusCode;
-use seckill_domain::{ItemId, OrderId};
+use seckill_schema::{ItemId, OrderId};
 use seckill_testkit::{Backend, TestEnv, wait_for};
 use serde_json::json;
 use std::collections::BTreeSet;

@@ -6,9 +6,9 @@ mod common;
 use common::{Events, TestApp, wait_for_empty_outbox};
 use fred::prelude::*;
 use lapin::options::BasicGetOptions;
-use seckill_domain::ItemId;
-use seckill_domain::keys::gene_of_item;
 use seckill_infra::broker::Topology;
+use seckill_schema::ItemId;
+use seckill_schema::keys::gene_of_item;
 use std::collections::BTreeSet;
 
 const ITEM: u64 = 91;

@@ -4,7 +4,7 @@ mod common;
 
 use common::{Events, TestApp, concurrently, wait_for_empty_outbox};
 use http::StatusCode;
-use seckill_domain::{ItemId, OrderId};
+use seckill_schema::{ItemId, OrderId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

@@ -5,7 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use seckill_domain::ids::{ItemId, UserId};
+use seckill_schema::ids::{ItemId, UserId};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 

@@ -11,7 +11,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use seckill_domain::messages::{Kind, Message};
+use seckill_schema::messages::{Kind, Message};
 use std::time::Duration;
 use tokio::sync::Mutex;
 

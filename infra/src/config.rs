@@ -117,11 +117,11 @@ impl Config {
             None => None,
             Some(_) => {
                 let n: u16 = parsed("SECKILL_NODE_ID", 0)?;
-                if n > seckill_domain::snowflake::MAX_NODE {
+                if n > seckill_schema::snowflake::MAX_NODE {
                     return Err(ConfigError::Invalid {
                         var: "SECKILL_NODE_ID",
                         value: n.to_string(),
-                        reason: format!("must be at most {}", seckill_domain::snowflake::MAX_NODE),
+                        reason: format!("must be at most {}", seckill_schema::snowflake::MAX_NODE),
                     });
                 }
                 Some(n)

@@ -1,12 +1,12 @@
 //! Database connections: create the database when it is missing, apply pending migrations.
 
-use crate::migration::Migrator;
 use anyhow::Context;
 use sea_orm::RuntimeErr;
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
 };
 use sea_orm_migration::MigratorTrait;
+use seckill_schema::migration::Migrator;
 use std::time::Duration;
 
 /// Splits `scheme://auth@host/db?query` into the server URL (no database) and the database name.

@@ -2,10 +2,10 @@
 //! share one. The lease is renewed while the process lives; if it is ever lost to another process,
 //! this one takes a new id before issuing more.
 
+use crate::scripts::Scripts;
 use anyhow::bail;
 use fred::prelude::*;
-use seckill_domain::scripts::Scripts;
-use seckill_domain::snowflake::{MAX_NODE, Snowflake};
+use seckill_schema::snowflake::{MAX_NODE, Snowflake};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,7 +59,7 @@ pub async fn renew(
             _ = tokio::time::sleep(RENEW_EVERY) => {}
             _ = shutdown.changed() => return,
         }
-        let hwm = ids.high_water_ms().max(seckill_domain::snowflake::now_ms())
+        let hwm = ids.high_water_ms().max(seckill_schema::snowflake::now_ms())
             + 2 * TTL.as_millis() as u64;
         match scripts
             .lease(

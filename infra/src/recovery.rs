@@ -17,19 +17,19 @@
 //! Any process may rebuild (the lock makes one win); the workers watch every gene, and the gateway
 //! rebuilds a gene when an operator creates an item in one that was never built.
 
-use crate::entity::{items, orders, payments};
+use crate::scripts::{ItemState, RebuiltOrder, Scripts};
 use anyhow::Context;
 use fred::prelude::*;
 use sea_orm::{
     AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IsolationLevel,
     QueryFilter, TransactionTrait,
 };
-use seckill_domain::ids::{ItemId, OrderId, Quantity, UserId};
-use seckill_domain::keys::gene_of_item;
-use seckill_domain::record::OrderRecord;
-use seckill_domain::scripts::{ItemState, RebuiltOrder, Scripts};
-use seckill_domain::snowflake::{GENES, now_ms};
-use seckill_domain::status::OrderStatus;
+use seckill_schema::entity::{items, orders, payments};
+use seckill_schema::ids::{ItemId, OrderId, Quantity, UserId};
+use seckill_schema::keys::gene_of_item;
+use seckill_schema::record::OrderRecord;
+use seckill_schema::snowflake::{GENES, now_ms};
+use seckill_schema::status::OrderStatus;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -272,8 +272,8 @@ async fn read_gene(
     db: &DatabaseConnection,
     gene: u8,
     pending: &[(
-        seckill_domain::AdjustmentId,
-        seckill_domain::scripts::PendingAdjustment,
+        seckill_schema::AdjustmentId,
+        crate::scripts::PendingAdjustment,
     )],
 ) -> anyhow::Result<(Vec<ItemState>, Vec<RebuiltOrder>)> {
     let txn = db
@@ -293,8 +293,8 @@ async fn read_gene_in(
     db: &impl ConnectionTrait,
     gene: u8,
     pending: &[(
-        seckill_domain::AdjustmentId,
-        seckill_domain::scripts::PendingAdjustment,
+        seckill_schema::AdjustmentId,
+        crate::scripts::PendingAdjustment,
     )],
 ) -> anyhow::Result<(Vec<ItemState>, Vec<RebuiltOrder>)> {
     let all = items::Entity::find()

@@ -22,16 +22,16 @@
 //! A rebuild of Redis from the database (`crate::recovery`) counts the pending adjustments the
 //! database does not have yet, so that the ones settled after it are not lost from Redis.
 
-use crate::entity::{inventory_history, items};
+use crate::scripts::{PendingAdjustment, ScriptError, Scripts, Undone};
 use fred::prelude::Client;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QuerySelect,
     Set, SqlErr, TransactionTrait,
 };
-use seckill_domain::scripts::{PendingAdjustment, ScriptError, Scripts, Undone};
-use seckill_domain::snowflake::now_ms;
-use seckill_domain::{AdjustmentId, ItemId};
+use seckill_schema::entity::{inventory_history, items};
+use seckill_schema::snowflake::now_ms;
+use seckill_schema::{AdjustmentId, ItemId};
 use std::collections::HashMap;
 
 /// History causes of an adjustment: stock added, or taken out.

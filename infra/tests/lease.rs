@@ -1,9 +1,9 @@
 //! Snowflake node leases against the real Redis: two live processes never share a node id, a
 //! renewal keeps it, and a successor starts past its predecessor's ids.
 
-use seckill_domain::Keys;
-use seckill_domain::scripts::Scripts;
-use seckill_domain::snowflake::{millis_of, node_of};
+use seckill_infra::scripts::Scripts;
+use seckill_schema::Keys;
+use seckill_schema::snowflake::{millis_of, node_of};
 use seckill_testkit::{Backend, TestEnv};
 
 #[tokio::test]
@@ -48,7 +48,7 @@ async fn a_successor_never_repeats_its_predecessors_ids() {
         .unwrap();
     let scripts = Scripts::new(Keys::new(&env.config.namespace));
     // A predecessor on node 7 recorded a high-water mark a minute ahead of our clock.
-    let ahead = seckill_domain::snowflake::now_ms() + 60_000;
+    let ahead = seckill_schema::snowflake::now_ms() + 60_000;
     assert!(
         scripts
             .lease(redis.next(), 7, "old", 1, ahead)
@@ -69,7 +69,7 @@ async fn a_successor_never_repeats_its_predecessors_ids() {
     )
     .await;
     assert!(hwm >= ahead);
-    let g = seckill_domain::snowflake::Snowflake::new(7);
+    let g = seckill_schema::snowflake::Snowflake::new(7);
     g.start_after(hwm);
     let id = g.next(0);
     assert_eq!(node_of(id), 7);

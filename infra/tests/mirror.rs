@@ -4,11 +4,11 @@
 //! second mirror of the same changes nothing.
 
 use fred::prelude::*;
-use seckill_domain::keys::gene_of_item;
-use seckill_domain::record::{ShownPayment, field};
-use seckill_domain::scripts::{Mirrored, Scripts, StatusUpdate};
-use seckill_domain::snowflake::Snowflake;
-use seckill_domain::{
+use seckill_infra::scripts::{Mirrored, Scripts, StatusUpdate};
+use seckill_schema::keys::gene_of_item;
+use seckill_schema::record::{ShownPayment, field};
+use seckill_schema::snowflake::Snowflake;
+use seckill_schema::{
     ItemId, Keys, OrderEvent, OrderId, OrderStatus, PaymentStatus, Quantity, UserId,
 };
 use seckill_testkit::{Backend, TestEnv};

@@ -2,9 +2,9 @@
 //! waiting until Redis holds what a running gateway or workers process rebuilds at start.
 
 use crate::wait::wait_for;
-use seckill_domain::messages::Kind;
 use seckill_infra::Config;
 use seckill_infra::broker::Topology;
+use seckill_schema::messages::Kind;
 use std::time::Duration;
 
 /// Which database server a test runs against.
@@ -27,7 +27,7 @@ impl TestEnv {
     pub fn new(backend: Backend) -> TestEnv {
         let tag: String = format!(
             "t{:x}{:04x}",
-            seckill_domain::snowflake::now_ms() % 0xffff_ffff,
+            seckill_schema::snowflake::now_ms() % 0xffff_ffff,
             rand::random::<u16>()
         );
         let mut config =
@@ -165,7 +165,7 @@ pub async fn wait_for_redis_state(config: &Config) {
     let redis = seckill_infra::redis::client(&config.redis_url)
         .await
         .expect("connecting to Redis");
-    let keys = seckill_domain::Keys::new(&config.namespace);
+    let keys = seckill_schema::Keys::new(&config.namespace);
     wait_for(
         "Redis to hold every gene's state",
         Duration::from_secs(30),

@@ -11,12 +11,12 @@ pub mod store;
 
 use anyhow::Context;
 use runner::Runtime;
-use seckill_domain::scripts::Scripts;
-use seckill_domain::{Keys, Kind};
 use seckill_infra::Config;
 use seckill_infra::broker::{Publisher, Topology};
 use seckill_infra::durability::DurabilityWatch;
 use seckill_infra::recovery::Recovery;
+use seckill_infra::scripts::Scripts;
+use seckill_schema::{Keys, Kind};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

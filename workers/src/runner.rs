@@ -11,11 +11,11 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use sea_orm::DatabaseConnection;
-use seckill_domain::record::OrderChange;
-use seckill_domain::scripts::{Mirrored, Released, Scripts, StatusUpdate};
-use seckill_domain::{Kind, Message, OrderId};
 use seckill_infra::Config;
 use seckill_infra::broker::{self, Publisher, Topology};
+use seckill_infra::scripts::{Mirrored, Released, Scripts, StatusUpdate};
+use seckill_schema::record::OrderChange;
+use seckill_schema::{Kind, Message, OrderId};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -226,7 +226,7 @@ impl Runtime {
                     && kind == Kind::PreparePayment
                 {
                     // Accepted by the gateway → awaiting payment: the pipeline's drain lag.
-                    let now = seckill_domain::snowflake::now_ms() as i64;
+                    let now = seckill_schema::snowflake::now_ms() as i64;
                     let lag = metrics::histogram!("seckill_order_drain_seconds");
                     for e in events {
                         lag.record((now - e.created_at_ms).max(0) as f64 / 1000.0);

@@ -9,11 +9,11 @@
 
 use crate::store::{self, Ledger, NewPayment, OrderRow, Orders, invariant};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
-use seckill_domain::messages::PaymentOutcome;
-use seckill_domain::record::ShownPayment;
-use seckill_domain::scripts::StatusUpdate;
-use seckill_domain::status::PaymentStatus;
-use seckill_domain::{Kind, Message, OrderEvent, OrderId, OrderStatus, PaymentEvent};
+use seckill_infra::scripts::StatusUpdate;
+use seckill_schema::messages::PaymentOutcome;
+use seckill_schema::record::ShownPayment;
+use seckill_schema::status::PaymentStatus;
+use seckill_schema::{Kind, Message, OrderEvent, OrderId, OrderStatus, PaymentEvent};
 use std::collections::{BTreeMap, HashSet};
 
 /// The events of one batch; one message type per batch.

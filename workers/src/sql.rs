@@ -11,7 +11,7 @@
 
 use sea_orm::sea_query::ArrayType;
 use sea_orm::{DbBackend, DbErr, QueryResult, Statement, Value};
-use seckill_domain::{ItemId, OrderId, UserId};
+use seckill_schema::{ItemId, OrderId, UserId};
 
 /// An id the database keeps as a `BIGINT`. Inside the workers ids travel as the domain's
 /// newtypes; they become `i64` only on their way into a statement ([`DbId::db`]) and come back

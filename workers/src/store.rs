@@ -3,9 +3,9 @@
 
 use crate::sql::{self, DbId, Existing, Query};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, QueryResult, Value};
-use seckill_domain::snowflake::now_ms;
-use seckill_domain::status::PaymentStatus;
-use seckill_domain::{ItemId, OrderEvent, OrderId, OrderStatus, Quantity, UserId};
+use seckill_schema::snowflake::now_ms;
+use seckill_schema::status::PaymentStatus;
+use seckill_schema::{ItemId, OrderEvent, OrderId, OrderStatus, Quantity, UserId};
 use std::collections::{BTreeMap, HashSet};
 
 /// Rows per statement, well under both backends' bind-parameter limits.

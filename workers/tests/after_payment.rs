@@ -6,7 +6,7 @@ mod common;
 
 use common::{DRAIN, Stack, WorkersMode};
 use sea_orm::ConnectionTrait;
-use seckill_domain::OrderId;
+use seckill_schema::OrderId;
 use seckill_testkit::{Backend, wait_for};
 use std::collections::HashSet;
 use std::time::Duration;

@@ -6,7 +6,7 @@ mod common;
 
 use common::{DRAIN, Stack, WorkersMode, n};
 use sea_orm::ConnectionTrait;
-use seckill_domain::{OrderId, UserId};
+use seckill_schema::{OrderId, UserId};
 use seckill_testkit::Backend;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
@@ -66,7 +66,7 @@ fn id_of(order: &Value) -> OrderId {
 /// The buyer's orders by status, from the database.
 async fn in_database(stack: &Stack, user: u64) -> BTreeMap<String, Vec<OrderId>> {
     let mut by_status: BTreeMap<String, Vec<OrderId>> = BTreeMap::new();
-    for status in seckill_domain::OrderStatus::ALL {
+    for status in seckill_schema::OrderStatus::ALL {
         let rows = stack
             .db
             .query_all_raw(stack.sql(&format!(

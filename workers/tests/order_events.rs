@@ -7,7 +7,7 @@ mod common;
 
 use common::{DRAIN, Stack, WorkersMode, n};
 use sea_orm::ConnectionTrait;
-use seckill_domain::{OrderId, OrderStatus, UserId};
+use seckill_schema::{OrderId, OrderStatus, UserId};
 use seckill_testkit::{Backend, RedisOptions, RedisServer};
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -5,7 +5,7 @@ mod common;
 
 use common::{DRAIN, Stack, WorkersMode, n};
 use sea_orm::ConnectionTrait;
-use seckill_domain::OrderId;
+use seckill_schema::OrderId;
 use seckill_testkit::{Backend, wait_for};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -254,7 +254,7 @@ async fn race_timeout(offsets_ms: &[i64]) {
         })
     })
     .await;
-    let now_ms = seckill_domain::snowflake::now_ms() as i64;
+    let now_ms = seckill_schema::snowflake::now_ms() as i64;
     let start = Instant::now();
     let pays = ids.iter().enumerate().map(|(i, id)| {
         let due_ms = created[id] + 1000 + offsets_ms[i % offsets_ms.len()];

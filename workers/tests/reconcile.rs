@@ -11,7 +11,7 @@ use common::{DRAIN, Stack, WorkersMode, n};
 use fred::prelude::*;
 use lapin::options::QueueDeleteOptions;
 use sea_orm::{ConnectionTrait, Statement};
-use seckill_domain::{ItemId, OrderId};
+use seckill_schema::{ItemId, OrderId};
 use seckill_testkit::{Backend, ServerTask, wait_for};
 use seckill_workers::reconcile::{self, Intervals};
 use std::collections::HashSet;

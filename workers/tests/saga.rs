@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use sea_orm::ConnectionTrait;
-use seckill_domain::OrderId;
+use seckill_schema::OrderId;
 use seckill_testkit::{Backend, wait_for};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -168,7 +168,7 @@ async fn every_message_delivered_twice_changes_nothing() {
     wait_for("duplicates drained", DRAIN, || async {
         let t = stack.topology();
         let mut total = 0;
-        for &k in seckill_domain::Kind::ALL {
+        for &k in seckill_schema::Kind::ALL {
             total += stack.queue_depth(&t.queue(k)).await;
         }
         (total == 0).then_some(())

@@ -7,9 +7,9 @@
 use fred::prelude::*;
 use sea_orm::{ActiveModelTrait, ActiveValue::NotSet, DatabaseConnection, EntityTrait, Set};
 use seckill_bench::audit::{self, Accepted, Check};
-use seckill_domain::snowflake::now_ms;
-use seckill_domain::{ItemId, Keys, OrderId, OrderStatus};
-use seckill_infra::entity::{inventory_history, items, orders, payments};
+use seckill_schema::entity::{inventory_history, items, orders, payments};
+use seckill_schema::snowflake::now_ms;
+use seckill_schema::{ItemId, Keys, OrderId, OrderStatus};
 use seckill_testkit::{Backend, TestEnv};
 use std::collections::BTreeSet;
 

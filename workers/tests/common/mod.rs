@@ -6,9 +6,9 @@
 
 use fred::prelude::*;
 use sea_orm::{ConnectionTrait, DatabaseConnection, QueryResult, Statement};
-use seckill_domain::{ItemId, Keys, OrderId, UserId};
 use seckill_infra::auth::{Jwt, WebhookSigner};
 use seckill_infra::broker::Topology;
+use seckill_schema::{ItemId, Keys, OrderId, UserId};
 use seckill_testkit::{Backend, ServerTask, TestEnv, wait_for};
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
@@ -284,7 +284,7 @@ impl Stack {
                 .redis
                 .hget(
                     self.keys.order(order),
-                    seckill_domain::record::field::STATUS,
+                    seckill_schema::record::field::STATUS,
                 )
                 .await
                 .unwrap();
@@ -510,7 +510,7 @@ impl Stack {
     pub async fn audit(&self, item: u64, accepted: usize) {
         let checks = seckill_bench::audit::audit(
             &self.env.config,
-            seckill_domain::ItemId(item),
+            seckill_schema::ItemId(item),
             seckill_bench::audit::Accepted::exactly(accepted as u64),
         )
         .await
@@ -556,11 +556,11 @@ impl Stack {
             let id: i64 = o.try_get("", "id").unwrap();
             let user: i64 = o.try_get("", "user_id").unwrap();
             let q: i32 = o.try_get("", "quantity").unwrap();
-            let status: seckill_domain::OrderStatus =
+            let status: seckill_schema::OrderStatus =
                 o.try_get::<String>("", "status").unwrap().parse().unwrap();
             in_db.insert(OrderId(id as u64));
             assert!(
-                status.is_final() || status == seckill_domain::OrderStatus::AwaitingPayment,
+                status.is_final() || status == seckill_schema::OrderStatus::AwaitingPayment,
                 "invariant 5: order {id} is stuck in {status}"
             );
             if status.holds_stock() {
@@ -569,7 +569,7 @@ impl Stack {
             }
             match status {
                 s if s.is_sold() => paid_units += q as i64,
-                seckill_domain::OrderStatus::AwaitingPayment => locked_units += q as i64,
+                seckill_schema::OrderStatus::AwaitingPayment => locked_units += q as i64,
                 _ => {}
             }
         }

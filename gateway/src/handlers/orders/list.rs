@@ -8,15 +8,16 @@
 
 use crate::api::OrderList;
 use crate::error::{Answer, ApiError, json};
-use crate::orders::{order_view, record_of};
+use crate::reader::record_of;
 use crate::request::user_from_jwt;
 use crate::state::State;
+use crate::views::order_view;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, StatusCode};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
-use seckill_domain::{OrderId, OrderStatus};
-use seckill_infra::entity::{orders, payments};
+use seckill_schema::entity::{orders, payments};
+use seckill_schema::{OrderId, OrderStatus};
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -4,10 +4,10 @@
 //! reach `AWAITING_PAYMENT`. An order's intent (what it asks the provider to pay) is not a row:
 //! [`shown`] derives it.
 
+use crate::OrderId;
+use crate::record::ShownPayment;
+use crate::status::{OrderStatus, PaymentStatus};
 use sea_orm::entity::prelude::*;
-use seckill_domain::OrderId;
-use seckill_domain::record::ShownPayment;
-use seckill_domain::status::{OrderStatus, PaymentStatus};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "payments")]

@@ -1,48 +1,30 @@
 //! The operators' API (`Authorization: Bearer $SECKILL_ADMIN_TOKEN`): create a sale item
 //! (database first, then warm Redis) and inspect one here; list them, change them and end their
-//! sale (`adjust`, `listing`), and read an item's stock history and any order (`history`).
+//! sale (`adjust`, `listing`), read an item's stock history (`history`), and read or ship any
+//! order (`orders`).
 
 pub mod adjust;
 pub mod history;
 pub mod listing;
+pub mod orders;
 mod query;
 
-use crate::api::{AdminItemView, DbStock, ItemView, NewItem, RedisStock};
+use crate::api::{AdminItemView, NewItem, RedisStock};
 use crate::error::{Answer, ApiError, json};
-use crate::request::{bearer, parse_json, read_body};
+use crate::request::{item_id, parse_json, read_body, require_admin};
 use crate::state::State;
+use crate::views::{db_stock, item_view};
 use fred::prelude::*;
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, DbBackend, EntityTrait, Set, SqlErr, Statement};
-use seckill_domain::scripts::{ItemState, ScriptError, Warmed};
-use seckill_domain::snowflake::now_ms;
-use seckill_domain::{ItemId, OrderStatus};
-use seckill_infra::entity::items;
 use seckill_infra::recovery::Rebuilt;
+use seckill_infra::scripts::{ItemState, ScriptError, Warmed};
+use seckill_schema::entity::items;
+use seckill_schema::snowflake::now_ms;
+use seckill_schema::{ItemId, OrderStatus};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-pub(crate) fn require_admin(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
-    match bearer(headers) {
-        Some(t) if constant_time_eq(t.as_bytes(), state.config.admin_token.as_bytes()) => Ok(()),
-        _ => Err(ApiError::Unauthorized(
-            "the admin token is missing or wrong",
-        )),
-    }
-}
-
-/// An item id of a path: anything but a database id is an unknown item.
-pub(crate) fn item_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<u64>()
-        .ok()
-        .and_then(|id| i64::try_from(id).ok())
-        .ok_or(ApiError::NotFound("unknown_item", "no such item"))
-}
 
 /// An operator's text (an item's name, a reason), trimmed: 1 to 200 characters, not only blanks,
 /// no control characters.
@@ -72,19 +54,6 @@ fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> 
         .transpose()
 }
 
-pub(crate) fn item_view(m: &items::Model) -> ItemView {
-    let t = |v: Option<i64>| v.map(crate::orders::rfc3339_ms);
-    ItemView {
-        item_id: m.id,
-        name: m.name.clone(),
-        price_cents: m.price_cents,
-        stock: m.stock,
-        per_user_limit: m.per_user_limit,
-        starts_at: t(m.starts_at_ms),
-        ends_at: t(m.ends_at_ms),
-    }
-}
-
 /// Loads the item into Redis unless it is there; in a gene Redis does not hold (never built, or
 /// lost), the gene is rebuilt from the database instead, this item included.
 pub(crate) async fn warm(state: &State, m: &items::Model) -> Result<(), ApiError> {
@@ -112,7 +81,7 @@ pub(crate) async fn warm(state: &State, m: &items::Model) -> Result<(), ApiError
         {
             Warmed::Loaded | Warmed::AlreadyThere => return Ok(()),
             Warmed::NeedsRebuild => {
-                let gene = seckill_domain::keys::gene_of_item(item.item);
+                let gene = seckill_schema::keys::gene_of_item(item.item);
                 match state.recovery.rebuild_gene(gene).await {
                     Ok(Rebuilt::Done { .. } | Rebuilt::AlreadyReady) => {}
                     // Someone else is at it: the item is in the database, the gene will have it.
@@ -255,11 +224,7 @@ pub(crate) async fn admin_view(state: &State, id: i64) -> Result<AdminItemView, 
     Ok(AdminItemView {
         item: item_view(&m),
         redis: RedisStock { remaining },
-        db: DbStock {
-            available: m.available,
-            locked: m.locked,
-            sold: m.sold,
-        },
+        db: db_stock(&m),
         orders,
     })
 }

@@ -89,7 +89,7 @@ impl Keys {
     }
 
     /// Hash: the stock adjustments of the gene's items applied to Redis and not yet known to be in
-    /// the database: `<adjustment id>` = a [`crate::scripts::PendingAdjustment`]. Written by
+    /// the database: `<adjustment id>` = a `PendingAdjustment` (`seckill_infra::scripts::stock`). Written by
     /// `lua/adjust_stock.lua`, removed once the database has the adjustment (or it was undone);
     /// what a crash leaves here, the workers' reconciler settles.
     pub fn adjustments(&self, gene: u8) -> String {

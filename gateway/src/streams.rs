@@ -1,32 +1,21 @@
-//! `GET /orders/{order_id}/events`: an order's status as a server-sent event stream, from its
-//! current state until a terminal status.
+//! The Pub/Sub plumbing of order event streams: which streams watch which order
+//! ([`OrderStreams`]), and the gateway's one subscription to the order changes the workers announce
+//! on `Keys::order_changes()` ([`Changes`]), which wakes them. `handlers::orders::events` reads and
+//! sends the order when a stream is woken.
 //!
-//! Changes arrive without polling: the workers announce every status they mirror into Redis on
-//! the Pub/Sub channel `Keys::order_changes()`, and each gateway listens once, on a connection of
-//! its own ([`Changes`]), and wakes the streams watching the changed orders ([`OrderStreams`]).
-//! A woken stream re-reads its order through the same path as `GET /orders/{id}` and sends it if
-//! its status or payment moved. Pub/Sub forgets what it sends while the connection is down, so
-//! after a reconnection (or if this gateway fell behind the messages) every stream re-reads.
-//!
-//! An idle stream costs Redis nothing: a timer for its keep-alive comment, an entry in the
-//! registry, a permit of the bound (`SECKILL_MAX_ORDER_STREAMS`). Nothing is queued for a slow
-//! client: a change only marks the stream woken, and the body reads the order when hyper asks it
-//! for the next frame, so a client that does not read falls behind and then gets the latest state.
+//! Pub/Sub forgets what it sends while the connection is down, so after a reconnection (or if this
+//! gateway fell behind the messages) every stream is woken to re-read. An idle stream costs Redis
+//! nothing: an entry in the registry and a permit of the bound (`SECKILL_MAX_ORDER_STREAMS`).
 
-use crate::api::OrderEventFrame;
 use crate::error::ApiError;
-use crate::orders::{order_view, owned};
-use crate::request::{parse_id, user_from_jwt};
-use crate::state::State;
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use futures_util::stream::BoxStream;
-use http::{HeaderMap, HeaderValue, Response, header};
 use http_body_util::StreamBody;
 use hyper::body::Frame;
-use seckill_domain::record::{OrderChange, OrderRecord, ShownPayment};
-use seckill_domain::{OrderId, OrderStatus, UserId};
+use seckill_schema::OrderId;
+use seckill_schema::record::OrderChange;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -35,9 +24,6 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-/// An idle stream sends a comment line this often, so proxies and clients do not take it for dead.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
-const KEEP_ALIVE_LINE: &[u8] = b": keep-alive\n\n";
 /// Pub/Sub messages the change router may fall behind by before it re-reads every stream.
 const CHANGES_BACKLOG: usize = 1024;
 /// Between attempts to subscribe again after a reconnection.
@@ -90,7 +76,7 @@ impl OrderStreams {
 
     /// A stream's place: a permit of the bound and a receiver of the order's changes, both given
     /// back when it is dropped.
-    fn watch(self: &Arc<Self>, order_id: OrderId) -> Result<Watch, ApiError> {
+    pub fn watch(self: &Arc<Self>, order_id: OrderId) -> Result<Watch, ApiError> {
         let permit = self
             .permits
             .clone()
@@ -133,12 +119,13 @@ impl OrderStreams {
 
 /// One stream's registration; dropping it (the client went away, or the stream ended) removes
 /// the order from the registry once no stream watches it.
-struct Watch {
+pub struct Watch {
     streams: Arc<OrderStreams>,
     order_id: OrderId,
-    /// `None` only while dropping.
-    changes: Option<watch::Receiver<()>>,
-    closing: watch::Receiver<bool>,
+    /// Changed at every change of the order. `None` only while dropping.
+    pub changes: Option<watch::Receiver<()>>,
+    /// Changed when the gateway shuts down.
+    pub closing: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -156,158 +143,6 @@ impl Drop for Watch {
         drop(watchers);
         metrics::gauge!("seckill_order_streams").decrement(1.0);
     }
-}
-
-/// What a stream last sent of the order: a change of either is worth an event.
-type Shown = (OrderStatus, Option<ShownPayment>);
-
-fn shown(r: &OrderRecord) -> Shown {
-    (r.status, r.payment.clone())
-}
-
-/// One `order` event: the order as `GET /orders/{id}` answers it.
-fn event(order_id: OrderId, r: OrderRecord) -> Bytes {
-    OrderEventFrame::order(&order_view(order_id, r)).to_bytes()
-}
-
-/// A stream between two frames.
-struct Follow {
-    state: Arc<State>,
-    order_id: OrderId,
-    user: UserId,
-    watch: Watch,
-    shown: Shown,
-    /// The event read when the stream opened, not sent yet.
-    first: Option<Bytes>,
-    /// The last event sent was terminal: the stream ends.
-    ended: bool,
-    /// The last read failed (Redis or the database unreachable): read again at the next tick.
-    stale: bool,
-    keep_alive: tokio::time::Interval,
-}
-
-enum Reread {
-    Event(Bytes),
-    Unchanged,
-    Gone,
-}
-
-impl Follow {
-    /// The next frame, produced when hyper asks for it; `None` ends the stream.
-    async fn next(mut self) -> Option<(Result<Frame<Bytes>, Infallible>, Follow)> {
-        if let Some(first) = self.first.take() {
-            return Some((Ok(Frame::data(first)), self));
-        }
-        if self.ended {
-            return None;
-        }
-        loop {
-            let changes = self.watch.changes.as_mut()?;
-            let woken = tokio::select! {
-                _ = self.watch.closing.changed() => return None,
-                changed = changes.changed() => {
-                    // The sender lives as long as a receiver does; an error cannot happen.
-                    changed.ok()?;
-                    true
-                }
-                _ = self.keep_alive.tick() => false,
-            };
-            if woken || self.stale {
-                match self.reread().await {
-                    Reread::Event(bytes) => {
-                        self.keep_alive.reset();
-                        return Some((Ok(Frame::data(bytes)), self));
-                    }
-                    Reread::Gone => return None,
-                    Reread::Unchanged => {}
-                }
-            }
-            if !woken {
-                let line = Bytes::from_static(KEEP_ALIVE_LINE);
-                return Some((Ok(Frame::data(line)), self));
-            }
-        }
-    }
-
-    async fn reread(&mut self) -> Reread {
-        match owned(&self.state, self.order_id, self.user).await {
-            Ok(Some(r)) => {
-                self.stale = false;
-                if shown(&r) == self.shown {
-                    return Reread::Unchanged;
-                }
-                self.shown = shown(&r);
-                self.ended = r.status.is_terminal();
-                Reread::Event(event(self.order_id, r))
-            }
-            // The lookup's "no such order" is final; an order seen once cannot become one, but
-            // if it did, there is nothing left to follow.
-            Ok(None) => Reread::Gone,
-            Err(e) => {
-                tracing::debug!(order.id = %self.order_id, error = ?e, "re-reading a followed order failed");
-                self.stale = true;
-                Reread::Unchanged
-            }
-        }
-    }
-}
-
-#[utoipa::path(get, path = "/orders/{order_id}/events", tag = "buyers", operation_id = "order_events",
-    summary = "Follow an order: server-sent events until a terminal status",
-    description = "`text/event-stream`. An `order` event carrying the order's JSON (as `GET \
-        /orders/{order_id}` answers it) at once and at every change of its status or payment, \
-        until a terminal status (COMPLETED, REFUNDED, FAILED, CANCELLED, TIMED_OUT), after which \
-        the stream ends: a client should not reconnect then. An idle stream carries a comment \
-        line (`: keep-alive`) every 15 s. A client that reconnects gets the current state at once.",
-    params(("order_id" = String, Path, description = "The snowflake id, decimal")),
-    security(("user_jwt" = [])),
-    responses(
-        (status = 200, description = "The event stream; each event an `order`", content_type = "text/event-stream", body = crate::api::OrderEventFrame),
-        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
-        (status = 404, description = "not_found: unknown, or another user's", body = crate::api::ErrorBody),
-        (status = 503, description = "unavailable (with Retry-After when this gateway holds as many streams as it may) or recovering", body = crate::api::ErrorBody),
-    ))]
-pub async fn stream(
-    state: &Arc<State>,
-    headers: &HeaderMap,
-    raw_id: &str,
-) -> Result<Response<SseBody>, ApiError> {
-    let user = user_from_jwt(state, headers)?;
-    let order_id: OrderId = parse_id(raw_id, "not_found")?;
-    // Watching before the first read: a change after it wakes the stream, one before is in it.
-    let watch = state.order_streams.watch(order_id)?;
-    let record = owned(state, order_id, user)
-        .await?
-        .ok_or(ApiError::NotFound("not_found", "no such order"))?;
-    let follow = Follow {
-        state: state.clone(),
-        order_id,
-        user,
-        watch,
-        shown: shown(&record),
-        ended: record.status.is_terminal(),
-        first: Some(event(order_id, record)),
-        stale: false,
-        keep_alive: {
-            let start = tokio::time::Instant::now() + KEEP_ALIVE;
-            let mut t = tokio::time::interval_at(start, KEEP_ALIVE);
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            t
-        },
-    };
-    let frames = futures_util::stream::unfold(follow, Follow::next);
-    let mut resp = Response::new(StreamBody::new(
-        Box::pin(frames) as BoxStream<'static, Result<Frame<Bytes>, Infallible>>
-    ));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // nginx buffers a proxied response unless told not to, which would hold events back.
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
 }
 
 /// The gateway's one subscription to the order changes, on a connection of its own.

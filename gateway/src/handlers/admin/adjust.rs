@@ -3,22 +3,22 @@
 //! database row, then Redis's hash under the row's lock), and ending its sale now
 //! (`POST /admin/items/{id}/end`).
 
-use super::{admin_view, check_text, item_id, parse_time, require_admin, warm};
+use super::{admin_view, check_text, parse_time, warm};
 use crate::api::ItemPatch;
 use crate::error::{Answer, ApiError, json};
-use crate::request::{parse_json, read_body};
+use crate::request::{item_id, parse_json, read_body, require_admin};
 use crate::state::State;
 use fred::interfaces::ClientLike;
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
-use seckill_domain::keys::gene_of_item;
-use seckill_domain::scripts::{Adjusted, ItemSettings, PendingAdjustment};
-use seckill_domain::snowflake::now_ms;
-use seckill_domain::{AdjustmentId, ItemId};
-use seckill_infra::entity::items;
+use seckill_infra::scripts::{Adjusted, ItemSettings, PendingAdjustment};
 use seckill_infra::stock::{self, Settled};
+use seckill_schema::entity::items;
+use seckill_schema::keys::gene_of_item;
+use seckill_schema::snowflake::now_ms;
+use seckill_schema::{AdjustmentId, ItemId};
 use std::sync::Arc;
 
 /// The largest stock change one request makes, either way (the largest stock an item is created

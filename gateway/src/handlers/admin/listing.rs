@@ -1,13 +1,14 @@
 //! `GET /admin/items`: every item by id, a page at a time, with its database stock.
 
 use super::query::{Params, page};
-use super::{item_view, require_admin};
-use crate::api::{AdminItemSummary, AdminItemsPage, DbStock};
+use crate::api::{AdminItemSummary, AdminItemsPage};
 use crate::error::{Answer, ApiError, json};
+use crate::request::require_admin;
 use crate::state::State;
+use crate::views::{db_stock, item_view};
 use http::{HeaderMap, StatusCode, Uri};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
-use seckill_infra::entity::items;
+use seckill_schema::entity::items;
 use std::sync::Arc;
 
 #[utoipa::path(get, path = "/admin/items", tag = "operators",
@@ -46,11 +47,7 @@ pub async fn list_items(state: &Arc<State>, uri: &Uri, headers: &HeaderMap) -> A
         .iter()
         .map(|m| AdminItemSummary {
             item: item_view(m),
-            db: DbStock {
-                available: m.available,
-                locked: m.locked,
-                sold: m.sold,
-            },
+            db: db_stock(m),
         })
         .collect();
     Ok(json(StatusCode::OK, &AdminItemsPage { items, next_cursor }))

@@ -4,13 +4,14 @@
 
 use crate::api::{PaymentCallback, Received};
 use crate::error::{ApiError, json};
+use crate::reader::{self, Prefer, Reader};
 use crate::request::{parse_json, read_body};
 use crate::state::State;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use seckill_domain::snowflake::now_ms;
-use seckill_domain::{Message, PaymentEvent};
 use seckill_infra::auth::SignatureError;
+use seckill_schema::snowflake::now_ms;
+use seckill_schema::{Message, PaymentEvent};
 use std::sync::Arc;
 
 #[utoipa::path(post, path = "/payment/callback", tag = "payment provider",
@@ -57,7 +58,10 @@ pub async fn callback(
             "payment_id must be 1 to 64 letters, digits or - _ . :".into(),
         ));
     }
-    if crate::orders::find(state, cb.order_id).await?.is_none() {
+    if reader::read(state, cb.order_id, Reader::Anyone, Prefer::ReadModel)
+        .await?
+        .is_none()
+    {
         return Err(ApiError::NotFound("not_found", "no such order"));
     }
     let event = PaymentEvent {
