@@ -29,6 +29,7 @@ use replication::GroupCommit;
 use seckill_infra::Config;
 use seckill_infra::broker::{Publisher, Topology};
 use seckill_infra::durability::{Durability, DurabilityWatch};
+use seckill_infra::lifecycle::{Shutdown, Stopper};
 use seckill_infra::recovery::Recovery;
 use seckill_infra::scripts::Scripts;
 use seckill_schema::Keys;
@@ -37,7 +38,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,8 +53,8 @@ pub struct Application {
     lease_token: String,
     /// The order changes the workers announce, for the order event streams.
     changes: streams::Changes,
-    stop_tx: watch::Sender<bool>,
-    stop_rx: watch::Receiver<bool>,
+    stopper: Stopper,
+    shutdown: Shutdown,
 }
 
 impl Application {
@@ -86,12 +86,12 @@ impl Application {
         );
         let listener = seckill_infra::net::listen(config.http_addr)
             .with_context(|| format!("binding SECKILL_HTTP_ADDR={}", config.http_addr))?;
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stopper, shutdown) = Shutdown::new();
         let durability = DurabilityWatch::spawn(
             redis.next().clone(),
             config.redis_durability,
             seckill_infra::durability::WATCH_INTERVAL,
-            stop_rx.clone(),
+            shutdown.clone(),
         );
         let group_commit = (config.redis_durability == Durability::Replica)
             .then(|| GroupCommit::new(redis.next().clone(), replication::DEFAULT_TIMEOUT));
@@ -112,8 +112,8 @@ impl Application {
             state,
             lease_token,
             changes,
-            stop_tx,
-            stop_rx,
+            stopper,
+            shutdown,
         })
     }
 
@@ -129,9 +129,9 @@ impl Application {
     /// flushes the relay, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let state = self.state;
-        let (stop_tx, stop_rx) = (self.stop_tx, self.stop_rx);
+        let (stopper, jobs) = (self.stopper, self.shutdown);
         // The gateway rebuilds what Redis lost too, so it sells again even before a worker does.
-        tokio::spawn(state.recovery.clone().watch(stop_rx.clone()));
+        tokio::spawn(state.recovery.clone().watch(jobs.clone()));
         let mut relays = Vec::new();
         for (gene, stream) in state.keys.outboxes() {
             let relay = relay::Relay {
@@ -143,7 +143,7 @@ impl Application {
                 stream,
                 token: format!("{}-g{gene}", self.lease_token),
             };
-            relays.push(tokio::spawn(relay.run(stop_rx.clone())));
+            relays.push(tokio::spawn(relay.run(jobs.clone())));
         }
         if state.config.node_id.is_none() {
             tokio::spawn(seckill_infra::lease::renew(
@@ -151,17 +151,17 @@ impl Application {
                 state.redis.clone(),
                 self.lease_token.clone(),
                 state.ids.clone(),
-                stop_rx.clone(),
+                jobs.clone(),
             ));
         }
-        tokio::spawn(state.limiter.clone().run_cleanup(stop_rx.clone()));
+        tokio::spawn(state.limiter.clone().run_cleanup(jobs.clone()));
         tokio::spawn(
             self.changes
-                .follow(state.order_streams.clone(), stop_rx.clone()),
+                .follow(state.order_streams.clone(), jobs.clone()),
         );
 
         let deadlines = timer::Deadlines::new();
-        tokio::spawn(deadlines.clone().run(stop_rx.clone()));
+        tokio::spawn(deadlines.clone().run(jobs));
         let mut http = hyper::server::conn::http1::Builder::new();
         http.header_read_timeout(HEADER_READ_TIMEOUT)
             .keep_alive(true);
@@ -207,7 +207,7 @@ impl Application {
             tracing::warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
         }
         tracing::info!("flushing the outbox relay");
-        let _ = stop_tx.send(true);
+        stopper.stop();
         if tokio::time::timeout(DRAIN_TIMEOUT, futures_util::future::join_all(relays))
             .await
             .is_err()
@@ -217,5 +217,17 @@ impl Application {
             );
         }
         Ok(())
+    }
+}
+
+impl seckill_infra::lifecycle::Service for Application {
+    const NAME: &'static str = "gateway";
+
+    fn build(config: Config) -> impl Future<Output = anyhow::Result<Self>> {
+        Application::build(config)
+    }
+
+    fn run(self, shutdown: impl Future<Output = ()>) -> impl Future<Output = anyhow::Result<()>> {
+        Application::run(self, shutdown)
     }
 }

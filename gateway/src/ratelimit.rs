@@ -2,6 +2,7 @@
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
+use seckill_infra::lifecycle::{Every, Shutdown};
 use seckill_schema::UserId;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -36,13 +37,10 @@ impl RateLimiter {
     }
 
     /// Forgets users whose buckets are full again, so a crowd of a million does not stay in memory.
-    pub async fn run_cleanup(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run_cleanup(self, shutdown: Shutdown) {
         let Some(limiter) = self.inner else { return };
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
-            }
+        let mut ticks = Every::new(Duration::from_secs(1), shutdown);
+        while ticks.tick().await {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }

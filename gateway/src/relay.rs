@@ -15,11 +15,11 @@
 use anyhow::Context;
 use fred::prelude::*;
 use seckill_infra::broker::Publisher;
+use seckill_infra::lifecycle::Shutdown;
 use seckill_schema::outbox;
 use seckill_schema::{Message, OrderEvent};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 /// Events per AMQP message, at most.
 pub const BATCH: u64 = 2000;
@@ -55,13 +55,13 @@ type Entry = (String, Vec<(String, String)>);
 impl Relay {
     /// Relays until `draining` turns true and the stream has nothing new, then gives its lease
     /// up and returns.
-    pub async fn run(self, mut draining: watch::Receiver<bool>) {
+    pub async fn run(self, mut draining: Shutdown) {
         // Where this relay reads from, while it holds the lease.
         let mut cursor: Option<String> = None;
         let mut renewed = Instant::now() - RENEW_EVERY;
         let mut backoff = Duration::from_millis(50);
         loop {
-            let stopping = *draining.borrow();
+            let stopping = draining.is_asked();
             let step = async {
                 if cursor.is_none() || renewed.elapsed() >= RENEW_EVERY {
                     let held = self.hold().await?;
@@ -82,7 +82,7 @@ impl Relay {
                         if n > 0 && (n as u64) < BATCH && !stopping && started.elapsed() < WINDOW {
                             tokio::select! {
                                 _ = tokio::time::sleep(WINDOW - started.elapsed()) => {}
-                                _ = draining.changed() => {}
+                                _ = draining.asked() => {}
                             }
                         }
                         Ok(Some(n))
@@ -97,7 +97,7 @@ impl Relay {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(RENEW_EVERY) => {}
-                        _ = draining.changed() => {}
+                        _ = draining.asked() => {}
                     }
                 }
                 Ok(Some(0)) if stopping => {
@@ -117,7 +117,7 @@ impl Relay {
                     tracing::warn!(stream = %self.stream, error = %format!("{e:#}"), "relay step failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = draining.changed() => {}
+                        _ = draining.asked() => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }

@@ -14,6 +14,7 @@ use fred::prelude::*;
 use futures_util::stream::BoxStream;
 use http_body_util::StreamBody;
 use hyper::body::Frame;
+use seckill_infra::lifecycle::{Shutdown, Stopper};
 use seckill_schema::OrderId;
 use seckill_schema::record::OrderChange;
 use std::collections::HashMap;
@@ -40,7 +41,7 @@ pub struct OrderStreams {
     permits: Arc<Semaphore>,
     max: usize,
     /// `true` once the gateway shuts down: every stream ends, no new one opens.
-    closing: watch::Sender<bool>,
+    closing: Stopper,
 }
 
 impl OrderStreams {
@@ -50,7 +51,7 @@ impl OrderStreams {
             watchers: Mutex::default(),
             permits: Arc::new(Semaphore::new(max)),
             max,
-            closing: watch::Sender::new(false),
+            closing: Shutdown::new().0,
         }
     }
 
@@ -67,7 +68,7 @@ impl OrderStreams {
     /// Ends every stream (they finish their current frame) and refuses new ones: hyper's graceful
     /// shutdown waits for each response to end, and a stream would not by itself.
     pub fn close(&self) {
-        self.closing.send_replace(true);
+        self.closing.stop();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OrderId, watch::Sender<()>>> {
@@ -83,8 +84,8 @@ impl OrderStreams {
             .try_acquire_owned()
             .map_err(|_| ApiError::AtCapacity("order event streams"))?;
         // Subscribed before the check, so a shutdown after it is seen as a change.
-        let mut closing = self.closing.subscribe();
-        if *closing.borrow_and_update() {
+        let closing = self.closing.shutdown();
+        if closing.is_asked() {
             return Err(ApiError::Unavailable("this gateway (shutting down)"));
         }
         let changes = self
@@ -125,7 +126,7 @@ pub struct Watch {
     /// Changed at every change of the order. `None` only while dropping.
     pub changes: Option<watch::Receiver<()>>,
     /// Changed when the gateway shuts down.
-    pub closing: watch::Receiver<bool>,
+    pub closing: Shutdown,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -170,14 +171,14 @@ impl Changes {
     pub fn follow(
         self,
         streams: Arc<OrderStreams>,
-        mut stop: watch::Receiver<bool>,
+        mut stop: Shutdown,
     ) -> impl Future<Output = ()> + Send + 'static {
         let mut messages = self.subscriber.message_rx();
         let mut reconnects = self.subscriber.reconnect_rx();
         async move {
             loop {
                 tokio::select! {
-                    _ = stop.changed() => break,
+                    _ = stop.asked() => break,
                     message = messages.recv() => match message {
                         Ok(m) if *m.channel == *self.channel => {
                             if let Some(text) = m.value.as_str() {
@@ -210,7 +211,7 @@ impl Changes {
     }
 
     /// Subscribes again until it holds or `stop`; `false` on stop.
-    async fn resubscribe(&self, stop: &mut watch::Receiver<bool>) -> bool {
+    async fn resubscribe(&self, stop: &mut Shutdown) -> bool {
         loop {
             match self.subscriber.resubscribe_all().await {
                 Ok(()) => return true,
@@ -219,7 +220,7 @@ impl Changes {
                 }
             }
             tokio::select! {
-                _ = stop.changed() => return false,
+                _ = stop.asked() => return false,
                 _ = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
             }
         }
@@ -262,7 +263,7 @@ mod tests {
 
         let open = streams.watch(a).unwrap();
         streams.close();
-        assert!(open.closing.has_changed().unwrap());
+        assert!(open.closing.is_asked());
         assert_eq!(streams.watch(b).err().unwrap().code(), "unavailable");
         drop(open);
         assert_eq!((streams.open(), streams.watched()), (0, 0));

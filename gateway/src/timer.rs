@@ -14,13 +14,13 @@
 use futures_util::task::AtomicWaker;
 use hyper::rt::{Sleep, Timer};
 use hyper_util::rt::TokioTimer;
+use seckill_infra::lifecycle::{Every, Shutdown};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 /// How often the sweeper advances the clock and wakes what expired.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -94,14 +94,10 @@ impl Deadlines {
     }
 
     /// Sweeps every [`TICK`] until `stop` turns true.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.sweep(),
-                _ = stop.wait_for(|s| *s) => return,
-            }
+    pub async fn run(self: Arc<Self>, stop: Shutdown) {
+        let mut ticks = Every::now(TICK, stop);
+        while ticks.tick().await {
+            self.sweep();
         }
     }
 }
@@ -184,12 +180,12 @@ impl Drop for ConnSleep {
 mod tests {
     use super::*;
 
-    /// Deadlines with their sweeper running until the sender drops.
-    fn swept() -> (Arc<Deadlines>, watch::Sender<bool>) {
+    /// Deadlines with their sweeper running until the stopper drops.
+    fn swept() -> (Arc<Deadlines>, seckill_infra::lifecycle::Stopper) {
         let deadlines = Deadlines::new();
-        let (stop_tx, stop) = watch::channel(false);
-        tokio::spawn(deadlines.clone().run(stop));
-        (deadlines, stop_tx)
+        let (stopper, shutdown) = Shutdown::new();
+        tokio::spawn(deadlines.clone().run(shutdown));
+        (deadlines, stopper)
     }
 
     #[tokio::test(start_paused = true)]

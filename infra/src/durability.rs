@@ -7,6 +7,7 @@
 //! a server; [`check`] only reads, and [`DurabilityWatch`] keeps the latest answer, logs when it
 //! changes and exports it as metrics.
 
+use crate::lifecycle::{Every, Shutdown};
 use fred::prelude::*;
 use std::fmt;
 use std::str::FromStr;
@@ -316,12 +317,13 @@ const RECHECK_WHILE_BAD: Duration = Duration::from_millis(500);
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
 impl DurabilityWatch {
-    /// Checks at once and then every `every` until `stop` turns true (or its sender is dropped).
+    /// Checks at once and then every `every` until the stop is asked; every
+    /// [`RECHECK_WHILE_BAD`] while Redis falls short.
     pub fn spawn(
         client: Client,
         mode: Durability,
         every: Duration,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: Shutdown,
     ) -> DurabilityWatch {
         let watch = DurabilityWatch {
             client,
@@ -331,23 +333,19 @@ impl DurabilityWatch {
         };
         let w = watch.clone();
         tokio::spawn(async move {
-            loop {
-                let ok = w.check_now().await.ok;
-                // While Redis falls short, look again soon: in `replica` mode purchases are
-                // refused until it does not.
-                let pause = if ok {
-                    every
-                } else {
-                    every.min(RECHECK_WHILE_BAD)
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    changed = stop.changed() => {
-                        if changed.is_err() || *stop.borrow() {
-                            return;
-                        }
-                    }
+            // Ticks at the shorter period; a tick while Redis gives what the mode asks checks
+            // only once `every` has passed since the last check. While Redis falls short, it
+            // looks again soon: purchases are refused until it does not.
+            let mut ticks = Every::now(every.min(RECHECK_WHILE_BAD), stop);
+            let mut last: Option<(tokio::time::Instant, bool)> = None;
+            while ticks.tick().await {
+                if let Some((at, true)) = last
+                    && at.elapsed() + Duration::from_millis(1) < every
+                {
+                    continue;
                 }
+                let ok = w.check_now().await.ok;
+                last = Some((tokio::time::Instant::now(), ok));
             }
         });
         watch

@@ -2,6 +2,7 @@
 //! share one. The lease is renewed while the process lives; if it is ever lost to another process,
 //! this one takes a new id before issuing more.
 
+use crate::lifecycle::{Every, Shutdown};
 use crate::scripts::Scripts;
 use anyhow::bail;
 use fred::prelude::*;
@@ -52,13 +53,10 @@ pub async fn renew(
     redis: Pool,
     token: String,
     ids: Arc<Snowflake>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(RENEW_EVERY) => {}
-            _ = shutdown.changed() => return,
-        }
+    let mut ticks = Every::new(RENEW_EVERY, shutdown);
+    while ticks.tick().await {
         let hwm = ids.high_water_ms().max(seckill_schema::snowflake::now_ms())
             + 2 * TTL.as_millis() as u64;
         match scripts

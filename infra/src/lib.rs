@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod durability;
 pub mod lease;
+pub mod lifecycle;
 pub mod net;
 pub mod recovery;
 pub mod redis;

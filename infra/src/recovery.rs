@@ -17,6 +17,7 @@
 //! Any process may rebuild (the lock makes one win); the workers watch every gene, and the gateway
 //! rebuilds a gene when an operator creates an item in one that was never built.
 
+use crate::lifecycle::{Every, Shutdown};
 use crate::scripts::{ItemState, RebuiltOrder, Scripts};
 use anyhow::Context;
 use fred::prelude::*;
@@ -33,7 +34,7 @@ use seckill_schema::status::OrderStatus;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::OnceCell;
 
 /// How often the watcher looks at every gene's marker.
 pub const WATCH_EVERY: Duration = Duration::from_millis(250);
@@ -104,19 +105,11 @@ impl Recovery {
     }
 
     /// Watches every gene and rebuilds the ones Redis lost, until `stop`.
-    pub async fn watch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(WATCH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    pub async fn watch(self: Arc<Self>, stop: Shutdown) {
+        let mut ticks = Every::now(WATCH_EVERY, stop);
         let mut failing = false;
         let mut lost: BTreeMap<u8, Instant> = BTreeMap::new();
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
-            }
-            if *stop.borrow() {
-                return;
-            }
+        while ticks.tick().await {
             let genes = match self.genes_not_ready().await {
                 Ok(g) => g,
                 // Redis unreachable: nothing to rebuild into; the clients report it.

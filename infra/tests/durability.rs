@@ -112,7 +112,7 @@ async fn replica_mode_needs_an_online_replica() {
 async fn the_watch_follows_redis_and_exports_what_it_read() {
     let metrics = seckill_infra::telemetry::metrics();
     let (redis, client) = started(RedisOptions::volatile()).await;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (stop, stopped) = seckill_infra::lifecycle::Shutdown::new();
     let watch = DurabilityWatch::spawn(
         client.clone(),
         Durability::None,
@@ -160,7 +160,7 @@ async fn the_watch_follows_redis_and_exports_what_it_read() {
         text.contains("seckill_redis_durability_mode{mode=\"fsync\"} 0"),
         "{text}"
     );
-    let _ = stop.send(true);
+    stop.stop();
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ use runner::Runtime;
 use seckill_infra::Config;
 use seckill_infra::broker::{Publisher, Topology};
 use seckill_infra::durability::DurabilityWatch;
+use seckill_infra::lifecycle::{Shutdown, Stopper};
 use seckill_infra::recovery::Recovery;
 use seckill_infra::scripts::Scripts;
 use seckill_schema::{Keys, Kind};
@@ -21,13 +22,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 pub struct Workers {
     runtime: Arc<Runtime>,
     listener: TcpListener,
-    stop_tx: watch::Sender<bool>,
-    stop_rx: watch::Receiver<bool>,
+    stopper: Stopper,
+    shutdown: Shutdown,
     intervals: reconcile::Intervals,
 }
 
@@ -60,12 +60,12 @@ impl Workers {
         let listener = seckill_infra::net::listen(config.workers_addr)
             .with_context(|| format!("binding SECKILL_WORKERS_ADDR={}", config.workers_addr))?;
         let scripts = Scripts::new(Keys::new(&config.namespace));
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stopper, shutdown) = Shutdown::new();
         let durability = DurabilityWatch::spawn(
             redis.next().clone(),
             config.redis_durability,
             seckill_infra::durability::WATCH_INTERVAL,
-            stop_rx.clone(),
+            shutdown.clone(),
         );
         let recovery = Recovery::new(
             redis.clone(),
@@ -84,8 +84,8 @@ impl Workers {
                 recovery,
                 durability,
             }),
-            stop_tx,
-            stop_rx,
+            stopper,
+            shutdown,
             listener,
             intervals: reconcile::Intervals::default(),
         })
@@ -105,35 +105,35 @@ impl Workers {
     /// the batches in flight, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let metrics = seckill_infra::telemetry::metrics();
-        let (stop_tx, stop_rx) = (self.stop_tx, self.stop_rx);
+        let (stopper, jobs) = (self.stopper, self.shutdown);
         // Redis's lost state first: nothing in a lost gene is mirrored or released until then.
-        let recovery = tokio::spawn(self.runtime.recovery.clone().watch(stop_rx.clone()));
+        let recovery = tokio::spawn(self.runtime.recovery.clone().watch(jobs.clone()));
         let consumers: Vec<_> = Kind::ALL
             .iter()
-            .map(|&kind| tokio::spawn(self.runtime.clone().consume(kind, stop_rx.clone())))
+            .map(|&kind| tokio::spawn(self.runtime.clone().consume(kind, jobs.clone())))
             .collect();
         let periodic = [
             tokio::spawn(reconcile::run_reconciler(
                 self.runtime.clone(),
                 self.intervals.reconcile,
                 self.intervals.adjustment_age,
-                stop_rx.clone(),
+                jobs.clone(),
             )),
             tokio::spawn(reconcile::run_sweeper(
                 self.runtime.clone(),
                 self.intervals.sweep,
-                stop_rx.clone(),
+                jobs.clone(),
             )),
         ];
         let ops = tokio::spawn(ops::serve(
             self.listener,
             self.runtime.clone(),
             metrics,
-            stop_rx,
+            jobs,
         ));
         shutdown.await;
         tracing::info!("shutting down: finishing the batches in flight");
-        let _ = stop_tx.send(true);
+        stopper.stop();
         for c in consumers {
             let _ = tokio::time::timeout(Duration::from_secs(30), c).await;
         }
@@ -143,5 +143,17 @@ impl Workers {
         let _ = ops.await;
         let _ = recovery.await;
         Ok(())
+    }
+}
+
+impl seckill_infra::lifecycle::Service for Workers {
+    const NAME: &'static str = "workers";
+
+    fn build(config: Config) -> impl Future<Output = anyhow::Result<Self>> {
+        Workers::build(config)
+    }
+
+    fn run(self, shutdown: impl Future<Output = ()>) -> impl Future<Output = anyhow::Result<()>> {
+        Workers::run(self, shutdown)
     }
 }

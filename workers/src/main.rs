@@ -20,13 +20,5 @@ struct Cli {}
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     Cli::parse();
-    seckill_infra::telemetry::init_tracing();
-    let config = seckill_infra::Config::from_env()?;
-    tracing::info!(?config, "starting");
-    let workers = seckill_workers::Workers::build(config).await?;
-    workers
-        .run(seckill_infra::telemetry::shutdown_signal())
-        .await?;
-    tracing::info!("stopped");
-    Ok(())
+    seckill_infra::lifecycle::main::<seckill_workers::Workers>().await
 }

@@ -9,11 +9,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sea_orm::ConnectionTrait;
+use seckill_infra::lifecycle::Shutdown;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -61,7 +61,7 @@ pub async fn serve(
     listener: TcpListener,
     rt: Arc<Runtime>,
     metrics: PrometheusHandle,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -69,7 +69,7 @@ pub async fn serve(
     loop {
         let (stream, _) = tokio::select! {
             a = listener.accept() => match a { Ok(s) => s, Err(_) => continue },
-            _ = shutdown.changed() => return,
+            _ = shutdown.asked() => return,
         };
         let rt = rt.clone();
         let metrics = metrics.clone();

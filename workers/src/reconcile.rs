@@ -22,6 +22,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use lapin::types::FieldTable;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
 use seckill_infra::broker;
+use seckill_infra::lifecycle::{Every, Shutdown};
 use seckill_infra::scripts::ItemSettings;
 use seckill_infra::stock::{self, Settled};
 use seckill_schema::snowflake::GENES;
@@ -29,8 +30,6 @@ use seckill_schema::{AdjustmentId, ItemId, Kind, Message, OrderId, OrderStatus};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
-use tokio::time::MissedTickBehavior;
 
 /// How often the reconciler compares Redis with the database, in production.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(10);
@@ -88,7 +87,7 @@ pub async fn run_reconciler(
     rt: Arc<Runtime>,
     every: Duration,
     adjustment_age: Duration,
-    stop: watch::Receiver<bool>,
+    stop: Shutdown,
 ) {
     let mut reconciler = Reconciler {
         adjustment_age,
@@ -98,7 +97,7 @@ pub async fn run_reconciler(
 }
 
 /// Closes orders whose payment timeout never came, every `every` until `stop`.
-pub async fn run_sweeper(rt: Arc<Runtime>, every: Duration, stop: watch::Receiver<bool>) {
+pub async fn run_sweeper(rt: Arc<Runtime>, every: Duration, stop: Shutdown) {
     periodically(rt, every, stop, &mut Sweeper::default()).await
 }
 
@@ -107,31 +106,21 @@ trait Job: Send {
     fn pass<'a>(&'a mut self, rt: &'a Runtime) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
-async fn periodically<J: Job>(
-    rt: Arc<Runtime>,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-    job: &mut J,
-) {
-    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+async fn periodically<J: Job>(rt: Arc<Runtime>, every: Duration, stop: Shutdown, job: &mut J) {
+    let mut ticks = Every::now(every.max(Duration::from_millis(10)), stop);
     let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
-            return;
-        }
+    while ticks.tick().await {
         // Nothing a pass does needs finishing on shutdown: it reads, or it sends what the next
         // pass (of this process or its successor) would send again.
-        let result = tokio::select! {
-            r = tokio::time::timeout(PASS_TIMEOUT, job.pass(&rt)) => r.unwrap_or_else(|_| {
-                Err(anyhow::anyhow!("the pass took longer than {PASS_TIMEOUT:?}"))
-            }),
-            _ = stop.changed() => return,
+        let pass = tokio::time::timeout(PASS_TIMEOUT, job.pass(&rt));
+        let Some(result) = ticks.shutdown().unless_asked(pass).await else {
+            return;
         };
+        let result = result.unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "the pass took longer than {PASS_TIMEOUT:?}"
+            ))
+        });
         match result {
             Ok(()) if failing => {
                 failing = false;

@@ -13,13 +13,13 @@ use lapin::types::FieldTable;
 use sea_orm::DatabaseConnection;
 use seckill_infra::Config;
 use seckill_infra::broker::{self, Publisher, Topology};
+use seckill_infra::lifecycle::Shutdown;
 use seckill_infra::scripts::{Mirrored, Released, Scripts, StatusUpdate};
 use seckill_schema::record::OrderChange;
 use seckill_schema::{Kind, Message, OrderId};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 use tracing::Instrument;
 
 /// Unacked messages the broker may push to one consumer.
@@ -52,10 +52,10 @@ enum Failure {
 
 impl Runtime {
     /// Runs one consumer until `shutdown`, rebuilding its connection whenever it breaks.
-    pub async fn consume(self: Arc<Self>, kind: Kind, mut shutdown: watch::Receiver<bool>) {
+    pub async fn consume(self: Arc<Self>, kind: Kind, mut shutdown: Shutdown) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_asked() {
                 return;
             }
             let started = Instant::now();
@@ -68,7 +68,7 @@ impl Runtime {
                     tracing::warn!(kind = kind.type_name(), error = %format!("{e:#}"), "consumer stopped; reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => {}
+                        _ = shutdown.asked() => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -76,11 +76,7 @@ impl Runtime {
         }
     }
 
-    async fn consume_once(
-        &self,
-        kind: Kind,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
+    async fn consume_once(&self, kind: Kind, shutdown: &mut Shutdown) -> anyhow::Result<()> {
         let name = format!(
             "{}/seckill-workers-{}",
             self.config.namespace,
@@ -106,7 +102,7 @@ impl Runtime {
         loop {
             let next = tokio::select! {
                 n = tokio::time::timeout(Duration::from_secs(5), consumer.next()) => n,
-                _ = shutdown.changed() => {
+                _ = shutdown.asked() => {
                     let _ = tokio::time::timeout(Duration::from_secs(2), ch.basic_cancel(name.as_str().into(), BasicCancelOptions::default())).await;
                     let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "shutting down".into())).await;
                     return Ok(());
@@ -141,7 +137,7 @@ impl Runtime {
         &self,
         kind: Kind,
         deliveries: Vec<Delivery>,
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> anyhow::Result<()> {
         let mut good = Vec::with_capacity(deliveries.len());
         for d in deliveries {
@@ -185,7 +181,7 @@ impl Runtime {
         &self,
         kind: Kind,
         group: &[(Delivery, Message)],
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> anyhow::Result<()> {
         let batch = merge(group.iter().map(|(_, m)| m));
         let span = tracing::info_span!(
@@ -254,7 +250,7 @@ impl Runtime {
         &self,
         kind: Kind,
         batch: &Batch,
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> anyhow::Result<Option<anyhow::Error>> {
         let mut fatal = 0;
         let mut wait = Duration::from_millis(50);
@@ -279,7 +275,7 @@ impl Runtime {
                 Err(Failure::Transient(e)) => {
                     metrics::counter!("seckill_worker_messages_total", "type" => kind.type_name(), "outcome" => "retry").increment(1);
                     tracing::warn!(kind = kind.type_name(), error = %format!("{e:#}"), "a dependency is unavailable; the batch waits");
-                    anyhow::ensure!(!*shutdown.borrow(), "shutting down while the batch waits");
+                    anyhow::ensure!(!shutdown.is_asked(), "shutting down while the batch waits");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }

@@ -75,7 +75,7 @@ impl Follow {
         loop {
             let changes = self.watch.changes.as_mut()?;
             let woken = tokio::select! {
-                _ = self.watch.closing.changed() => return None,
+                _ = self.watch.closing.asked() => return None,
                 changed = changes.changed() => {
                     // The sender lives as long as a receiver does; an error cannot happen.
                     changed.ok()?;
