@@ -74,7 +74,7 @@ pub struct Sample {
 
 /// `PENDING 3 · AWAITING_PAYMENT 47`, in the order of an order's life.
 pub fn by_status(counts: &BTreeMap<String, u64>) -> String {
-    let known = OrderStatus::ALL.map(OrderStatus::as_str);
+    let known: Vec<&str> = OrderStatus::ALL.iter().map(|s| s.as_str()).collect();
     let ordered = known
         .iter()
         .filter_map(|s| counts.get_key_value(*s))

@@ -573,7 +573,8 @@ impl Watch {
         // Every order of the bench is of one unit: the units Redis gave out that no stored live
         // order holds are the orders still on their way to the database.
         let held: u64 = OrderStatus::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|s| s.holds_stock())
             .filter_map(|s| orders.get(s.as_str()))
             .sum();

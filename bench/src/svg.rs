@@ -215,7 +215,7 @@ fn timeline(s: &mut String, samples: &[Sample], p: &Plot) {
             number(t)
         );
     }
-    let mut statuses: Vec<&str> = OrderStatus::ALL.map(OrderStatus::as_str).to_vec();
+    let mut statuses: Vec<&str> = OrderStatus::ALL.iter().map(|s| s.as_str()).collect();
     for sample in samples {
         for k in sample.orders.keys() {
             if !statuses.contains(&k.as_str()) {

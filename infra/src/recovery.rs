@@ -253,7 +253,8 @@ impl Recovery {
 
 fn holding_statuses() -> Vec<&'static str> {
     OrderStatus::ALL
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|s| s.holds_stock() && *s != OrderStatus::Pending)
         .map(|s| s.as_str())
         .collect()

@@ -1,12 +1,14 @@
 //! The order life of the contract, in one place: statuses, their order, and which moves are legal.
+//! Each status's name (`Display`, `FromStr`, `as_str`) and the list of all (`ALL`) come from one
+//! derive, with serde's spelling.
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(strum::Display, strum::EnumString, strum::IntoStaticStr, strum::VariantArray)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     Pending,
     Created,
@@ -24,38 +26,11 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 13] = [
-        OrderStatus::Pending,
-        OrderStatus::Created,
-        OrderStatus::StockLocked,
-        OrderStatus::AwaitingPayment,
-        OrderStatus::Paid,
-        OrderStatus::Failed,
-        OrderStatus::Cancelled,
-        OrderStatus::TimedOut,
-        OrderStatus::RefundRequired,
-        OrderStatus::Shipped,
-        OrderStatus::Completed,
-        OrderStatus::RefundRequested,
-        OrderStatus::Refunded,
-    ];
+    pub const ALL: &'static [OrderStatus] = <OrderStatus as strum::VariantArray>::VARIANTS;
 
+    /// The name the API, the database and Redis spell it with.
     pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::Pending => "PENDING",
-            OrderStatus::Created => "CREATED",
-            OrderStatus::StockLocked => "STOCK_LOCKED",
-            OrderStatus::AwaitingPayment => "AWAITING_PAYMENT",
-            OrderStatus::Paid => "PAID",
-            OrderStatus::Failed => "FAILED",
-            OrderStatus::Cancelled => "CANCELLED",
-            OrderStatus::TimedOut => "TIMED_OUT",
-            OrderStatus::RefundRequired => "REFUND_REQUIRED",
-            OrderStatus::Shipped => "SHIPPED",
-            OrderStatus::Completed => "COMPLETED",
-            OrderStatus::RefundRequested => "REFUND_REQUESTED",
-            OrderStatus::Refunded => "REFUNDED",
-        }
+        self.into()
     }
 
     /// How far along its life an order is. The Redis read model only ever moves forward in rank,
@@ -142,31 +117,13 @@ impl OrderStatus {
     }
 }
 
-impl fmt::Display for OrderStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("unknown order status {0:?}")]
-pub struct UnknownStatus(pub String);
-
-impl FromStr for OrderStatus {
-    type Err = UnknownStatus;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OrderStatus::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| UnknownStatus(s.to_owned()))
-    }
-}
-
 /// Status of a payment row, and the payment an order shows: the intent while the order awaits
 /// payment, then what the provider's result did to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(strum::Display, strum::EnumString, strum::IntoStaticStr, strum::VariantArray)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum PaymentStatus {
     /// The intent, or a result received but not applied yet.
     Pending,
@@ -181,40 +138,11 @@ pub enum PaymentStatus {
 }
 
 impl PaymentStatus {
-    pub const ALL: [PaymentStatus; 6] = [
-        PaymentStatus::Pending,
-        PaymentStatus::Succeeded,
-        PaymentStatus::Failed,
-        PaymentStatus::AmountMismatch,
-        PaymentStatus::RefundRequired,
-        PaymentStatus::Refunded,
-    ];
+    pub const ALL: &'static [PaymentStatus] = <PaymentStatus as strum::VariantArray>::VARIANTS;
 
+    /// The name the API, the database and Redis spell it with.
     pub fn as_str(self) -> &'static str {
-        match self {
-            PaymentStatus::Pending => "PENDING",
-            PaymentStatus::Succeeded => "SUCCEEDED",
-            PaymentStatus::Failed => "FAILED",
-            PaymentStatus::AmountMismatch => "AMOUNT_MISMATCH",
-            PaymentStatus::RefundRequired => "REFUND_REQUIRED",
-            PaymentStatus::Refunded => "REFUNDED",
-        }
-    }
-}
-
-impl fmt::Display for PaymentStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for PaymentStatus {
-    type Err = UnknownStatus;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        PaymentStatus::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| UnknownStatus(s.to_owned()))
+        self.into()
     }
 }
 
@@ -224,12 +152,14 @@ mod tests {
 
     #[test]
     fn statuses_round_trip_through_their_names() {
-        for st in OrderStatus::ALL {
+        for &st in OrderStatus::ALL {
             assert_eq!(st.as_str().parse::<OrderStatus>().unwrap(), st);
             assert_eq!(serde_json::to_string(&st).unwrap(), format!("\"{st}\""));
         }
         assert!("paid".parse::<OrderStatus>().is_err());
-        for st in PaymentStatus::ALL {
+        assert_eq!(OrderStatus::ALL.len(), 13);
+        assert_eq!(PaymentStatus::ALL.len(), 6);
+        for &st in PaymentStatus::ALL {
             assert_eq!(st.as_str().parse::<PaymentStatus>().unwrap(), st);
             assert_eq!(serde_json::to_string(&st).unwrap(), format!("\"{st}\""));
         }
@@ -272,7 +202,7 @@ mod tests {
 
     #[test]
     fn every_status_is_holding_or_closed_never_both() {
-        for st in OrderStatus::ALL {
+        for &st in OrderStatus::ALL {
             assert_ne!(st.holds_stock(), st.is_closed(), "{st}");
             assert!(!st.is_terminal() || st.is_final(), "{st}");
         }

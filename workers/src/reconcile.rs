@@ -438,7 +438,8 @@ impl Reconciler {
 /// Statuses of stored orders that hold stock (`PENDING` lives only in Redis).
 fn stored_holding_statuses() -> impl Iterator<Item = &'static str> {
     OrderStatus::ALL
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|s| s.holds_stock() && *s != OrderStatus::Pending)
         .map(OrderStatus::as_str)
 }

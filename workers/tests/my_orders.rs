@@ -66,7 +66,7 @@ fn id_of(order: &Value) -> OrderId {
 /// The buyer's orders by status, from the database.
 async fn in_database(stack: &Stack, user: u64) -> BTreeMap<String, Vec<OrderId>> {
     let mut by_status: BTreeMap<String, Vec<OrderId>> = BTreeMap::new();
-    for status in seckill_schema::OrderStatus::ALL {
+    for &status in seckill_schema::OrderStatus::ALL {
         let rows = stack
             .db
             .query_all_raw(stack.sql(&format!(
