@@ -25,6 +25,7 @@ use seckill_infra::broker;
 use seckill_infra::lifecycle::{Every, Shutdown};
 use seckill_infra::scripts::ItemSettings;
 use seckill_infra::stock::{self, Settled};
+use seckill_schema::entity::{items, orders};
 use seckill_schema::snowflake::GENES;
 use seckill_schema::{AdjustmentId, ItemId, Kind, Message, OrderId, OrderStatus};
 use std::collections::{HashMap, HashSet};
@@ -452,7 +453,10 @@ async fn orders_by_status(db: &DatabaseConnection) -> Result<Vec<(OrderStatus, i
     let rows = db
         .query_all_raw(sea_orm::Statement::from_string(
             backend,
-            "SELECT status, COUNT(*) AS n FROM orders GROUP BY status",
+            format!(
+                "SELECT status, COUNT(*) AS n FROM {} GROUP BY status",
+                orders::TABLE
+            ),
         ))
         .await?;
     let mut counts: Vec<(OrderStatus, i64)> = OrderStatus::ALL
@@ -482,11 +486,15 @@ async fn items_with_held(db: &DatabaseConnection) -> Result<Vec<ItemRow>, DbErr>
     let mut q = Query::new(backend).sql(&format!(
         "SELECT i.id, i.stock, i.available, i.locked, i.sold, \
          i.starts_at_ms, i.ends_at_ms, i.per_user_limit, \
-         (SELECT CAST(COALESCE(SUM(o.quantity), 0) AS {int}) FROM orders o \
-         WHERE o.item_id = i.id AND o.status IN "
+         (SELECT CAST(COALESCE(SUM(o.quantity), 0) AS {int}) FROM {orders} o \
+         WHERE o.item_id = i.id AND o.status IN ",
+        orders = orders::TABLE,
     ));
     q.list(stored_holding_statuses())
-        .push(") AS held FROM items i WHERE i.ends_at_ms IS NULL OR i.ends_at_ms >= ")
+        .push(&format!(
+            ") AS held FROM {} i WHERE i.ends_at_ms IS NULL OR i.ends_at_ms >= ",
+            items::TABLE
+        ))
         .bind(since)
         .push(&format!(" ORDER BY i.id LIMIT {}", MAX_ITEMS + 1));
     let mut out = Vec::new();
@@ -642,8 +650,9 @@ impl Sweeper {
 /// Shipped orders shipped before `cutoff`, oldest first, at most [`SWEEP_LIMIT`].
 async fn shipped_unconfirmed(db: &DatabaseConnection, cutoff: i64) -> Result<Vec<OrderRow>, DbErr> {
     let mut q = Query::new(db.get_database_backend()).sql(&format!(
-        "SELECT {} FROM orders WHERE status = ",
-        OrderRow::COLUMNS
+        "SELECT {} FROM {} WHERE status = ",
+        OrderRow::COLUMNS,
+        orders::TABLE
     ));
     q.bind(OrderStatus::Shipped.as_str())
         .push(" AND updated_at_ms < ")
@@ -664,16 +673,20 @@ async fn overdue_orders(
     window: Option<i64>,
 ) -> Result<Vec<OrderRow>, DbErr> {
     let mut q = Query::new(db.get_database_backend()).sql(&format!(
-        "SELECT {} FROM orders WHERE status = ",
-        OrderRow::COLUMNS
+        "SELECT {} FROM {} WHERE status = ",
+        OrderRow::COLUMNS,
+        orders::TABLE
     ));
     q.bind(OrderStatus::AwaitingPayment.as_str())
         .push(" AND created_at_ms < ")
         .bind(cutoff);
     if let Some(since) = window {
-        q.push(" AND item_id IN (SELECT id FROM items WHERE ends_at_ms IS NULL OR ends_at_ms >= ")
-            .bind(since)
-            .push(")");
+        q.push(&format!(
+            " AND item_id IN (SELECT id FROM {} WHERE ends_at_ms IS NULL OR ends_at_ms >= ",
+            items::TABLE
+        ))
+        .bind(since)
+        .push(")");
     }
     q.push(&format!(" ORDER BY created_at_ms, id LIMIT {SWEEP_LIMIT}"));
     db.query_all_raw(q.build())

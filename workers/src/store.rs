@@ -3,6 +3,7 @@
 
 use crate::sql::{self, DbId, Existing, Query};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, QueryResult, Value};
+use seckill_schema::entity::{inventory_history, items, orders, payments};
 use seckill_schema::snowflake::now_ms;
 use seckill_schema::status::PaymentStatus;
 use seckill_schema::{ItemId, OrderEvent, OrderId, OrderStatus, Quantity, UserId};
@@ -143,7 +144,7 @@ pub async fn ensure_orders(txn: &DatabaseTransaction, events: &[OrderEvent]) -> 
     insert_rows(
         txn,
         Existing::Skip,
-        "orders",
+        orders::TABLE,
         &ORDER_COLUMNS,
         created_rows(events),
     )
@@ -169,7 +170,7 @@ pub async fn insert_orders(
         let mut statement = sql::insert(
             DbBackend::Postgres,
             Existing::Skip,
-            "orders",
+            orders::TABLE,
             &ORDER_COLUMNS,
             created_rows(chunk),
         );
@@ -204,8 +205,11 @@ pub async fn lock_orders(txn: &DatabaseTransaction, ids: &[OrderId]) -> Result<O
     sorted.dedup();
     let mut out = Orders::new();
     for chunk in sorted.chunks(CHUNK) {
-        let mut q =
-            Query::new(backend).sql(&format!("SELECT {} FROM orders WHERE ", OrderRow::COLUMNS));
+        let mut q = Query::new(backend).sql(&format!(
+            "SELECT {} FROM {} WHERE ",
+            OrderRow::COLUMNS,
+            orders::TABLE
+        ));
         q.is_in("id", chunk.iter().map(|id| id.db()))
             .push(" ORDER BY id FOR UPDATE");
         for row in txn.query_all_raw(q.build()).await? {
@@ -248,7 +252,8 @@ pub async fn advance_orders(
     let now = now();
     let mut orders = Orders::new();
     for chunk in sorted.chunks(CHUNK) {
-        let mut q = Query::new(DbBackend::Postgres).sql("UPDATE orders SET status = ");
+        let mut q =
+            Query::new(DbBackend::Postgres).sql(&format!("UPDATE {} SET status = ", orders::TABLE));
         q.bind(to.as_str())
             .push(", updated_at_ms = ")
             .bind(now)
@@ -323,7 +328,7 @@ pub async fn move_orders(
         txn,
         ids,
         |q, chunk| {
-            q.push("UPDATE orders SET status = ")
+            q.push(&format!("UPDATE {} SET status = ", orders::TABLE))
                 .bind(to.as_str())
                 .push(", updated_at_ms = ")
                 .bind(now);
@@ -375,8 +380,10 @@ impl Ledger {
         if missing.is_empty() {
             return Ok(());
         }
-        let mut q = Query::new(txn.get_database_backend())
-            .sql("SELECT id, available, locked, sold FROM items WHERE ");
+        let mut q = Query::new(txn.get_database_backend()).sql(&format!(
+            "SELECT id, available, locked, sold FROM {} WHERE ",
+            items::TABLE
+        ));
         q.is_in("id", missing.iter().map(|id| id.db()))
             .push(" ORDER BY id FOR UPDATE");
         for row in txn.query_all_raw(q.build()).await? {
@@ -439,7 +446,8 @@ impl Ledger {
         let backend = txn.get_database_backend();
         let now = now();
         for (id, s) in self.items.iter().filter(|(_, s)| s.dirty) {
-            let mut q = Query::new(backend).sql("UPDATE items SET available = ");
+            let mut q =
+                Query::new(backend).sql(&format!("UPDATE {} SET available = ", items::TABLE));
             q.bind(s.available)
                 .push(", locked = ")
                 .bind(s.locked)
@@ -454,7 +462,7 @@ impl Ledger {
         insert_rows(
             txn,
             Existing::Fail,
-            "inventory_history",
+            inventory_history::TABLE,
             &[
                 "item_id",
                 "order_id",
@@ -491,7 +499,7 @@ pub async fn insert_pending_payments(
     insert_rows(
         txn,
         Existing::Skip,
-        "payments",
+        payments::TABLE,
         &[
             "payment_id",
             "order_id",
@@ -531,8 +539,10 @@ pub async fn lock_payments_by_id(
     txn: &DatabaseTransaction,
     ids: &[String],
 ) -> Result<BTreeMap<String, PaymentRow>, DbErr> {
-    let mut q = Query::new(txn.get_database_backend())
-        .sql("SELECT payment_id, order_id, amount_cents, status, applied FROM payments WHERE ");
+    let mut q = Query::new(txn.get_database_backend()).sql(&format!(
+        "SELECT payment_id, order_id, amount_cents, status, applied FROM {} WHERE ",
+        payments::TABLE
+    ));
     q.is_in("payment_id", ids.iter().cloned())
         .push(" ORDER BY payment_id FOR UPDATE");
     read_payments(txn, q)
@@ -548,8 +558,10 @@ pub async fn lock_unapplied(
 ) -> Result<Vec<PaymentRow>, DbErr> {
     let mut out = Vec::new();
     for chunk in order_ids.chunks(CHUNK) {
-        let mut q = Query::new(backend)
-            .sql("SELECT payment_id, order_id, amount_cents, status, applied FROM payments WHERE ");
+        let mut q = Query::new(backend).sql(&format!(
+            "SELECT payment_id, order_id, amount_cents, status, applied FROM {} WHERE ",
+            payments::TABLE
+        ));
         // The two conditions are literals, not parameters: they are the predicate of the partial
         // index `payments_unapplied` (m0003), which PostgreSQL's generic plan of a prepared
         // statement can use only when it can prove the predicate from the text. With parameters
@@ -589,7 +601,8 @@ pub async fn update_payment(
     amount_cents: i64,
     applied: bool,
 ) -> Result<(), DbErr> {
-    let mut q = Query::new(txn.get_database_backend()).sql("UPDATE payments SET status = ");
+    let mut q = Query::new(txn.get_database_backend())
+        .sql(&format!("UPDATE {} SET status = ", payments::TABLE));
     q.bind(status.as_str())
         .push(", amount_cents = ")
         .bind(amount_cents)

@@ -2,6 +2,9 @@
 
 use sea_orm::entity::prelude::*;
 
+/// The table's name, for hand-written SQL (the entity's `table_name()`, as a constant).
+pub const TABLE: &str = "items";
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "items")]
 pub struct Model {

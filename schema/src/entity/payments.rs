@@ -9,6 +9,9 @@ use crate::record::ShownPayment;
 use crate::status::{OrderStatus, PaymentStatus};
 use sea_orm::entity::prelude::*;
 
+/// The table's name, for hand-written SQL (the entity's `table_name()`, as a constant).
+pub const TABLE: &str = "payments";
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "payments")]
 pub struct Model {

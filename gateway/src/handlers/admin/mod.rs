@@ -17,10 +17,10 @@ use crate::views::{db_stock, item_view};
 use fred::prelude::*;
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
-use sea_orm::{ActiveModelTrait, ConnectionTrait, DbBackend, EntityTrait, Set, SqlErr, Statement};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, Set, SqlErr};
 use seckill_infra::recovery::Rebuilt;
 use seckill_infra::scripts::{ItemState, ScriptError, Warmed};
-use seckill_schema::entity::items;
+use seckill_schema::entity::{items, orders as order_rows};
 use seckill_schema::snowflake::now_ms;
 use seckill_schema::{ItemId, OrderStatus};
 use std::collections::BTreeMap;
@@ -200,31 +200,26 @@ pub(crate) async fn admin_view(state: &State, id: i64) -> Result<AdminItemView, 
         .hget(state.keys.item(ItemId(id as u64)), "remaining")
         .await
         .map_err(|_| ApiError::Unavailable("Redis"))?;
-    let backend: DbBackend = db.get_database_backend();
-    let sql = match backend {
-        DbBackend::Postgres => {
-            "SELECT status, COUNT(*) AS n FROM orders WHERE item_id = $1 GROUP BY status"
-        }
-        _ => "SELECT status, COUNT(*) AS n FROM orders WHERE item_id = ? GROUP BY status",
-    };
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(backend, sql, [id.into()]))
+    let counts: Vec<(String, i64)> = order_rows::Entity::find()
+        .select_only()
+        .column(order_rows::Column::Status)
+        .column_as(order_rows::Column::Id.count(), "n")
+        .filter(order_rows::Column::ItemId.eq(id))
+        .group_by(order_rows::Column::Status)
+        .into_tuple()
+        .all(db)
         .await
         .map_err(ApiError::from_db)?;
-    let mut orders: BTreeMap<String, i64> = OrderStatus::ALL
+    let mut by_status: BTreeMap<String, i64> = OrderStatus::ALL
         .iter()
         .filter(|s| **s != OrderStatus::Pending)
         .map(|s| (s.as_str().to_owned(), 0))
         .collect();
-    for row in rows {
-        let status: String = row.try_get("", "status").map_err(ApiError::from_db)?;
-        let n: i64 = row.try_get("", "n").map_err(ApiError::from_db)?;
-        orders.insert(status, n);
-    }
+    by_status.extend(counts);
     Ok(AdminItemView {
         item: item_view(&m),
         redis: RedisStock { remaining },
         db: db_stock(&m),
-        orders,
+        orders: by_status,
     })
 }

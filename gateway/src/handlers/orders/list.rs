@@ -57,7 +57,11 @@ fn parse_query(query: Option<&str>) -> Result<Page, ApiError> {
                 page.status = Some(value.parse().map_err(|_| {
                     bad(format!(
                         "status must be one of {}",
-                        OrderStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        OrderStatus::ALL
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ))
                 })?);
             }
