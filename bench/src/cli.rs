@@ -7,7 +7,7 @@ use crate::svg;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use seckill_infra::Config;
-use seckill_schema::ItemId;
+use seckill_schema::{ItemId, UserId};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,7 +20,8 @@ const LONGEST_TIMEOUT_WAITED: Duration = Duration::from_secs(300);
 ///
 /// Configuration comes from the SECKILL_* environment variables the gateway and workers read
 /// (SECKILL_HTTP_ADDR, SECKILL_REDIS_URL, SECKILL_AMQP_URL, SECKILL_DATABASE_URL,
-/// SECKILL_NAMESPACE, SECKILL_TICKET_SECRET, SECKILL_ADMIN_TOKEN, SECKILL_WEBHOOK_SECRET,
+/// SECKILL_NAMESPACE, SECKILL_JWT_SECRET, SECKILL_TICKET_SECRET, SECKILL_ADMIN_TOKEN,
+/// SECKILL_WEBHOOK_SECRET,
 /// SECKILL_PAYMENT_TIMEOUT_SECS): run the bench with the same values as the system under test.
 #[derive(Debug, Parser)]
 #[command(name = "seckill-bench", version, args_override_self = true)]
@@ -50,6 +51,19 @@ pub enum Command {
     /// (answered from its per-gateway cache), then at a bare hyper server with the same
     /// settings. Creates an item unless --item names one. Writes DIR/item-page.json.
     ItemPage(ItemPageArgs),
+    /// Print a user's JWT, signed with $SECKILL_JWT_SECRET as the gateway checks it: for trying
+    /// the API with curl (`Authorization: Bearer $(seckill-bench token --user 42)`).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user id the token names (its `sub`).
+    #[arg(long)]
+    pub user: u64,
+    /// How long the token is valid.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_secs: u32,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +225,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pay(args) => pay(&config, args).await,
         Command::FlashSale(args) => flash_sale(&config, args).await,
         Command::ItemPage(args) => item_page(&config, args).await,
+        Command::Token(args) => {
+            let jwt = seckill_infra::auth::Jwt::new(&config.jwt_secret);
+            println!("{}", jwt.mint(UserId(args.user), i64::from(args.ttl_secs)));
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -388,7 +407,7 @@ mod tests {
         let faults = |args: &[&str]| match Cli::parse_from(args).command {
             Command::Pay(a) => a.faults,
             Command::FlashSale(a) => a.faults,
-            Command::Baseline(_) | Command::ItemPage(_) => unreachable!(),
+            Command::Baseline(_) | Command::ItemPage(_) | Command::Token(_) => unreachable!(),
         };
         let sale = faults(&["seckill-bench", "flash-sale", "--stock", "1"]);
         assert_eq!(
