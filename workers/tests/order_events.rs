@@ -255,10 +255,13 @@ async fn idle_streams_cost_redis_nothing_and_purchases_go_on() {
         "Redis commands over {WINDOW:?} (all, order reads): {without:?} without streams, \
          {idle:?} with {STREAMS} idle"
     );
-    // The gateway's own background (relays, the recovery and durability watches) varies by a
-    // tick or two of its loops; one read per stream would be 500 more.
+    // The gateway's own background varies between two windows: each of its 16 relays renews
+    // its lease (a script) every second, and a window of 4 s holds 4 or 5 of those ticks, so
+    // either window may hold up to 16 more reads than the other. Reading each stream's order
+    // once in the window would be 500 more; a tenth of that catches even one read per stream
+    // every 40 s.
     assert!(
-        idle.1 <= without.1 + 2 && idle.0 <= without.0 + STREAMS / 4,
+        idle.1 <= without.1 + STREAMS / 10 && idle.0 <= without.0 + STREAMS / 4,
         "{STREAMS} idle streams made the gateway run {idle:?} commands in {WINDOW:?} ({without:?} without)"
     );
 
