@@ -4,7 +4,7 @@
 use seckill_schema::{OrderId, OrderStatus, PaymentOutcome, PaymentStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use utoipa::ToSchema;
+use utoipa::{IntoResponses, ToSchema};
 
 /// `POST /seckill`.
 #[derive(Deserialize, ToSchema)]
@@ -356,6 +356,60 @@ pub struct ErrorBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub order_id: Option<OrderId>,
+}
+
+// The error answers several routes share, each declared once for the OpenAPI document (they are
+// never built: the handlers answer with `ApiError`). A route whose answer says more keeps its own
+// `(status = ..., description = ...)` instead.
+
+/// `401`, for a route whose `security` names one credential.
+#[derive(IntoResponses)]
+pub enum Unauthorized {
+    #[response(status = 401, description = "unauthorized")]
+    Unauthorized(ErrorBody),
+}
+
+/// An operator's route: a missing or wrong token, or a store that did not answer.
+#[derive(IntoResponses)]
+pub enum OperatorErrors {
+    #[response(status = 401, description = "unauthorized")]
+    Unauthorized(ErrorBody),
+    #[response(status = 503, description = "unavailable")]
+    Unavailable(ErrorBody),
+}
+
+/// A buyer's route about one of their orders: another user's order is not found either.
+#[derive(IntoResponses)]
+pub enum OwnOrderErrors {
+    #[response(status = 401, description = "unauthorized")]
+    Unauthorized(ErrorBody),
+    #[response(status = 404, description = "not_found: unknown, or another user's")]
+    NotFound(ErrorBody),
+    #[response(status = 503, description = "unavailable or recovering")]
+    Unavailable(ErrorBody),
+}
+
+/// A route naming an item.
+#[derive(IntoResponses)]
+pub enum UnknownItem {
+    #[response(status = 404, description = "unknown_item")]
+    UnknownItem(ErrorBody),
+}
+
+/// An operator's route naming an order.
+#[derive(IntoResponses)]
+pub enum UnknownOrder {
+    #[response(status = 404, description = "not_found")]
+    NotFound(ErrorBody),
+}
+
+/// A route reading a JSON body.
+#[derive(IntoResponses)]
+pub enum BodyErrors {
+    #[response(status = 400, description = "bad_request")]
+    BadRequest(ErrorBody),
+    #[response(status = 413, description = "payload_too_large")]
+    PayloadTooLarge(ErrorBody),
 }
 
 /// `GET /healthz`.

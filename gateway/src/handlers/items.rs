@@ -20,7 +20,7 @@ use std::sync::Arc;
     responses(
         (status = 200, description = "The sale", body = crate::api::PublicItem<'_>,
             headers(("Cache-Control" = String, description = "public, max-age=1"))),
-        (status = 404, description = "unknown_item", body = crate::api::ErrorBody),
+        crate::api::UnknownItem,
         (status = 503, description = "unavailable, or recovering (with Retry-After)", body = crate::api::ErrorBody),
     ))]
 pub async fn catalog_item(state: &Arc<State>, raw_id: &str) -> Answer {

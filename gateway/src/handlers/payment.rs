@@ -20,10 +20,9 @@ use std::sync::Arc;
     security(("webhook_signature" = [])),
     responses(
         (status = 200, description = "Durably recorded (also for the same callback again)", body = crate::api::Received),
-        (status = 400, description = "bad_request", body = crate::api::ErrorBody),
+        crate::api::BodyErrors,
         (status = 401, description = "unauthorized: missing, bad or stale signature", body = crate::api::ErrorBody),
         (status = 404, description = "not_found: unknown order", body = crate::api::ErrorBody),
-        (status = 413, description = "payload_too_large", body = crate::api::ErrorBody),
         (status = 503, description = "unavailable", body = crate::api::ErrorBody),
     ))]
 pub async fn callback(

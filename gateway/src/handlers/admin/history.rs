@@ -50,9 +50,8 @@ fn cause_filter(raw: &str) -> Result<Condition, ApiError> {
     responses(
         (status = 200, description = "A page of history rows, newest first", body = crate::api::HistoryPage),
         (status = 400, description = "bad_request: a bad cause, limit or cursor, or an unknown parameter", body = crate::api::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
-        (status = 404, description = "unknown_item", body = crate::api::ErrorBody),
-        (status = 503, description = "unavailable", body = crate::api::ErrorBody),
+        crate::api::OperatorErrors,
+        crate::api::UnknownItem,
     ))]
 pub async fn item_history(
     state: &Arc<State>,

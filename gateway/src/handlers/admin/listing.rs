@@ -21,8 +21,7 @@ use std::sync::Arc;
     responses(
         (status = 200, description = "A page of items, lowest ids first", body = crate::api::AdminItemsPage),
         (status = 400, description = "bad_request: a bad limit or cursor, or an unknown parameter", body = crate::api::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
-        (status = 503, description = "unavailable", body = crate::api::ErrorBody),
+        crate::api::OperatorErrors,
     ))]
 pub async fn list_items(state: &Arc<State>, uri: &Uri, headers: &HeaderMap) -> Answer {
     require_admin(state, headers)?;

@@ -102,11 +102,9 @@ pub(crate) async fn warm(state: &State, m: &items::Model) -> Result<(), ApiError
     security(("admin_token" = [])),
     responses(
         (status = 201, description = "Created, its stock warmed into Redis", body = crate::api::ItemView),
-        (status = 400, description = "bad_request", body = crate::api::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
+        crate::api::BodyErrors,
+        crate::api::OperatorErrors,
         (status = 409, description = "exists", body = crate::api::ErrorBody),
-        (status = 413, description = "payload_too_large", body = crate::api::ErrorBody),
-        (status = 503, description = "unavailable", body = crate::api::ErrorBody),
     ))]
 pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     require_admin(state, req.headers())?;
@@ -177,9 +175,8 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The item, its stock in Redis and the database, its orders by status", body = crate::api::AdminItemView),
-        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
-        (status = 404, description = "unknown_item", body = crate::api::ErrorBody),
-        (status = 503, description = "unavailable", body = crate::api::ErrorBody),
+        crate::api::OperatorErrors,
+        crate::api::UnknownItem,
     ))]
 pub async fn get_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     require_admin(state, headers)?;

@@ -19,10 +19,9 @@ use std::sync::Arc;
     security(("admin_token" = [])),
     responses(
         (status = 202, description = "Requested; the order as it is now", body = crate::api::OrderView),
-        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
-        (status = 404, description = "not_found", body = crate::api::ErrorBody),
+        crate::api::OperatorErrors,
+        crate::api::UnknownOrder,
         (status = 409, description = "invalid_transition: the order is not PAID", body = crate::api::ErrorBody),
-        (status = 503, description = "unavailable", body = crate::api::ErrorBody),
     ))]
 pub async fn ship(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     require_admin(state, headers)?;
@@ -42,9 +41,8 @@ pub async fn ship(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answ
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The order as its owner sees it (from the database, or Redis's read model while it is only there), its payments oldest first, its history rows newest first", body = crate::api::AdminOrderView),
-        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
-        (status = 404, description = "not_found", body = crate::api::ErrorBody),
-        (status = 503, description = "unavailable", body = crate::api::ErrorBody),
+        crate::api::OperatorErrors,
+        crate::api::UnknownOrder,
     ))]
 pub async fn admin_order(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     require_admin(state, headers)?;

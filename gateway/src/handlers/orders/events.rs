@@ -141,7 +141,7 @@ impl Follow {
     security(("user_jwt" = [])),
     responses(
         (status = 200, description = "The event stream; each event an `order`", content_type = "text/event-stream", body = crate::api::OrderEventFrame),
-        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
+        crate::api::Unauthorized,
         (status = 404, description = "not_found: unknown, or another user's", body = crate::api::ErrorBody),
         (status = 503, description = "unavailable (with Retry-After when this gateway holds as many streams as it may) or recovering", body = crate::api::ErrorBody),
     ))]

@@ -120,7 +120,7 @@ fn decode_cursor(cursor: &str) -> Option<i64> {
     responses(
         (status = 200, description = "A page of orders", body = crate::api::OrderList),
         (status = 400, description = "bad_request: an unknown status or parameter, a limit out of range, a cursor this server did not give", body = crate::api::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
+        crate::api::Unauthorized,
         (status = 503, description = "unavailable: the database", body = crate::api::ErrorBody),
     ))]
 pub async fn list(state: &Arc<State>, headers: &HeaderMap, query: Option<&str>) -> Answer {

@@ -33,9 +33,7 @@ async fn owned_order(
     security(("user_jwt" = [])),
     responses(
         (status = 200, description = "The order; a just-accepted one is PENDING, never 404, to its owner", body = crate::api::OrderView),
-        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
-        (status = 404, description = "not_found: unknown, or another user's", body = crate::api::ErrorBody),
-        (status = 503, description = "unavailable or recovering", body = crate::api::ErrorBody),
+        crate::api::OwnOrderErrors,
     ))]
 pub async fn get(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     let (order_id, r) = owned_order(state, headers, raw_id).await?;
@@ -73,10 +71,8 @@ pub(crate) async fn step(
     security(("user_jwt" = [])),
     responses(
         (status = 202, description = "Requested; the order as it is now", body = crate::api::OrderView),
-        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
-        (status = 404, description = "not_found", body = crate::api::ErrorBody),
+        crate::api::OwnOrderErrors,
         (status = 409, description = "invalid_transition: the order is not SHIPPED", body = crate::api::ErrorBody),
-        (status = 503, description = "unavailable or recovering", body = crate::api::ErrorBody),
     ))]
 pub async fn confirm(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     let (order_id, r) = owned_order(state, headers, raw_id).await?;
@@ -92,10 +88,8 @@ pub async fn confirm(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> A
     security(("user_jwt" = [])),
     responses(
         (status = 202, description = "Requested; the order as it is now. It ends REFUNDED once the provider confirms the refund", body = crate::api::OrderView),
-        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
-        (status = 404, description = "not_found", body = crate::api::ErrorBody),
+        crate::api::OwnOrderErrors,
         (status = 409, description = "invalid_transition: the order is not PAID", body = crate::api::ErrorBody),
-        (status = 503, description = "unavailable or recovering", body = crate::api::ErrorBody),
     ))]
 pub async fn refund(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     let (order_id, r) = owned_order(state, headers, raw_id).await?;
@@ -110,10 +104,8 @@ pub async fn refund(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> An
     security(("user_jwt" = [])),
     responses(
         (status = 202, description = "Cancel requested", body = crate::api::CancelRequested),
-        (status = 401, description = "unauthorized", body = crate::api::ErrorBody),
-        (status = 404, description = "not_found", body = crate::api::ErrorBody),
+        crate::api::OwnOrderErrors,
         (status = 409, description = "not_cancellable: paid or closed", body = crate::api::ErrorBody),
-        (status = 503, description = "unavailable or recovering", body = crate::api::ErrorBody),
     ))]
 pub async fn cancel(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     let (order_id, r) = owned_order(state, headers, raw_id).await?;
