@@ -32,7 +32,7 @@ if tonumber(remaining) + delta < 0 then
 end
 local left = redis.call('HINCRBY', KEYS[1], 'remaining', delta)
 local stock = redis.call('HINCRBY', KEYS[1], 'stock', delta)
--- Decoded by `PendingAdjustment` (domain/src/scripts.rs): item, delta, ms, reason (last: it may
+-- Decoded by `PendingAdjustment` (schema/src/scripts.rs): item, delta, ms, reason (last: it may
 -- hold spaces, never a control character).
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
 return {0, left, stock}

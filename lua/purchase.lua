@@ -93,7 +93,7 @@ local function purchase(k, a)
   local at = ARGV[a + 7]
   redis.call('HSET', KEYS[k + 3], R_USER, user, R_ITEM, ARGV[a + 4], R_QTY, units, R_AMOUNT, amount,
     R_STATUS, 'PENDING', R_CREATED, at, R_UPDATED, at, R_EPOCH, epoch)
-  -- One field, decoded by domain/src/outbox.rs: order id, user, item, quantity, amount, accepted ms.
+  -- One field, decoded by schema/src/outbox.rs: order id, user, item, quantity, amount, accepted ms.
   redis.call('XADD', KEYS[k + 4], '*', 'e', order_id .. ' ' .. user .. ' ' .. ARGV[a + 4] .. ' ' .. units .. ' ' .. amount .. ' ' .. at)
   if ARGV[a + 5] == '1' then
     redis.call('SET', KEYS[k + 5], order_id, 'EX', ARGV[a + 6])

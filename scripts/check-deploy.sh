@@ -234,7 +234,7 @@ PYEOF
 # ------------------------------------------------------------------ metric names
 step "every seckill_* metric of the alerts and the dashboard is exported by the code"
 dirs=()
-for d in gateway/src workers/src domain/src infra/src; do
+for d in gateway/src workers/src schema/src infra/src; do
   [ -d "$d" ] && dirs+=("$d")
 done
 echo "searching ${dirs[*]}"

@@ -93,6 +93,9 @@ impl Application {
             seckill_infra::durability::WATCH_INTERVAL,
             shutdown.clone(),
         );
+        // Known before the first purchase: the gateway sells only while Redis keeps what the
+        // mode promises.
+        durability.check_now().await;
         let group_commit = (config.redis_durability == Durability::Replica)
             .then(|| GroupCommit::new(redis.next().clone(), replication::DEFAULT_TIMEOUT));
         let recovery = Recovery::new(redis.clone(), scripts.clone(), &config.database_url, None);

@@ -313,8 +313,10 @@ pub struct DurabilityWatch {
 /// How often a process re-reads Redis's configuration while it falls short of the mode.
 const RECHECK_WHILE_BAD: Duration = Duration::from_millis(500);
 
-/// How often a process re-reads Redis's configuration in production.
-pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a process re-reads Redis's configuration in production: a Redis switched to
+/// `appendfsync everysec`, `appendonly no` or an evicting policy at run time stops the sale within
+/// about this long.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl DurabilityWatch {
     /// Checks at once and then every `every` until the stop is asked; every

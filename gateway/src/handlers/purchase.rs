@@ -71,10 +71,13 @@ pub async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
         None => user_from_jwt(state, &parts.headers)?,
     };
     rate_limit(state, user)?;
-    if state.group_commit.is_some() && !state.durability.is_ok() {
-        // No replica to confirm a sale: refuse before selling rather than sell and answer
-        // `outcome_unknown`.
-        return Err(ApiError::Unavailable("a Redis replica"));
+    if !state.durability.is_ok() {
+        // Redis cannot keep a sale as SECKILL_REDIS_DURABILITY promises (no fsync, no replica,
+        // an evicting policy), as of its latest check (every second): refuse before selling
+        // rather than answer a `202` that a crash or a failover may take back.
+        return Err(ApiError::Unavailable(
+            "a Redis that keeps what SECKILL_REDIS_DURABILITY promises",
+        ));
     }
     let order_id = OrderId(state.ids.next(seckill_schema::keys::gene_of_item(item)));
     // A static level check first: looking up the current span costs more than nothing.
@@ -112,7 +115,9 @@ pub async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
             order_id: Some(held),
         } if held == order_id => accepted(state, item, order_id).await,
         Purchase::Accepted { order_id, .. } => accepted(state, item, order_id).await,
-        Purchase::Replayed { order_id } => Ok(accepted_response(order_id)),
+        // A replay is answered `202` under the same durability as a new sale: its first
+        // answer may have been `503 outcome_unknown` because no replica confirmed it.
+        Purchase::Replayed { order_id } => accepted(state, item, order_id).await,
         Purchase::UnknownItem => Err(ApiError::NotFound("unknown_item", "no such item")),
         Purchase::NotStarted => Err(ApiError::Conflict(
             "not_started",

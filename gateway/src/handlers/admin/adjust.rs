@@ -3,7 +3,7 @@
 //! database row, then Redis's hash under the row's lock), and ending its sale now
 //! (`POST /admin/items/{id}/end`).
 
-use super::{admin_view, check_text, parse_time, warm};
+use super::{admin_view, check_text, exact_amounts, parse_time, warm};
 use crate::api::ItemPatch;
 use crate::error::{Answer, ApiError, json};
 use crate::request::{item_id, parse_json, read_body, require_admin};
@@ -104,8 +104,11 @@ pub async fn patch_item(state: &Arc<State>, req: Request<Incoming>, raw_id: &str
         .map_err(ApiError::from_db)?
         .ok_or(ApiError::NotFound("unknown_item", "no such item"))?;
     // The window against the item as it is, before anything changes, so that a `400` changes
-    // nothing (checked again under the row's lock).
+    // nothing (checked again under the row's lock; the price never changes).
     change(&mut settings_of(&item))?;
+    if let Some(limit) = patch.per_user_limit {
+        exact_amounts(item.price_cents, limit)?;
+    }
     if let Some(delta) = delta {
         adjust(state, &item, delta, reason).await?;
     }

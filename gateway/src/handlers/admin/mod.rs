@@ -44,6 +44,21 @@ pub(crate) fn check_text(field: &str, text: &str) -> Result<String, ApiError> {
     Ok(text.trim().to_owned())
 }
 
+/// The largest amount in cents a buyer's order may reach: the purchase script computes `price ×
+/// quantity` in Lua, whose numbers are doubles, exact up to 2^53 − 1 (as are JSON clients').
+pub const MAX_AMOUNT_CENTS: i64 = (1 << 53) - 1;
+
+/// Every order of the item, up to the per-user limit, has an exact amount.
+pub(crate) fn exact_amounts(price_cents: i64, per_user_limit: i32) -> Result<(), ApiError> {
+    if i128::from(price_cents) * i128::from(per_user_limit) > i128::from(MAX_AMOUNT_CENTS) {
+        return Err(ApiError::BadRequest(format!(
+            "price_cents × per_user_limit must be at most {MAX_AMOUNT_CENTS} (2^53 - 1), so that \
+             every order's amount is exact"
+        )));
+    }
+    Ok(())
+}
+
 fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
     v.as_deref()
         .map(|s| {
@@ -124,6 +139,7 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     if new.per_user_limit < 1 {
         return bad("per_user_limit must be at least 1");
     }
+    exact_amounts(new.price_cents, new.per_user_limit)?;
     let starts = parse_time("starts_at", &new.starts_at)?;
     let ends = parse_time("ends_at", &new.ends_at)?;
     if let (Some(s), Some(e)) = (starts, ends)
