@@ -6,7 +6,11 @@
 -- One call carries one purchase or several of one hash slot (the gateway sends the purchases that
 -- arrived together as one call: a call's own cost, which is most of a purchase's, is then paid
 -- once), run one after the other in arrival order, each as if it were the script's only one.
--- Below, per purchase i (from 0), KEYS[7i + n] and ARGV[7i + n] are its KEYS[n] and ARGV[n].
+-- Below, per purchase i (from 0), KEYS[7i + n] and ARGV[6i + n] are its KEYS[n] and ARGV[n].
+--
+-- The sale window is judged on Redis's clock (TIME, read once per call), the one clock every
+-- gateway shares: a gateway whose own clock runs fast or slow neither sells early nor late. The
+-- same instant is the orders' accepted time.
 --
 -- KEYS[1] item hash      (remaining, limit, price, starts, ends; ms, 0 = open)
 -- KEYS[2] buyers hash    (<user> = units held by live orders, <user>:o = latest order id)
@@ -15,7 +19,7 @@
 -- KEYS[5] idempotency key, or a placeholder in the same slot when ARGV[5] == '0'
 -- KEYS[6] the gene's state hash (ready = epoch of what Redis holds, i:<item> = known item)
 -- KEYS[7] the order id's void key (its owner was told it does not exist)
--- ARGV: order_id, user_id, quantity, item_id, has_idempotency_key, idempotency_ttl_secs, now (ms)
+-- ARGV: order_id, user_id, quantity, item_id, has_idempotency_key, idempotency_ttl_secs
 --
 -- Returns, per purchase, three values: code, value, accepted ms (or ''). Codes: 0 accepted (order
 -- id, created ms), 1 unknown item, 2 not started, 3 ended, 4 replay of an accepted request (order
@@ -24,6 +28,10 @@
 -- nothing sold), 9 Redis refused it (the error; nothing sold: a purchase's first write comes
 -- after every check, and Redis refuses a script's writes, out of memory or read-only, at its
 -- first).
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local at = string.format('%d', now)
+
 local function purchase(k, a)
   local state = redis.call('HMGET', KEYS[k + 6], 'ready', 'i:' .. ARGV[a + 4])
   local epoch = state[1]
@@ -56,8 +64,6 @@ local function purchase(k, a)
   local starts = tonumber(item[4]) or 0
   local ends = tonumber(item[5]) or 0
 
-  -- The gateway's clock, not TIME: one call less on the hottest script.
-  local now = tonumber(ARGV[a + 7])
   if starts > 0 and now < starts then
     return 2, '', ''
   end
@@ -90,7 +96,6 @@ local function purchase(k, a)
   if qty ~= 1 or not amount then
     amount = string.format('%d', price * qty)
   end
-  local at = ARGV[a + 7]
   redis.call('HSET', KEYS[k + 3], R_USER, user, R_ITEM, ARGV[a + 4], R_QTY, units, R_AMOUNT, amount,
     R_STATUS, 'PENDING', R_CREATED, at, R_UPDATED, at, R_EPOCH, epoch)
   -- One field, decoded by schema/src/outbox.rs: order id, user, item, quantity, amount, accepted ms.
@@ -103,7 +108,7 @@ end
 
 local out = {}
 for i = 0, #KEYS / 7 - 1 do
-  local ok, code, value, at = pcall(purchase, i * 7, i * 7)
+  local ok, code, value, at = pcall(purchase, i * 7, i * 6)
   if not ok then
     value = type(code) == 'table' and (code.err or '') or tostring(code)
     code, at = 9, ''

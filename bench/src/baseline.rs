@@ -205,8 +205,7 @@ pub async fn redis_purchase(
         .script_load(PURCHASE)
         .await
         .context("SCRIPT LOAD purchase.lua")?;
-    // KEYS as in `Scripts::purchase`; ARGV: order, buyer, quantity, item, no idempotency key, ttl,
-    // now (the item has no sale window, so a fixed clock is fine).
+    // KEYS as in `Scripts::purchase`; ARGV: order, buyer, quantity, item, no idempotency key, ttl.
     let mut command = vec!["EVALSHA".to_owned(), sha, scratch.len().to_string()];
     command.extend(scratch.iter().cloned());
     command.extend([
@@ -216,7 +215,6 @@ pub async fn redis_purchase(
         item.to_string(),
         "0".to_owned(),
         "0".to_owned(),
-        seckill_schema::snowflake::now_ms().to_string(),
     ]);
     let result = redis_benchmark(redis_url, requests, connections, &command).await;
     let remaining: Option<i64> = redis.hget(keys.item(item), "remaining").await?;

@@ -5,7 +5,6 @@
 use super::{BadScriptReply, Scripts};
 use fred::prelude::*;
 use seckill_schema::keys::{Keys, gene_of_item};
-use seckill_schema::snowflake::now_ms;
 use seckill_schema::{ItemId, OrderId, Quantity, UserId};
 
 pub const PURCHASE: &str = concat!(
@@ -164,14 +163,13 @@ impl Scripts {
             let e = fred::error::Error::new(fred::error::ErrorKind::IO, "not connected to Redis");
             return every(PurchaseFailure::NotRun, e);
         }
-        let now = now_ms().to_string();
         let call = |(keys, args): (Vec<Key>, Vec<Value>)| async move {
             client
                 .with_options(&once())
                 .evalsha::<Vec<Value>, _, _, _>(self.purchase.sha1().clone(), keys, args)
                 .await
         };
-        let mut reply = call(self.purchase_args(reqs, &now)).await;
+        let mut reply = call(self.purchase_args(reqs)).await;
         if let Err(e) = &reply
             && e.details().starts_with("NOSCRIPT")
         {
@@ -181,7 +179,7 @@ impl Scripts {
             if let Err(e) = self.purchase.load(client).await {
                 return every(PurchaseFailure::NotRun, e);
             }
-            reply = call(self.purchase_args(reqs, &now)).await;
+            reply = call(self.purchase_args(reqs)).await;
         }
         let reply = match reply {
             Ok(reply) => reply,
@@ -212,14 +210,13 @@ impl Scripts {
             .collect()
     }
 
-    /// The purchases' keys and arguments, seven each, in `lua/purchase.lua`'s order. A sale's
+    /// The purchases' keys and arguments, seven keys and six values each, in `lua/purchase.lua`'s order. A sale's
     /// batch is mostly one hot item: its five keys and its id are built once per run of
     /// purchases of the same item and shared (fred's keys and values are reference-counted
     /// bytes), so a purchase costs four strings of its own instead of fourteen.
-    fn purchase_args(&self, reqs: &[PurchaseRequest<'_>], now: &str) -> (Vec<Key>, Vec<Value>) {
+    fn purchase_args(&self, reqs: &[PurchaseRequest<'_>]) -> (Vec<Key>, Vec<Value>) {
         let mut keys: Vec<Key> = Vec::with_capacity(7 * reqs.len());
-        let mut args: Vec<Value> = Vec::with_capacity(7 * reqs.len());
-        let now = Value::from(now);
+        let mut args: Vec<Value> = Vec::with_capacity(6 * reqs.len());
         let ttl = Value::from(IDEMPOTENCY_TTL_SECS.to_string());
         let (with_key, without_key) = (Value::from_static_str("1"), Value::from_static_str("0"));
         let k = &self.keys;
@@ -252,7 +249,6 @@ impl Scripts {
                     without_key.clone()
                 },
                 ttl.clone(),
-                now.clone(),
             ]);
         }
         (keys, args)
@@ -264,7 +260,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn purchase_args_are_seven_keys_and_seven_values_per_purchase_in_order() {
+    fn purchase_args_are_seven_keys_and_six_values_per_purchase_in_order() {
         let scripts = Scripts::new(Keys::new("t"));
         let k = &scripts.keys;
         let (a, b) = (ItemId(7), ItemId(8));
@@ -283,7 +279,7 @@ mod tests {
             req(3, 12, b, None),
             req(4, 13, a, None),
         ];
-        let (keys, args) = scripts.purchase_args(&reqs, "1000");
+        let (keys, args) = scripts.purchase_args(&reqs);
         let keys: Vec<String> = keys
             .iter()
             .map(|key| key.as_str().unwrap().to_owned())
@@ -316,7 +312,6 @@ mod tests {
                 }
                 .to_owned(),
                 IDEMPOTENCY_TTL_SECS.to_string(),
-                "1000".to_owned(),
             ]);
         }
         assert_eq!(keys, want_keys);

@@ -7,7 +7,7 @@ use super::{BadScriptReply, ScriptError, Scripts};
 use fred::prelude::*;
 use seckill_schema::keys::gene_of_item;
 use seckill_schema::record::{OrderRecord, ShownPayment};
-use seckill_schema::snowflake::{gene_of, now_ms};
+use seckill_schema::snowflake::{gene_of, millis_of, now_ms};
 use seckill_schema::{OrderEvent, OrderId, OrderStatus, UserId};
 
 pub const RELEASE: &str = concat!(
@@ -22,6 +22,8 @@ pub const LOOKUP_ORDER: &str = include_str!("../../../lua/lookup_order.lua");
 
 /// How long a "no such order" answer fences a purchase of that id still in flight.
 pub const VOID_TTL_SECS: u64 = 600;
+/// An id minted this long ago or less (by Redis's clock) may still have its purchase in flight.
+pub const IN_FLIGHT_WINDOW_MS: u64 = 10 * 60 * 1000;
 
 /// What a release did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,13 +277,14 @@ impl Scripts {
             .collect()
     }
 
-    /// Reads an order's record for `user`, declaring a recent missing id void for them.
+    /// Reads an order's record for `user`; with `may_void`, a missing id minted within
+    /// [`IN_FLIGHT_WINDOW_MS`] of Redis's clock (or after it) is declared void for them.
     pub async fn lookup_order(
         &self,
         client: &Client,
         order_id: OrderId,
         user: UserId,
-        recent: bool,
+        may_void: bool,
     ) -> Result<Lookup, ScriptError> {
         let keys = vec![
             self.keys.order(order_id),
@@ -291,7 +294,12 @@ impl Scripts {
         let args = vec![
             user.0.to_string(),
             VOID_TTL_SECS.to_string(),
-            if recent { "1" } else { "0" }.to_owned(),
+            if may_void {
+                millis_of(order_id.0).to_string()
+            } else {
+                "0".to_owned()
+            },
+            IN_FLIGHT_WINDOW_MS.to_string(),
         ];
         let reply: Vec<Value> = self
             .lookup_order
