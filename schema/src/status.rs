@@ -1,50 +1,63 @@
 //! The order life of the contract, in one place: statuses, their order, and which moves are legal.
 //! Each status's name (`Display`, `FromStr`, `as_str`) and the list of all (`ALL`) come from one
-//! derive, with serde's spelling.
+//! derive, with serde's spelling, which `status!` gives both status enums.
 
 use serde::{Deserialize, Serialize};
 
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    strum::Display,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantArray,
-)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-pub enum OrderStatus {
-    Pending,
-    Created,
-    StockLocked,
-    AwaitingPayment,
-    Paid,
-    Failed,
-    Cancelled,
-    TimedOut,
-    RefundRequired,
-    Shipped,
-    Completed,
-    RefundRequested,
-    Refunded,
+/// A status enum of the contract: spelled in SCREAMING_SNAKE_CASE by serde and strum alike (its
+/// `Display`, `FromStr` and `as_str`), with `ALL` its statuses in declaration order.
+macro_rules! status {
+    ($(#[$doc:meta])* pub enum $name:ident { $($variants:tt)* }) => {
+        $(#[$doc])*
+        #[derive(
+            Debug,
+            Clone,
+            Copy,
+            PartialEq,
+            Eq,
+            Hash,
+            Serialize,
+            Deserialize,
+            strum::Display,
+            strum::EnumString,
+            strum::IntoStaticStr,
+            strum::VariantArray,
+        )]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+        #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+        pub enum $name { $($variants)* }
+
+        impl $name {
+            pub const ALL: &'static [$name] = <$name as strum::VariantArray>::VARIANTS;
+
+            /// The name the API, the database and Redis spell it with.
+            pub fn as_str(self) -> &'static str {
+                self.into()
+            }
+        }
+    };
+}
+
+status! {
+    pub enum OrderStatus {
+        Pending,
+        Created,
+        StockLocked,
+        AwaitingPayment,
+        Paid,
+        Failed,
+        Cancelled,
+        TimedOut,
+        RefundRequired,
+        Shipped,
+        Completed,
+        RefundRequested,
+        Refunded,
+    }
 }
 
 impl OrderStatus {
-    pub const ALL: &'static [OrderStatus] = <OrderStatus as strum::VariantArray>::VARIANTS;
-
-    /// The name the API, the database and Redis spell it with.
-    pub fn as_str(self) -> &'static str {
-        self.into()
-    }
-
     /// How far along its life an order is. The Redis read model only ever moves forward in rank,
     /// so a late or redelivered message cannot make an order look younger than it is.
     pub fn rank(self) -> u8 {
@@ -129,44 +142,20 @@ impl OrderStatus {
     }
 }
 
-/// Status of a payment row, and the payment an order shows: the intent while the order awaits
-/// payment, then what the provider's result did to it.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    strum::Display,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantArray,
-)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-pub enum PaymentStatus {
-    /// The intent, or a result received but not applied yet.
-    Pending,
-    Succeeded,
-    Failed,
-    /// A success for another amount than the order's: never pays it.
-    AmountMismatch,
-    /// A success on an order closed (or paid) already: the provider must refund it.
-    RefundRequired,
-    /// The provider gave the money back.
-    Refunded,
-}
-
-impl PaymentStatus {
-    pub const ALL: &'static [PaymentStatus] = <PaymentStatus as strum::VariantArray>::VARIANTS;
-
-    /// The name the API, the database and Redis spell it with.
-    pub fn as_str(self) -> &'static str {
-        self.into()
+status! {
+    /// Status of a payment row, and the payment an order shows: the intent while the order awaits
+    /// payment, then what the provider's result did to it.
+    pub enum PaymentStatus {
+        /// The intent, or a result received but not applied yet.
+        Pending,
+        Succeeded,
+        Failed,
+        /// A success for another amount than the order's: never pays it.
+        AmountMismatch,
+        /// A success on an order closed (or paid) already: the provider must refund it.
+        RefundRequired,
+        /// The provider gave the money back.
+        Refunded,
     }
 }
 
