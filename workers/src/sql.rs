@@ -156,13 +156,33 @@ pub fn insert(
     columns: &[&str],
     rows: Vec<Vec<Value>>,
 ) -> Statement {
-    if backend == DbBackend::Postgres {
-        match unnest(existing, table, columns, rows) {
+    let rows = match backend {
+        DbBackend::Postgres => match unnest(existing, table, columns, rows) {
             Ok(statement) => return statement,
-            Err(rows) => return values(backend, existing, table, columns, rows),
+            Err(rows) => rows,
+        },
+        _ => rows,
+    };
+    // `INSERT … VALUES (…), (…)`.
+    let mut q = Query::new(backend);
+    match existing {
+        Existing::Skip if backend != DbBackend::Postgres => q.push("INSERT IGNORE INTO "),
+        _ => q.push("INSERT INTO "),
+    };
+    q.push(table)
+        .push(" (")
+        .push(&columns.join(", "))
+        .push(") VALUES ");
+    for (i, row) in rows.into_iter().enumerate() {
+        if i > 0 {
+            q.push(", ");
         }
+        q.list(row);
     }
-    values(backend, existing, table, columns, rows)
+    if existing == Existing::Skip && backend == DbBackend::Postgres {
+        q.push(" ON CONFLICT DO NOTHING");
+    }
+    q.build()
 }
 
 /// The array type of a column's values and its PostgreSQL spelling; `None` for a null or a type
@@ -229,35 +249,6 @@ fn unnest(
         q.push(" ON CONFLICT DO NOTHING");
     }
     Ok(q.build())
-}
-
-/// `INSERT … VALUES (…), (…)`.
-fn values(
-    backend: DbBackend,
-    existing: Existing,
-    table: &str,
-    columns: &[&str],
-    rows: Vec<Vec<Value>>,
-) -> Statement {
-    let mut q = Query::new(backend);
-    match existing {
-        Existing::Skip if backend != DbBackend::Postgres => q.push("INSERT IGNORE INTO "),
-        _ => q.push("INSERT INTO "),
-    };
-    q.push(table)
-        .push(" (")
-        .push(&columns.join(", "))
-        .push(") VALUES ");
-    for (i, row) in rows.into_iter().enumerate() {
-        if i > 0 {
-            q.push(", ");
-        }
-        q.list(row);
-    }
-    if existing == Existing::Skip && backend == DbBackend::Postgres {
-        q.push(" ON CONFLICT DO NOTHING");
-    }
-    q.build()
 }
 
 #[cfg(test)]
