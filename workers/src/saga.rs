@@ -119,37 +119,37 @@ fn mirror_some<'a>(
     }
 }
 
-/// The next step's messages for `orders`; `message` builds one message of that step from a chunk.
-fn follow_up(
-    effects: &mut Effects,
-    message: fn(Vec<OrderEvent>) -> Message,
-    orders: Vec<&OrderRow>,
-) {
-    if orders.is_empty() {
-        return;
+impl Effects {
+    /// The next step's messages for `orders`; `message` builds one message of that step from a
+    /// chunk.
+    fn follow_up<'a>(
+        &mut self,
+        message: fn(Vec<OrderEvent>) -> Message,
+        orders: impl IntoIterator<Item = &'a OrderRow>,
+    ) {
+        let orders: Vec<&OrderRow> = orders.into_iter().collect();
+        for chunk in orders.chunks(store::CHUNK) {
+            self.publish
+                .push(message(chunk.iter().map(|o| o.event()).collect()));
+        }
     }
-    for chunk in orders.chunks(store::CHUNK) {
-        effects
-            .publish
-            .push(message(chunk.iter().map(|o| o.event()).collect()));
-    }
+}
+
+/// The orders of the batch in `status`.
+fn in_status(orders: &Orders, status: OrderStatus) -> impl Iterator<Item = &OrderRow> {
+    orders.values().filter(move |o| o.status == status)
 }
 
 async fn order_created(txn: &DatabaseTransaction, events: &[OrderEvent]) -> Result<Effects, DbErr> {
     let orders = store::insert_orders(txn, events).await?;
     let mut effects = Effects::default();
-    follow_up(
-        &mut effects,
+    effects.follow_up(
         |events| Message::LockInventory { events },
-        orders
-            .values()
-            .filter(|o| o.status == OrderStatus::Created)
-            .collect(),
+        in_status(&orders, OrderStatus::Created),
     );
-    follow_up(
-        &mut effects,
+    effects.follow_up(
         |events| Message::OrderTimeout { events },
-        orders.values().filter(|o| !o.status.is_final()).collect(),
+        orders.values().filter(|o| !o.status.is_final()),
     );
     mirror(&orders, &Shown::new(), &mut effects);
     Ok(effects)
@@ -199,19 +199,11 @@ async fn lock_inventory(
     ledger.flush(txn).await?;
     let short: Vec<&OrderRow> = short.iter().map(|id| &orders[id]).collect();
     let mut effects = Effects::default();
-    follow_up(
-        &mut effects,
+    effects.follow_up(
         |events| Message::PreparePayment { events },
-        orders
-            .values()
-            .filter(|o| o.status == OrderStatus::StockLocked)
-            .collect(),
+        in_status(&orders, OrderStatus::StockLocked),
     );
-    follow_up(
-        &mut effects,
-        |events| Message::InventoryCompensate { events },
-        short,
-    );
+    effects.follow_up(|events| Message::InventoryCompensate { events }, short);
     // `STOCK_LOCKED` is not written to the read model: `PREPARE_PAYMENT` follows at once and
     // writes `AWAITING_PAYMENT`, so a buyer sees `CREATED` a few milliseconds longer, and the
     // read model is rewritten twice per order on its way to payment instead of three times (a
@@ -324,13 +316,9 @@ async fn after_payment(
 async fn ship(txn: &DatabaseTransaction, events: &[OrderEvent]) -> Result<Effects, DbErr> {
     let orders = after_payment(txn, events, OrderStatus::Paid, OrderStatus::Shipped).await?;
     let mut effects = Effects::default();
-    follow_up(
-        &mut effects,
+    effects.follow_up(
         |events| Message::OrderAutoComplete { events },
-        orders
-            .values()
-            .filter(|o| o.status == OrderStatus::Shipped)
-            .collect(),
+        in_status(&orders, OrderStatus::Shipped),
     );
     mirror(&orders, &Shown::new(), &mut effects);
     Ok(effects)
