@@ -258,9 +258,7 @@ async fn item_page(config: &Config, args: ItemPageArgs) -> anyhow::Result<ExitCo
 }
 
 async fn baseline(config: &Config, args: BaselineArgs) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    crate::oha::ensure_installed().await?;
+    crate::oha::prepare(&args.out).await?;
     let b = crate::baseline::run(
         &config.redis_url,
         args.requests,

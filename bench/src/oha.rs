@@ -112,8 +112,14 @@ impl LoadStats {
     }
 }
 
+/// Before a run that writes into `out`: the directory made, and oha there.
+pub async fn prepare(out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    ensure_installed().await
+}
+
 /// Fails early, with the fix, when oha is missing.
-pub async fn ensure_installed() -> anyhow::Result<()> {
+async fn ensure_installed() -> anyhow::Result<()> {
     let found = tokio::process::Command::new("oha")
         .arg("--version")
         .stdout(Stdio::null())

@@ -5,7 +5,7 @@
 use crate::baseline;
 use crate::http::HttpClient;
 use crate::oha::{self, Body, Load, LoadStats};
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use http::StatusCode;
 use seckill_infra::Config;
 use seckill_schema::ItemId;
@@ -39,9 +39,7 @@ pub struct PageBench {
 }
 
 pub async fn run(config: &Config, opts: &PageOptions) -> anyhow::Result<PageBench> {
-    std::fs::create_dir_all(&opts.out)
-        .with_context(|| format!("creating {}", opts.out.display()))?;
-    oha::ensure_installed().await?;
+    oha::prepare(&opts.out).await?;
     let http = HttpClient::default();
     let item = match opts.item {
         Some(item) => item,

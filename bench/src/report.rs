@@ -121,9 +121,9 @@ fn row(name: &str, rps: f64, p50: Option<f64>, p99: Option<f64>) -> String {
     format!("  {name:<32} {rps:>10.1} {:>9} {:>9}", ms(p50), ms(p99))
 }
 
-/// The baseline's bare hyper server, as a [`row`].
-fn hyper_row(b: &Baseline, name: &str) -> String {
-    row(name, b.http.requests_per_sec, b.http.p50_ms, b.http.p99_ms)
+/// An oha run, as a [`row`].
+fn load_row(name: &str, s: &LoadStats) -> String {
+    row(name, s.requests_per_sec, s.p50_ms, s.p99_ms)
 }
 
 /// The baseline's redis-benchmark, as a [`row`].
@@ -145,7 +145,7 @@ pub fn baseline_table(b: &Baseline) -> String {
         b.requests, b.connections
     );
     let _ = writeln!(t, "{ROW}");
-    let _ = writeln!(t, "{}", hyper_row(b, "bare hyper server (oha)"));
+    let _ = writeln!(t, "{}", load_row("bare hyper server (oha)", &b.http));
     let _ = writeln!(t, "{}   {} purchases", redis_row(b), b.redis.purchases);
     t
 }
@@ -163,25 +163,10 @@ pub fn page_table(p: &crate::page::PageBench) -> String {
     let _ = writeln!(
         t,
         "{}   {}",
-        row(
-            "gateway GET /items/{id}",
-            g.requests_per_sec,
-            g.p50_ms,
-            g.p99_ms
-        ),
+        load_row("gateway GET /items/{id}", g),
         answers(g.status_codes.iter().map(|(k, n)| (k, *n)))
     );
-    let b = &p.bare;
-    let _ = writeln!(
-        t,
-        "{}",
-        row(
-            "bare hyper server GET (oha)",
-            b.requests_per_sec,
-            b.p50_ms,
-            b.p99_ms
-        )
-    );
+    let _ = writeln!(t, "{}", load_row("bare hyper server GET (oha)", &p.bare));
     if g.unanswered() > 0 {
         let _ = writeln!(t, "  unanswered: {}", g.unanswered());
     }
@@ -305,16 +290,7 @@ pub fn table(r: &Report) -> String {
             t,
             "against the baseline (same requests and connections)\n{ROW}   gateway at"
         );
-        let _ = writeln!(
-            t,
-            "{}",
-            row(
-                "gateway POST /seckill",
-                l.requests_per_sec,
-                l.p50_ms,
-                l.p99_ms
-            )
-        );
+        let _ = writeln!(t, "{}", load_row("gateway POST /seckill", l));
         if let Some(alone) = &b.gateway_alone {
             // Against its own ceiling: the bare server for the sold-out path, redis-benchmark
             // for the in-stock one.
@@ -326,19 +302,14 @@ pub fn table(r: &Report) -> String {
             let _ = writeln!(
                 t,
                 "{}   {}",
-                row(
-                    "  its path alone, workers paused",
-                    alone.requests_per_sec,
-                    alone.p50_ms,
-                    alone.p99_ms
-                ),
+                load_row("  its path alone, workers paused", alone),
                 ratio(alone.requests_per_sec, ceiling)
             );
         }
         let _ = writeln!(
             t,
             "{}   {}",
-            hyper_row(b, "bare hyper server"),
+            load_row("bare hyper server", &b.http),
             ratio(l.requests_per_sec, b.http.requests_per_sec)
         );
         let _ = writeln!(

@@ -55,9 +55,7 @@ pub struct SaleOptions {
 }
 
 pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<Report> {
-    std::fs::create_dir_all(&opts.out)
-        .with_context(|| format!("creating {}", opts.out.display()))?;
-    oha::ensure_installed().await?;
+    oha::prepare(&opts.out).await?;
     let http = HttpClient::default();
     let ready = http.get(&format!("{}/readyz", opts.gateway)).await;
     ensure!(
