@@ -101,7 +101,9 @@ trait Cached: Clone + Send + Sync + 'static {
     fn failed() -> Self;
     fn is_failure(&self) -> bool;
     /// Swept first when the cache is full: a scan of random ids must not push real items out.
-    fn is_negative(&self) -> bool;
+    fn is_negative(&self) -> bool {
+        false
+    }
 }
 
 impl Cached for Looked {
@@ -125,10 +127,6 @@ impl Cached for Listing {
 
     fn is_failure(&self) -> bool {
         matches!(self, Listing::Unavailable)
-    }
-
-    fn is_negative(&self) -> bool {
-        false
     }
 }
 
