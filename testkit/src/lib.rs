@@ -6,13 +6,16 @@
 //! - the gateway and the workers on a task of the test's own ([`ServerTask`]);
 //! - RabbitMQ's queues as a test sees them;
 //! - Redis, Sentinel and Redis Cluster processes of a test's own, for the tests that kill, pause,
-//!   wipe or fail over Redis.
+//!   wipe or fail over Redis;
+//! - a filesystem that loses what was not fsynced on a simulated power cut ([`LazyFs`]), for the
+//!   tests that prove acknowledged data survives losing power.
 //!
 //! Use it as a `[dev-dependencies]` entry only.
 
 mod broker;
 mod cluster;
 mod env;
+mod lazyfs;
 mod process;
 mod redis;
 mod resp;
@@ -23,6 +26,7 @@ mod wait;
 pub use broker::{bind_own_queue, queue_depth};
 pub use cluster::RedisCluster;
 pub use env::{Backend, TEST_MYSQL, TEST_POSTGRES, TestEnv, env_vars, wait_for_redis_state};
+pub use lazyfs::{LazyFs, LazyFsStats};
 pub use redis::{RedisOptions, RedisServer, free_port};
 pub use sentinel::Sentinel;
 pub use server::{ServerTask, Shutdown};
