@@ -170,7 +170,7 @@ pub async fn redis_purchase(
     ));
     let item = ItemId(1);
     let gene = gene_of_item(item);
-    let order = OrderId(Snowflake::new(0).next(gene));
+    let order = OrderId(Snowflake::new(0).next(gene)?);
     let scratch = vec![
         keys.item(item),
         keys.buyers(item),

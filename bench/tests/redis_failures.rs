@@ -587,7 +587,7 @@ async fn an_outcome_unknown_purchase_is_settled_by_get_once_redis_answers() {
         .await
         .expect("Redis");
     let scripts = Scripts::new(Keys::new(&stack.config().namespace));
-    let late = OrderId(Snowflake::new(1).next(gene_of_item(ItemId(ITEM))));
+    let late = OrderId(Snowflake::new(1).next(gene_of_item(ItemId(ITEM))).unwrap());
     let (status, body) = stack.get_order(3, late).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let request = PurchaseRequest {
@@ -603,7 +603,7 @@ async fn an_outcome_unknown_purchase_is_settled_by_get_once_redis_answers() {
         .expect("the script runs");
     assert_eq!(sold, Purchase::Void);
     // Someone else's GET of that id fences nothing of user 3's.
-    let other = OrderId(Snowflake::new(2).next(gene_of_item(ItemId(ITEM))));
+    let other = OrderId(Snowflake::new(2).next(gene_of_item(ItemId(ITEM))).unwrap());
     assert_eq!(stack.get_order(4, other).await.0, StatusCode::NOT_FOUND);
     let request = PurchaseRequest {
         order_id: other,

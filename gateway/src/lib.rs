@@ -69,9 +69,32 @@ impl Application {
             std::process::id(),
             rand::random::<u64>()
         );
+        let (stopper, shutdown) = Shutdown::new();
+        let recovery = Recovery::new(redis.clone(), scripts.clone(), &config.database_url, None);
+        // A free node lease starts above the node's newest id in the database.
+        let floor = {
+            let recovery = recovery.clone();
+            move || {
+                let recovery = recovery.clone();
+                async move { recovery.db().await.cloned() }
+            }
+        };
         let ids = match config.node_id {
             Some(n) => Arc::new(seckill_schema::snowflake::Snowflake::new(n)),
-            None => seckill_infra::lease::acquire(&scripts, &redis, &lease_token).await?,
+            None => {
+                let ids =
+                    seckill_infra::lease::acquire(&scripts, &redis, &lease_token, &floor).await?;
+                // Renewed from now on: the generator mints only while the lease is confirmed.
+                tokio::spawn(seckill_infra::lease::renew(
+                    scripts.clone(),
+                    redis.clone(),
+                    lease_token.clone(),
+                    ids.clone(),
+                    floor,
+                    shutdown.clone(),
+                ));
+                ids
+            }
         };
         let topology = Topology::of(&config);
         let publisher = Arc::new(Publisher::new(
@@ -86,7 +109,6 @@ impl Application {
         );
         let listener = seckill_infra::net::listen(config.http_addr)
             .with_context(|| format!("binding SECKILL_HTTP_ADDR={}", config.http_addr))?;
-        let (stopper, shutdown) = Shutdown::new();
         let durability = DurabilityWatch::spawn(
             redis.next().clone(),
             config.redis_durability,
@@ -98,7 +120,6 @@ impl Application {
         durability.check_now().await;
         let group_commit = (config.redis_durability == Durability::Replica)
             .then(|| GroupCommit::new(redis.next().clone(), replication::DEFAULT_TIMEOUT));
-        let recovery = Recovery::new(redis.clone(), scripts.clone(), &config.database_url, None);
         let changes =
             streams::Changes::subscribe(&config.redis_url, scripts.keys().order_changes()).await?;
         let parts = state::Parts {
@@ -147,15 +168,6 @@ impl Application {
                 token: format!("{}-g{gene}", self.lease_token),
             };
             relays.push(tokio::spawn(relay.run(jobs.clone())));
-        }
-        if state.config.node_id.is_none() {
-            tokio::spawn(seckill_infra::lease::renew(
-                state.scripts.clone(),
-                state.redis.clone(),
-                self.lease_token.clone(),
-                state.ids.clone(),
-                jobs.clone(),
-            ));
         }
         tokio::spawn(state.limiter.clone().run_cleanup(jobs.clone()));
         tokio::spawn(

@@ -109,6 +109,34 @@ async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
     Err(last.expect("at least one attempt")).context("applying migrations")
 }
 
+/// The newest millisecond at which an order id of `node` that the database holds was minted, among
+/// ids minted since `since_ms` (one range of the primary key). A node id's new holder starts above
+/// it, so that it never repeats a stored id, whatever its clock says.
+pub async fn newest_order_ms_of_node(
+    db: &DatabaseConnection,
+    node: u16,
+    since_ms: u64,
+) -> Result<Option<u64>, DbErr> {
+    use seckill_schema::snowflake::{
+        EPOCH_MS, GENE_BITS, MAX_NODE, NODE_BITS, SEQ_BITS, millis_of,
+    };
+    let node_shift = SEQ_BITS + GENE_BITS;
+    let lowest = since_ms.saturating_sub(EPOCH_MS) << (node_shift + NODE_BITS);
+    // Every value is a number of this process's, none a user's.
+    let sql = format!(
+        "SELECT MAX(id) AS id FROM {} WHERE id >= {lowest} AND ((id >> {node_shift}) & {MAX_NODE}) = {node}",
+        seckill_schema::entity::orders::TABLE,
+    );
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await?;
+    let newest: Option<i64> = match row {
+        Some(r) => r.try_get("", "id")?,
+        None => None,
+    };
+    Ok(newest.map(|id| millis_of(id as u64)))
+}
+
 /// Drops a database (tests and the bench's scratch runs).
 pub async fn drop_database(url: &str) -> anyhow::Result<()> {
     let (server, name, backend) = split_database_url(url)?;

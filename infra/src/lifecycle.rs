@@ -132,8 +132,9 @@ pub async fn main<S: Service>() -> anyhow::Result<()> {
     crate::telemetry::init_tracing();
     let config = Config::from_env()?;
     tracing::info!(?config, service = S::NAME, "starting");
-    let service = S::build(config).await?;
-    service.run(crate::telemetry::shutdown_signal()).await?;
+    // Boxed: the services' futures are deep types, and the binary's `main` need not nest them.
+    let service = Box::pin(S::build(config)).await?;
+    Box::pin(service.run(crate::telemetry::shutdown_signal())).await?;
     tracing::info!(service = S::NAME, "stopped");
     Ok(())
 }

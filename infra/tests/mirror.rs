@@ -101,7 +101,7 @@ impl Gene {
     }
 
     fn order_id(&self) -> OrderId {
-        OrderId(self.ids.next(gene_of_item(ITEM)))
+        OrderId(self.ids.next(gene_of_item(ITEM)).unwrap())
     }
 }
 

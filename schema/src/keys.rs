@@ -134,7 +134,7 @@ mod tests {
         let keys = Keys::new("t1");
         let item = ItemId(12345);
         let gene = gene_of_item(item);
-        let order = OrderId(crate::snowflake::Snowflake::new(3).next(gene));
+        let order = OrderId(crate::snowflake::Snowflake::new(3).next(gene).unwrap());
         let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
         assert_eq!(tag(&keys.order(order)), tag(&keys.item(item)));
         assert_eq!(tag(&keys.buyers(item)), tag(&keys.item(item)));

@@ -9,9 +9,15 @@
 //! One atomic word holds `(millis << 8) | sequence`; `next` is a CAS loop, so it is lock-free, ids
 //! are strictly increasing per generator, and when the clock steps back the generator keeps counting
 //! from where it was instead of repeating (it borrows from the future until the clock catches up).
+//!
+//! A generator on a leased node id is *fenced*: it mints only until a deadline on the process's
+//! monotonic clock, which each confirmed renewal of the lease moves forward. A process that cannot
+//! renew (Redis unreachable, or the process paused) stops minting before its lease could pass to
+//! another process, so two processes never mint on one node id at once.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// 2024-01-01T00:00:00Z.
 pub const EPOCH_MS: u64 = 1_704_067_200_000;
@@ -31,20 +37,61 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds on this process's monotonic clock (since its first reading).
+pub fn monotonic_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// The generator's node lease is not known to be its own now: no id was minted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the snowflake node id's lease is not confirmed: no id is minted until it is")]
+pub struct Fenced;
+
 #[derive(Debug)]
 pub struct Snowflake {
     node: AtomicU64,
     /// `(millis since EPOCH_MS) << SEQ_BITS | sequence` of the last id handed out.
     last: AtomicU64,
+    /// Ids are minted while [`monotonic_ms`] is below this.
+    minting_until: AtomicU64,
 }
 
 impl Snowflake {
+    /// A generator on a node id of its own for good (`SECKILL_NODE_ID`): never fenced.
     pub fn new(node: u16) -> Self {
+        Snowflake::with_fence(node, u64::MAX)
+    }
+
+    /// A generator on a leased node id: it mints nothing until [`Snowflake::confirm_until`].
+    pub fn fenced(node: u16) -> Self {
+        Snowflake::with_fence(node, 0)
+    }
+
+    fn with_fence(node: u16, minting_until: u64) -> Self {
         assert!(node <= MAX_NODE, "node id {node} is over {MAX_NODE}");
         Snowflake {
             node: AtomicU64::new(node as u64),
             last: AtomicU64::new(0),
+            minting_until: AtomicU64::new(minting_until),
         }
+    }
+
+    /// The lease is confirmed: mint until `confirmed_at` (a [`monotonic_ms`] read before the
+    /// confirmation was asked for) plus `fence`.
+    pub fn confirm_until(&self, confirmed_at: u64, fence: Duration) {
+        let until = confirmed_at.saturating_add(fence.as_millis() as u64);
+        self.minting_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Stops minting at once (the lease was found taken by another process).
+    pub fn fence_now(&self) {
+        self.minting_until.store(0, Ordering::Release);
+    }
+
+    /// Whether an id would be minted now.
+    pub fn is_minting(&self) -> bool {
+        monotonic_ms() < self.minting_until.load(Ordering::Acquire)
     }
 
     pub fn node(&self) -> u16 {
@@ -70,7 +117,13 @@ impl Snowflake {
         (self.last.load(Ordering::Acquire) >> SEQ_BITS) + EPOCH_MS
     }
 
-    pub fn next(&self, gene: u8) -> u64 {
+    /// The next id, with `gene` in its low bits; [`Fenced`] while the node's lease is not
+    /// confirmed.
+    pub fn next(&self, gene: u8) -> Result<u64, Fenced> {
+        let until = self.minting_until.load(Ordering::Acquire);
+        if until != u64::MAX && monotonic_ms() >= until {
+            return Err(Fenced);
+        }
         let now = now_ms().saturating_sub(EPOCH_MS) << SEQ_BITS;
         let mut cur = self.last.load(Ordering::Acquire);
         loop {
@@ -79,7 +132,7 @@ impl Snowflake {
                 .last
                 .compare_exchange_weak(cur, cand, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return self.compose(cand, gene),
+                Ok(_) => return Ok(self.compose(cand, gene)),
                 Err(actual) => cur = actual,
             }
         }
@@ -119,7 +172,7 @@ mod tests {
     fn fields_round_trip() {
         let g = Snowflake::new(913);
         let before = now_ms();
-        let id = g.next(11);
+        let id = g.next(11).unwrap();
         assert_eq!(gene_of(id), 11);
         assert_eq!(node_of(id), 913);
         assert!(millis_of(id) >= before && millis_of(id) <= now_ms() + 1);
@@ -136,7 +189,7 @@ mod tests {
                     let mut prev = 0;
                     let mut ids = Vec::with_capacity(50_000);
                     for i in 0..50_000u32 {
-                        let id = g.next(((t + i) % 16) as u8);
+                        let id = g.next(((t + i) % 16) as u8).unwrap();
                         // the time+sequence part never goes back within a thread
                         assert!(id >> GENE_BITS > prev);
                         prev = id >> GENE_BITS;
@@ -160,9 +213,23 @@ mod tests {
         let g = Snowflake::new(5);
         let future = now_ms() + 60_000;
         g.start_after(future);
-        let id = g.next(0);
+        let id = g.next(0).unwrap();
         assert!(millis_of(id) > future);
-        let id2 = g.next(0);
+        let id2 = g.next(0).unwrap();
         assert!(id2 > id);
+    }
+
+    #[test]
+    fn a_leased_generator_mints_only_while_its_lease_is_confirmed() {
+        let g = Snowflake::fenced(9);
+        assert_eq!(g.next(0), Err(Fenced));
+        g.confirm_until(monotonic_ms(), Duration::from_secs(60));
+        assert!(g.next(0).is_ok());
+        g.fence_now();
+        assert_eq!(g.next(0), Err(Fenced));
+        // A confirmation that has run out mints nothing.
+        g.confirm_until(monotonic_ms(), Duration::ZERO);
+        assert_eq!(g.next(0), Err(Fenced));
+        assert!(Snowflake::new(9).next(0).is_ok());
     }
 }

@@ -252,7 +252,11 @@ async fn a_crash_between_redis_and_the_database_is_repaired_once(backend: Backen
 
     // A gateway that crashed right after the Redis half of a restock.
     let scripts = Scripts::new(stack.keys.clone());
-    let id = AdjustmentId(Snowflake::new(1000).next(gene_of_item(ItemId(ITEM))));
+    let id = AdjustmentId(
+        Snowflake::new(1000)
+            .next(gene_of_item(ItemId(ITEM)))
+            .unwrap(),
+    );
     let adj = PendingAdjustment {
         item: ItemId(ITEM),
         delta: 5,
@@ -370,7 +374,7 @@ async fn a_rebuild_counts_the_pending_adjustments(backend: Backend) {
         .await;
     let scripts = Scripts::new(stack.keys.clone());
     let gene = gene_of_item(ItemId(ITEM));
-    let id = AdjustmentId(Snowflake::new(1001).next(gene));
+    let id = AdjustmentId(Snowflake::new(1001).next(gene).unwrap());
     let adj = PendingAdjustment {
         item: ItemId(ITEM),
         delta: 4,

@@ -79,7 +79,14 @@ pub async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
             "a Redis that keeps what SECKILL_REDIS_DURABILITY promises",
         ));
     }
-    let order_id = OrderId(state.ids.next(seckill_schema::keys::gene_of_item(item)));
+    let order_id = OrderId(
+        state
+            .ids
+            .next(seckill_schema::keys::gene_of_item(item))
+            .map_err(|_| {
+                ApiError::Unavailable("a confirmed snowflake node id (its lease in Redis)")
+            })?,
+    );
     // A static level check first: looking up the current span costs more than nothing.
     if tracing::enabled!(tracing::Level::DEBUG) {
         let span = tracing::Span::current();

@@ -175,7 +175,9 @@ async fn adjust(
     reason: String,
 ) -> Result<(), ApiError> {
     let item_id = ItemId(item.id as u64);
-    let id = AdjustmentId(state.ids.next(gene_of_item(item_id)));
+    let id = AdjustmentId(state.ids.next(gene_of_item(item_id)).map_err(|_| {
+        ApiError::Unavailable("a confirmed snowflake node id (its lease in Redis)")
+    })?);
     let adj = PendingAdjustment {
         item: item_id,
         delta,
