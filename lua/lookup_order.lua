@@ -7,14 +7,31 @@
 -- gateway whose clock runs ahead (an id "from the future") is recent too, so no clock skew makes
 -- a "no such order" answer untrue.
 --
+-- A record of another epoch than the gene's (its state was rebuilt since, after a failover to a
+-- replica that missed writes) is trusted only while it says PENDING, an order on its way to the
+-- database: of any later status the database is the record, and the caller reads it there.
+--
 -- KEYS[1] order hash, KEYS[2] its void key, KEYS[3] the gene's state hash
 -- ARGV: user id, void ttl (s), the id's minted ms ('0': never void), in-flight window (ms)
 -- Returns {0, fields...} with the record, {1} when there is none, {2} while the gene is recovering.
 local rec = redis.call('HGETALL', KEYS[1])
+local ready = redis.call('HGET', KEYS[3], 'ready')
 if #rec > 0 then
-  return {0, rec}
+  local epoch, status
+  for i = 1, #rec, 2 do
+    if rec[i] == R_EPOCH then
+      epoch = rec[i + 1]
+    elseif rec[i] == R_STATUS then
+      status = rec[i + 1]
+    end
+  end
+  if epoch == ready or status == 'PENDING' or not ready then
+    return {0, rec}
+  end
+  -- A stale record of a stored order: the database tells.
+  return {1}
 end
-if not redis.call('HGET', KEYS[3], 'ready') then
+if not ready then
   return {2}
 end
 local minted = tonumber(ARGV[3])

@@ -27,7 +27,9 @@
 --   shape 6 more: user, item, quantity, amount, created ms, mode: 'r' holds stock and may be
 --   refused, 'h' holds stock, 'n' holds none
 -- Returns {-1} while the gene is recovering, else one value per order: 1 counted, 0 refused,
--- 2 send it in the full shape.
+-- 2 send it in the full shape; then the gene's write generation (`gen` of its state hash), which
+-- a call that may write moves forward: the workers record it in the database, and a Redis found
+-- below what the database recorded (a replica that missed writes) is rebuilt.
 local epoch = redis.call('HGET', KEYS[1], 'ready')
 if not epoch then
   return {-1}
@@ -45,6 +47,7 @@ if ARGV[2] == 'v' then
       out[i - 1] = 1
     end
   end
+  out[#out + 1] = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
   return out
 end
 local full = ARGV[2] == 'f'
@@ -118,4 +121,5 @@ for i = 1, n do
   end
   out[i] = result
 end
+out[#out + 1] = redis.call('HINCRBY', KEYS[1], 'gen', 1)
 return out

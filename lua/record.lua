@@ -1,5 +1,5 @@
 -- The order record's field names (the hash at Keys::order), named once for every script that
--- writes or reads it: prepended to them by schema/src/scripts.rs. Rust decodes the record by the
+-- writes or reads it: prepended to them by infra/src/scripts/. Rust decodes the record by the
 -- same names (schema/src/record.rs, `record::field`), and a test there holds the two together.
 -- Locals, not a table: nothing is built per call.
 local R_USER = 'user'

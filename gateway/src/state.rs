@@ -35,7 +35,7 @@ pub struct State {
     /// Rebuilds what Redis lost from the database.
     pub recovery: Arc<Recovery>,
     /// In `replica` mode: a `202` waits for a replica to take the purchase.
-    pub group_commit: Option<Arc<crate::replication::GroupCommit>>,
+    pub group_commit: Option<Arc<seckill_infra::replication::GroupCommit>>,
     /// The public catalog (`GET /items`), read from Redis and the database once a second at most.
     pub catalog: crate::catalog::Catalog,
     /// The order event streams open on this gateway (`GET /orders/{id}/events`).
@@ -51,7 +51,7 @@ pub struct Parts {
     pub metrics: PrometheusHandle,
     pub durability: DurabilityWatch,
     pub recovery: Arc<Recovery>,
-    pub group_commit: Option<Arc<crate::replication::GroupCommit>>,
+    pub group_commit: Option<Arc<seckill_infra::replication::GroupCommit>>,
 }
 
 impl State {

@@ -137,6 +137,58 @@ pub async fn newest_order_ms_of_node(
     Ok(newest.map(|id| millis_of(id as u64)))
 }
 
+/// The write generation each gene's Redis state reached as the workers saw it (see
+/// `seckill_schema::entity::redis_generations`).
+pub async fn redis_generations(
+    db: &DatabaseConnection,
+) -> Result<std::collections::BTreeMap<u8, u64>, DbErr> {
+    use sea_orm::EntityTrait;
+    use seckill_schema::entity::redis_generations;
+    Ok(redis_generations::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .filter_map(|r| {
+            Some((
+                u8::try_from(r.gene).ok()?,
+                u64::try_from(r.generation).ok()?,
+            ))
+        })
+        .collect())
+}
+
+/// Records that each gene's Redis state reached at least these generations (never moves one
+/// back).
+pub async fn record_redis_generations(
+    db: &DatabaseConnection,
+    generations: &std::collections::BTreeMap<u8, u64>,
+) -> Result<(), DbErr> {
+    if generations.is_empty() {
+        return Ok(());
+    }
+    let backend = db.get_database_backend();
+    let rows: Vec<String> = generations
+        .iter()
+        .map(|(gene, generation)| format!("({gene}, {generation})"))
+        .collect();
+    let table = seckill_schema::entity::redis_generations::TABLE;
+    // Numbers of this process's only, none a user's.
+    let sql = match backend {
+        DbBackend::Postgres => format!(
+            "INSERT INTO {table} (gene, generation) VALUES {} ON CONFLICT (gene) DO UPDATE \
+             SET generation = GREATEST({table}.generation, EXCLUDED.generation)",
+            rows.join(", ")
+        ),
+        _ => format!(
+            "INSERT INTO {table} (gene, generation) VALUES {} ON DUPLICATE KEY UPDATE \
+             generation = GREATEST(generation, VALUES(generation))",
+            rows.join(", ")
+        ),
+    };
+    db.execute_raw(Statement::from_string(backend, sql)).await?;
+    Ok(())
+}
+
 /// Drops a database (tests and the bench's scratch runs).
 pub async fn drop_database(url: &str) -> anyhow::Result<()> {
     let (server, name, backend) = split_database_url(url)?;

@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod net;
 pub mod recovery;
 pub mod redis;
+pub mod replication;
 pub mod scripts;
 pub mod stock;
 pub mod telemetry;

@@ -38,6 +38,8 @@ use tokio::sync::OnceCell;
 
 /// How often the watcher looks at every gene's marker.
 pub const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// How often the watcher compares Redis's write generations with the database's.
+const STALE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// A rebuild lock outlives a crashed rebuilder by this much.
 const LOCK_TTL: Duration = Duration::from_secs(60);
 /// Ids per `IN (…)` list.
@@ -109,7 +111,12 @@ impl Recovery {
         let mut ticks = Every::now(WATCH_EVERY, stop);
         let mut failing = false;
         let mut lost: BTreeMap<u8, Instant> = BTreeMap::new();
+        let mut stale_checked = Instant::now() - STALE_CHECK_EVERY;
         while ticks.tick().await {
+            if stale_checked.elapsed() >= STALE_CHECK_EVERY {
+                stale_checked = Instant::now();
+                self.mark_stale_genes().await;
+            }
             let genes = match self.genes_not_ready().await {
                 Ok(g) => g,
                 // Redis unreachable: nothing to rebuild into; the clients report it.
@@ -156,6 +163,44 @@ impl Recovery {
                     slowest_ms = rebuilt.iter().map(|(_, ms)| *ms).max().unwrap_or(0),
                     "rebuilt Redis's state from the database"
                 );
+            }
+        }
+    }
+
+    /// Finds genes whose Redis state is older than what the database recorded of it (a failover
+    /// to a replica that missed writes, or a restore of an old file) and marks them not ready, so
+    /// that they are rebuilt from the database like a gene Redis lost. The database is read first:
+    /// Redis's generation only grows (the workers record a generation after Redis reached it), so
+    /// a Redis below the database's reading is stale, never merely ahead of the reading.
+    async fn mark_stale_genes(&self) {
+        // The gateway connects on first need; a database not there yet has recorded nothing.
+        let Ok(db) = self.db().await else { return };
+        let Ok(recorded) = crate::db::redis_generations(db).await else {
+            return;
+        };
+        if recorded.is_empty() {
+            return;
+        }
+        let client = self.redis.next();
+        for (gene, db_generation) in recorded {
+            let key = self.scripts.keys().state(gene);
+            let Ok((ready, generation)) = client
+                .hmget::<(Option<String>, Option<u64>), _, _>(&key, vec!["ready", "gen"])
+                .await
+            else {
+                return;
+            };
+            let redis_generation = generation.unwrap_or(0);
+            if ready.is_some() && redis_generation < db_generation {
+                tracing::error!(
+                    gene,
+                    redis_generation,
+                    db_generation,
+                    "Redis holds an older state of this hash tag than the database saw it reach \
+                     (a failover to a replica that missed writes): rebuilding it from the database"
+                );
+                metrics::counter!("seckill_redis_stale_total").increment(1);
+                let _: Result<i64, _> = client.hdel(&key, "ready").await;
             }
         }
     }
@@ -220,6 +265,12 @@ impl Recovery {
                 }
             })
             .collect();
+        let generation = crate::db::redis_generations(db)
+            .await
+            .context("reading the recorded write generations")?
+            .get(&gene)
+            .copied()
+            .unwrap_or(0);
         let (items, orders) = read_gene(db, gene, &pending).await?;
         for item in &items {
             if !self.scripts.rebuild_item(client, token, item).await? {
@@ -236,7 +287,7 @@ impl Recovery {
         let ids: Vec<ItemId> = items.iter().map(|i| i.item).collect();
         if !self
             .scripts
-            .rebuild_done(client, gene, token, epoch, &ids)
+            .rebuild_done(client, gene, token, epoch, generation, &ids)
             .await?
         {
             return Ok(Rebuilt::LostLock);

@@ -141,7 +141,7 @@ async fn moves_take_the_short_shape_and_lost_records_are_adopted_or_refused() {
         // Lost too, but its buyer (3) is at the limit: refused, nothing taken.
         update(event(refused, 3), OrderStatus::Created, None),
     ];
-    let first = sorted(scripts.mirror(redis.next(), &updates).await.unwrap());
+    let first = sorted(scripts.mirror(redis.next(), &updates).await.unwrap().orders);
     assert_eq!(
         first,
         vec![
@@ -177,7 +177,7 @@ async fn moves_take_the_short_shape_and_lost_records_are_adopted_or_refused() {
 
     // Again (a redelivery): the adopted record is this epoch's now, so nothing is taken twice;
     // the refused order stays refused.
-    let again = sorted(scripts.mirror(redis.next(), &updates).await.unwrap());
+    let again = sorted(scripts.mirror(redis.next(), &updates).await.unwrap().orders);
     assert_eq!(again, first);
     assert_eq!(remaining(redis, keys).await, 4);
     assert_eq!(held(redis, keys, 2).await, Some(1));
@@ -190,7 +190,7 @@ async fn moves_take_the_short_shape_and_lost_records_are_adopted_or_refused() {
     let _: i64 = redis.hdel(keys.buyers(ITEM), "2").await.unwrap();
     let moved = vec![update(event(lost, 2), OrderStatus::AwaitingPayment, None)];
     assert_eq!(
-        scripts.mirror(redis.next(), &moved).await.unwrap(),
+        scripts.mirror(redis.next(), &moved).await.unwrap().orders,
         vec![(lost, Mirrored::Counted)]
     );
     let l = record(redis, keys, lost).await;
@@ -232,7 +232,7 @@ async fn created_is_verified_not_written() {
     ];
     assert!(updates.iter().all(|u| !u.writes()));
     assert_eq!(
-        sorted(scripts.mirror(redis.next(), &updates).await.unwrap()),
+        sorted(scripts.mirror(redis.next(), &updates).await.unwrap().orders),
         vec![
             (counted, Mirrored::Counted),
             (refused, Mirrored::Refused),

@@ -13,9 +13,10 @@ use anyhow::Context;
 use runner::Runtime;
 use seckill_infra::Config;
 use seckill_infra::broker::{Publisher, Topology};
-use seckill_infra::durability::DurabilityWatch;
+use seckill_infra::durability::{Durability, DurabilityWatch};
 use seckill_infra::lifecycle::{Shutdown, Stopper};
 use seckill_infra::recovery::Recovery;
+use seckill_infra::replication::GroupCommit;
 use seckill_infra::scripts::Scripts;
 use seckill_schema::{Keys, Kind};
 use std::future::Future;
@@ -67,6 +68,9 @@ impl Workers {
             seckill_infra::durability::WATCH_INTERVAL,
             shutdown.clone(),
         );
+        let writer = redis.next().clone();
+        let group_commit = (config.redis_durability == Durability::Replica)
+            .then(|| GroupCommit::new(writer.clone(), seckill_infra::replication::DEFAULT_TIMEOUT));
         let recovery = Recovery::new(
             redis.clone(),
             scripts.clone(),
@@ -83,6 +87,8 @@ impl Workers {
                 topology,
                 recovery,
                 durability,
+                writer,
+                group_commit,
             }),
             stopper,
             shutdown,

@@ -14,7 +14,8 @@ use sea_orm::DatabaseConnection;
 use seckill_infra::Config;
 use seckill_infra::broker::{self, Publisher, Topology};
 use seckill_infra::lifecycle::Shutdown;
-use seckill_infra::scripts::{Mirrored, Released, Scripts, StatusUpdate};
+use seckill_infra::scripts::{Generations, Mirrored, Released, Scripts, StatusUpdate};
+use seckill_schema::keys::gene_of_item;
 use seckill_schema::record::OrderChange;
 use seckill_schema::{Kind, Message, OrderId};
 use std::collections::HashSet;
@@ -41,6 +42,11 @@ pub struct Runtime {
     pub recovery: Arc<seckill_infra::recovery::Recovery>,
     /// What Redis promises of an accepted order, re-read every few seconds and by `/readyz`.
     pub durability: seckill_infra::durability::DurabilityWatch,
+    /// The connection the workers' Redis writes (read model, units back) go through, and in
+    /// `replica` mode the `WAIT` on it that confirms them before a message is acked: the workers'
+    /// writes are as durable as the mode promises, like a purchase.
+    pub writer: fred::prelude::Client,
+    pub group_commit: Option<Arc<seckill_infra::replication::GroupCommit>>,
 }
 
 enum Failure {
@@ -297,7 +303,8 @@ impl Runtime {
     /// The effects of a committed batch: the Redis read model, units back in Redis, and the next
     /// messages, confirmed. Every step is idempotent, so a failure here re-runs the whole batch.
     async fn apply(&self, mut effects: Effects) -> anyhow::Result<()> {
-        let client = self.redis.next();
+        let client = &self.writer;
+        let mut generations = Generations::default();
         // All at once: the client pipelines them, where awaiting each in turn made a batch of
         // 1,000 timeouts wait on 1,000 round trips in series.
         let closing: Vec<_> = effects
@@ -312,7 +319,8 @@ impl Runtime {
         )
         .await
         .context("returning units to Redis")?;
-        for ((order, _), outcome) in closing.iter().zip(released) {
+        for ((order, _), (outcome, generation)) in closing.iter().zip(released) {
+            generations.saw(gene_of_item(order.item_id), generation);
             if outcome == Released::UnknownOrder {
                 // Redis lost the order's record and its units with it (a rebuild counts the
                 // database's live orders only): nothing to give back, but worth knowing.
@@ -325,7 +333,12 @@ impl Runtime {
             .mirror(client, &effects.statuses)
             .await
             .context("updating the read model")?;
+        for (gene, generation) in &mirrored.generations.0 {
+            generations.saw(*gene, *generation);
+        }
+        self.confirm(&generations).await?;
         let refused: HashSet<OrderId> = mirrored
+            .orders
             .into_iter()
             .filter(|(_, m)| *m == Mirrored::Refused)
             .map(|(id, _)| id)
@@ -355,6 +368,30 @@ impl Runtime {
             .publish_all(&effects.publish)
             .await
             .context("publishing follow-ups")?;
+        Ok(())
+    }
+
+    /// Makes the batch's Redis writes as durable as the mode promises (in `replica` mode, a
+    /// replica of each touched gene's server confirms them), then records the generations they
+    /// reached in the database, which notices a Redis that later comes back without them.
+    async fn confirm(&self, generations: &Generations) -> anyhow::Result<()> {
+        if generations.is_empty() {
+            return Ok(());
+        }
+        if let Some(commit) = &self.group_commit {
+            let keys = self.scripts.keys();
+            futures_util::future::try_join_all(
+                generations
+                    .0
+                    .keys()
+                    .map(|gene| async move { commit.replicated_for(&keys.state(*gene)).await }),
+            )
+            .await
+            .context("no Redis replica confirmed the read model's writes")?;
+        }
+        seckill_infra::db::record_redis_generations(&self.db, &generations.0)
+            .await
+            .context("recording Redis's write generations")?;
         Ok(())
     }
 

@@ -93,6 +93,7 @@ mod tests {
             super::MIRROR,
             super::RELEASE,
             super::REBUILD_ORDERS,
+            super::LOOKUP_ORDER,
         ] {
             assert!(script.starts_with(include_str!("../../../lua/record.lua")));
         }

@@ -18,7 +18,10 @@ pub const MIRROR: &str = concat!(
     include_str!("../../../lua/record.lua"),
     include_str!("../../../lua/mirror.lua")
 );
-pub const LOOKUP_ORDER: &str = include_str!("../../../lua/lookup_order.lua");
+pub const LOOKUP_ORDER: &str = concat!(
+    include_str!("../../../lua/record.lua"),
+    include_str!("../../../lua/lookup_order.lua")
+);
 
 /// How long a "no such order" answer fences a purchase of that id still in flight.
 pub const VOID_TTL_SECS: u64 = 600;
@@ -121,14 +124,40 @@ pub enum Lookup {
     Recovering,
 }
 
+/// The newest write generation of each gene's Redis state that a caller saw its own writes reach
+/// (see `lua/mirror.lua`): what the workers record in the database.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Generations(pub std::collections::BTreeMap<u8, u64>);
+
+impl Generations {
+    pub fn saw(&mut self, gene: u8, generation: u64) {
+        if generation > 0 {
+            let g = self.0.entry(gene).or_default();
+            *g = (*g).max(generation);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What a mirror did: per order, what Redis made of it, and the generations its writes reached.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    pub orders: Vec<(OrderId, Mirrored)>,
+    pub generations: Generations,
+}
+
 impl Scripts {
-    /// Closes an order in the read model and gives its units back to Redis, once.
+    /// Closes an order in the read model and gives its units back to Redis, once. Answers what it
+    /// did and the gene's write generation its call reached (0 when it touched nothing).
     pub async fn release(
         &self,
         client: &Client,
         order: &OrderEvent,
         status: OrderStatus,
-    ) -> Result<Released, ScriptError> {
+    ) -> Result<(Released, u64), ScriptError> {
         let k = &self.keys;
         let keys = vec![
             k.item(order.item_id),
@@ -144,14 +173,19 @@ impl Scripts {
             status.rank().to_string(),
             now_ms().to_string(),
         ];
-        let n: i64 = self.release.evalsha_with_reload(client, keys, args).await?;
-        Ok(match n {
+        let reply: Vec<i64> = self.release.evalsha_with_reload(client, keys, args).await?;
+        let bad = || BadScriptReply(format!("release answered {reply:?}"));
+        let (&[n, generation] | &[n, generation, ..]) = reply.as_slice() else {
+            return Err(bad().into());
+        };
+        let released = match n {
             1 => Released::Returned,
             0 => Released::AlreadyReturned,
             -1 => Released::UnknownOrder,
             -2 => return Err(ScriptError::Recovering(gene_of_item(order.item_id))),
-            _ => return Err(BadScriptReply(format!("release answered {n}")).into()),
-        })
+            _ => return Err(bad().into()),
+        };
+        Ok((released, u64::try_from(generation).map_err(|_| bad())?))
     }
 
     /// Mirrors orders' statuses into the read model, one script call per hash slot, adopting the
@@ -163,7 +197,7 @@ impl Scripts {
         &self,
         client: &Client,
         updates: &[StatusUpdate],
-    ) -> Result<Vec<(OrderId, Mirrored)>, ScriptError> {
+    ) -> Result<Mirror, ScriptError> {
         let mut by_gene: std::collections::BTreeMap<(u8, Shape), Vec<&StatusUpdate>> =
             Default::default();
         for u in updates {
@@ -179,9 +213,12 @@ impl Scripts {
         }
         let now = now_ms().to_string();
         let mut out = Vec::with_capacity(updates.len());
+        let mut generations = Generations::default();
         for ((gene, shape), group) in by_gene {
             for chunk in group.chunks(500) {
-                let first = self.mirror_call(client, gene, &now, chunk, shape).await?;
+                let (first, generation) =
+                    self.mirror_call(client, gene, &now, chunk, shape).await?;
+                generations.saw(gene, generation);
                 let mut again = Vec::new();
                 for (u, r) in chunk.iter().zip(first) {
                     match r {
@@ -192,9 +229,10 @@ impl Scripts {
                 if again.is_empty() {
                     continue;
                 }
-                let full = self
+                let (full, generation) = self
                     .mirror_call(client, gene, &now, &again, Shape::Full)
                     .await?;
+                generations.saw(gene, generation);
                 for (u, r) in again.iter().zip(full) {
                     let m = r.ok_or_else(|| {
                         BadScriptReply("mirror asked for the full shape of a full call".into())
@@ -203,11 +241,15 @@ impl Scripts {
                 }
             }
         }
-        Ok(out)
+        Ok(Mirror {
+            orders: out,
+            generations,
+        })
     }
 
     /// One call of `lua/mirror.lua` for orders of one gene, in one of its shapes: per order, what
-    /// Redis made of it, or `None` when it wants the order in the full shape.
+    /// Redis made of it, or `None` when it wants the order in the full shape; and the gene's write
+    /// generation after the call.
     async fn mirror_call(
         &self,
         client: &Client,
@@ -215,7 +257,7 @@ impl Scripts {
         now: &str,
         chunk: &[&StatusUpdate],
         shape: Shape,
-    ) -> Result<Vec<Option<Mirrored>>, ScriptError> {
+    ) -> Result<(Vec<Option<Mirrored>>, u64), ScriptError> {
         let (stride, width) = match shape {
             Shape::Verify => (1, 0),
             Shape::Short => (1, 6),
@@ -254,19 +296,20 @@ impl Scripts {
                 args.push(Holding::of(u.status).code().to_owned());
             }
         }
-        let reply: Vec<i64> = self.mirror.evalsha_with_reload(client, keys, args).await?;
+        let mut reply: Vec<i64> = self.mirror.evalsha_with_reload(client, keys, args).await?;
         if reply.first() == Some(&-1) {
             return Err(ScriptError::Recovering(gene));
         }
-        if reply.len() != chunk.len() {
+        if reply.len() != chunk.len() + 1 {
             return Err(BadScriptReply(format!(
-                "mirror answered {} results for {} orders",
+                "mirror answered {} values for {} orders and the generation",
                 reply.len(),
                 chunk.len()
             ))
             .into());
         }
-        reply
+        let generation = reply.pop().and_then(|g| u64::try_from(g).ok()).unwrap_or(0);
+        let results = reply
             .into_iter()
             .map(|r| match r {
                 0 => Ok(Some(Mirrored::Refused)),
@@ -274,7 +317,8 @@ impl Scripts {
                 2 if shape != Shape::Full => Ok(None),
                 r => Err(BadScriptReply(format!("mirror answered {r} for an order")).into()),
             })
-            .collect()
+            .collect::<Result<Vec<_>, ScriptError>>()?;
+        Ok((results, generation))
     }
 
     /// Reads an order's record for `user`; with `may_void`, a missing id minted within

@@ -180,17 +180,19 @@ impl Scripts {
         Ok(true)
     }
 
-    /// Marks a rebuilt gene ready at `epoch` with its items, and releases the lock.
+    /// Marks a rebuilt gene ready at `epoch` with its items and the database's write generation,
+    /// and releases the lock.
     pub async fn rebuild_done(
         &self,
         client: &Client,
         gene: u8,
         token: &str,
         epoch: u64,
+        generation: u64,
         items: &[ItemId],
     ) -> Result<bool, ScriptError> {
         let keys = vec![self.keys.rebuild_lock(gene), self.keys.state(gene)];
-        let mut args = vec![token.to_owned(), epoch.to_string()];
+        let mut args = vec![token.to_owned(), epoch.to_string(), generation.to_string()];
         args.extend(items.iter().map(|i| i.0.to_string()));
         let n: i64 = self
             .rebuild_done

@@ -5,6 +5,7 @@ pub mod inventory_history;
 pub mod items;
 pub mod orders;
 pub mod payments;
+pub mod redis_generations;
 
 #[cfg(test)]
 mod tests {
@@ -18,6 +19,10 @@ mod tests {
         assert_eq!(
             super::inventory_history::Entity.table_name(),
             super::inventory_history::TABLE
+        );
+        assert_eq!(
+            super::redis_generations::Entity.table_name(),
+            super::redis_generations::TABLE
         );
     }
 }

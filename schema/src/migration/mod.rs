@@ -7,6 +7,7 @@ mod m0002_after_sale;
 mod m0003_lean_indexes;
 mod m0004_hot_order_moves;
 mod m0005_lean_steps;
+mod m0006_redis_generations;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_lean_indexes::Migration),
             Box::new(m0004_hot_order_moves::Migration),
             Box::new(m0005_lean_steps::Migration),
+            Box::new(m0006_redis_generations::Migration),
         ]
     }
 }

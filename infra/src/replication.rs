@@ -21,13 +21,13 @@ use tokio::sync::{broadcast, oneshot};
 
 /// How long a `WAIT` may block for a replica in production. Purchases sent behind a `WAIT` wait
 /// for it on the same connection, so this must stay well below
-/// [`seckill_infra::redis::COMMAND_TIMEOUT`].
+/// [`crate::redis::COMMAND_TIMEOUT`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A reconnection this recent may have come between a purchase that has just answered and its
 /// `WAIT`. A request calls [`GroupCommit::replicated`] at most a command timeout after it sent its
 /// purchase (give or take scheduling); one older than that cannot matter.
-const RECONNECT_GRACE: Duration = seckill_infra::redis::COMMAND_TIMEOUT;
+const RECONNECT_GRACE: Duration = crate::redis::COMMAND_TIMEOUT;
 
 /// No replica confirmed the write in time, or the connection was lost or replaced in between: the
 /// purchase may or may not survive the loss of the master (`503 outcome_unknown`).

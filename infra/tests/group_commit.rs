@@ -3,7 +3,7 @@
 //! `WAIT`s, and nothing is confirmed once the replica is gone or the connection was replaced.
 
 use fred::prelude::*;
-use seckill_gateway::replication::{GroupCommit, Unconfirmed};
+use seckill_infra::replication::{GroupCommit, Unconfirmed};
 use seckill_testkit::{RedisCluster, RedisOptions, RedisServer, wait_for};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
