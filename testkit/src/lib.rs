@@ -8,7 +8,9 @@
 //! - Redis, Sentinel and Redis Cluster processes of a test's own, for the tests that kill, pause,
 //!   wipe or fail over Redis;
 //! - a filesystem that loses what was not fsynced on a simulated power cut ([`LazyFs`]), for the
-//!   tests that prove acknowledged data survives losing power.
+//!   tests that prove acknowledged data survives losing power;
+//! - network partitions between processes of a test's own ([`Network`]: namespaces on a private
+//!   bridge, cut, healed, isolated).
 //!
 //! Use it as a `[dev-dependencies]` entry only.
 
@@ -16,6 +18,7 @@ mod broker;
 mod cluster;
 mod env;
 mod lazyfs;
+mod netns;
 mod process;
 mod redis;
 mod resp;
@@ -27,6 +30,7 @@ pub use broker::{bind_own_queue, queue_depth};
 pub use cluster::RedisCluster;
 pub use env::{Backend, TEST_MYSQL, TEST_POSTGRES, TestEnv, env_vars, wait_for_redis_state};
 pub use lazyfs::{LazyFs, LazyFsStats};
+pub use netns::{Host, Network};
 pub use redis::{RedisOptions, RedisServer, free_port};
 pub use sentinel::Sentinel;
 pub use server::{ServerTask, Shutdown};
