@@ -65,17 +65,20 @@ pub(crate) fn try_spawn_logged(
     args: &[String],
     log: &Path,
 ) -> std::io::Result<Child> {
+    let mut command = Command::new(program);
+    command.args(args);
+    try_spawn_command_logged(command, log)
+}
+
+/// Spawns `command` (e.g. one made by [`Host::command`](crate::Host::command)) with no stdin and
+/// its stdout and stderr appended to `log`.
+pub(crate) fn try_spawn_command_logged(mut command: Command, log: &Path) -> std::io::Result<Child> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
     let err = out.try_clone()?;
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
+    command.stdin(Stdio::null()).stdout(out).stderr(err).spawn()
 }
 
 pub(crate) fn spawn_logged(program: &str, args: &[String], log: &Path) -> Child {

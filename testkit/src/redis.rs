@@ -5,15 +5,20 @@
 //! processes owned by the test, alone, as a [`Sentinel`](crate::Sentinel)'s master or as a
 //! [`RedisCluster`](crate::RedisCluster)'s nodes: each on a free port, in a temporary directory
 //! of its own, killed and removed when dropped (set `SECKILL_KEEP_TEST_DATA` to keep the
-//! directory).
+//! directory). On 127.0.0.1, or on a [`Host`]'s address inside its network namespace
+//! ([`RedisServer::start_in`]), for the tests that partition the network.
 
+use crate::netns::Host;
 use crate::process::{
-    exited, kill_child, lock, log_tail, own_temp_dir, remove_own_dir, signal, spawn_logged,
+    exited, kill_child, lock, log_tail, own_temp_dir, remove_own_dir, signal,
+    try_spawn_command_logged,
 };
-use crate::resp::{Resp, command, ping};
+use crate::resp::{Resp, command_at, ping_at};
 use crate::wait::wait_for;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Child;
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -46,6 +51,7 @@ pub fn free_port() -> u16 {
 /// ```ignore
 /// let volatile = RedisOptions::default().appendonly(false);
 /// let replica = RedisOptions::default().replicaof(master.port());
+/// let across_the_network = RedisOptions::default().replicaof_at(master.ip(), master.port());
 /// let evicting = RedisOptions::default().maxmemory_policy("allkeys-lru").arg("maxmemory", "1mb");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +64,9 @@ pub struct RedisOptions {
     pub maxmemory_policy: String,
     /// `--replicaof 127.0.0.1 <port>`: a replica of the server on that port.
     pub replicaof: Option<u16>,
+    /// The master's address for [`replicaof`](Self::replicaof) when it is not 127.0.0.1: a
+    /// master in a [`Host`].
+    pub replicaof_ip: Option<IpAddr>,
     /// Further `--<name> <value>` pairs, e.g. `("maxmemory", "1mb")`.
     pub extra: Vec<(String, String)>,
 }
@@ -69,6 +78,7 @@ impl Default for RedisOptions {
             appendfsync: "always".into(),
             maxmemory_policy: "noeviction".into(),
             replicaof: None,
+            replicaof_ip: None,
             extra: Vec::new(),
         }
     }
@@ -92,6 +102,13 @@ impl RedisOptions {
 
     pub fn replicaof(mut self, master_port: u16) -> Self {
         self.replicaof = Some(master_port);
+        self
+    }
+
+    /// `--replicaof <ip> <port>`: a replica of a master on another address, e.g. in a [`Host`].
+    pub fn replicaof_at(mut self, master_ip: impl Into<IpAddr>, master_port: u16) -> Self {
+        self.replicaof = Some(master_port);
+        self.replicaof_ip = Some(master_ip.into());
         self
     }
 
@@ -136,8 +153,9 @@ impl RedisOptions {
     }
 }
 
-/// A `redis-server` process owned by a test, on a free port of 127.0.0.1, with its data in a
-/// temporary directory of its own. Killed (SIGKILL) and its directory removed when dropped.
+/// A `redis-server` process owned by a test, on a free port of 127.0.0.1 (or of a [`Host`]'s
+/// address, see [`start_in`](Self::start_in)), with its data in a temporary directory of its own.
+/// Killed (SIGKILL) and its directory removed when dropped.
 ///
 /// [`start`](Self::start), [`restart`](Self::restart) and
 /// [`wipe_and_restart`](Self::wipe_and_restart) only spawn the process: await
@@ -146,6 +164,8 @@ pub struct RedisServer {
     port: u16,
     /// The cluster bus's port, for a cluster node ([`RedisOptions::cluster`]).
     bus_port: Option<u16>,
+    /// The network namespace it runs in; `None`: the test's own, on 127.0.0.1.
+    host: Option<Host>,
     /// The temporary directory: `data/` (Redis's `--dir`) and `redis.log`.
     root: PathBuf,
     opts: RedisOptions,
@@ -155,6 +175,18 @@ pub struct RedisServer {
 impl RedisServer {
     /// Spawns `redis-server --port <free> --bind 127.0.0.1 --save "" --dir <own dir>` with `opts`.
     pub fn start(opts: RedisOptions) -> RedisServer {
+        RedisServer::start_at(None, opts)
+    }
+
+    /// [`start`](Self::start) inside `host`'s namespace (through [`Host::command`]), listening on
+    /// the host's address, where the test and the other hosts reach it, and on the host's own
+    /// 127.0.0.1, where [`Host::command`] still reaches it while the host is isolated. Protected
+    /// mode is off: clients come from other addresses.
+    pub fn start_in(host: &Host, opts: RedisOptions) -> RedisServer {
+        RedisServer::start_at(Some(host), opts)
+    }
+
+    fn start_at(host: Option<&Host>, opts: RedisOptions) -> RedisServer {
         let root = own_temp_dir("redis");
         std::fs::create_dir_all(root.join("data")).expect("creating the Redis data directory");
         let port = free_port();
@@ -166,6 +198,7 @@ impl RedisServer {
         let server = RedisServer {
             port,
             bus_port,
+            host: host.cloned(),
             root,
             opts,
             child: Mutex::new(None),
@@ -178,9 +211,19 @@ impl RedisServer {
     /// taken by another process before redis-server binds it (the cluster bus's port too): then
     /// the server is started again, on other ports, up to 5 times in all.
     pub async fn start_ready(opts: RedisOptions) -> RedisServer {
+        RedisServer::start_ready_at(None, opts).await
+    }
+
+    /// [`start_in`](Self::start_in), then [`wait_ready`](Self::wait_ready), as
+    /// [`start_ready`](Self::start_ready) does.
+    pub async fn start_ready_in(host: &Host, opts: RedisOptions) -> RedisServer {
+        RedisServer::start_ready_at(Some(host), opts).await
+    }
+
+    async fn start_ready_at(host: Option<&Host>, opts: RedisOptions) -> RedisServer {
         const ATTEMPTS: usize = 5;
         for _ in 1..ATTEMPTS {
-            let server = RedisServer::start(opts.clone());
+            let server = RedisServer::start_at(host, opts.clone());
             match server.answers().await {
                 Ok(()) => return server,
                 // Dropped: killed and its directory removed.
@@ -188,7 +231,7 @@ impl RedisServer {
                 Err(status) => server.exited_before_answering(status),
             }
         }
-        let server = RedisServer::start(opts);
+        let server = RedisServer::start_at(host, opts);
         server.wait_ready().await;
         server
     }
@@ -203,9 +246,27 @@ impl RedisServer {
         self.bus_port
     }
 
-    /// `redis://127.0.0.1:<port>`
+    /// The address it listens on: 127.0.0.1, or its [`Host`]'s.
+    pub fn ip(&self) -> IpAddr {
+        match &self.host {
+            Some(host) => host.ip().into(),
+            None => Ipv4Addr::LOCALHOST.into(),
+        }
+    }
+
+    /// [`ip`](Self::ip) and [`port`](Self::port).
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip(), self.port)
+    }
+
+    /// The [`Host`] it runs in, if not in the test's own namespace.
+    pub fn host(&self) -> Option<&Host> {
+        self.host.as_ref()
+    }
+
+    /// `redis://<ip>:<port>`: `redis://127.0.0.1:<port>`, or on its host's address.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}", self.addr())
     }
 
     pub fn options(&self) -> &RedisOptions {
@@ -239,14 +300,14 @@ impl RedisServer {
     /// Waits until the server answers `PONG` (`Ok`) or its process has exited (`Err`); fails
     /// the test after 20 s.
     async fn answers(&self) -> Result<(), std::process::ExitStatus> {
-        let what = format!("redis-server on port {} to answer PONG", self.port);
+        let what = format!("redis-server on {} to answer PONG", self.addr());
         wait_for(&what, READY_DEADLINE, || {
             let status = exited(&self.child);
-            let port = self.port;
+            let addr = self.addr();
             async move {
                 match status {
                     Some(status) => Some(Err(status)),
-                    None => ping(port).await.then_some(Ok(())),
+                    None => ping_at(addr).await.then_some(Ok(())),
                 }
             }
         })
@@ -255,8 +316,8 @@ impl RedisServer {
 
     fn exited_before_answering(&self, status: std::process::ExitStatus) -> ! {
         panic!(
-            "redis-server on port {} exited ({status}) before answering; its log:\n{}",
-            self.port,
+            "redis-server on {} exited ({status}) before answering; its log:\n{}",
+            self.addr(),
             log_tail(&self.log_path())
         );
     }
@@ -264,7 +325,7 @@ impl RedisServer {
     /// `INFO <section>`'s text, e.g. `"replication"`; `None` if the server does not answer
     /// within 2 s.
     pub async fn info(&self, section: &str) -> Option<String> {
-        match command(self.port, &["INFO", section]).await? {
+        match command_at(self.addr(), &["INFO", section]).await? {
             Resp::Bulk(text) => text,
             _ => None,
         }
@@ -275,8 +336,8 @@ impl RedisServer {
     /// `CLUSTER REPLICATE`. Fails the test after 20 s.
     pub async fn wait_replicas_online(&self, count: usize) {
         let what = format!(
-            "{count} replica(s) of redis-server on port {} to be online",
-            self.port
+            "{count} replica(s) of redis-server on {} to be online",
+            self.addr()
         );
         wait_for(&what, READY_DEADLINE, || async move {
             let info = self.info("replication").await?;
@@ -291,7 +352,7 @@ impl RedisServer {
 
     /// Whether the server answers `PING` with `+PONG` now (within 2 s).
     pub async fn ping(&self) -> bool {
-        ping(self.port).await
+        ping_at(self.addr()).await
     }
 
     /// SIGKILL, as a crash or an OOM kill would: no shutdown, no final fsync. Waits until the
@@ -334,8 +395,6 @@ impl RedisServer {
         let mut args: Vec<String> = [
             "--port",
             &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
             "--daemonize",
             "no",
             "--save",
@@ -354,8 +413,23 @@ impl RedisServer {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        match &self.host {
+            None => args.extend(["--bind".into(), "127.0.0.1".into()]),
+            Some(host) => args.extend([
+                "--bind".into(),
+                host.ip().to_string(),
+                "127.0.0.1".into(),
+                "--protected-mode".into(),
+                "no".into(),
+            ]),
+        }
         if let Some(master) = self.opts.replicaof {
-            args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
+            let master_ip = self.opts.replicaof_ip.unwrap_or(Ipv4Addr::LOCALHOST.into());
+            args.extend([
+                "--replicaof".into(),
+                master_ip.to_string(),
+                master.to_string(),
+            ]);
         }
         for (name, value) in &self.opts.extra {
             args.extend([format!("--{name}"), value.clone()]);
@@ -369,7 +443,14 @@ impl RedisServer {
                 conf.to_string_lossy().into_owned(),
             ]);
         }
-        let child = spawn_logged("redis-server", &args, &self.log_path());
+        let mut command = match &self.host {
+            Some(host) => host.command("redis-server"),
+            None => Command::new("redis-server"),
+        };
+        command.args(&args);
+        let child = try_spawn_command_logged(command, &self.log_path()).unwrap_or_else(|e| {
+            panic!("starting redis-server (scripts/services.sh installs Redis): {e}")
+        });
         *lock(&self.child) = Some(child);
     }
 }

@@ -2,10 +2,17 @@
 //! over a plain TCP connection, without a client that would reconnect, retry or follow a
 //! failover on its own.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-pub(crate) async fn ping(port: u16) -> bool {
-    matches!(command(port, &["PING"]).await, Some(Resp::Simple(s)) if s == "PONG")
+/// Whether the server at `addr` (on 127.0.0.1, or in a [`Host`](crate::Host)) answers `PING`
+/// with `+PONG` within 2 s.
+pub(crate) async fn ping_at(addr: SocketAddr) -> bool {
+    matches!(command_at(addr, &["PING"]).await, Some(Resp::Simple(s)) if s == "PONG")
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
 /// One reply of the Redis protocol (RESP2, what a connection speaks until `HELLO 3`).
@@ -21,6 +28,11 @@ pub(crate) enum Resp {
 /// Sends one command over a new TCP connection and reads its reply; `None` when the server does
 /// not answer within 2 s (down, paused, or not Redis).
 pub(crate) async fn command(port: u16, args: &[&str]) -> Option<Resp> {
+    command_at(loopback(port), args).await
+}
+
+/// [`command`] to a server on another address (one in a [`Host`](crate::Host)).
+pub(crate) async fn command_at(addr: SocketAddr, args: &[&str]) -> Option<Resp> {
     use std::fmt::Write as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut request = format!("*{}\r\n", args.len());
@@ -28,9 +40,7 @@ pub(crate) async fn command(port: u16, args: &[&str]) -> Option<Resp> {
         let _ = write!(request, "${}\r\n{a}\r\n", a.len());
     }
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
