@@ -10,7 +10,7 @@
 //! - a filesystem that loses what was not fsynced on a simulated power cut ([`LazyFs`]), for the
 //!   tests that prove acknowledged data survives losing power;
 //! - network partitions between processes of a test's own ([`Network`]: namespaces on a private
-//!   bridge, cut, healed, isolated).
+//!   bridge, cut, healed, isolated), with Redis, Sentinel, PostgreSQL and RabbitMQ inside.
 //!
 //! Use it as a `[dev-dependencies]` entry only.
 
@@ -30,7 +30,7 @@ pub use broker::{bind_own_queue, queue_depth};
 pub use cluster::RedisCluster;
 pub use env::{Backend, TEST_MYSQL, TEST_POSTGRES, TestEnv, env_vars, wait_for_redis_state};
 pub use lazyfs::{LazyFs, LazyFsStats};
-pub use netns::{Host, Network};
+pub use netns::{Host, Network, PostgresServer, RabbitMqNode};
 pub use redis::{RedisOptions, RedisServer, free_port};
 pub use sentinel::Sentinel;
 pub use server::{ServerTask, Shutdown};

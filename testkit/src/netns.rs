@@ -52,6 +52,12 @@
 //! net.heal(&a, &b);
 //! ```
 
+mod postgres;
+mod rabbitmq;
+
+pub use postgres::PostgresServer;
+pub use rabbitmq::RabbitMqNode;
+
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::io::Write as _;
