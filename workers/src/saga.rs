@@ -13,7 +13,7 @@ use seckill_infra::scripts::StatusUpdate;
 use seckill_schema::messages::PaymentOutcome;
 use seckill_schema::record::ShownPayment;
 use seckill_schema::status::PaymentStatus;
-use seckill_schema::{Kind, Message, OrderEvent, OrderId, OrderStatus, PaymentEvent};
+use seckill_schema::{ItemId, Kind, Message, OrderEvent, OrderId, OrderStatus, PaymentEvent};
 use std::collections::{BTreeMap, HashSet};
 
 /// The events of one batch; one message type per batch.
@@ -133,6 +133,17 @@ impl Effects {
                 .push(message(chunk.iter().map(|o| o.event()).collect()));
         }
     }
+}
+
+/// The items of the orders (of the batch) these payments are for.
+fn items_paid_for<'a>(
+    orders: &'a Orders,
+    payments: &'a [store::PaymentRow],
+) -> impl Iterator<Item = ItemId> + 'a {
+    payments
+        .iter()
+        .filter_map(|p| orders.get(&p.order_id))
+        .map(|o| o.item_id)
 }
 
 /// The orders of the batch in `status`.
@@ -394,15 +405,7 @@ async fn apply_refunds(
     if refunds.is_empty() {
         return Ok(());
     }
-    ledger
-        .load(
-            txn,
-            refunds
-                .iter()
-                .filter_map(|r| orders.get(&r.order_id))
-                .map(|o| o.item_id),
-        )
-        .await?;
+    ledger.load(txn, items_paid_for(orders, &refunds)).await?;
     for r in refunds {
         if r.status == PaymentStatus::Refunded {
             continue;
@@ -495,15 +498,7 @@ async fn apply_results(
     if results.is_empty() {
         return Ok(());
     }
-    ledger
-        .load(
-            txn,
-            results
-                .iter()
-                .filter_map(|r| orders.get(&r.order_id))
-                .map(|o| o.item_id),
-        )
-        .await?;
+    ledger.load(txn, items_paid_for(orders, &results)).await?;
     for r in results {
         let Some(order) = orders.get(&r.order_id).cloned() else {
             continue;
