@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{DRAIN, Stack, WorkersMode};
+use common::{DRAIN, Stack, WorkersMode, order_status, wait_stored};
 use sea_orm::ConnectionTrait;
 use seckill_schema::OrderId;
 use seckill_testkit::{Backend, wait_for};
@@ -13,22 +13,10 @@ use std::time::Duration;
 
 const PRICE: i64 = 1999;
 
-async fn order_status(stack: &Stack, order: OrderId) -> Option<String> {
-    stack
-        .db
-        .query_one_raw(stack.sql(&format!("SELECT status FROM orders WHERE id = {}", order.0)))
-        .await
-        .unwrap()
-        .map(|r| r.try_get("", "status").unwrap())
-}
-
 /// Waits until the order has `status` in the database, then in the read model (which the gateway
 /// checks a step against).
 async fn wait_status(stack: &Stack, order: OrderId, status: &str) {
-    wait_for(&format!("order {order} {status}"), DRAIN, || async {
-        (order_status(stack, order).await.as_deref() == Some(status)).then_some(())
-    })
-    .await;
+    wait_stored(stack, order, status).await;
     stack.wait_shown(order, status).await;
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{DRAIN, Stack, WorkersMode, n};
+use common::{DRAIN, Stack, WorkersMode, n, stack_tests};
 use sea_orm::ConnectionTrait;
 use seckill_schema::{OrderId, UserId};
 use seckill_testkit::Backend;
@@ -97,9 +97,7 @@ async fn a_buyers_orders_page_by_page(backend: Backend) {
     assert_eq!(mine.len(), ORDERS);
     let theirs = stack.buy_many(std::iter::repeat_n(OTHER, 3), ITEM, 3).await;
     stack
-        .wait_counts(ITEM, "every order awaiting payment", DRAIN, |c| {
-            n(c, "AWAITING_PAYMENT") == (ORDERS + theirs.len()) as i64
-        })
+        .wait_awaiting_payment(ITEM, (ORDERS + theirs.len()) as i64)
         .await;
 
     // Several statuses: some paid (and some of those shipped), some cancelled.
@@ -243,12 +241,7 @@ async fn a_buyers_orders_page_by_page(backend: Backend) {
     assert_eq!(resp.headers()["allow"], "GET");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_buyers_orders_page_by_page_on_postgres() {
-    a_buyers_orders_page_by_page(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_buyers_orders_page_by_page_on_mariadb() {
-    a_buyers_orders_page_by_page(Backend::MySql).await;
+stack_tests! {
+    a_buyers_orders_page_by_page_on_postgres => a_buyers_orders_page_by_page(Backend::Postgres);
+    a_buyers_orders_page_by_page_on_mariadb => a_buyers_orders_page_by_page(Backend::MySql);
 }

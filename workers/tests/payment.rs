@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{DRAIN, Stack, WorkersMode, n};
+use common::{DRAIN, Stack, WorkersMode, n, order_status, wait_stored};
 use sea_orm::ConnectionTrait;
 use seckill_schema::OrderId;
 use seckill_testkit::{Backend, wait_for};
@@ -30,15 +30,6 @@ async fn payment_rows(stack: &Stack, order: OrderId) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn order_status(stack: &Stack, order: OrderId) -> Option<String> {
-    stack
-        .db
-        .query_one_raw(stack.sql(&format!("SELECT status FROM orders WHERE id = {}", order.0)))
-        .await
-        .unwrap()
-        .map(|r| r.try_get("", "status").unwrap())
-}
-
 /// A failed payment for `order`, sent behind the others and waited for: once it is recorded,
 /// anything sent before it on the same queue would be too.
 async fn send_marker(stack: &Stack, order: OrderId) {
@@ -57,10 +48,7 @@ async fn one_awaiting_order(stack: &Stack, item: u64, user: u64) -> OrderId {
     let ids = stack.buy_many(user..=user, item, 1).await;
     assert_eq!(ids.len(), 1);
     let id = ids[0];
-    wait_for("the order awaits payment", DRAIN, || async {
-        (order_status(stack, id).await.as_deref() == Some("AWAITING_PAYMENT")).then_some(())
-    })
-    .await;
+    wait_stored(stack, id, "AWAITING_PAYMENT").await;
     id
 }
 
@@ -164,10 +152,7 @@ async fn the_same_callback_twenty_times_at_once_has_one_effect() {
         futures_util::future::join_all((0..20).map(|_| stack.pay(id, "pay_same", 1999, true)))
             .await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    wait_for("paid", DRAIN, || async {
-        (order_status(&stack, id).await.as_deref() == Some("PAID")).then_some(())
-    })
-    .await;
+    wait_stored(&stack, id, "PAID").await;
     // Redelivery of the same callback later changes nothing either.
     assert_eq!(stack.pay(id, "pay_same", 1999, true).await, 200);
     send_marker(&stack, id).await;
@@ -210,10 +195,7 @@ async fn a_wrong_amount_never_pays_and_a_failure_keeps_the_order_waiting() {
         Some("AWAITING_PAYMENT")
     );
     assert_eq!(stack.pay(id, "pay_right", 1999, true).await, 200);
-    wait_for("paid at last", DRAIN, || async {
-        (order_status(&stack, id).await.as_deref() == Some("PAID")).then_some(())
-    })
-    .await;
+    wait_stored(&stack, id, "PAID").await;
     stack.check_invariants(3, &[id].into_iter().collect()).await;
 }
 
@@ -226,10 +208,7 @@ async fn a_payment_that_races_the_pipeline_is_applied_once_the_order_awaits_paym
     // The order is only PENDING (no workers yet) when the provider answers.
     assert_eq!(stack.pay(id, &format!("pay_{id}"), 1999, true).await, 200);
     stack.start_workers_in_process().await;
-    wait_for("paid", DRAIN, || async {
-        (order_status(&stack, id).await.as_deref() == Some("PAID")).then_some(())
-    })
-    .await;
+    wait_stored(&stack, id, "PAID").await;
     stack.check_invariants(4, &ids.into_iter().collect()).await;
 }
 
@@ -289,13 +268,7 @@ async fn payments_racing_the_timeout_end_paid_or_refund_required_never_both() {
 async fn cancel_racing_payment_ends_paid_or_refund_required() {
     let stack = Stack::start(Backend::Postgres, 600, WorkersMode::InProcess).await;
     stack.create_item(6, 40, 1).await;
-    let ids = stack.buy_many(1..=40, 6, 40).await;
-    assert_eq!(ids.len(), 40);
-    stack
-        .wait_counts(6, "all awaiting payment", DRAIN, |c| {
-            n(c, "AWAITING_PAYMENT") == 40
-        })
-        .await;
+    let ids = stack.buy_awaiting_payment(1..=40, 6, 40, 40).await;
     let owners: BTreeMap<OrderId, u64> = {
         let rows = stack
             .db

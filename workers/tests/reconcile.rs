@@ -7,14 +7,13 @@
 
 mod common;
 
-use common::{DRAIN, Stack, WorkersMode, n};
+use common::{DRAIN, Stack, WorkersMode, n, stack_tests};
 use fred::prelude::*;
 use lapin::options::QueueDeleteOptions;
 use sea_orm::{ConnectionTrait, Statement};
-use seckill_schema::{ItemId, OrderId};
+use seckill_schema::ItemId;
 use seckill_testkit::{Backend, ServerTask, wait_for};
 use seckill_workers::reconcile::{self, Intervals};
-use std::collections::HashSet;
 use std::time::Duration;
 
 const FAST: Intervals = Intervals {
@@ -75,14 +74,9 @@ async fn orders_close_without_their_delay_queue(backend: Backend, item: u64) {
     let stack = Stack::start(backend, TIMEOUT_SECS, WorkersMode::None).await;
     let workers = Workers::start(&stack, FAST).await;
     stack.create_item(item, 10, 1).await;
-    let accepted: HashSet<OrderId> = stack.buy_many(1..=4, item, 4).await.into_iter().collect();
-    assert_eq!(accepted.len(), 4);
-    // By now each order's ORDER_TIMEOUT waits in the delay queue (published with LOCK_INVENTORY).
-    stack
-        .wait_counts(item, "4 orders awaiting payment", DRAIN, |c| {
-            n(c, "AWAITING_PAYMENT") == 4
-        })
-        .await;
+    // Once they await payment, each order's ORDER_TIMEOUT waits in the delay queue (published
+    // with LOCK_INVENTORY).
+    let accepted = stack.buy_awaiting_payment(1..=4, item, 4, 4).await;
     let swept_before = workers
         .metric(&stack, "seckill_sweeper_closed_total")
         .await
@@ -164,28 +158,12 @@ async fn orders_close_without_their_delay_queue(backend: Backend, item: u64) {
     workers.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sweeper_closes_orders_whose_delay_queue_was_deleted_postgres() {
-    orders_close_without_their_delay_queue(Backend::Postgres, 51).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sweeper_closes_orders_whose_delay_queue_was_deleted_mariadb() {
-    orders_close_without_their_delay_queue(Backend::MySql, 52).await;
-}
-
 /// `item` is the drift gauge's label, which every test of this process shares: one per test.
 async fn drift_reported_once_quiet_and_cleared(backend: Backend, item: u64) {
     let stack = Stack::start(backend, 60, WorkersMode::None).await;
     let workers = Workers::start(&stack, FAST).await;
     stack.create_item(item, 20, 1).await;
-    let accepted: HashSet<OrderId> = stack.buy_many(1..=3, item, 3).await.into_iter().collect();
-    assert_eq!(accepted.len(), 3);
-    stack
-        .wait_counts(item, "3 orders awaiting payment", DRAIN, |c| {
-            n(c, "AWAITING_PAYMENT") == 3
-        })
-        .await;
+    let accepted = stack.buy_awaiting_payment(1..=3, item, 3, 3).await;
     let gauge = format!("seckill_reconcile_drift{{item=\"{item}\"}}");
 
     // Quiet and consistent: passes go by, nothing is reported.
@@ -251,12 +229,13 @@ async fn drift_reported_once_quiet_and_cleared(backend: Backend, item: u64) {
     workers.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_reconciler_reports_a_drift_once_quiet_and_clears_it_postgres() {
-    drift_reported_once_quiet_and_cleared(Backend::Postgres, 61).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_reconciler_reports_a_drift_once_quiet_and_clears_it_mariadb() {
-    drift_reported_once_quiet_and_cleared(Backend::MySql, 62).await;
+stack_tests! {
+    the_sweeper_closes_orders_whose_delay_queue_was_deleted_postgres =>
+        orders_close_without_their_delay_queue(Backend::Postgres, 51);
+    the_sweeper_closes_orders_whose_delay_queue_was_deleted_mariadb =>
+        orders_close_without_their_delay_queue(Backend::MySql, 52);
+    the_reconciler_reports_a_drift_once_quiet_and_clears_it_postgres =>
+        drift_reported_once_quiet_and_cleared(Backend::Postgres, 61);
+    the_reconciler_reports_a_drift_once_quiet_and_clears_it_mariadb =>
+        drift_reported_once_quiet_and_cleared(Backend::MySql, 62);
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{DRAIN, Stack, WorkersMode, n};
+use common::{DRAIN, Stack, WorkersMode, n, stack_tests};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -61,14 +61,9 @@ async fn half_paid_half_timed_out(backend: Backend) {
     stack.check_invariants(1, &accepted).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn end_to_end_half_paid_half_timed_out_postgres() {
-    half_paid_half_timed_out(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn end_to_end_half_paid_half_timed_out_mariadb() {
-    half_paid_half_timed_out(Backend::MySql).await;
+stack_tests! {
+    end_to_end_half_paid_half_timed_out_postgres => half_paid_half_timed_out(Backend::Postgres);
+    end_to_end_half_paid_half_timed_out_mariadb => half_paid_half_timed_out(Backend::MySql);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,11 +206,7 @@ async fn sigkill_three_times(backend: Backend) {
         eprintln!("round {round}: killed at {progressed:?}");
         stack.spawn_workers().await;
     }
-    stack
-        .wait_counts(5, "all 2000 awaiting payment", DRAIN, |c| {
-            n(c, "AWAITING_PAYMENT") == 2000
-        })
-        .await;
+    stack.wait_awaiting_payment(5, 2000).await;
     let history = stack
         .count("SELECT COUNT(*) AS n FROM inventory_history WHERE item_id = 5")
         .await;
@@ -224,14 +215,9 @@ async fn sigkill_three_times(backend: Backend) {
     stack.sigkill_workers().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_the_workers_three_times_mid_drain_postgres() {
-    sigkill_three_times(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_the_workers_three_times_mid_drain_mariadb() {
-    sigkill_three_times(Backend::MySql).await;
+stack_tests! {
+    sigkill_the_workers_three_times_mid_drain_postgres => sigkill_three_times(Backend::Postgres);
+    sigkill_the_workers_three_times_mid_drain_mariadb => sigkill_three_times(Backend::MySql);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,13 +254,7 @@ async fn garbage_and_unknown_messages_go_to_the_dead_letter_queue() {
         .unwrap();
     }
     stack.create_item(9, 30, 1).await;
-    let ids = stack.buy_many(1..=50, 9, 25).await;
-    assert_eq!(ids.len(), 30);
-    stack
-        .wait_counts(9, "the rest flows", DRAIN, |c| {
-            n(c, "AWAITING_PAYMENT") == 30
-        })
-        .await;
+    stack.buy_awaiting_payment(1..=50, 9, 25, 30).await;
     wait_for("four dead letters", DRAIN, || async {
         (stack.queue_depth(&t.dead()).await == 4).then_some(())
     })
@@ -319,14 +299,7 @@ async fn workers_recover_when_the_broker_closes_their_connections_mid_drain() {
         closed >= 7,
         "closed {closed} connections; expected the consumers' and publishers'"
     );
-    stack
-        .wait_counts(
-            11,
-            "all awaiting payment after the broker dropped us",
-            DRAIN,
-            |c| n(c, "AWAITING_PAYMENT") == 1500,
-        )
-        .await;
+    stack.wait_awaiting_payment(11, 1500).await;
     stack.check_invariants(11, &ids.into_iter().collect()).await;
 }
 
@@ -354,11 +327,7 @@ async fn cancel_returns_the_stock_and_the_buyer_may_buy_again() {
         (!ids.is_empty()).then_some(ids)
     })
     .await;
-    stack
-        .wait_counts(13, "second order awaiting", DRAIN, |c| {
-            n(c, "AWAITING_PAYMENT") == 1
-        })
-        .await;
+    stack.wait_awaiting_payment(13, 1).await;
     stack
         .check_invariants(13, &[id, again[0]].into_iter().collect())
         .await;
@@ -376,11 +345,7 @@ async fn messages_wait_while_the_database_is_down_and_flow_when_it_is_back() {
     stack.start_workers_with(config).await;
     stack.create_item(15, 400, 1).await;
     let first = stack.buy_many(1..=100, 15, 50).await;
-    stack
-        .wait_counts(15, "the first wave awaits payment", DRAIN, |c| {
-            n(c, "AWAITING_PAYMENT") == 100
-        })
-        .await;
+    stack.wait_awaiting_payment(15, 100).await;
 
     proxy.cut();
     let retries = || {
@@ -418,14 +383,7 @@ async fn messages_wait_while_the_database_is_down_and_flow_when_it_is_back() {
     );
 
     proxy.restore();
-    stack
-        .wait_counts(
-            15,
-            "both waves await payment once the database is back",
-            DRAIN,
-            |c| n(c, "AWAITING_PAYMENT") == 200,
-        )
-        .await;
+    stack.wait_awaiting_payment(15, 200).await;
     stack
         .check_invariants(15, &first.into_iter().chain(second).collect())
         .await;

@@ -17,9 +17,41 @@ use std::time::Duration;
 /// How long a test waits for the pipeline to carry its orders where it expects them.
 pub const DRAIN: Duration = Duration::from_secs(60);
 
+/// Tests on the multi-threaded runtime a stack needs, each running one scenario (typically the same
+/// one on each database): `name => scenario(Backend::Postgres);`. (Not every test file uses it.)
+#[allow(unused_macros)]
+macro_rules! stack_tests {
+    ($($name:ident => $scenario:expr;)+) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $scenario.await;
+        }
+    )+};
+}
+#[allow(unused_imports)]
+pub(crate) use stack_tests;
+
 /// Orders in `status`, of counts by status.
 pub fn n(counts: &BTreeMap<String, i64>, status: &str) -> i64 {
     counts.get(status).copied().unwrap_or(0)
+}
+
+/// The order's status in the database; `None` until the workers stored it.
+pub async fn order_status(stack: &Stack, order: OrderId) -> Option<String> {
+    stack
+        .db
+        .query_one_raw(stack.sql(&format!("SELECT status FROM orders WHERE id = {}", order.0)))
+        .await
+        .unwrap()
+        .map(|r| r.try_get("", "status").unwrap())
+}
+
+/// Waits until the database has the order in `status`.
+pub async fn wait_stored(stack: &Stack, order: OrderId, status: &str) {
+    wait_for(&format!("order {order} {status}"), DRAIN, || async {
+        (order_status(stack, order).await.as_deref() == Some(status)).then_some(())
+    })
+    .await;
 }
 
 pub struct Stack {
@@ -468,6 +500,32 @@ impl Stack {
             pred(&c).then_some(c)
         })
         .await
+    }
+
+    /// Waits until `orders` orders of `item` await payment; the counts then.
+    pub async fn wait_awaiting_payment(&self, item: u64, orders: i64) -> BTreeMap<String, i64> {
+        let what = format!("{orders} orders awaiting payment");
+        self.wait_counts(item, &what, DRAIN, |c| n(c, "AWAITING_PAYMENT") == orders)
+            .await
+    }
+
+    /// Buyers `users` each try once, `concurrency` at a time, and `accepted` of them get an order:
+    /// their ids, once every one awaits payment.
+    pub async fn buy_awaiting_payment(
+        &self,
+        users: impl IntoIterator<Item = u64>,
+        item: u64,
+        concurrency: usize,
+        accepted: usize,
+    ) -> HashSet<OrderId> {
+        let ids: HashSet<OrderId> = self
+            .buy_many(users, item, concurrency)
+            .await
+            .into_iter()
+            .collect();
+        assert_eq!(ids.len(), accepted);
+        self.wait_awaiting_payment(item, accepted as i64).await;
+        ids
     }
 
     pub async fn order_ids_with_status(&self, item: u64, status: &str) -> Vec<OrderId> {
