@@ -153,16 +153,10 @@ async fn the_http_layer_answers_in_json_and_never_hangs() {
     assert_eq!(resp.headers.get(http::header::ALLOW).unwrap(), "GET");
 
     // serde's messages without Rust's type names.
-    let token = format!("Bearer {}", app.config.admin_token);
     for body in [r#""AAA""#, r#"{"item_id":"x"}"#, "[1]"] {
         let resp = app
             .http
-            .send(
-                Method::POST,
-                "/admin/items",
-                &[("authorization", token.as_str())],
-                body.to_owned(),
-            )
+            .create_item_raw(&app.config.admin_token, body.to_owned())
             .await;
         assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{body}");
         let text = resp.text();
@@ -429,17 +423,8 @@ async fn the_admin_api_refuses_bad_tokens_bad_items_and_duplicates() {
     });
     bad_items.push(("item_id 0", 0, common::item_body(0, STOCK, 1).to_string()));
     bad_items.push(("malformed JSON", 0, "{\"item_id\": 950,".to_owned()));
-    let admin_auth = format!("Bearer {admin}");
     for (what, id, b) in &bad_items {
-        let resp = app
-            .http
-            .send(
-                Method::POST,
-                "/admin/items",
-                &[("authorization", admin_auth.as_str())],
-                b.clone(),
-            )
-            .await;
+        let resp = app.http.create_item_raw(&admin, b.clone()).await;
         assert_eq!(
             resp.status,
             StatusCode::BAD_REQUEST,

@@ -6,7 +6,7 @@ mod common;
 use common::{Http, Resp, TestApp};
 use http::{Method, StatusCode};
 use seckill_schema::snowflake::now_ms;
-use seckill_testkit::{Backend, RedisOptions, RedisServer, TestEnv, wait_for};
+use seckill_testkit::{RedisOptions, RedisServer, wait_for};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -185,15 +185,7 @@ async fn remaining_catches_up_within_a_second_of_purchases() {
     for user in 1..=3 {
         app.http.seckill(&app.purchase(user, item)).await.accepted();
     }
-    wait_for(
-        "GET /items/{id} to show the purchases",
-        Duration::from_millis(1500),
-        || async {
-            let v = get_item(&app.http, item).await;
-            (v["remaining"] == 7).then_some(())
-        },
-    )
-    .await;
+    wait_page(&app, item, "the purchases", |v| v["remaining"] == 7).await;
     // The list reads the same per-item cache.
     let list = catalog_answer(&app.http.get("/items", None).await);
     assert_eq!(list["items"][0]["item_id"], item, "{list}");
@@ -204,16 +196,20 @@ async fn remaining_catches_up_within_a_second_of_purchases() {
     for user in rest {
         app.http.seckill(&app.purchase(user, item)).await.accepted();
     }
-    wait_for(
-        "GET /items/{id} to show the item sold out",
-        Duration::from_millis(1500),
-        || async {
-            let v = get_item(&app.http, item).await;
-            (v["state"] == "sold_out" && v["remaining"] == 0).then_some(())
-        },
-    )
+    wait_page(&app, item, "the item sold out", |v| {
+        v["state"] == "sold_out" && v["remaining"] == 0
+    })
     .await;
     app.stop().await.expect("run() returns Ok");
+}
+
+/// Waits (the cache's second, and half of one more) until `GET /items/{item}` shows `what`.
+async fn wait_page(app: &TestApp, item: u64, what: &str, shown: impl Fn(&Value) -> bool) {
+    let what = format!("GET /items/{{id}} to show {what}");
+    wait_for(&what, Duration::from_millis(1500), || async {
+        shown(&get_item(&app.http, item).await).then_some(())
+    })
+    .await;
 }
 
 /// `HMGET`s the server has run: `cmdstat_hmget:calls=<n>,…` of `INFO commandstats`.
@@ -260,9 +256,7 @@ async fn crowd(
 async fn a_crowd_costs_redis_at_most_one_read_of_the_item_a_second() {
     // A Redis server of the test's own: its command counts are this gateway's alone.
     let redis = RedisServer::start_ready(RedisOptions::default()).await;
-    let mut env = TestEnv::new(Backend::Postgres);
-    env.config.redis_url = redis.url();
-    let app = TestApp::spawn_env(env).await;
+    let app = TestApp::spawn_on(&redis).await;
     let item = 301;
     app.create_item(item, 10, 1).await;
     assert_eq!(get_item(&app.http, item).await["remaining"], 10);

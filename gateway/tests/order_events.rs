@@ -210,9 +210,7 @@ async fn changes_reach_streams_and_a_reconnection_rereads() {
     use seckill_schema::record::field;
     // A Redis of the test's own: it cuts the gateway's Pub/Sub connection.
     let redis = RedisServer::start_ready(RedisOptions::default()).await;
-    let mut env = TestEnv::new(Backend::Postgres);
-    env.config.redis_url = redis.url();
-    let app = TestApp::spawn_env(env).await;
+    let app = TestApp::spawn_on(&redis).await;
     app.create_item(1, 10, 1).await;
     let order = app.http.seckill(&app.purchase(1, 1)).await.accepted();
     let mut s = open(&app, Some(&app.jwt(1)), &order.to_string())
@@ -233,12 +231,17 @@ async fn changes_reach_streams_and_a_reconnection_rereads() {
             let _: i64 = redis.hset(record, (field::STATUS, st)).await.unwrap();
         }
     };
+    let announce = |st: &'static str| {
+        let (redis, channel) = (app.redis.clone(), channel.clone());
+        async move {
+            let _: i64 = redis
+                .publish(channel, format!("{order} {st}"))
+                .await
+                .unwrap();
+        }
+    };
     set_status("CREATED").await;
-    let _: i64 = app
-        .redis
-        .publish(&channel, format!("{order} CREATED"))
-        .await
-        .unwrap();
+    announce("CREATED").await;
     assert_eq!(
         status(s.next(Duration::from_secs(5)).await.unwrap()),
         "CREATED"
@@ -269,11 +272,7 @@ async fn changes_reach_streams_and_a_reconnection_rereads() {
     })
     .await;
     set_status("TIMED_OUT").await;
-    let _: i64 = app
-        .redis
-        .publish(&channel, format!("{order} TIMED_OUT"))
-        .await
-        .unwrap();
+    announce("TIMED_OUT").await;
     assert_eq!(
         status(s.next(Duration::from_secs(5)).await.unwrap()),
         "TIMED_OUT"

@@ -19,7 +19,7 @@ use seckill_infra::Config;
 use seckill_infra::auth::{Jwt, TICKET_TTL_SECS, Tickets};
 use seckill_infra::broker::Topology;
 use seckill_schema::{ItemId, Keys, Kind, Message, OrderEvent, OrderId, UserId};
-use seckill_testkit::{Backend, ServerTask, TestEnv, wait_for};
+use seckill_testkit::{Backend, RedisServer, ServerTask, TestEnv, wait_for};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -225,7 +225,14 @@ impl Http {
 
     /// `POST /admin/items` with the admin token.
     pub async fn create_item(&self, admin_token: &str, body: &Value) -> Resp {
-        self.post_json("/admin/items", Some(admin_token), body)
+        self.create_item_raw(admin_token, body.to_string()).await
+    }
+
+    /// `POST /admin/items` with the admin token and a body as it is, JSON or not.
+    pub async fn create_item_raw(&self, admin_token: &str, body: impl Into<Bytes>) -> Resp {
+        let auth = format!("Bearer {admin_token}");
+        let headers = [("authorization", auth.as_str())];
+        self.send(Method::POST, "/admin/items", &headers, body)
             .await
     }
 }
@@ -287,6 +294,13 @@ impl TestApp {
     /// A gateway on a fresh namespace and PostgreSQL database.
     pub async fn spawn() -> TestApp {
         TestApp::spawn_env(TestEnv::new(Backend::Postgres)).await
+    }
+
+    /// A gateway on a Redis server of the test's own.
+    pub async fn spawn_on(redis: &RedisServer) -> TestApp {
+        let mut env = TestEnv::new(Backend::Postgres);
+        env.config.redis_url = redis.url();
+        TestApp::spawn_env(env).await
     }
 
     pub async fn spawn_env(env: TestEnv) -> TestApp {
