@@ -1,11 +1,14 @@
 //! The payment provider against the whole system: gateway and workers in process, 1,000 orders,
 //! half paid with duplicates in random order, the rest left to time out; the audit must pass.
 
+mod common;
+
+use common::InProcess;
 use seckill_bench::audit::{self, Accepted};
 use seckill_bench::provider::{self, Faults, PayOptions};
 use seckill_infra::auth::Tickets;
 use seckill_schema::{ItemId, UserId};
-use seckill_testkit::{Backend, ServerTask, TestEnv, wait_for};
+use seckill_testkit::{Backend, TestEnv, wait_for};
 use std::time::Duration;
 
 const ITEM: u64 = 42;
@@ -40,16 +43,8 @@ async fn the_provider_pays_half_of_1000_orders_with_duplicates_and_reordering() 
     let mut env = TestEnv::new(Backend::Postgres);
     env.config.payment_timeout = Duration::from_secs(8);
     let config = env.config.clone();
-    let app = seckill_gateway::Application::build(config.clone())
-        .await
-        .unwrap();
-    let gateway = format!("http://127.0.0.1:{}", app.port());
-    let gateway_task = ServerTask::spawn(|shutdown| app.run(shutdown));
-    seckill_testkit::wait_for_redis_state(&config).await;
-    let workers = seckill_workers::Workers::build(config.clone())
-        .await
-        .unwrap();
-    let workers = ServerTask::spawn(|shutdown| workers.run(shutdown));
+    let running = InProcess::start(&config).await;
+    let gateway = running.gateway.clone();
 
     let http = reqwest::Client::new();
     let created = http
@@ -117,6 +112,6 @@ async fn the_provider_pays_half_of_1000_orders_with_duplicates_and_reordering() 
         .unwrap();
     let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
     assert!(failed.is_empty(), "{failed:#?}");
-    let _gateway = gateway_task.stop_later();
-    workers.stop().await.unwrap();
+    let _gateway = running.gateway_task.stop_later();
+    running.workers_task.stop().await.unwrap();
 }

@@ -12,6 +12,9 @@
 //! - An `outcome_unknown` purchase (Redis frozen with the script in its socket) is settled by
 //!   `GET /orders/{id}` once Redis answers.
 
+mod common;
+
+use common::InProcess;
 use fred::prelude::*;
 use reqwest::StatusCode;
 use sea_orm::{DatabaseConnection, EntityTrait};
@@ -26,7 +29,6 @@ use seckill_schema::snowflake::Snowflake;
 use seckill_schema::{ItemId, Keys, OrderId, OrderStatus, Quantity, UserId};
 use seckill_testkit::{
     Backend, RedisOptions, RedisServer, Sentinel, ServerTask, TestEnv, wait_for,
-    wait_for_redis_state,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,17 +63,12 @@ impl Stack {
         env.config.redis_durability = durability;
         env.config.payment_timeout = Duration::from_secs(600);
         let config = env.config.clone();
-        let app = seckill_gateway::Application::build(config.clone())
-            .await
-            .expect("the gateway starts");
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let gateway = ServerTask::spawn(|shutdown| app.run(shutdown));
-        wait_for_redis_state(&config).await;
-        let workers = seckill_workers::Workers::build(config.clone())
-            .await
-            .expect("the workers start");
-        let workers_base = format!("http://127.0.0.1:{}", workers.port());
-        let workers = ServerTask::spawn(|shutdown| workers.run(shutdown));
+        let InProcess {
+            gateway: base,
+            workers: workers_base,
+            gateway_task: gateway,
+            workers_task: workers,
+        } = InProcess::start(&config).await;
         let db = seckill_infra::db::connect(&config.database_url, 2)
             .await
             .expect("the test's database");

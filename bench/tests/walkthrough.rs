@@ -2,7 +2,10 @@
 //! test's own: a user token, an item, a purchase, the order, a signed payment and the order's
 //! events. The README stays true, or this fails.
 
-use seckill_testkit::{Backend, ServerTask, TestEnv, wait_for};
+mod common;
+
+use common::InProcess;
+use seckill_testkit::{Backend, TestEnv, wait_for};
 use std::path::Path;
 use std::time::Duration;
 
@@ -30,16 +33,8 @@ fn walkthrough() -> String {
 async fn the_readme_walkthrough_runs_as_written() {
     let mut env = TestEnv::new(Backend::Postgres);
     let config = env.config.clone();
-    let app = seckill_gateway::Application::build(config.clone())
-        .await
-        .unwrap();
-    let gateway = format!("http://127.0.0.1:{}", app.port());
-    let gateway_task = ServerTask::spawn(|shutdown| app.run(shutdown));
-    seckill_testkit::wait_for_redis_state(&config).await;
-    let workers = seckill_workers::Workers::build(config.clone())
-        .await
-        .unwrap();
-    let workers = ServerTask::spawn(|shutdown| workers.run(shutdown));
+    let running = InProcess::start(&config).await;
+    let gateway = running.gateway.clone();
 
     let bench = Path::new(env!("CARGO_BIN_EXE_seckill-bench"));
     let run = tokio::process::Command::new("bash")
@@ -97,7 +92,7 @@ async fn the_readme_walkthrough_runs_as_written() {
     )
     .await;
 
-    workers.stop().await.unwrap();
-    gateway_task.stop().await.unwrap();
+    running.workers_task.stop().await.unwrap();
+    running.gateway_task.stop().await.unwrap();
     env.cleanup().await;
 }

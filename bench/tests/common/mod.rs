@@ -1,5 +1,6 @@
 //! A small sale written straight into the database and Redis of a test namespace, as the gateway
-//! and workers would have left it: the audit's raw material, and the bench's database reads'.
+//! and workers would have left it: the audit's raw material, and the bench's database reads'. And
+//! the real gateway and workers in process, for the tests that run the whole system.
 
 // Each test crate uses a part of it.
 #![allow(dead_code)]
@@ -10,8 +11,41 @@ use seckill_bench::audit::{self, Accepted, Check};
 use seckill_schema::entity::{inventory_history, items, orders, payments};
 use seckill_schema::snowflake::now_ms;
 use seckill_schema::{ItemId, Keys, OrderId, OrderStatus};
-use seckill_testkit::{Backend, TestEnv};
+use seckill_testkit::{Backend, ServerTask, TestEnv};
 use std::collections::BTreeSet;
+
+/// The gateway and the workers, in process on one configuration.
+pub struct InProcess {
+    /// The gateway's base URL.
+    pub gateway: String,
+    /// The workers' base URL (their `/metrics`).
+    pub workers: String,
+    pub gateway_task: ServerTask<anyhow::Result<()>>,
+    pub workers_task: ServerTask<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    /// The gateway first, then the workers once Redis's state is ready (as in production).
+    pub async fn start(config: &seckill_infra::Config) -> InProcess {
+        let app = seckill_gateway::Application::build(config.clone())
+            .await
+            .expect("the gateway starts");
+        let gateway = format!("http://127.0.0.1:{}", app.port());
+        let gateway_task = ServerTask::spawn(|shutdown| app.run(shutdown));
+        seckill_testkit::wait_for_redis_state(config).await;
+        let workers = seckill_workers::Workers::build(config.clone())
+            .await
+            .expect("the workers start");
+        let workers_url = format!("http://127.0.0.1:{}", workers.port());
+        let workers_task = ServerTask::spawn(|shutdown| workers.run(shutdown));
+        InProcess {
+            gateway,
+            workers: workers_url,
+            gateway_task,
+            workers_task,
+        }
+    }
+}
 
 pub const ITEM: ItemId = ItemId(7);
 pub const STOCK: i64 = 10;
