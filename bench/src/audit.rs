@@ -39,7 +39,9 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(invariant: u8, name: &'static str, problems: Vec<String>, ok: String) -> Check {
+    /// Passed when there are no problems (its detail then `ok`); else its detail names the
+    /// first few problems and counts the rest.
+    pub fn new(invariant: u8, name: &'static str, problems: Vec<String>, ok: String) -> Check {
         let passed = problems.is_empty();
         let detail = if passed {
             ok

@@ -16,6 +16,7 @@ pub mod baseline;
 pub mod cli;
 pub mod cpu;
 pub mod db;
+pub mod history;
 pub mod http;
 pub mod oha;
 pub mod page;
