@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use seckill_infra::scripts::{ItemState, PURCHASE, Scripts};
+use seckill_schema::entity::items;
 use seckill_schema::keys::gene_of_item;
 use seckill_schema::snowflake::{Snowflake, now_ms};
 use seckill_schema::{ItemId, Keys, OrderId};
@@ -188,17 +189,20 @@ pub async fn redis_purchase(
     Scripts::new(keys.clone())
         .warm_item(
             &redis,
-            &ItemState {
-                item,
-                remaining: HUGE_STOCK,
-                stock: HUGE_STOCK,
-                per_user_limit: 1,
+            &ItemState::new(items::Model {
+                id: item.0 as i64,
+                name: "redis-benchmark".into(),
                 price_cents: 990,
+                stock: HUGE_STOCK,
+                available: HUGE_STOCK,
+                locked: 0,
+                sold: 0,
+                per_user_limit: 1,
                 starts_at_ms: None,
                 ends_at_ms: None,
-                name: "redis-benchmark".into(),
-                buyers: Vec::new(),
-            },
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            }),
         )
         .await?;
     let sha: String = redis

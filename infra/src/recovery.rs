@@ -284,7 +284,7 @@ impl Recovery {
         {
             return Ok(Rebuilt::LostLock);
         }
-        let ids: Vec<ItemId> = items.iter().map(|i| i.item).collect();
+        let ids: Vec<ItemId> = items.iter().map(ItemState::item).collect();
         if !self
             .scripts
             .rebuild_done(client, gene, token, epoch, generation, &ids)
@@ -417,25 +417,19 @@ async fn read_gene_in(
         .context("reading which pending stock adjustments the database has")?;
     let items = mine
         .into_iter()
-        .map(|m| {
-            let adjusted = unapplied.get(&ItemId(m.id as u64)).copied().unwrap_or(0);
-            (m, adjusted)
+        .map(|mut m| {
+            m.stock += unapplied.get(&ItemId(m.id as u64)).copied().unwrap_or(0);
+            m
         })
-        .map(|(m, adjusted)| ItemState {
-            item: ItemId(m.id as u64),
-            remaining: m.stock + adjusted - held.get(&m.id).copied().unwrap_or(0),
-            stock: m.stock + adjusted,
-            per_user_limit: m.per_user_limit,
-            price_cents: m.price_cents,
-            starts_at_ms: m.starts_at_ms,
-            ends_at_ms: m.ends_at_ms,
-            name: m.name,
+        .map(|m| ItemState {
+            remaining: m.stock - held.get(&m.id).copied().unwrap_or(0),
             buyers: buyers
                 .remove(&m.id)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(user, (units, order))| (UserId(user as u64), units, OrderId(order as u64)))
                 .collect(),
+            row: m,
         })
         .collect();
     Ok((items, rebuilt))

@@ -4,6 +4,7 @@
 
 use super::{ScriptError, Scripts};
 use fred::prelude::*;
+use seckill_schema::entity::items;
 use seckill_schema::keys::gene_of_item;
 use seckill_schema::record::OrderRecord;
 use seckill_schema::snowflake::now_ms;
@@ -30,30 +31,40 @@ pub enum Warmed {
 /// One item of a gene, as the database has it, for a rebuild.
 #[derive(Debug, Clone)]
 pub struct ItemState {
-    pub item: ItemId,
+    /// The item's row, its `stock` with the stock adjustments the database does not have yet
+    /// counted in.
+    pub row: items::Model,
     pub remaining: i64,
-    pub stock: i64,
-    pub per_user_limit: i32,
-    pub price_cents: i64,
-    pub starts_at_ms: Option<i64>,
-    pub ends_at_ms: Option<i64>,
-    pub name: String,
     /// (buyer, units held by live orders, latest held order)
     pub buyers: Vec<(UserId, i64, OrderId)>,
 }
 
 impl ItemState {
+    /// A new item: all its stock remains, no buyer holds any.
+    pub fn new(row: items::Model) -> ItemState {
+        ItemState {
+            remaining: row.stock,
+            row,
+            buyers: Vec::new(),
+        }
+    }
+
+    pub fn item(&self) -> ItemId {
+        ItemId(self.row.id as u64)
+    }
+
     /// The item hash's fields after `remaining`, in the order `lua/warm_item.lua` and
     /// `lua/rebuild_item.lua` take them: stock, per-user limit, price, starts ms, ends ms (0 =
     /// open), name.
     fn hash_args(&self) -> [String; 6] {
+        let row = &self.row;
         [
-            self.stock.to_string(),
-            self.per_user_limit.to_string(),
-            self.price_cents.to_string(),
-            self.starts_at_ms.unwrap_or(0).to_string(),
-            self.ends_at_ms.unwrap_or(0).to_string(),
-            self.name.clone(),
+            row.stock.to_string(),
+            row.per_user_limit.to_string(),
+            row.price_cents.to_string(),
+            row.starts_at_ms.unwrap_or(0).to_string(),
+            row.ends_at_ms.unwrap_or(0).to_string(),
+            row.name.clone(),
         ]
     }
 }
@@ -72,12 +83,10 @@ impl Scripts {
         client: &Client,
         item: &ItemState,
     ) -> Result<Warmed, ScriptError> {
-        let mut args = vec![item.item.0.to_string()];
+        let id = item.item();
+        let mut args = vec![id.0.to_string()];
         args.extend(item.hash_args());
-        let keys = vec![
-            self.keys.item(item.item),
-            self.keys.state_of_item(item.item),
-        ];
+        let keys = vec![self.keys.item(id), self.keys.state_of_item(id)];
         let n: i64 = self
             .warm_item
             .evalsha_with_reload(client, keys, args)
@@ -97,11 +106,11 @@ impl Scripts {
         token: &str,
         item: &ItemState,
     ) -> Result<bool, ScriptError> {
-        let gene = gene_of_item(item.item);
+        let id = item.item();
         let keys = vec![
-            self.keys.rebuild_lock(gene),
-            self.keys.item(item.item),
-            self.keys.buyers(item.item),
+            self.keys.rebuild_lock(gene_of_item(id)),
+            self.keys.item(id),
+            self.keys.buyers(id),
         ];
         let mut chunks = item.buyers.chunks(1000);
         let mut first = true;

@@ -72,17 +72,7 @@ fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> 
 /// Loads the item into Redis unless it is there; in a gene Redis does not hold (never built, or
 /// lost), the gene is rebuilt from the database instead, this item included.
 pub(crate) async fn warm(state: &State, m: &items::Model) -> Result<(), ApiError> {
-    let item = ItemState {
-        item: ItemId(m.id as u64),
-        remaining: m.stock,
-        stock: m.stock,
-        per_user_limit: m.per_user_limit,
-        price_cents: m.price_cents,
-        starts_at_ms: m.starts_at_ms,
-        ends_at_ms: m.ends_at_ms,
-        name: m.name.clone(),
-        buyers: Vec::new(),
-    };
+    let item = ItemState::new(m.clone());
     let redis_err = |e: ScriptError| {
         tracing::warn!(error = %e, "warming an item failed");
         ApiError::Unavailable("Redis")
@@ -96,7 +86,7 @@ pub(crate) async fn warm(state: &State, m: &items::Model) -> Result<(), ApiError
         {
             Warmed::Loaded | Warmed::AlreadyThere => return Ok(()),
             Warmed::NeedsRebuild => {
-                let gene = seckill_schema::keys::gene_of_item(item.item);
+                let gene = seckill_schema::keys::gene_of_item(item.item());
                 match state.recovery.rebuild_gene(gene).await {
                     Ok(Rebuilt::Done { .. } | Rebuilt::AlreadyReady) => {}
                     // Someone else is at it: the item is in the database, the gene will have it.
