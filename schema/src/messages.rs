@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// An event about one order. It carries the whole order, so any handler can act on it even when
 /// it arrives before the order's `ORDER_CREATED` was stored (a cancel racing the pipeline).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct OrderEvent {
     pub order_id: OrderId,
     pub user_id: UserId,

@@ -17,7 +17,7 @@ use seckill_infra::lifecycle::Shutdown;
 use seckill_infra::scripts::{Generations, Mirrored, Released, Scripts, StatusUpdate};
 use seckill_schema::keys::gene_of_item;
 use seckill_schema::record::OrderChange;
-use seckill_schema::{Kind, Message, OrderId};
+use seckill_schema::{Kind, Message, OrderEvent, OrderId};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -364,11 +364,43 @@ impl Runtime {
                 tracing::debug!(error = %e, "announcing order changes failed");
             }
         }
+        if !effects.conflicts.is_empty() {
+            self.order_id_conflicts(&effects.conflicts).await?;
+        }
         self.publisher
             .publish_all(&effects.publish)
             .await
             .context("publishing follow-ups")?;
         Ok(())
+    }
+
+    /// Accepted orders whose id was stored as another order: an incident (two processes minted
+    /// one id), logged once, counted, and dead-lettered with the events whole for a person.
+    async fn order_id_conflicts(&self, conflicts: &[OrderEvent]) -> anyhow::Result<()> {
+        let ids: Vec<String> = conflicts.iter().map(|e| e.order_id.to_string()).collect();
+        tracing::error!(
+            orders = %ids.join(","),
+            "ORDER_CREATED for an order id stored as another order (two processes minted one id): \
+             the stored order goes on; these events are dead-lettered for a person"
+        );
+        metrics::counter!("seckill_order_id_conflicts_total").increment(conflicts.len() as u64);
+        let body = serde_json::to_vec(&Message::OrderCreated {
+            events: conflicts.to_vec(),
+        })
+        .context("encoding the conflicting events")?;
+        let mut headers = FieldTable::default();
+        let (k, v) = broker::string_header(
+            "x-seckill-reason",
+            "order id conflict: the id is stored as another order",
+        );
+        headers.insert(k, v);
+        let (k, v) =
+            broker::string_header("x-seckill-queue", &self.topology.queue(Kind::OrderCreated));
+        headers.insert(k, v);
+        self.publisher
+            .publish_raw(&self.topology.dead(), &body, headers)
+            .await
+            .context("dead-lettering conflicting orders")
     }
 
     /// Makes the batch's Redis writes as durable as the mode promises (in `replica` mode, a
@@ -445,6 +477,7 @@ fn merge<'a>(messages: impl Iterator<Item = &'a Message>) -> Batch {
     let mut orders = Vec::new();
     let mut payments = Vec::new();
     let mut seen_orders = HashSet::new();
+    let mut seen_created = HashSet::new();
     let mut seen_payments = HashSet::new();
     for m in messages {
         match m {
@@ -452,6 +485,14 @@ fn merge<'a>(messages: impl Iterator<Item = &'a Message>) -> Batch {
                 events
                     .iter()
                     .filter(|e| seen_payments.insert((e.payment_id.clone(), e.status)))
+                    .cloned(),
+            ),
+            // An ORDER_CREATED is a repeat only when it is the same order to the letter: another
+            // order under an id seen already stays in, for the saga to find the conflict.
+            Message::OrderCreated { events } => orders.extend(
+                events
+                    .iter()
+                    .filter(|e| seen_created.insert((*e).clone()))
                     .cloned(),
             ),
             other => orders.extend(

@@ -43,6 +43,10 @@ pub struct Effects {
     pub statuses: Vec<StatusUpdate>,
     /// Closed orders whose units go back to Redis (once; the release script guards it).
     pub releases: Vec<(OrderRow, OrderStatus)>,
+    /// `ORDER_CREATED` events whose order id is stored already as another order (another buyer,
+    /// item, quantity or amount): two processes minted one id. The stored order goes on as it is;
+    /// these are an incident for a person, dead-lettered, never silently dropped.
+    pub conflicts: Vec<OrderEvent>,
 }
 
 /// The payment each order should show.
@@ -152,8 +156,24 @@ fn in_status(orders: &Orders, status: OrderStatus) -> impl Iterator<Item = &Orde
 }
 
 async fn order_created(txn: &DatabaseTransaction, events: &[OrderEvent]) -> Result<Effects, DbErr> {
-    let orders = store::insert_orders(txn, events).await?;
-    let mut effects = Effects::default();
+    // One event per id is stored; another order under the same id is held out of the insert.
+    let mut seen = HashSet::new();
+    let (firsts, extras): (Vec<OrderEvent>, Vec<OrderEvent>) = events
+        .iter()
+        .cloned()
+        .partition(|e| seen.insert(e.order_id));
+    let orders = store::insert_orders(txn, &firsts).await?;
+    // A redelivered event finds its own order stored; one whose id holds another order's
+    // contents is a conflict.
+    let mut effects = Effects {
+        conflicts: firsts
+            .iter()
+            .chain(&extras)
+            .filter(|e| orders.get(&e.order_id).is_some_and(|o| !o.is(e)))
+            .cloned()
+            .collect(),
+        ..Effects::default()
+    };
     effects.follow_up(
         |events| Message::LockInventory { events },
         in_status(&orders, OrderStatus::Created),

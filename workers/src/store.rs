@@ -54,6 +54,14 @@ impl OrderRow {
         }
     }
 
+    /// Is this row the order `e` describes (its buyer, item, quantity and amount)?
+    pub fn is(&self, e: &OrderEvent) -> bool {
+        self.user_id == e.user_id
+            && self.item_id == e.item_id
+            && self.quantity == e.quantity
+            && self.amount_cents == e.amount_cents
+    }
+
     pub fn event(&self) -> OrderEvent {
         OrderEvent {
             order_id: self.id,
