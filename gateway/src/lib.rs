@@ -154,13 +154,13 @@ impl Application {
         let state = self.state;
         let (stopper, jobs) = (self.stopper, self.shutdown);
         // The gateway rebuilds what Redis lost too, so it sells again even before a worker does.
-        tokio::spawn(state.recovery.clone().watch(jobs.clone()));
+        tokio::spawn(state.parts.recovery.clone().watch(jobs.clone()));
         let mut relays = Vec::new();
         for (gene, stream) in state.keys.outboxes() {
             let relay = relay::Relay {
                 redis: seckill_infra::redis::blocking_client(&state.config.redis_url).await?,
                 control: state.redis.clone(),
-                publisher: state.publisher.clone(),
+                publisher: state.parts.publisher.clone(),
                 scripts: state.scripts.clone(),
                 gene,
                 stream,
@@ -181,7 +181,7 @@ impl Application {
             .keep_alive(true);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
-        tracing::info!(addr = ?self.listener.local_addr().ok(), node = state.ids.node(), "gateway listening");
+        tracing::info!(addr = ?self.listener.local_addr().ok(), node = state.parts.ids.node(), "gateway listening");
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => {

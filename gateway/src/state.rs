@@ -21,21 +21,13 @@ pub struct State {
     pub redis: Pool,
     pub keys: Keys,
     pub scripts: Scripts,
-    pub ids: Arc<Snowflake>,
-    pub publisher: Arc<Publisher>,
     pub jwt: Jwt,
     pub tickets: Tickets,
     pub webhook: WebhookSigner,
     pub limiter: RateLimiter,
     pub sold_out: SoldOut,
-    pub metrics: PrometheusHandle,
     pub outboxes: Vec<String>,
-    /// What Redis promises of an accepted order, re-read every few seconds and by `/readyz`.
-    pub durability: DurabilityWatch,
-    /// Rebuilds what Redis lost from the database.
-    pub recovery: Arc<Recovery>,
-    /// In `replica` mode: a `202` waits for a replica to take the purchase.
-    pub group_commit: Option<Arc<seckill_infra::replication::GroupCommit>>,
+    pub parts: Parts,
     /// The public catalog (`GET /items`), read from Redis and the database once a second at most.
     pub catalog: crate::catalog::Catalog,
     /// The order event streams open on this gateway (`GET /orders/{id}/events`).
@@ -49,21 +41,16 @@ pub struct Parts {
     pub ids: Arc<Snowflake>,
     pub publisher: Arc<Publisher>,
     pub metrics: PrometheusHandle,
+    /// What Redis promises of an accepted order, re-read every few seconds and by `/readyz`.
     pub durability: DurabilityWatch,
+    /// Rebuilds what Redis lost from the database.
     pub recovery: Arc<Recovery>,
+    /// In `replica` mode: a `202` waits for a replica to take the purchase.
     pub group_commit: Option<Arc<seckill_infra::replication::GroupCommit>>,
 }
 
 impl State {
     pub fn new(config: Config, redis: Pool, scripts: Scripts, parts: Parts) -> State {
-        let Parts {
-            ids,
-            publisher,
-            metrics,
-            durability,
-            recovery,
-            group_commit,
-        } = parts;
         let keys = scripts.keys().clone();
         State {
             jwt: Jwt::new(&config.jwt_secret),
@@ -78,12 +65,7 @@ impl State {
             config,
             redis,
             scripts,
-            ids,
-            publisher,
-            metrics,
-            durability,
-            recovery,
-            group_commit,
+            parts,
             catalog: crate::catalog::Catalog::default(),
         }
     }
@@ -91,7 +73,7 @@ impl State {
     /// The database, connected on first use: only the admin routes need it, and the hot path must
     /// not wait for it at start either.
     pub async fn db(&self) -> Result<&DatabaseConnection, ApiError> {
-        self.recovery.db().await.map_err(|e| {
+        self.parts.recovery.db().await.map_err(|e| {
             tracing::warn!(error = %e, "database unavailable");
             ApiError::Unavailable("the database")
         })

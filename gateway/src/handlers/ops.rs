@@ -35,9 +35,14 @@ pub async fn readyz(state: &Arc<State>) -> Response<Body> {
 /// Whether this gateway can sell, and why not.
 async fn readiness(state: &Arc<State>) -> (bool, Readiness) {
     let redis_ok = state.redis.next().ping::<String>(None).await.is_ok();
-    let broker_ok = state.publisher.ready().await;
-    let durability = state.durability.check_now().await;
-    let recovering = state.recovery.genes_not_ready().await.unwrap_or_default();
+    let broker_ok = state.parts.publisher.ready().await;
+    let durability = state.parts.durability.check_now().await;
+    let recovering = state
+        .parts
+        .recovery
+        .genes_not_ready()
+        .await
+        .unwrap_or_default();
     let ok = redis_ok && broker_ok && durability.ok && recovering.is_empty();
     let body = Readiness {
         redis: redis_ok,
@@ -61,7 +66,7 @@ pub async fn metrics_text(state: &Arc<State>) -> Response<Body> {
     if let Ok(n) = crate::relay::backlog(&state.redis, &state.outboxes).await {
         metrics::gauge!("seckill_outbox_backlog").set(n as f64);
     }
-    let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
+    let mut resp = Response::new(Full::new(Bytes::from(state.parts.metrics.render())));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -71,6 +71,7 @@ pub async fn callback(
         received_at_ms: now_ms() as i64,
     };
     state
+        .parts
         .publisher
         .publish(&Message::PaymentResult {
             events: vec![event],

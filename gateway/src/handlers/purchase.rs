@@ -71,7 +71,7 @@ pub async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
         None => user_from_jwt(state, &parts.headers)?,
     };
     rate_limit(state, user)?;
-    if !state.durability.is_ok() {
+    if !state.parts.durability.is_ok() {
         // Redis cannot keep a sale as SECKILL_REDIS_DURABILITY promises (no fsync, no replica,
         // an evicting policy), as of its latest check (every second): refuse before selling
         // rather than answer a `202` that a crash or a failover may take back.
@@ -81,6 +81,7 @@ pub async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     }
     let order_id = OrderId(
         state
+            .parts
             .ids
             .next(seckill_schema::keys::gene_of_item(item))
             .map_err(|_| {
@@ -145,7 +146,7 @@ pub async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
 
 /// A purchase that sold: answered once it is as durable as `SECKILL_REDIS_DURABILITY` asks.
 async fn accepted(state: &State, item: ItemId, order_id: OrderId) -> Answer {
-    if let Some(commit) = &state.group_commit
+    if let Some(commit) = &state.parts.group_commit
         && commit.replicated_for(&state.keys.item(item)).await.is_err()
     {
         // Sold on the master, not known to be on a replica: a failover may lose it.

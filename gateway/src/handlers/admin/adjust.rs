@@ -175,7 +175,7 @@ async fn adjust(
     reason: String,
 ) -> Result<(), ApiError> {
     let item_id = ItemId(item.id as u64);
-    let id = AdjustmentId(state.ids.next(gene_of_item(item_id)).map_err(|_| {
+    let id = AdjustmentId(state.parts.ids.next(gene_of_item(item_id)).map_err(|_| {
         ApiError::Unavailable("a confirmed snowflake node id (its lease in Redis)")
     })?);
     let adj = PendingAdjustment {
@@ -210,7 +210,7 @@ async fn adjust(
         Adjusted::Insufficient { .. } => return Err(insufficient()),
         Adjusted::Recovering | Adjusted::UnknownItem => return Err(ApiError::Recovering),
     }
-    if let Some(commit) = &state.group_commit
+    if let Some(commit) = &state.parts.group_commit
         && commit
             .replicated_for(&state.keys.item(item_id))
             .await

@@ -87,7 +87,7 @@ pub(crate) async fn warm(state: &State, m: &items::Model) -> Result<(), ApiError
             Warmed::Loaded | Warmed::AlreadyThere => return Ok(()),
             Warmed::NeedsRebuild => {
                 let gene = seckill_schema::keys::gene_of_item(item.item());
-                match state.recovery.rebuild_gene(gene).await {
+                match state.parts.recovery.rebuild_gene(gene).await {
                     Ok(Rebuilt::Done { .. } | Rebuilt::AlreadyReady) => {}
                     // Someone else is at it: the item is in the database, the gene will have it.
                     Ok(Rebuilt::Busy | Rebuilt::LostLock) => return Err(ApiError::Recovering),

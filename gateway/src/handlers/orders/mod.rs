@@ -58,7 +58,7 @@ pub(crate) async fn step(
         ));
     }
     let m = message(vec![r.event(order_id)]);
-    state.publisher.publish(&m).await.map_err(|e| {
+    state.parts.publisher.publish(&m).await.map_err(|e| {
         tracing::warn!(error = %e, kind = m.kind().type_name(), "publishing a step failed");
         ApiError::Unavailable("RabbitMQ")
     })?;
@@ -116,6 +116,7 @@ pub async fn cancel(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> An
         ));
     }
     state
+        .parts
         .publisher
         .publish(&Message::OrderCancel {
             events: vec![r.event(order_id)],
