@@ -3,6 +3,15 @@
 //! lapin's automatic recovery has an open report of hanging after a broker restart, so nothing
 //! here relies on it: a connection that errors, or a call that passes its deadline, is dropped and
 //! rebuilt on the next use.
+//!
+//! One node or a cluster: `SECKILL_AMQP_URL` may list a cluster's nodes, comma-separated. Each
+//! connection a process makes starts at the next node of a rotation that begins at a random one,
+//! and goes on to the others if that node does not answer; so a process's connections spread over
+//! the cluster, and a rebuilt connection moves on from a node that went away.
+//!
+//! Every queue is a quorum queue, replicated over the cluster's nodes: the event queues, the delay
+//! queues (message TTL and at-least-once dead-lettering, which RabbitMQ 3.10 has for quorum
+//! queues) and `{ns}.dead`.
 
 use anyhow::{Context, bail};
 use lapin::options::{
@@ -17,8 +26,12 @@ use tokio::sync::Mutex;
 
 /// How long one broker call may take before the connection is presumed dead.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deliveries of one message before its queue dead-letters it into `{ns}.dead`.
-pub const DELIVERY_LIMIT: i64 = 5;
+/// Deliveries of one message before its queue dead-letters it into `{ns}.dead`. A quorum queue
+/// counts every return of an unacked message, and a consumer whose connection breaks returns all
+/// it holds (up to its prefetch): the limit is a backstop for a message that crashes the workers
+/// process each time, high enough that the reconnects of a node's loss never reach it. A message
+/// that merely fails is dead-lettered by the workers themselves after a few attempts.
+pub const DELIVERY_LIMIT: i64 = 100;
 const PERSISTENT: u8 = 2;
 
 /// Names of the exchange and queues of one namespace.
@@ -92,12 +105,10 @@ impl Topology {
         }
     }
 
-    /// Declares everything, idempotently. Every process calls it at start and after a reconnect.
-    pub async fn declare(&self, ch: &Channel) -> anyhow::Result<()> {
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
+    /// Declares everything, idempotently, on a channel of its own. Every process calls it at start
+    /// and after a reconnect.
+    pub async fn declare(&self, conn: &Connection) -> anyhow::Result<()> {
+        let ch = &mut conn.create_channel().await.context("opening a channel")?;
         ch.exchange_declare(
             self.exchange().into(),
             ExchangeKind::Topic,
@@ -109,15 +120,11 @@ impl Topology {
         )
         .await
         .context("declaring the events exchange")?;
-        ch.queue_declare(self.dead().into(), durable, FieldTable::default())
+        declare_quorum(conn, ch, &self.dead(), FieldTable::default())
             .await
             .context("declaring the dead-letter queue")?;
         for &kind in Kind::ALL {
             let mut args = FieldTable::default();
-            args.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
             args.insert(
                 "x-delivery-limit".into(),
                 AMQPValue::LongLongInt(DELIVERY_LIMIT),
@@ -131,7 +138,7 @@ impl Topology {
                 AMQPValue::LongString(self.dead().into()),
             );
             let queue = self.queue(kind);
-            ch.queue_declare(queue.as_str().into(), durable, args)
+            declare_quorum(conn, ch, &queue, args)
                 .await
                 .with_context(|| format!("declaring queue {queue}"))?;
             ch.queue_bind(
@@ -161,21 +168,132 @@ impl Topology {
                 "x-dead-letter-routing-key".into(),
                 AMQPValue::LongString(kind.routing_key().into()),
             );
+            // An expired message is dead-lettered into the events exchange at least once: the
+            // queue keeps it until the exchange's queues confirm it (which needs the queue to
+            // refuse publishes past a limit rather than drop its oldest messages).
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString("at-least-once".into()),
+            );
+            args.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("reject-publish".into()),
+            );
             let queue = self.delay_queue_of(kind, delay);
-            ch.queue_declare(queue.as_str().into(), durable, args)
+            declare_quorum(conn, ch, &queue, args)
                 .await
                 .with_context(|| format!("declaring the delay queue {queue}"))?;
         }
+        let _ = ch.close(200, "declared".into()).await;
         Ok(())
     }
 }
 
-pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    tokio::time::timeout(CALL_TIMEOUT, Connection::connect(url, props))
+/// Declares a durable quorum queue with `args`. A queue of that name declared before as a classic
+/// queue (by an earlier version) is moved over when it is empty; one that still holds messages is
+/// used as it is, with a warning, until it is drained.
+/// A refusal closes the channel: `ch` is then replaced by a fresh one, for the caller to go on with.
+async fn declare_quorum(
+    conn: &Connection,
+    ch: &mut Channel,
+    queue: &str,
+    mut args: FieldTable,
+) -> anyhow::Result<()> {
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let refused = match ch.queue_declare(queue.into(), durable, args.clone()).await {
+        Ok(_) => return Ok(()),
+        Err(e) if e.to_string().contains("PRECONDITION_FAILED") => e,
+        Err(e) => return Err(e.into()),
+    };
+    tracing::debug!(queue, error = %refused, "the queue exists with other arguments");
+    *ch = conn.create_channel().await.context("opening a channel")?;
+    let look = &*ch;
+    let old = look
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
-        .context("connecting to RabbitMQ timed out")?
-        .context("connecting to RabbitMQ")
+        .context("looking at the existing queue")?;
+    if old.message_count() > 0 {
+        tracing::warn!(
+            queue,
+            messages = old.message_count(),
+            "the queue exists as a classic queue with messages in it: used as it is until it is \
+             empty, then made a quorum queue at a later start"
+        );
+        return Ok(());
+    }
+    look.queue_delete(
+        queue.into(),
+        lapin::options::QueueDeleteOptions {
+            if_empty: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .context("deleting the empty classic queue")?;
+    look.queue_declare(queue.into(), durable, args)
+        .await
+        .context("declaring the quorum queue")?;
+    tracing::info!(
+        queue,
+        "an empty classic queue of an earlier version is a quorum queue now"
+    );
+    Ok(())
+}
+
+/// The nodes `SECKILL_AMQP_URL` lists (one, or a cluster's, comma-separated).
+pub fn nodes(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// Connects to the next node of this process's rotation (which starts at a random node), or, if
+/// it does not answer, to the ones after it.
+pub async fn connect(urls: &str, name: &str) -> anyhow::Result<Connection> {
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicUsize> = std::sync::OnceLock::new();
+    let nodes = nodes(urls);
+    anyhow::ensure!(!nodes.is_empty(), "SECKILL_AMQP_URL names no node");
+    let start = NEXT
+        .get_or_init(|| std::sync::atomic::AtomicUsize::new(rand::random::<u32>() as usize))
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for i in 0..nodes.len() {
+        let url = nodes[(start + i) % nodes.len()];
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        match tokio::time::timeout(CALL_TIMEOUT, Connection::connect(url, props)).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => failures.push(format!("{}: {e}", redact(url))),
+            Err(_) => failures.push(format!("{}: timed out", redact(url))),
+        }
+    }
+    bail!("connecting to RabbitMQ: {}", failures.join("; "))
+}
+
+/// A node's URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let auth = &url[scheme + 3..at];
+            let user = auth.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 pub fn persistent() -> BasicProperties {
@@ -230,7 +348,7 @@ impl Publisher {
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .context("enabling publisher confirms")?;
-        tokio::time::timeout(CALL_TIMEOUT, self.topology.declare(&ch))
+        tokio::time::timeout(CALL_TIMEOUT, self.topology.declare(&conn))
             .await
             .context("declaring the topology timed out")??;
         *link = Some((conn, ch.clone()));

@@ -625,13 +625,9 @@ impl Sweeper {
         let result = async {
             let conn = broker::connect(&rt.config.amqp_url, &name).await?;
             let declared = async {
-                let ch = conn.create_channel().await.context("opening a channel")?;
-                tokio::time::timeout(broker::CALL_TIMEOUT, rt.topology.declare(&ch))
+                tokio::time::timeout(broker::CALL_TIMEOUT, rt.topology.declare(&conn))
                     .await
                     .context("declaring the topology timed out")??;
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(2), ch.close(200, "declared".into()))
-                        .await;
                 anyhow::Ok(())
             }
             .await;

@@ -91,7 +91,7 @@ impl Runtime {
         let conn = broker::connect(&self.config.amqp_url, &name).await?;
         let ch = conn.create_channel().await.context("opening a channel")?;
         ch.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
-        tokio::time::timeout(broker::CALL_TIMEOUT, self.topology.declare(&ch))
+        tokio::time::timeout(broker::CALL_TIMEOUT, self.topology.declare(&conn))
             .await
             .context("declaring the topology timed out")??;
         let queue = self.topology.queue(kind);

@@ -459,7 +459,7 @@ impl Events {
         // The exchange must exist before the binding, whoever starts first.
         let topology = Topology::of(config);
         topology
-            .declare(&channel)
+            .declare(&conn)
             .await
             .expect("declaring the topology");
         let queue = seckill_testkit::bind_own_queue(
