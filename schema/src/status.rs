@@ -80,13 +80,8 @@ impl OrderStatus {
     /// Still holding stock (on its way, or sold): counted against `stock` by the no-oversell
     /// invariant.
     pub fn holds_stock(self) -> bool {
-        matches!(
-            self,
-            OrderStatus::Pending
-                | OrderStatus::Created
-                | OrderStatus::StockLocked
-                | OrderStatus::AwaitingPayment
-        ) || self.is_sold()
+        // The open ones hold theirs until they close.
+        self.is_cancellable() || self.is_sold()
     }
 
     /// Paid for and not refunded: its units are `sold` in the database.
