@@ -1,32 +1,19 @@
 //! Items, orders, stock locks, payments and the inventory history.
 
-#![allow(elided_lifetimes_in_paths)] // the migration trait is declared with elided lifetimes
-
+use super::{BigInts, bigint_key, create_index, table};
 use sea_orm_migration::prelude::*;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-fn ms(name: &'static str) -> ColumnDef {
-    ColumnDef::new(name).big_integer().not_null().to_owned()
-}
-
 /// The stock locks of m0001, dropped by m0005 (whose `down` brings the table back).
 pub(super) fn stock_locks() -> TableCreateStatement {
-    Table::create()
-        .table("stock_locks")
-        .if_not_exists()
-        .col(
-            ColumnDef::new("order_id")
-                .big_integer()
-                .not_null()
-                .primary_key(),
-        )
-        .col(ColumnDef::new("item_id").big_integer().not_null())
+    table("stock_locks")
+        .col(bigint_key("order_id"))
+        .bigints(&["item_id"])
         .col(ColumnDef::new("quantity").integer().not_null())
         .col(ColumnDef::new("status").string_len(16).not_null())
-        .col(ms("created_at_ms"))
-        .col(ms("updated_at_ms"))
+        .bigints(&["created_at_ms", "updated_at_ms"])
         .to_owned()
 }
 
@@ -34,92 +21,50 @@ pub(super) fn stock_locks() -> TableCreateStatement {
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.create_table(
-            Table::create()
-                .table("items")
-                .if_not_exists()
-                .col(ColumnDef::new("id").big_integer().not_null().primary_key())
+            table("items")
+                .col(bigint_key("id"))
                 .col(ColumnDef::new("name").string_len(200).not_null())
-                .col(ColumnDef::new("price_cents").big_integer().not_null())
-                .col(ColumnDef::new("stock").big_integer().not_null())
-                .col(ColumnDef::new("available").big_integer().not_null())
-                .col(ColumnDef::new("locked").big_integer().not_null())
-                .col(ColumnDef::new("sold").big_integer().not_null())
+                .bigints(&["price_cents", "stock", "available", "locked", "sold"])
                 .col(ColumnDef::new("per_user_limit").integer().not_null())
                 .col(ColumnDef::new("starts_at_ms").big_integer().null())
                 .col(ColumnDef::new("ends_at_ms").big_integer().null())
-                .col(ms("created_at_ms"))
-                .col(ms("updated_at_ms"))
+                .bigints(&["created_at_ms", "updated_at_ms"])
                 .to_owned(),
         )
         .await?;
         m.create_table(
-            Table::create()
-                .table("orders")
-                .if_not_exists()
-                .col(ColumnDef::new("id").big_integer().not_null().primary_key())
-                .col(ColumnDef::new("user_id").big_integer().not_null())
-                .col(ColumnDef::new("item_id").big_integer().not_null())
+            table("orders")
+                .col(bigint_key("id"))
+                .bigints(&["user_id", "item_id"])
                 .col(ColumnDef::new("quantity").integer().not_null())
-                .col(ColumnDef::new("amount_cents").big_integer().not_null())
+                .bigints(&["amount_cents"])
                 .col(ColumnDef::new("status").string_len(24).not_null())
                 .col(ColumnDef::new("close_reason").string_len(64).null())
-                .col(ms("created_at_ms"))
-                .col(ms("updated_at_ms"))
+                .bigints(&["created_at_ms", "updated_at_ms"])
                 .to_owned(),
         )
         .await?;
-        m.create_index(
-            Index::create()
-                .name("orders_item_status")
-                .table("orders")
-                .col("item_id")
-                .col("status")
-                .if_not_exists()
-                .to_owned(),
-        )
-        .await?;
-        m.create_index(
-            Index::create()
-                .name("orders_user")
-                .table("orders")
-                .col("user_id")
-                .if_not_exists()
-                .to_owned(),
-        )
-        .await?;
+        create_index(m, "orders_item_status", "orders", &["item_id", "status"]).await?;
+        create_index(m, "orders_user", "orders", &["user_id"]).await?;
         m.create_table(stock_locks()).await?;
         m.create_table(
-            Table::create()
-                .table("payments")
-                .if_not_exists()
+            table("payments")
                 .col(
                     ColumnDef::new("payment_id")
                         .string_len(64)
                         .not_null()
                         .primary_key(),
                 )
-                .col(ColumnDef::new("order_id").big_integer().not_null())
-                .col(ColumnDef::new("amount_cents").big_integer().not_null())
+                .bigints(&["order_id", "amount_cents"])
                 .col(ColumnDef::new("status").string_len(24).not_null())
                 .col(ColumnDef::new("applied").boolean().not_null())
-                .col(ms("created_at_ms"))
-                .col(ms("updated_at_ms"))
+                .bigints(&["created_at_ms", "updated_at_ms"])
                 .to_owned(),
         )
         .await?;
-        m.create_index(
-            Index::create()
-                .name("payments_order")
-                .table("payments")
-                .col("order_id")
-                .if_not_exists()
-                .to_owned(),
-        )
-        .await?;
+        create_index(m, "payments_order", "payments", &["order_id"]).await?;
         m.create_table(
-            Table::create()
-                .table("inventory_history")
-                .if_not_exists()
+            table("inventory_history")
                 .col(
                     ColumnDef::new("id")
                         .big_integer()
@@ -127,27 +72,22 @@ impl MigrationTrait for Migration {
                         .auto_increment()
                         .primary_key(),
                 )
-                .col(ColumnDef::new("item_id").big_integer().not_null())
+                .bigints(&["item_id"])
                 .col(ColumnDef::new("order_id").big_integer().null())
                 .col(ColumnDef::new("cause").string_len(32).not_null())
-                .col(ColumnDef::new("quantity").big_integer().not_null())
-                .col(ColumnDef::new("available_before").big_integer().not_null())
-                .col(ColumnDef::new("available_after").big_integer().not_null())
-                .col(ColumnDef::new("locked_before").big_integer().not_null())
-                .col(ColumnDef::new("locked_after").big_integer().not_null())
-                .col(ColumnDef::new("sold_before").big_integer().not_null())
-                .col(ColumnDef::new("sold_after").big_integer().not_null())
-                .col(ms("created_at_ms"))
+                .bigints(&["quantity"])
+                .bigints(&["available_before", "available_after"])
+                .bigints(&["locked_before", "locked_after"])
+                .bigints(&["sold_before", "sold_after"])
+                .bigints(&["created_at_ms"])
                 .to_owned(),
         )
         .await?;
-        m.create_index(
-            Index::create()
-                .name("inventory_history_item")
-                .table("inventory_history")
-                .col("item_id")
-                .if_not_exists()
-                .to_owned(),
+        create_index(
+            m,
+            "inventory_history_item",
+            "inventory_history",
+            &["item_id"],
         )
         .await?;
         Ok(())

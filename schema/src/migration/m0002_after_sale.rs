@@ -1,8 +1,7 @@
 //! What buyers and operators read around the sale: a buyer's orders newest first, an order's
 //! history, and stock adjustments recorded in the item's history with their reason, once each.
 
-#![allow(elided_lifetimes_in_paths)] // the migration trait is declared with elided lifetimes
-
+use super::{create_index, index};
 use sea_orm_migration::prelude::*;
 
 #[derive(DeriveMigrationName)]
@@ -13,16 +12,7 @@ impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
         // `GET /orders`: a buyer's orders by id (snowflakes: newest first), one index range. It
         // replaces the index on `user_id` alone, which it covers.
-        m.create_index(
-            Index::create()
-                .name("orders_user_id")
-                .table("orders")
-                .col("user_id")
-                .col("id")
-                .if_not_exists()
-                .to_owned(),
-        )
-        .await?;
+        create_index(m, "orders_user_id", "orders", &["user_id", "id"]).await?;
         if m.has_index("orders", "orders_user").await? {
             m.drop_index(Index::drop().name("orders_user").table("orders").to_owned())
                 .await?;
@@ -38,34 +28,29 @@ impl MigrationTrait for Migration {
         )
         .await?;
         m.create_index(
-            Index::create()
-                .name("inventory_history_adjustment")
-                .table("inventory_history")
-                .col("adjustment_id")
-                .unique()
-                .if_not_exists()
-                .to_owned(),
+            index(
+                "inventory_history_adjustment",
+                "inventory_history",
+                &["adjustment_id"],
+            )
+            .unique()
+            .to_owned(),
         )
         .await?;
         // `GET /admin/orders/{id}`: an order's history rows.
-        m.create_index(
-            Index::create()
-                .name("inventory_history_order")
-                .table("inventory_history")
-                .col("order_id")
-                .if_not_exists()
-                .to_owned(),
+        create_index(
+            m,
+            "inventory_history_order",
+            "inventory_history",
+            &["order_id"],
         )
         .await?;
         // `GET /admin/items/{id}/history`, newest first by id.
-        m.create_index(
-            Index::create()
-                .name("inventory_history_item_id")
-                .table("inventory_history")
-                .col("item_id")
-                .col("id")
-                .if_not_exists()
-                .to_owned(),
+        create_index(
+            m,
+            "inventory_history_item_id",
+            "inventory_history",
+            &["item_id", "id"],
         )
         .await?;
         if m.has_index("inventory_history", "inventory_history_item")

@@ -8,8 +8,6 @@
 //!   planner uses it whatever its statistics say (the index on `order_id` loses to a sequential
 //!   scan of every payment when the table has never been analysed, as with autovacuum off).
 
-#![allow(elided_lifetimes_in_paths)] // the migration trait is declared with elided lifetimes
-
 use sea_orm_migration::prelude::*;
 
 #[derive(DeriveMigrationName)]

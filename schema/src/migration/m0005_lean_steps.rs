@@ -13,8 +13,6 @@
 //!   index entry more per history row. (MySQL wants an `AUTO_INCREMENT` column first in a key, so
 //!   it keeps both.)
 
-#![allow(elided_lifetimes_in_paths)] // the migration trait is declared with elided lifetimes
-
 use sea_orm_migration::prelude::*;
 
 #[derive(DeriveMigrationName)]

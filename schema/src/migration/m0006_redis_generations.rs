@@ -4,8 +4,7 @@
 //! generation is below the database's (a failover to a replica that missed writes) is stale and
 //! is rebuilt from the database like a Redis that lost its state.
 
-#![allow(elided_lifetimes_in_paths)] // the migration trait is declared with elided lifetimes
-
+use super::table;
 use sea_orm_migration::prelude::*;
 
 #[derive(DeriveMigrationName)]
@@ -15,9 +14,7 @@ pub struct Migration;
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.create_table(
-            Table::create()
-                .table("redis_generations")
-                .if_not_exists()
+            table("redis_generations")
                 .col(
                     ColumnDef::new("gene")
                         .small_integer()
