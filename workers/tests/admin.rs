@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{DRAIN, Stack, WorkersMode, n};
+use common::{DRAIN, Stack, WorkersMode, n, stack_tests};
 use fred::prelude::*;
 use reqwest::Method;
 use sea_orm::ConnectionTrait;
@@ -65,6 +65,21 @@ async fn history(stack: &Stack, item: u64, cause: Option<&str>, per_page: u32) -
     }
 }
 
+stack_tests! {
+    restock_during_a_burst_postgres => restock_during_a_burst_sells_exactly_the_new_stock(Backend::Postgres);
+    restock_during_a_burst_mysql => restock_during_a_burst_sells_exactly_the_new_stock(Backend::MySql);
+    shrink_stops_at_held_units_postgres => shrink_stops_at_the_units_live_orders_hold(Backend::Postgres);
+    shrink_stops_at_held_units_mysql => shrink_stops_at_the_units_live_orders_hold(Backend::MySql);
+    a_crash_between_redis_and_the_database_postgres => a_crash_between_redis_and_the_database_is_repaired_once(Backend::Postgres);
+    a_crash_between_redis_and_the_database_mysql => a_crash_between_redis_and_the_database_is_repaired_once(Backend::MySql);
+    a_rebuild_counts_the_pending_adjustments_postgres => a_rebuild_counts_the_pending_adjustments(Backend::Postgres);
+    a_rebuild_counts_the_pending_adjustments_mysql => a_rebuild_counts_the_pending_adjustments(Backend::MySql);
+    ending_listing_and_history_postgres => ending_listing_and_history(Backend::Postgres);
+    ending_listing_and_history_mysql => ending_listing_and_history(Backend::MySql);
+    bad_admin_requests_change_nothing_postgres => bad_admin_requests_change_nothing(Backend::Postgres);
+    bad_admin_requests_change_nothing_mysql => bad_admin_requests_change_nothing(Backend::MySql);
+}
+
 /// The bench's audit of every invariant, as after a sale.
 async fn restock_during_a_burst_sells_exactly_the_new_stock(backend: Backend) {
     const ITEM: u64 = 7;
@@ -104,18 +119,13 @@ async fn restock_during_a_burst_sells_exactly_the_new_stock(backend: Backend) {
     );
     assert_eq!(stack.remaining(ITEM).await, 0);
 
-    stack
-        .wait_counts(ITEM, "every order awaiting payment", DRAIN, |c| {
-            n(c, "AWAITING_PAYMENT") == STOCK + RESTOCK
-        })
-        .await;
+    stack.wait_awaiting_payment(ITEM, STOCK + RESTOCK).await;
     let paid: HashSet<OrderId> = accepted.iter().take(10).copied().collect();
     stack.pay_as_they_await(ITEM, &paid).await;
     stack
         .wait_counts(ITEM, "10 orders paid", DRAIN, |c| n(c, "PAID") == 10)
         .await;
-    stack.check_invariants(ITEM, &accepted).await;
-    stack.audit(ITEM, accepted.len()).await;
+    stack.check_and_audit(ITEM, &accepted).await;
 
     let restocks = history(&stack, ITEM, Some("restock"), 20).await;
     assert_eq!(restocks.len(), 1, "{restocks:?}");
@@ -137,27 +147,11 @@ async fn restock_during_a_burst_sells_exactly_the_new_stock(backend: Backend) {
     assert_eq!(view["redis"]["remaining"], 0, "{view}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restock_during_a_burst_postgres() {
-    restock_during_a_burst_sells_exactly_the_new_stock(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restock_during_a_burst_mysql() {
-    restock_during_a_burst_sells_exactly_the_new_stock(Backend::MySql).await;
-}
-
 async fn shrink_stops_at_the_units_live_orders_hold(backend: Backend) {
     const ITEM: u64 = 8;
     let stack = Stack::start(backend, 900, WorkersMode::InProcess).await;
     stack.create_item(ITEM, 10, 1).await;
-    let accepted: HashSet<OrderId> = stack.buy_many(1..=4, ITEM, 4).await.into_iter().collect();
-    assert_eq!(accepted.len(), 4);
-    stack
-        .wait_counts(ITEM, "4 orders awaiting payment", DRAIN, |c| {
-            n(c, "AWAITING_PAYMENT") == 4
-        })
-        .await;
+    let accepted = stack.buy_awaiting_payment(1..=4, ITEM, 4, 4).await;
     let db_before = stack.db_item(ITEM).await;
     assert_eq!(db_before, (10, 6, 4, 0));
     let redis_before = redis_item(&stack, ITEM).await;
@@ -206,18 +200,7 @@ async fn shrink_stops_at_the_units_live_orders_hold(backend: Backend) {
     let (status, body) = stack.buy(99, ITEM).await;
     assert_eq!((status, body["error"].as_str()), (409, Some("sold_out")));
 
-    stack.check_invariants(ITEM, &accepted).await;
-    stack.audit(ITEM, accepted.len()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shrink_stops_at_held_units_postgres() {
-    shrink_stops_at_the_units_live_orders_hold(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shrink_stops_at_held_units_mysql() {
-    shrink_stops_at_the_units_live_orders_hold(Backend::MySql).await;
+    stack.check_and_audit(ITEM, &accepted).await;
 }
 
 async fn a_crash_between_redis_and_the_database_is_repaired_once(backend: Backend) {
@@ -225,9 +208,7 @@ async fn a_crash_between_redis_and_the_database_is_repaired_once(backend: Backen
     let mut stack = Stack::start(backend, 900, WorkersMode::None).await;
     stack.create_item(ITEM, 20, 1).await;
     // No workers yet: the order is only in Redis's read model, and the admin view shows it there.
-    let (status, body) = stack.buy(1, ITEM).await;
-    assert_eq!(status, 202, "{body}");
-    let order: OrderId = body["order_id"].as_str().unwrap().parse().unwrap();
+    let order = stack.buy_accepted(1, ITEM).await;
     let (status, view) = stack
         .admin(Method::GET, &format!("/admin/orders/{order}"), None)
         .await;
@@ -244,11 +225,7 @@ async fn a_crash_between_redis_and_the_database_is_repaired_once(backend: Backen
             adjustment_age: Duration::from_millis(300),
         })
         .await;
-    stack
-        .wait_counts(ITEM, "the order awaiting payment", DRAIN, |c| {
-            n(c, "AWAITING_PAYMENT") == 1
-        })
-        .await;
+    stack.wait_awaiting_payment(ITEM, 1).await;
 
     // A gateway that crashed right after the Redis half of a restock.
     let scripts = Scripts::new(stack.keys.clone());
@@ -341,18 +318,7 @@ async fn a_crash_between_redis_and_the_database_is_repaired_once(backend: Backen
     })
     .await;
 
-    stack.check_invariants(ITEM, &HashSet::from([order])).await;
-    stack.audit(ITEM, 1).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_between_redis_and_the_database_postgres() {
-    a_crash_between_redis_and_the_database_is_repaired_once(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_between_redis_and_the_database_mysql() {
-    a_crash_between_redis_and_the_database_is_repaired_once(Backend::MySql).await;
+    stack.check_and_audit(ITEM, &HashSet::from([order])).await;
 }
 
 async fn a_rebuild_counts_the_pending_adjustments(backend: Backend) {
@@ -366,12 +332,7 @@ async fn a_rebuild_counts_the_pending_adjustments(backend: Backend) {
         })
         .await;
     stack.create_item(ITEM, 10, 2).await;
-    let accepted: HashSet<OrderId> = stack.buy_many(1..=3, ITEM, 3).await.into_iter().collect();
-    stack
-        .wait_counts(ITEM, "3 orders awaiting payment", DRAIN, |c| {
-            n(c, "AWAITING_PAYMENT") == 3
-        })
-        .await;
+    let accepted = stack.buy_awaiting_payment(1..=3, ITEM, 3, 3).await;
     let scripts = Scripts::new(stack.keys.clone());
     let gene = gene_of_item(ItemId(ITEM));
     let id = AdjustmentId(Snowflake::new(1001).next(gene).unwrap());
@@ -421,18 +382,7 @@ async fn a_rebuild_counts_the_pending_adjustments(backend: Backend) {
     ));
     assert_eq!(stack.db_item(ITEM).await, (14, 11, 3, 0));
     assert!(pending(&stack, ITEM).await.is_empty());
-    stack.check_invariants(ITEM, &accepted).await;
-    stack.audit(ITEM, accepted.len()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebuild_counts_the_pending_adjustments_postgres() {
-    a_rebuild_counts_the_pending_adjustments(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebuild_counts_the_pending_adjustments_mysql() {
-    a_rebuild_counts_the_pending_adjustments(Backend::MySql).await;
+    stack.check_and_audit(ITEM, &accepted).await;
 }
 
 async fn ending_listing_and_history(backend: Backend) {
@@ -466,13 +416,7 @@ async fn ending_listing_and_history(backend: Backend) {
     assert_eq!(all["next_cursor"], Value::Null);
 
     // A sale's life: four orders, one paid, one cancelled, a restock and a shrink.
-    let accepted: HashSet<OrderId> = stack.buy_many(1..=4, ITEM, 4).await.into_iter().collect();
-    assert_eq!(accepted.len(), 4);
-    stack
-        .wait_counts(ITEM, "4 orders awaiting payment", DRAIN, |c| {
-            n(c, "AWAITING_PAYMENT") == 4
-        })
-        .await;
+    let accepted = stack.buy_awaiting_payment(1..=4, ITEM, 4, 4).await;
     let mut ids: Vec<OrderId> = accepted.iter().copied().collect();
     ids.sort();
     let (paid, cancelled) = (ids[0], ids[1]);
@@ -608,10 +552,8 @@ async fn ending_listing_and_history(backend: Backend) {
     assert_eq!(status, 200, "{item}");
     assert_eq!(item["per_user_limit"], 2, "{item}");
     assert_eq!(item["starts_at"], Value::Null, "{item}");
-    let buyer = owner(ids[2]).await;
-    let (status, body) = stack.buy(buyer, ITEM).await;
-    assert_eq!(status, 202, "a second unit within the new limit: {body}");
-    let second: OrderId = body["order_id"].as_str().unwrap().parse().unwrap();
+    // A second unit within the new limit.
+    let second = stack.buy_accepted(owner(ids[2]).await, ITEM).await;
 
     let (status, ended) = stack
         .admin(Method::POST, &format!("/admin/items/{ITEM}/end"), None)
@@ -645,23 +587,8 @@ async fn ending_listing_and_history(backend: Backend) {
 
     let mut accepted = accepted;
     accepted.insert(second);
-    stack
-        .wait_counts(ITEM, "the last order awaiting payment", DRAIN, |c| {
-            n(c, "AWAITING_PAYMENT") == 3
-        })
-        .await;
-    stack.check_invariants(ITEM, &accepted).await;
-    stack.audit(ITEM, accepted.len()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ending_listing_and_history_postgres() {
-    ending_listing_and_history(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ending_listing_and_history_mysql() {
-    ending_listing_and_history(Backend::MySql).await;
+    stack.wait_awaiting_payment(ITEM, 3).await;
+    stack.check_and_audit(ITEM, &accepted).await;
 }
 
 async fn bad_admin_requests_change_nothing(backend: Backend) {
@@ -865,14 +792,4 @@ async fn bad_admin_requests_change_nothing(backend: Backend) {
     assert_eq!(view_after, view_before);
     assert!(history(&stack, ITEM, None, 20).await.is_empty());
     assert!(pending(&stack, ITEM).await.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_admin_requests_change_nothing_postgres() {
-    bad_admin_requests_change_nothing(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_admin_requests_change_nothing_mysql() {
-    bad_admin_requests_change_nothing(Backend::MySql).await;
 }

@@ -92,8 +92,7 @@ async fn shipped_orders_complete_by_the_buyer_or_on_their_own() {
     let (status, _) = stack.order_step(2, b, "refund").await;
     assert_eq!(status, 409, "a completed order is not refunded");
 
-    stack.check_invariants(1, &HashSet::from([a, b])).await;
-    stack.audit(1, 2).await;
+    stack.check_and_audit(1, &HashSet::from([a, b])).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,8 +155,7 @@ async fn a_refund_returns_the_units_once_and_they_sell_again() {
         .try_get("", "status")
         .unwrap();
     assert_eq!(payment, "REFUNDED");
-    stack.check_invariants(1, &HashSet::from([a, b])).await;
-    stack.audit(1, 2).await;
+    stack.check_and_audit(1, &HashSet::from([a, b])).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,8 +205,7 @@ async fn a_refund_racing_the_shipment_ends_in_exactly_one_of_them() {
         }
     }
     let accepted: HashSet<OrderId> = orders.iter().map(|(_, o)| *o).collect();
-    stack.check_invariants(1, &accepted).await;
-    stack.audit(1, accepted.len()).await;
+    stack.check_and_audit(1, &accepted).await;
     let sold: i64 = stack
         .db
         .query_one_raw(stack.sql("SELECT sold FROM items WHERE id = 1"))
@@ -239,8 +236,7 @@ async fn a_payment_after_the_timeout_is_refunded_without_touching_stock() {
             .iter()
             .any(|c| c == "refund")
     );
-    stack.check_invariants(1, &HashSet::from([a])).await;
-    stack.audit(1, 1).await;
+    stack.check_and_audit(1, &HashSet::from([a])).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,6 +258,5 @@ async fn after_payment_on_mariadb() {
         200
     );
     wait_status(&stack, b, "REFUNDED").await;
-    stack.check_invariants(1, &HashSet::from([a, b])).await;
-    stack.audit(1, 2).await;
+    stack.check_and_audit(1, &HashSet::from([a, b])).await;
 }

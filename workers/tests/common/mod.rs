@@ -215,6 +215,13 @@ impl Stack {
         (status, resp.json().await.unwrap_or_default())
     }
 
+    /// `user` buys one unit of `item` and is answered `202`: the order's id.
+    pub async fn buy_accepted(&self, user: u64, item: u64) -> OrderId {
+        let (status, body) = self.buy(user, item).await;
+        assert_eq!(status, 202, "{body}");
+        body["order_id"].as_str().unwrap().parse().unwrap()
+    }
+
     /// Buyers `users` each try once, `concurrency` at a time; the accepted order ids.
     pub async fn buy_many(
         &self,
@@ -575,6 +582,13 @@ impl Stack {
         .expect("the audit runs");
         let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
         assert!(failed.is_empty(), "the audit failed: {failed:#?}");
+    }
+
+    /// The contract's invariants and the bench's audit of the item, `accepted` being every order
+    /// its sale accepted.
+    pub async fn check_and_audit(&self, item: u64, accepted: &HashSet<OrderId>) {
+        self.check_invariants(item, accepted).await;
+        self.audit(item, accepted.len()).await;
     }
 
     /// The contract's invariants for one item, once the pipeline is drained. `accepted` is every
