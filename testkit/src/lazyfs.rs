@@ -66,15 +66,7 @@ impl LazyFs {
         let backing = backing
             .canonicalize()
             .unwrap_or_else(|e| panic!("the backing directory {}: {e}", backing.display()));
-        let root = own_temp_dir("lazyfs");
-        std::fs::create_dir(root.join("mnt")).expect("creating the mount point");
-        let mut fs = LazyFs {
-            backing,
-            root,
-            child: None,
-        };
-        fs.start();
-        fs
+        LazyFs::mount_in(own_temp_dir("lazyfs"), backing)
     }
 
     /// [`mount`](Self::mount) over a new, empty backing directory of its own, removed when
@@ -83,6 +75,11 @@ impl LazyFs {
         let root = own_temp_dir("lazyfs");
         let backing = root.join("backing");
         std::fs::create_dir(&backing).expect("creating the backing directory");
+        LazyFs::mount_in(root, backing)
+    }
+
+    /// Mounts `backing` at the mount point `mnt/` it makes in `root`, our temporary directory.
+    fn mount_in(root: PathBuf, backing: PathBuf) -> LazyFs {
         std::fs::create_dir(root.join("mnt")).expect("creating the mount point");
         let mut fs = LazyFs {
             backing,

@@ -100,6 +100,12 @@ struct Durable {
 }
 
 impl Durable {
+    /// Opens `name` in the backing directory `dir` with `flags` (and close-on-exec).
+    fn open(dir: &File, name: &OsStr, flags: OFlag) -> Res<Durable> {
+        let fd = openat(dir, name, flags | OFlag::O_CLOEXEC, Mode::empty())?;
+        Durable::new(File::from(fd))
+    }
+
     fn new(file: File) -> Res<Durable> {
         let ino = fstat(&file)?.st_ino;
         Ok(Durable {
@@ -344,13 +350,7 @@ impl State {
             if let Some(&ino) = self.by_backing.get(&st.st_ino) {
                 return Ok(Some(ino));
             }
-            let fd = openat(
-                dir,
-                name,
-                OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-                Mode::empty(),
-            )?;
-            let durable = Durable::new(File::from(fd))?;
+            let durable = Durable::open(dir, name, OFlag::O_RDWR | OFlag::O_NOFOLLOW)?;
             let size = st.st_size as u64;
             Node::File(FileData {
                 durable: Some(durable),
@@ -362,14 +362,9 @@ impl State {
             if self.by_backing.contains_key(&st.st_ino) {
                 return Ok(None);
             }
-            let fd = openat(
-                dir,
-                name,
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-                Mode::empty(),
-            )?;
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
             Node::Dir(DirData {
-                durable: Some(Durable::new(File::from(fd))?),
+                durable: Some(Durable::open(dir, name, flags)?),
                 children: None,
                 durable_nlink: st.st_nlink,
             })
@@ -869,13 +864,8 @@ impl State {
                             self.clear_backing_entry(dir, name, parent)?;
                         }
                         mkdirat(dir, name, Mode::from_bits_truncate(meta.mode))?;
-                        let fd = openat(
-                            dir,
-                            name,
-                            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                            Mode::empty(),
-                        )?;
-                        let new = Durable::new(File::from(fd))?;
+                        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+                        let new = Durable::open(dir, name, flags)?;
                         persist_meta(&new.file, &meta)?;
                         if let Some(old) = self.dir(child)?.durable.clone() {
                             self.by_backing.remove(&old.ino);
