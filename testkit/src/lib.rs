@@ -8,7 +8,9 @@
 //! - Redis, Sentinel and Redis Cluster processes of a test's own, for the tests that kill, pause,
 //!   wipe or fail over Redis;
 //! - a filesystem that loses what was not fsynced on a simulated power cut ([`LazyFs`]), for the
-//!   tests that prove acknowledged data survives losing power;
+//!   tests that prove acknowledged data survives losing power, and a PostgreSQL cluster of a
+//!   test's own that can live on it ([`LocalPostgres`]: SIGKILLed and started again on the same
+//!   port and data directory);
 //! - network partitions between processes of a test's own ([`Network`]: namespaces on a private
 //!   bridge, cut, healed, isolated), with Redis, Sentinel, PostgreSQL and RabbitMQ inside.
 //!
@@ -19,6 +21,7 @@ mod cluster;
 mod env;
 mod lazyfs;
 mod netns;
+mod postgres;
 mod process;
 mod redis;
 mod resp;
@@ -31,6 +34,7 @@ pub use cluster::RedisCluster;
 pub use env::{Backend, TEST_MYSQL, TEST_POSTGRES, TestEnv, env_vars, wait_for_redis_state};
 pub use lazyfs::{LazyFs, LazyFsStats};
 pub use netns::{Host, Network, PostgresServer, RabbitMqNode};
+pub use postgres::LocalPostgres;
 pub use redis::{RedisOptions, RedisServer, free_port};
 pub use sentinel::Sentinel;
 pub use server::{ServerTask, Shutdown};
