@@ -31,6 +31,14 @@ async fn paid_order(stack: &Stack, item: u64, user: u64) -> OrderId {
     id
 }
 
+/// The provider's `REFUNDED` callback for the order's payment `pay_<order>`, answered `200`.
+async fn provider_refunds(stack: &Stack, order: OrderId) {
+    let answer = stack
+        .callback(order, &format!("pay_{order}"), PRICE, "REFUNDED")
+        .await;
+    assert_eq!(answer, 200);
+}
+
 async fn history_causes(stack: &Stack, order: OrderId) -> Vec<String> {
     stack
         .db
@@ -113,12 +121,7 @@ async fn a_refund_returns_the_units_once_and_they_sell_again() {
     );
     // Twice, as providers do: one effect.
     for _ in 0..2 {
-        assert_eq!(
-            stack
-                .callback(a, &format!("pay_{a}"), PRICE, "REFUNDED")
-                .await,
-            200
-        );
+        provider_refunds(&stack, a).await;
     }
     wait_status(&stack, a, "REFUNDED").await;
     wait_for("the unit back in Redis", DRAIN, || async {
@@ -126,12 +129,7 @@ async fn a_refund_returns_the_units_once_and_they_sell_again() {
     })
     .await;
     // The same callback again, after it took effect: nothing changes.
-    assert_eq!(
-        stack
-            .callback(a, &format!("pay_{a}"), PRICE, "REFUNDED")
-            .await,
-        200
-    );
+    provider_refunds(&stack, a).await;
     // The refunded unit sells again to a new buyer (once the gateway's local sold-out flag,
     // raised by the first attempt above, has lapsed).
     let b = wait_for("the refunded unit sold again", DRAIN, || async {
@@ -195,12 +193,7 @@ async fn a_refund_racing_the_shipment_ends_in_exactly_one_of_them() {
     // The provider confirms the refunds; the shipped orders keep their units.
     for &(_, order) in &orders {
         if order_status(&stack, order).await.as_deref() == Some("REFUND_REQUESTED") {
-            assert_eq!(
-                stack
-                    .callback(order, &format!("pay_{order}"), PRICE, "REFUNDED")
-                    .await,
-                200
-            );
+            provider_refunds(&stack, order).await;
             wait_status(&stack, order, "REFUNDED").await;
         }
     }
@@ -221,8 +214,7 @@ async fn a_refund_racing_the_shipment_ends_in_exactly_one_of_them() {
 async fn a_payment_after_the_timeout_is_refunded_without_touching_stock() {
     let stack = Stack::start(Backend::Postgres, 1, WorkersMode::InProcess).await;
     stack.create_item(1, 3, 1).await;
-    let ids = stack.buy_many(1..=1, 1, 1).await;
-    let a = ids[0];
+    let a = stack.buy_accepted(1, 1).await;
     wait_status(&stack, a, "TIMED_OUT").await;
     assert_eq!(stack.pay(a, "late", PRICE, true).await, 200);
     wait_status(&stack, a, "REFUND_REQUIRED").await;
@@ -251,12 +243,7 @@ async fn after_payment_on_mariadb() {
     wait_status(&stack, a, "COMPLETED").await;
     assert_eq!(stack.order_step(2, b, "refund").await.0, 202);
     wait_status(&stack, b, "REFUND_REQUESTED").await;
-    assert_eq!(
-        stack
-            .callback(b, &format!("pay_{b}"), PRICE, "REFUNDED")
-            .await,
-        200
-    );
+    provider_refunds(&stack, b).await;
     wait_status(&stack, b, "REFUNDED").await;
     stack.check_and_audit(1, &HashSet::from([a, b])).await;
 }

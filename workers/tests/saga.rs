@@ -307,8 +307,7 @@ async fn workers_recover_when_the_broker_closes_their_connections_mid_drain() {
 async fn cancel_returns_the_stock_and_the_buyer_may_buy_again() {
     let stack = Stack::start(Backend::Postgres, 600, WorkersMode::InProcess).await;
     stack.create_item(13, 1, 1).await;
-    let ids = stack.buy_many(1..=1, 13, 1).await;
-    let id = ids[0];
+    let id = stack.buy_accepted(1, 13).await;
     let (status, body) = stack.cancel(1, id).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["status"], "CANCEL_REQUESTED");
