@@ -916,6 +916,23 @@ impl<'a> Judge<'a> {
         }
     }
 
+    /// The ops answered `outcome`.
+    fn answered(&self, outcome: &Outcome) -> Vec<&'a Op> {
+        self.ops
+            .iter()
+            .copied()
+            .filter(|op| op.outcome == *outcome)
+            .collect()
+    }
+
+    /// The ops whose answer `id_of` takes an order id from, with that id.
+    fn answered_ids(&self, id_of: fn(&Outcome) -> Option<OrderId>) -> Vec<(&'a Op, OrderId)> {
+        self.ops
+            .iter()
+            .filter_map(|op| Some((*op, id_of(&op.outcome)?)))
+            .collect()
+    }
+
     fn amount(&self, quantity: i64) -> i128 {
         i128::from(self.item.price_cents) * i128::from(quantity)
     }
@@ -969,14 +986,13 @@ impl<'a> Judge<'a> {
     }
 
     fn accepted_stored(&self) -> Check {
+        let accepted = self.answered_ids(|outcome| match outcome {
+            Outcome::Accepted(id) => Some(*id),
+            _ => None,
+        });
         let mut seen = BTreeSet::new();
         let mut problems = Vec::new();
-        let mut answers = 0;
-        for op in &self.ops {
-            let Outcome::Accepted(id) = op.outcome else {
-                continue;
-            };
-            answers += 1;
+        for &(op, id) in &accepted {
             if !seen.insert(id) {
                 continue;
             }
@@ -989,8 +1005,9 @@ impl<'a> Judge<'a> {
             "accepted_stored",
             problems,
             format!(
-                "{} orders answered 202 ({answers} answers) stored once each, as asked",
-                seen.len()
+                "{} orders answered 202 ({} answers) stored once each, as asked",
+                seen.len(),
+                accepted.len()
             ),
         )
     }
@@ -1075,13 +1092,12 @@ impl<'a> Judge<'a> {
     }
 
     fn outcome_unknown_settled(&self) -> Check {
+        let unknown = self.answered_ids(|outcome| match outcome {
+            Outcome::OutcomeUnknown(id) => Some(*id),
+            _ => None,
+        });
         let mut problems = Vec::new();
-        let mut n = 0;
-        for op in &self.ops {
-            let Outcome::OutcomeUnknown(id) = op.outcome else {
-                continue;
-            };
-            n += 1;
+        for &(op, id) in &unknown {
             let stored = self
                 .by_id
                 .get(&(id.0 as i64))
@@ -1110,7 +1126,10 @@ impl<'a> Judge<'a> {
             3,
             "outcome_unknown_settled",
             problems,
-            format!("{n} outcome_unknown answers settled, each as the database has it"),
+            format!(
+                "{} outcome_unknown answers settled, each as the database has it",
+                unknown.len()
+            ),
         )
     }
 
@@ -1270,13 +1289,9 @@ impl<'a> Judge<'a> {
             }
         }
         let floor = self.item.stock - self.restocked;
+        let sold_out = self.answered(&Outcome::SoldOut);
         let mut problems = Vec::new();
-        let mut n = 0;
-        for op in &self.ops {
-            if op.outcome != Outcome::SoldOut {
-                continue;
-            }
-            n += 1;
+        for op in &sold_out {
             let taken: i64 = sales
                 .iter()
                 .filter(|(at, _)| at.is_none_or(|at| at <= op.completed_ms))
@@ -1297,7 +1312,8 @@ impl<'a> Judge<'a> {
             "sold_out_truthful",
             problems,
             format!(
-                "{n} sold_out answers, each when fewer units than asked for could have been left"
+                "{} sold_out answers, each when fewer units than asked for could have been left",
+                sold_out.len()
             ),
         )
     }
@@ -1308,13 +1324,9 @@ impl<'a> Judge<'a> {
             .iter()
             .filter(|op| op.outcome.item_loaded())
             .min_by_key(|op| op.completed_ms);
+        let unknown = self.answered(&Outcome::UnknownItem);
         let mut problems = Vec::new();
-        let mut n = 0;
-        for op in &self.ops {
-            if op.outcome != Outcome::UnknownItem {
-                continue;
-            }
-            n += 1;
+        for op in &unknown {
             if let Some(first) = loaded
                 && first.completed_ms < op.invoked_ms
             {
@@ -1330,7 +1342,10 @@ impl<'a> Judge<'a> {
             0,
             "unknown_item_truthful",
             problems,
-            format!("{n} unknown_item answers, none after the item was known loaded"),
+            format!(
+                "{} unknown_item answers, none after the item was known loaded",
+                unknown.len()
+            ),
         )
     }
 
@@ -1503,6 +1518,20 @@ mod tests {
             .collect()
     }
 
+    /// The check `name` of `checks`, which failed.
+    #[track_caller]
+    fn failing(checks: &[Check], name: &str) -> Check {
+        let c = checks.iter().find(|c| c.name == name).unwrap();
+        assert!(!c.passed, "{c:?}");
+        c.clone()
+    }
+
+    /// Only `rule` fails.
+    #[track_caller]
+    fn fails_only(ops: &Ops, stored: &Stored, rule: &'static str) {
+        assert_eq!(failed(ops, stored), BTreeSet::from([rule]));
+    }
+
     use OrderStatus::{AwaitingPayment, Paid, TimedOut};
     use Outcome::*;
 
@@ -1555,9 +1584,8 @@ mod tests {
         let (ops, mut rows) = good();
         rows.retain(|r| r.id != 102);
         let s = stored(4, 1, rows);
-        assert_eq!(failed(&ops, &s), BTreeSet::from(["accepted_stored"]));
-        let checks = judge(&ops.0, &s);
-        let c = checks.iter().find(|c| c.name == "accepted_stored").unwrap();
+        fails_only(&ops, &s, "accepted_stored");
+        let c = failing(&judge(&ops.0, &s), "accepted_stored");
         assert_eq!(
             c.detail,
             "op #2 (user 2, 1 unit, key k2, +20..25 ms: 202 order 102): order 102 not in the \
@@ -1583,10 +1611,7 @@ mod tests {
         // A wrong amount alone fails that rule alone.
         let (ops, mut rows) = good();
         rows[0].amount_cents = PRICE * 2;
-        assert_eq!(
-            failed(&ops, &stored(4, 1, rows)),
-            BTreeSet::from(["accepted_stored"])
-        );
+        fails_only(&ops, &stored(4, 1, rows), "accepted_stored");
     }
 
     #[test]
@@ -1599,10 +1624,7 @@ mod tests {
         // Two keys of one user answered one id.
         let (mut ops, rows) = good();
         ops.op(2, Some("other"), Accepted(OrderId(102)));
-        assert_eq!(
-            failed(&ops, &stored(4, 1, rows)),
-            BTreeSet::from(["answer_ids_unique"])
-        );
+        fails_only(&ops, &stored(4, 1, rows), "answer_ids_unique");
         // One key answered two ids, both stored: a second order for one request.
         let (mut ops, mut rows) = good();
         ops.op(2, Some("k2"), Accepted(OrderId(107)));
@@ -1619,66 +1641,40 @@ mod tests {
 
     #[test]
     fn an_order_from_nowhere_fails() {
-        // User 11 never asked.
-        let (ops, mut rows) = good();
-        rows.push(row(111, 11, AwaitingPayment));
-        assert_eq!(
-            failed(&ops, &stored(5, 1, rows)),
-            BTreeSet::from(["no_order_from_nowhere"])
-        );
-        // User 6 was told nothing was sold (503 unavailable).
-        let (ops, mut rows) = good();
-        rows.push(row(112, 6, AwaitingPayment));
-        assert_eq!(
-            failed(&ops, &stored(5, 1, rows)),
-            BTreeSet::from(["no_order_from_nowhere"])
-        );
-        // User 5's one cut-off request made two orders.
-        let (ops, mut rows) = good();
-        rows.push(row(113, 5, TimedOut));
-        assert_eq!(
-            failed(&ops, &stored(5, 1, rows)),
-            BTreeSet::from(["no_order_from_nowhere"])
-        );
-        // User 2's cut-off request shares a key that has its order: it cannot make another.
-        let (ops, mut rows) = good();
-        rows.push(row(114, 2, TimedOut));
-        assert_eq!(
-            failed(&ops, &stored(5, 1, rows)),
-            BTreeSet::from(["no_order_from_nowhere"])
-        );
+        for extra in [
+            // User 11 never asked.
+            row(111, 11, AwaitingPayment),
+            // User 6 was told nothing was sold (503 unavailable).
+            row(112, 6, AwaitingPayment),
+            // User 5's one cut-off request made two orders.
+            row(113, 5, TimedOut),
+            // User 2's cut-off request shares a key that has its order: it cannot make another.
+            row(114, 2, TimedOut),
+        ] {
+            let (ops, mut rows) = good();
+            rows.push(extra);
+            fails_only(&ops, &stored(5, 1, rows), "no_order_from_nowhere");
+        }
         // A cut-off request's order at the wrong amount.
         let (ops, mut rows) = good();
         rows[3].amount_cents = 1;
-        assert_eq!(
-            failed(&ops, &stored(4, 1, rows)),
-            BTreeSet::from(["no_order_from_nowhere"])
-        );
+        fails_only(&ops, &stored(4, 1, rows), "no_order_from_nowhere");
     }
 
     #[test]
     fn an_unsettled_or_misreported_outcome_unknown_fails() {
         let (mut ops, rows) = good();
         ops.0[5].settled = None;
-        assert_eq!(
-            failed(&ops, &stored(4, 1, rows)),
-            BTreeSet::from(["outcome_unknown_settled"])
-        );
+        fails_only(&ops, &stored(4, 1, rows), "outcome_unknown_settled");
         // 404 (final), yet stored.
         let (ops, mut rows) = good();
         rows.push(row(104, 4, AwaitingPayment));
         rows.retain(|r| r.id != 106);
-        assert_eq!(
-            failed(&ops, &stored(4, 1, rows)),
-            BTreeSet::from(["outcome_unknown_settled"])
-        );
+        fails_only(&ops, &stored(4, 1, rows), "outcome_unknown_settled");
         // 200, yet not stored.
         let (ops, mut rows) = good();
         rows.retain(|r| r.id != 103);
-        assert_eq!(
-            failed(&ops, &stored(4, 1, rows)),
-            BTreeSet::from(["outcome_unknown_settled"])
-        );
+        fails_only(&ops, &stored(4, 1, rows), "outcome_unknown_settled");
     }
 
     #[test]
@@ -1689,11 +1685,7 @@ mod tests {
         assert_eq!(failed(&ops, &stored(5, 1, rows)), BTreeSet::new());
         let (ops, rows) = good();
         let checks = judge(&ops.0, &stored(6, 1, rows));
-        let c = checks
-            .iter()
-            .find(|c| c.name == "sold_out_truthful")
-            .unwrap();
-        assert!(!c.passed);
+        let c = failing(&checks, "sold_out_truthful");
         assert!(c.detail.contains("op #11") && c.detail.contains("op #13"));
         assert_eq!(
             checks.iter().filter(|c| !c.passed).count(),
@@ -1713,21 +1705,14 @@ mod tests {
         // An order of a user outside the history counts from the start (and comes from nowhere).
         let (ops, mut rows) = good();
         rows.push(row(120, 50, AwaitingPayment));
-        assert_eq!(
-            failed(&ops, &stored(6, 1, rows)),
-            BTreeSet::from(["no_order_from_nowhere"])
-        );
+        fails_only(&ops, &stored(6, 1, rows), "no_order_from_nowhere");
         // Answered at +59 ms, before users 4 and 5 sent anything: only 3 of 4 units could have
         // been taken by then, though the sale did sell out later.
         let (mut ops, rows) = good();
         let early = ops.add(30, SoldOut);
         (early.invoked_ms, early.completed_ms) = (58, 59);
         let checks = judge(&ops.0, &stored(4, 1, rows));
-        let c = checks
-            .iter()
-            .find(|c| c.name == "sold_out_truthful")
-            .unwrap();
-        assert!(!c.passed);
+        let c = failing(&checks, "sold_out_truthful");
         assert!(c.detail.contains("op #14"), "{}", c.detail);
         assert!(!c.detail.contains("op #11"), "{}", c.detail);
         assert!(c.detail.contains("at most 3 of 4 units"), "{}", c.detail);
@@ -1738,17 +1723,11 @@ mod tests {
         // Naming another user's order.
         let (mut ops, rows) = good();
         ops.add(3, LimitReached(Some(OrderId(101))));
-        assert_eq!(
-            failed(&ops, &stored(4, 1, rows)),
-            BTreeSet::from(["limit_reached_truthful"])
-        );
+        fails_only(&ops, &stored(4, 1, rows), "limit_reached_truthful");
         // Naming an order nobody has.
         let (mut ops, rows) = good();
         ops.add(1, LimitReached(Some(OrderId(555))));
-        assert_eq!(
-            failed(&ops, &stored(4, 1, rows)),
-            BTreeSet::from(["limit_reached_truthful"])
-        );
+        fails_only(&ops, &stored(4, 1, rows), "limit_reached_truthful");
         // Naming none is not judged.
         let (mut ops, rows) = good();
         ops.add(1, LimitReached(None));
@@ -1759,10 +1738,7 @@ mod tests {
     fn unknown_item_after_the_item_answered_fails() {
         let (mut ops, rows) = good();
         ops.add(20, UnknownItem);
-        assert_eq!(
-            failed(&ops, &stored(4, 1, rows)),
-            BTreeSet::from(["unknown_item_truthful"])
-        );
+        fails_only(&ops, &stored(4, 1, rows), "unknown_item_truthful");
         // Before any answer from the script, the item may not have been loaded yet.
         let (mut ops, rows) = good();
         let first = ops.add(20, UnknownItem);
@@ -1773,17 +1749,11 @@ mod tests {
     #[test]
     fn oversell_and_a_user_over_the_limit_fail() {
         let (ops, rows) = good();
-        assert_eq!(
-            failed(&ops, &stored(3, 1, rows)),
-            BTreeSet::from(["orders_within_stock"])
-        );
+        fails_only(&ops, &stored(3, 1, rows), "orders_within_stock");
         let (mut ops, mut rows) = good();
         ops.add(1, Accepted(OrderId(130)));
         rows.push(row(130, 1, AwaitingPayment));
-        assert_eq!(
-            failed(&ops, &stored(5, 1, rows)),
-            BTreeSet::from(["orders_within_user_limit"])
-        );
+        fails_only(&ops, &stored(5, 1, rows), "orders_within_user_limit");
     }
 
     #[test]
