@@ -307,21 +307,17 @@ mod tests {
             ],
         );
         assert_eq!(s.sql, "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)");
-        let s = insert(
-            DbBackend::MySql,
-            Existing::Skip,
-            "t",
-            &["a"],
-            vec![vec![1i64.into()], vec![2i64.into()]],
-        );
-        assert_eq!(s.sql, "INSERT IGNORE INTO t (a) VALUES (?), (?)");
-        let s = insert(
-            DbBackend::MySql,
-            Existing::Fail,
-            "t",
-            &["a"],
-            vec![vec![1i64.into()]],
-        );
-        assert_eq!(s.sql, "INSERT INTO t (a) VALUES (?)");
+        for (existing, rows, sql) in [
+            (
+                Existing::Skip,
+                2,
+                "INSERT IGNORE INTO t (a) VALUES (?), (?)",
+            ),
+            (Existing::Fail, 1, "INSERT INTO t (a) VALUES (?)"),
+        ] {
+            let rows = (1..=rows).map(|a: i64| vec![a.into()]).collect();
+            let s = insert(DbBackend::MySql, existing, "t", &["a"], rows);
+            assert_eq!(s.sql, sql);
+        }
     }
 }
