@@ -126,6 +126,12 @@ pub fn item_id(raw: &str) -> Result<i64, ApiError> {
         .ok_or(ApiError::NotFound("unknown_item", "no such item"))
 }
 
+/// An operator's request naming an item: the admin token checked first, then the item's id.
+pub fn admin_item_id(state: &State, headers: &HeaderMap, raw: &str) -> Result<i64, ApiError> {
+    require_admin(state, headers)?;
+    item_id(raw)
+}
+
 pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &'static str) -> Result<T, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::NotFound(what, "no such resource"))

@@ -3,10 +3,10 @@
 //! database row, then Redis's hash under the row's lock), and ending its sale now
 //! (`POST /admin/items/{id}/end`).
 
-use super::{admin_view, check_text, exact_amounts, parse_time, warm};
+use super::{admin_view, check_text, exact_amounts, known_item, parse_time, warm};
 use crate::api::ItemPatch;
 use crate::error::{Answer, ApiError, json};
-use crate::request::{item_id, parse_json, read_body, require_admin};
+use crate::request::{admin_item_id, parse_json, read_body};
 use crate::state::State;
 use fred::interfaces::ClientLike;
 use http::{HeaderMap, Request, StatusCode};
@@ -53,8 +53,7 @@ fn insufficient() -> ApiError {
         (status = 503, description = "unavailable or recovering (nothing changed), or adjustment_pending (the stock change is finished by the workers within a minute: do not send it again)", body = crate::api::ErrorBody),
     ))]
 pub async fn patch_item(state: &Arc<State>, req: Request<Incoming>, raw_id: &str) -> Answer {
-    require_admin(state, req.headers())?;
-    let id = item_id(raw_id)?;
+    let id = admin_item_id(state, req.headers(), raw_id)?;
     let (_, body) = read_body(req).await?;
     let patch: ItemPatch = parse_json(&body)?;
     let reason = check_text("reason", &patch.reason)?;
@@ -98,11 +97,7 @@ pub async fn patch_item(state: &Arc<State>, req: Request<Incoming>, raw_id: &str
         check_window(s)
     };
     let db = state.db().await?;
-    let item = items::Entity::find_by_id(id)
-        .one(db)
-        .await
-        .map_err(ApiError::from_db)?
-        .ok_or(ApiError::NotFound("unknown_item", "no such item"))?;
+    let item = known_item(items::Entity::find_by_id(id), db).await?;
     // The window against the item as it is, before anything changes, so that a `400` changes
     // nothing (checked again under the row's lock; the price never changes).
     change(&mut settings_of(&item))?;
@@ -131,8 +126,7 @@ pub async fn patch_item(state: &Arc<State>, req: Request<Incoming>, raw_id: &str
         (status = 503, description = "unavailable: nothing changed", body = crate::api::ErrorBody),
     ))]
 pub async fn end_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
-    require_admin(state, headers)?;
-    let id = item_id(raw_id)?;
+    let id = admin_item_id(state, headers, raw_id)?;
     let now = now_ms() as i64;
     change_settings(state, id, |s| {
         if s.ends_at_ms.is_none_or(|e| e > now) {
@@ -255,12 +249,7 @@ async fn change_settings(
 ) -> Result<(), ApiError> {
     let db = state.db().await?;
     let txn = db.begin().await.map_err(ApiError::from_db)?;
-    let item = items::Entity::find_by_id(id)
-        .lock_exclusive()
-        .one(&txn)
-        .await
-        .map_err(ApiError::from_db)?
-        .ok_or(ApiError::NotFound("unknown_item", "no such item"))?;
+    let item = known_item(items::Entity::find_by_id(id).lock_exclusive(), &txn).await?;
     let before = settings_of(&item);
     let mut after = before;
     change(&mut after)?;

@@ -3,7 +3,7 @@
 use super::query::{Params, page};
 use crate::api::HistoryPage;
 use crate::error::{Answer, ApiError, json};
-use crate::request::{item_id, require_admin};
+use crate::request::admin_item_id;
 use crate::state::State;
 use crate::views::history_entry;
 use http::{HeaderMap, StatusCode, Uri};
@@ -59,8 +59,7 @@ pub async fn item_history(
     headers: &HeaderMap,
     raw_id: &str,
 ) -> Answer {
-    require_admin(state, headers)?;
-    let id = item_id(raw_id)?;
+    let id = admin_item_id(state, headers, raw_id)?;
     let params = Params::parse(uri, &["cause", "limit", "cursor"])?;
     let limit = params.limit()?;
     let before = params.cursor()?;

@@ -11,13 +11,16 @@ mod query;
 
 use crate::api::{AdminItemView, NewItem, RedisStock};
 use crate::error::{Answer, ApiError, json};
-use crate::request::{item_id, parse_json, read_body, require_admin};
+use crate::request::{admin_item_id, parse_json, read_body, require_admin};
 use crate::state::State;
 use crate::views::{db_stock, item_view};
 use fred::prelude::*;
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, Set, SqlErr};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Select,
+    Set, SqlErr,
+};
 use seckill_infra::recovery::Rebuilt;
 use seckill_infra::scripts::{ItemState, ScriptError, Warmed};
 use seckill_schema::entity::{items, orders as order_rows};
@@ -185,19 +188,27 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
         crate::api::UnknownItem,
     ))]
 pub async fn get_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
-    require_admin(state, headers)?;
-    let id = item_id(raw_id)?;
+    let id = admin_item_id(state, headers, raw_id)?;
     Ok(json(StatusCode::OK, &admin_view(state, id).await?))
+}
+
+/// The item's row that `select` reads (plainly, or locking it): `404 unknown_item` when there is
+/// none.
+pub(crate) async fn known_item(
+    select: Select<items::Entity>,
+    db: &impl ConnectionTrait,
+) -> Result<items::Model, ApiError> {
+    select
+        .one(db)
+        .await
+        .map_err(ApiError::from_db)?
+        .ok_or(ApiError::NotFound("unknown_item", "no such item"))
 }
 
 /// An item with its stock in Redis and the database and its orders by status.
 pub(crate) async fn admin_view(state: &State, id: i64) -> Result<AdminItemView, ApiError> {
     let db = state.db().await?;
-    let m = items::Entity::find_by_id(id)
-        .one(db)
-        .await
-        .map_err(ApiError::from_db)?
-        .ok_or(ApiError::NotFound("unknown_item", "no such item"))?;
+    let m = known_item(items::Entity::find_by_id(id), db).await?;
     let remaining: Option<i64> = state
         .redis
         .hget(state.keys.item(ItemId(id as u64)), "remaining")
