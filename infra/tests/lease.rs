@@ -6,6 +6,7 @@
 use fred::prelude::*;
 use sea_orm::{ActiveModelTrait, DatabaseConnection, Set};
 use seckill_infra::lease::{self, FENCE, GRACE};
+use seckill_infra::lifecycle::{Shutdown, Stopper};
 use seckill_infra::scripts::Scripts;
 use seckill_schema::entity::orders;
 use seckill_schema::snowflake::{EPOCH_MS, MAX_NODE, Snowflake, millis_of, node_of, now_ms};
@@ -21,6 +22,38 @@ fn db_floor(env: &TestEnv) -> impl lease::Floor + use<> {
         let url = url.clone();
         async move { seckill_infra::db::connect(&url, 1).await }
     }
+}
+
+/// A pool of the Redis at `url`, and the scripts of the test's namespace.
+async fn leasing(env: &TestEnv, url: &str) -> (Pool, Scripts) {
+    let redis = seckill_infra::redis::pool(url, 1).await.unwrap();
+    (redis, Scripts::new(Keys::new(&env.config.namespace)))
+}
+
+/// [`leasing`] on a Redis server of the test's own, to pause or flush.
+async fn own_redis(env: &TestEnv) -> (RedisServer, Pool, Scripts) {
+    let server = RedisServer::start_ready(RedisOptions::volatile()).await;
+    let (redis, scripts) = leasing(env, &server.url()).await;
+    (server, redis, scripts)
+}
+
+/// `holder`'s lease of `ids` renewed, as a process does, until the stopper stops.
+fn keep_renewed(
+    env: &TestEnv,
+    (scripts, redis): (&Scripts, &Pool),
+    holder: &str,
+    ids: &Arc<Snowflake>,
+) -> Stopper {
+    let (stopper, shutdown) = Shutdown::new();
+    tokio::spawn(lease::renew(
+        scripts.clone(),
+        redis.clone(),
+        holder.into(),
+        ids.clone(),
+        db_floor(env),
+        shutdown,
+    ));
+    stopper
 }
 
 /// An order id of `node` minted at `ms` (since the Unix epoch).
@@ -48,10 +81,7 @@ async fn store_order(db: &DatabaseConnection, id: i64) {
 #[tokio::test]
 async fn live_processes_never_share_a_node_id() {
     let env = TestEnv::new(Backend::Postgres);
-    let redis = seckill_infra::redis::pool(&env.config.redis_url, 1)
-        .await
-        .unwrap();
-    let scripts = Scripts::new(Keys::new(&env.config.namespace));
+    let (redis, scripts) = leasing(&env, &env.config.redis_url).await;
     let floor = db_floor(&env);
     // Twenty processes starting at once, every one from the same node.
     let gens =
@@ -88,10 +118,7 @@ async fn live_processes_never_share_a_node_id() {
 #[tokio::test]
 async fn a_successor_starts_past_its_predecessors_ids_and_the_databases() {
     let env = TestEnv::new(Backend::Postgres);
-    let redis = seckill_infra::redis::pool(&env.config.redis_url, 1)
-        .await
-        .unwrap();
-    let scripts = Scripts::new(Keys::new(&env.config.namespace));
+    let (redis, scripts) = leasing(&env, &env.config.redis_url).await;
     // A predecessor on node 7 recorded a high-water mark a minute ahead of our clock.
     let ahead = now_ms() + 60_000;
     assert!(
@@ -149,22 +176,11 @@ fn mint_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_that_cannot_renew_stops_minting_and_resumes_once_it_can() {
     let env = TestEnv::new(Backend::Postgres);
-    let server = RedisServer::start_ready(RedisOptions::volatile()).await;
-    let redis = seckill_infra::redis::pool(&server.url(), 1).await.unwrap();
-    let scripts = Scripts::new(Keys::new(&env.config.namespace));
-    let floor = db_floor(&env);
-    let ids = lease::acquire(&scripts, &redis, "holder", &floor)
+    let (server, redis, scripts) = own_redis(&env).await;
+    let ids = lease::acquire(&scripts, &redis, "holder", &db_floor(&env))
         .await
         .unwrap();
-    let (stopper, shutdown) = seckill_infra::lifecycle::Shutdown::new();
-    tokio::spawn(lease::renew(
-        scripts.clone(),
-        redis.clone(),
-        "holder".into(),
-        ids.clone(),
-        floor,
-        shutdown,
-    ));
+    let stopper = keep_renewed(&env, (&scripts, &redis), "holder", &ids);
     assert!(ids.next(0).is_ok());
     // Redis paused: no renewal is confirmed, and within the fence the generator stops.
     server.pause();
@@ -187,23 +203,13 @@ async fn a_holder_that_cannot_renew_stops_minting_and_resumes_once_it_can() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_redis_forgets_the_leases_a_new_holder_mints_only_once_the_old_one_stopped() {
     let env = TestEnv::new(Backend::Postgres);
-    let server = RedisServer::start_ready(RedisOptions::volatile()).await;
-    let redis = seckill_infra::redis::pool(&server.url(), 1).await.unwrap();
-    let scripts = Scripts::new(Keys::new(&env.config.namespace));
+    let (_server, redis, scripts) = own_redis(&env).await;
     let floor = db_floor(&env);
     let node = (rand::random::<u16>() % MAX_NODE) + 1;
     let old = lease::acquire_from(&scripts, &redis, "old", &floor, node)
         .await
         .unwrap();
-    let (stopper, shutdown) = seckill_infra::lifecycle::Shutdown::new();
-    tokio::spawn(lease::renew(
-        scripts.clone(),
-        redis.clone(),
-        "old".into(),
-        old.clone(),
-        db_floor(&env),
-        shutdown,
-    ));
+    let stopper = keep_renewed(&env, (&scripts, &redis), "old", &old);
     let until = Instant::now() + 3 * GRACE + Duration::from_secs(2);
     let old_minting = mint_until(old.clone(), node, until);
     // Redis loses every key (a restart without persistence, a failover to an empty replica).
