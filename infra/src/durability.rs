@@ -414,14 +414,23 @@ fn log_change(previous: Option<&DurabilityStatus>, now: &DurabilityStatus) {
 mod tests {
     use super::*;
 
-    fn settings(appendonly: bool, appendfsync: &str, policy: &str, replicas: u32) -> RedisSettings {
+    /// A master that never evicts.
+    fn settings(appendonly: bool, appendfsync: &str, replicas: u32) -> RedisSettings {
         RedisSettings {
             appendonly,
             appendfsync: appendfsync.into(),
-            maxmemory_policy: policy.into(),
+            maxmemory_policy: "noeviction".into(),
             role: "master".into(),
             connected_replicas: replicas,
         }
+    }
+
+    /// The one problem of `mode` against `server` set as `s`.
+    #[track_caller]
+    fn the_problem(server: &str, mode: Durability, s: &RedisSettings) -> String {
+        let mut p = problems(server, mode, s);
+        assert_eq!(p.len(), 1, "{p:?}");
+        p.remove(0)
     }
 
     #[test]
@@ -440,70 +449,37 @@ mod tests {
     #[test]
     fn fsync_needs_an_append_only_file_synced_on_every_write() {
         let s = "127.0.0.1:6390";
+        let fsync = Durability::Fsync;
+        assert!(problems(s, fsync, &settings(true, "always", 0)).is_empty());
+        let p = the_problem(s, fsync, &settings(false, "everysec", 1));
+        assert!(p.contains("appendonly no") && p.contains(s), "{p}");
+        let p = the_problem(s, fsync, &settings(true, "everysec", 1));
         assert!(
-            problems(
-                s,
-                Durability::Fsync,
-                &settings(true, "always", "noeviction", 0)
-            )
-            .is_empty()
-        );
-        let p = problems(
-            s,
-            Durability::Fsync,
-            &settings(false, "everysec", "noeviction", 1),
-        );
-        assert_eq!(p.len(), 1);
-        assert!(p[0].contains("appendonly no") && p[0].contains(s), "{p:?}");
-        let p = problems(
-            s,
-            Durability::Fsync,
-            &settings(true, "everysec", "noeviction", 1),
-        );
-        assert_eq!(p.len(), 1);
-        assert!(
-            p[0].contains("appendfsync everysec") && p[0].contains("always"),
-            "{p:?}"
+            p.contains("appendfsync everysec") && p.contains("always"),
+            "{p}"
         );
     }
 
     #[test]
     fn replica_needs_an_online_replica_and_nothing_on_disk() {
         let s = "10.0.0.1:6379";
-        assert!(
-            problems(
-                s,
-                Durability::Replica,
-                &settings(false, "no", "noeviction", 1)
-            )
-            .is_empty()
-        );
-        let p = problems(
-            s,
-            Durability::Replica,
-            &settings(true, "always", "noeviction", 0),
-        );
-        assert_eq!(p.len(), 1);
-        assert!(
-            p[0].contains("no online replica") && p[0].contains(s),
-            "{p:?}"
-        );
+        assert!(problems(s, Durability::Replica, &settings(false, "no", 1)).is_empty());
+        let p = the_problem(s, Durability::Replica, &settings(true, "always", 0));
+        assert!(p.contains("no online replica") && p.contains(s), "{p}");
     }
 
     #[test]
     fn none_only_forbids_eviction() {
         let s = "r:1";
-        assert!(problems(s, Durability::None, &settings(false, "no", "noeviction", 0)).is_empty());
+        assert!(problems(s, Durability::None, &settings(false, "no", 0)).is_empty());
     }
 
     #[test]
     fn eviction_is_a_problem_in_every_mode() {
+        let mut evicting = settings(true, "always", 1);
+        evicting.maxmemory_policy = "allkeys-lru".into();
         for mode in Durability::ALL {
-            let p = problems(
-                "127.0.0.1:6390",
-                mode,
-                &settings(true, "always", "allkeys-lru", 1),
-            );
+            let p = problems("127.0.0.1:6390", mode, &evicting);
             assert_eq!(
                 p,
                 vec![
@@ -518,11 +494,10 @@ mod tests {
 
     #[test]
     fn a_replica_is_not_a_master() {
-        let mut s = settings(true, "always", "noeviction", 0);
+        let mut s = settings(true, "always", 0);
         s.role = "slave".into();
-        let p = problems("r:1", Durability::None, &s);
-        assert_eq!(p.len(), 1);
-        assert!(p[0].contains("role slave"), "{p:?}");
+        let p = the_problem("r:1", Durability::None, &s);
+        assert!(p.contains("role slave"), "{p}");
     }
 
     #[test]
@@ -540,16 +515,8 @@ mod tests {
 
     #[test]
     fn the_status_gathers_every_nodes_problems() {
-        let good = RedisReport::new(
-            "a:1",
-            Durability::Fsync,
-            settings(true, "always", "noeviction", 0),
-        );
-        let bad = RedisReport::new(
-            "b:2",
-            Durability::Fsync,
-            settings(false, "always", "noeviction", 0),
-        );
+        let good = RedisReport::new("a:1", Durability::Fsync, settings(true, "always", 0));
+        let bad = RedisReport::new("b:2", Durability::Fsync, settings(false, "always", 0));
         let ok =
             DurabilityStatus::from_nodes(Durability::Fsync, vec![("a:1".into(), good.clone())]);
         assert!(ok.ok && ok.reasons.is_empty());
