@@ -86,6 +86,13 @@ if ! have redis-sentinel && [[ $redis_help != *--sentinel* ]]; then
   apt_install redis-sentinel
 fi
 
+# libfaketime, for the clock-skew tests (bench/tests/faults_clock.rs): a gateway binary run with
+# LD_PRELOAD=…/faketime/libfaketimeMT.so.1 and FAKETIME="+600" sees a wall clock 10 minutes ahead.
+if ! ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1; then
+  log "installing faketime (libfaketime)"
+  apt_install faketime libfaketime
+fi
+
 # PostgreSQL
 if ! t pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
   have pg_ctlcluster || { log "installing postgresql"; apt_install postgresql; }
