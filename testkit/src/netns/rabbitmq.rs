@@ -50,6 +50,14 @@ impl RabbitMqNode {
     /// test's namespace succeeds. Fails the test, with the node's log, if it exits first or is not
     /// ready within 90 s.
     pub async fn start(host: &Host) -> RabbitMqNode {
+        RabbitMqNode::start_with_advanced_config(host, "").await
+    }
+
+    /// [`start`](Self::start) with `advanced` (Erlang terms, e.g.
+    /// `[{rabbit, [{consumer_timeout, 3000}, {channel_tick_interval, 500}]}].`) as the node's
+    /// `advanced.config`: the settings `rabbitmq.conf` cannot express, such as how often a channel
+    /// checks its consumers' acknowledgement timeouts (once a minute by default). Empty: none.
+    pub async fn start_with_advanced_config(host: &Host, advanced: &str) -> RabbitMqNode {
         let root = own_temp_dir("rabbitmq");
         std::fs::create_dir_all(root.join("home")).expect("creating the RabbitMQ home");
         let files = [
@@ -61,6 +69,10 @@ impl RabbitMqNode {
         ];
         for (name, text) in files {
             std::fs::write(root.join(name), text).expect("writing RabbitMQ's configuration");
+        }
+        if !advanced.trim().is_empty() {
+            std::fs::write(root.join("advanced.config"), advanced)
+                .expect("writing RabbitMQ's advanced.config");
         }
         let node = RabbitMqNode {
             host: host.clone(),
