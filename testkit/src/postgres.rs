@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 /// How long a start (crash recovery included) may take before the test fails.
 const READY_DEADLINE: Duration = Duration::from_secs(90);
 /// The operating-system user PostgreSQL runs as: `initdb` and `postgres` refuse root.
-const PG_USER: &str = "postgres";
+pub(crate) const PG_USER: &str = "postgres";
 
 /// A `postgres` server owned by a test, on a free port of 127.0.0.1, TCP only, every client
 /// trusted (superuser `postgres`, no password), its processes in a process group of their own so
@@ -60,34 +60,8 @@ impl LocalPostgres {
             .expect("giving the data directory to postgres");
         std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .expect("chmod 0700 the data directory");
-        let mut initdb = Command::new("setpriv");
-        as_postgres(&mut initdb)
-            .arg(bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-instructions",
-            ])
-            .current_dir("/");
         let started = Instant::now();
-        let out = tokio::process::Command::from(initdb)
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("running setpriv … initdb: {e}"));
-        assert!(
-            out.status.success(),
-            "initdb failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        initdb(&bin, &data, &[], Path::new("/")).await;
         eprintln!(
             "LocalPostgres: initdb in {} took {:?}",
             data.display(),
@@ -213,17 +187,7 @@ impl LocalPostgres {
                     log_tail(&log)
                 );
             }
-            let mut probe = tokio::process::Command::new(bin.join("pg_isready"));
-            probe
-                .args(["-q", "-t", "1", "-d", &url])
-                .stdin(Stdio::null());
-            async move {
-                probe
-                    .status()
-                    .await
-                    .is_ok_and(|s| s.success())
-                    .then_some(())
-            }
+            accepting(&bin, &url)
         })
         .await;
         eprintln!(
@@ -243,7 +207,7 @@ impl Drop for LocalPostgres {
 
 /// `setpriv` options that run the program as the `postgres` user (and exec it: the child's pid
 /// is the program's).
-fn as_postgres(setpriv: &mut Command) -> &mut Command {
+pub(crate) fn as_postgres(setpriv: &mut Command) -> &mut Command {
     setpriv.args([
         &format!("--reuid={PG_USER}"),
         &format!("--regid={PG_USER}"),
@@ -251,9 +215,51 @@ fn as_postgres(setpriv: &mut Command) -> &mut Command {
     ])
 }
 
+/// Runs `initdb` in `data` as the `postgres` user (trust authentication, UTF-8, locale C, and
+/// `options`) from the directory `cwd`. Fails the test, with its output, if it fails.
+pub(crate) async fn initdb(bin: &Path, data: &Path, options: &[&str], cwd: &Path) {
+    let mut initdb = Command::new("setpriv");
+    as_postgres(&mut initdb)
+        .arg(bin.join("initdb"))
+        .arg("-D")
+        .arg(data)
+        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C"])
+        .args(options)
+        .arg("--no-instructions")
+        .current_dir(cwd);
+    // A second or two of work: off the test's runtime thread.
+    let out = tokio::process::Command::from(initdb)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("running setpriv … initdb: {e}"));
+    assert!(
+        out.status.success(),
+        "initdb failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `Some(())` once the server at `url` accepts connections (`pg_isready`, waiting a second at
+/// most), for [`wait_for`].
+pub(crate) fn accepting(bin: &Path, url: &str) -> impl Future<Output = Option<()>> + use<> {
+    let mut probe = tokio::process::Command::new(bin.join("pg_isready"));
+    probe
+        .args(["-q", "-t", "1", "-d", url])
+        .stdin(Stdio::null());
+    async move {
+        probe
+            .status()
+            .await
+            .is_ok_and(|s| s.success())
+            .then_some(())
+    }
+}
+
 /// The newest PostgreSQL's binaries (`/usr/lib/postgresql/<version>/bin`, as Debian installs
 /// them), or `$SECKILL_PG_BIN`.
-fn bin_dir() -> PathBuf {
+pub(crate) fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SECKILL_PG_BIN") {
         return dir.into();
     }

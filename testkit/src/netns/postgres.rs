@@ -3,6 +3,7 @@
 //! clients (the machine's shared PostgreSQL is never touched).
 
 use super::Host;
+use crate::postgres::{PG_USER, accepting, as_postgres, bin_dir, initdb};
 use crate::process::{kill_child, lock, log_tail, own_temp_dir, remove_own_dir};
 use crate::redis::free_port;
 use crate::wait::wait_for;
@@ -13,9 +14,6 @@ use std::time::{Duration, Instant};
 
 /// How long [`PostgresServer::start`] waits for the server to accept connections.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
-
-/// The operating-system user PostgreSQL runs as: `initdb` and `postgres` refuse root.
-const PG_USER: &str = "postgres";
 
 /// A `postgres` server owned by a test, in a [`Host`], on a free port of the host's address:
 /// a cluster made by `initdb` in a temporary directory of its own, every client trusted (no
@@ -69,36 +67,8 @@ impl PostgresServer {
             root,
             child: Mutex::new(None),
         };
-        let mut initdb = Command::new("setpriv");
-        as_postgres(&mut initdb)
-            .arg(bin.join("initdb"))
-            .args(["-D"])
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                // Nothing to fsync for: the cluster lives as long as the test.
-                "--no-sync",
-                "--no-instructions",
-            ])
-            .current_dir(&server.root);
-        // A second or two of work: off the test's runtime thread.
-        let initdb = tokio::process::Command::from(initdb)
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("running setpriv … initdb: {e}"));
-        assert!(
-            initdb.status.success(),
-            "initdb failed ({}):\n{}{}",
-            initdb.status,
-            String::from_utf8_lossy(&initdb.stdout),
-            String::from_utf8_lossy(&initdb.stderr)
-        );
+        // Nothing to fsync for: the cluster lives as long as the test.
+        initdb(&bin, &data, &["--no-sync"], &server.root).await;
         // initdb's trust lines cover only the local socket and loopback.
         let hba = data.join("pg_hba.conf");
         let mut rules = std::fs::read_to_string(&hba).expect("reading pg_hba.conf");
@@ -194,17 +164,7 @@ impl PostgresServer {
                     log_tail(&self.log_path())
                 );
             }
-            let mut probe = tokio::process::Command::new(bin.join("pg_isready"));
-            probe
-                .args(["-q", "-t", "1", "-d", &self.url()])
-                .stdin(Stdio::null());
-            async move {
-                probe
-                    .status()
-                    .await
-                    .is_ok_and(|s| s.success())
-                    .then_some(())
-            }
+            accepting(bin, &self.url())
         })
         .await;
     }
@@ -232,35 +192,6 @@ impl Drop for PostgresServer {
         }
         kill_child(&mut self.child);
         remove_own_dir(&self.root);
-    }
-}
-
-/// `setpriv` options that run the program as the `postgres` user (and execs it: the child's pid
-/// is the program's).
-fn as_postgres(setpriv: &mut Command) -> &mut Command {
-    setpriv.args([
-        &format!("--reuid={PG_USER}"),
-        &format!("--regid={PG_USER}"),
-        "--init-groups",
-    ])
-}
-
-/// The newest PostgreSQL's binaries (`/usr/lib/postgresql/<version>/bin`, as Debian installs
-/// them), or `$SECKILL_PG_BIN`.
-fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SECKILL_PG_BIN") {
-        return dir.into();
-    }
-    let newest = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| Some((e.file_name().to_str()?.parse::<u32>().ok()?, e.path())))
-        .filter(|(_, dir)| dir.join("bin/initdb").exists())
-        .max_by_key(|(version, _)| *version);
-    match newest {
-        Some((_, dir)) => dir.join("bin"),
-        None => panic!("no PostgreSQL server under /usr/lib/postgresql (set SECKILL_PG_BIN)"),
     }
 }
 
