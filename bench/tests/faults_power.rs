@@ -297,6 +297,24 @@ impl StuckRelay {
     }
 }
 
+/// The order ids in the item's gene's outbox (entries `e` = `"<order> <user> …"`).
+async fn outbox_ids(config: &Config) -> BTreeSet<OrderId> {
+    let redis = seckill_infra::redis::client(&config.redis_url)
+        .await
+        .expect("Redis");
+    let keys = Keys::new(&config.namespace);
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis
+        .xrange(keys.outbox(gene_of_item(ITEM)), "-", "+", None)
+        .await
+        .expect("XRANGE");
+    let _ = redis.quit().await;
+    entries
+        .iter()
+        .filter_map(|(_, fields)| fields.get("e")?.split(' ').next()?.parse().ok())
+        .map(OrderId)
+        .collect()
+}
+
 async fn outbox_len(config: &Config) -> i64 {
     let redis = seckill_infra::redis::client(&config.redis_url)
         .await
@@ -318,7 +336,9 @@ struct RedisRun {
     /// The `202`s answered before the cut.
     before_cut: BTreeSet<OrderId>,
     /// Orders in the outbox (nowhere else yet) at the cut.
-    outbox_at_cut: i64,
+    outbox_at_cut: usize,
+    /// `202`s answered just before the outbox was read, not in it.
+    answered_not_in_outbox: usize,
     /// When Redis answered again, on the history's clock (an op's `invoked_ms`): a purchase
     /// invoked later ran on the restarted Redis.
     restarted_ms: u64,
@@ -343,12 +363,16 @@ async fn redis_power_cut(
     let progress = Progress::default();
     let mut before_cut = BTreeSet::new();
     let mut outbox_at_cut = 0;
+    let mut answered_not_in_outbox = 0;
     let mut restarted_ms = 0;
     let started = Instant::now();
     let chaos = async {
         progress.until_accepted(cut_after, &history).await;
         stuck.dies().await;
-        outbox_at_cut = outbox_len(&config).await;
+        let answered = accepted_ids(&history);
+        let outbox = outbox_ids(&config).await;
+        outbox_at_cut = outbox.len();
+        answered_not_in_outbox = answered.difference(&outbox).count();
         let stats = fs.stats();
         redis.kill();
         // Every 202 answered so far was answered before the kill.
@@ -378,6 +402,7 @@ async fn redis_power_cut(
         history,
         before_cut,
         outbox_at_cut,
+        answered_not_in_outbox,
         restarted_ms,
     }
 }
@@ -400,12 +425,11 @@ async fn redis_power_cut_mid_burst_loses_no_accepted_order() {
 
     let run = redis_power_cut(&mut fs, &mut redis, stack, stuck, 1_000, 300).await;
     assert!(run.before_cut.len() >= 300);
-    assert!(
-        run.outbox_at_cut >= run.before_cut.len() as i64,
-        "every order accepted before the cut was in the outbox only: {} in it, {} answered 202",
-        run.outbox_at_cut,
-        run.before_cut.len()
+    assert_eq!(
+        run.answered_not_in_outbox, 0,
+        "every order answered 202 before the cut was in the outbox, unrelayed"
     );
+    assert!(run.outbox_at_cut >= 300, "{}", run.outbox_at_cut);
     let config = run.stack.config().clone();
     let checks = check_passes(&run.client, &run.history, &config).await;
     for c in &checks {
@@ -470,6 +494,7 @@ async fn redis_without_fsync_refuses_in_fsync_mode_and_loses_202s_to_a_power_cut
     let stuck = StuckRelay::hold(stack.config()).await;
     stack.start_processes().await;
     let run = redis_power_cut(&mut fs, &mut redis, stack, stuck, 1_000, 300).await;
+    assert_eq!(run.answered_not_in_outbox, 0);
     let config = run.stack.config().clone();
     let settle = run.client.settle(SETTLE).await;
     assert_eq!(settle.unsettled, 0, "{settle:?}");
