@@ -194,8 +194,7 @@ fn case(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_purchases_are_refused_and_sell_nothing() {
-    let app = TestApp::spawn().await;
-    app.create_item(ITEM, STOCK, 1).await;
+    let app = TestApp::with_item(ITEM, STOCK, 1).await;
     let config = &app.config;
     let good = app.ticket(1, ITEM);
     let tickets = Tickets::new(&config.ticket_secret);

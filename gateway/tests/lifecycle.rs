@@ -146,6 +146,17 @@ async fn read_line(conn: &mut BufReader<TcpStream>) -> String {
     line
 }
 
+/// Sends `what` (`bytes`), then reads the status line that answers it, which starts with
+/// `status`.
+async fn send_then_status(conn: &mut BufReader<TcpStream>, what: &str, bytes: &str, status: &str) {
+    conn.get_mut()
+        .write_all(bytes.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("sending {what}: {e}"));
+    let line = read_line(conn).await;
+    assert!(line.starts_with(status), "got {line:?}");
+}
+
 /// Reads header lines up to the blank line; returns the Content-Length.
 async fn read_headers(conn: &mut BufReader<TcpStream>) -> usize {
     let mut length = 0;
@@ -167,8 +178,7 @@ async fn read_headers(conn: &mut BufReader<TcpStream>) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_an_in_flight_purchase_finish_then_run_returns_ok() {
     const ITEM: u64 = 51;
-    let mut app = TestApp::spawn().await;
-    app.create_item(ITEM, 5, 1).await;
+    let mut app = TestApp::with_item(ITEM, 5, 1).await;
     let body = app.purchase(1, ITEM).to_string();
 
     let stream = TcpStream::connect(app.addr()).await.expect("connecting");
@@ -178,14 +188,9 @@ async fn shutdown_lets_an_in_flight_purchase_finish_then_run_returns_ok() {
          Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         body.len()
     );
-    conn.get_mut()
-        .write_all(head.as_bytes())
-        .await
-        .expect("sending the head");
     // hyper sends `100 Continue` when the handler starts reading the body: from here on the request
     // is in flight.
-    let status = read_line(&mut conn).await;
-    assert!(status.starts_with("HTTP/1.1 100"), "got {status:?}");
+    send_then_status(&mut conn, "the head", &head, "HTTP/1.1 100").await;
     read_headers(&mut conn).await;
 
     let mut run = app.begin_shutdown();
@@ -204,12 +209,7 @@ async fn shutdown_lets_an_in_flight_purchase_finish_then_run_returns_ok() {
         "run() returned while a request was in flight: {early:?}"
     );
 
-    conn.get_mut()
-        .write_all(body.as_bytes())
-        .await
-        .expect("sending the body");
-    let status = read_line(&mut conn).await;
-    assert!(status.starts_with("HTTP/1.1 202"), "got {status:?}");
+    send_then_status(&mut conn, "the body", &body, "HTTP/1.1 202").await;
     let length = read_headers(&mut conn).await;
     let mut answer = vec![0; length];
     conn.read_exact(&mut answer)

@@ -284,8 +284,7 @@ async fn changes_reach_streams_and_a_reconnection_rereads() {
 /// An idle stream carries a comment line every 15 s, and stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_stream_carries_keep_alives() {
-    let app = TestApp::spawn().await;
-    app.create_item(1, 10, 1).await;
+    let app = TestApp::with_item(1, 10, 1).await;
     let order = app.http.seckill(&app.purchase(1, 1)).await.accepted();
     let mut s = open(&app, Some(&app.jwt(1)), &order.to_string())
         .await

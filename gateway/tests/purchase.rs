@@ -20,8 +20,7 @@ fn rfc3339(offset_secs: i64) -> String {
 async fn one_user_racing_fifty_requests_gets_one_order() {
     const ITEM: u64 = 7;
     const STOCK: i64 = 10;
-    let app = TestApp::spawn().await;
-    app.create_item(ITEM, STOCK, 1).await;
+    let app = TestApp::with_item(ITEM, STOCK, 1).await;
     let events = Events::bind(&app.config).await;
     let body = app.purchase(1, ITEM);
 
@@ -100,8 +99,7 @@ async fn one_user_racing_fifty_requests_gets_one_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_with_its_key_is_answered_even_after_the_sale_sold_out() {
     const ITEM: u64 = 8;
-    let app = TestApp::spawn().await;
-    app.create_item(ITEM, 2, 1).await;
+    let app = TestApp::with_item(ITEM, 2, 1).await;
     let key = "retry-after-sellout";
     let body1 = app.purchase(1, ITEM);
     let first = app.http.seckill_with_key(key, &body1).await.accepted();
@@ -246,8 +244,7 @@ async fn the_sale_window_and_ticket_issuance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_just_accepted_order_is_pending_to_its_owner_only() {
     const ITEM: u64 = 31;
-    let app = TestApp::spawn().await;
-    app.create_item(ITEM, 3, 2).await;
+    let app = TestApp::with_item(ITEM, 3, 2).await;
     // Bought with the user's JWT instead of a ticket, two units.
     let resp = app
         .http

@@ -15,8 +15,7 @@ const ITEM: u64 = 91;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_outbox_entry_is_dead_lettered_and_blocks_nothing() {
-    let app = TestApp::spawn().await;
-    app.create_item(ITEM, 10, 1).await;
+    let app = TestApp::with_item(ITEM, 10, 1).await;
     let events = Events::bind(&app.config).await;
     let stream = app.keys.outbox(gene_of_item(ItemId(ITEM)));
     let _: String = app

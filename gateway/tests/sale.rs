@@ -15,8 +15,7 @@ const CONNECTIONS: usize = 500;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_buyers_for_a_hundred_units() {
-    let app = TestApp::spawn().await;
-    app.create_item(ITEM, STOCK, 1).await;
+    let app = TestApp::with_item(ITEM, STOCK, 1).await;
     let events = Events::bind(&app.config).await;
     // Tickets are minted before the burst so that the burst is only HTTP.
     let bodies: Vec<(u64, serde_json::Value)> = (1..=BUYERS)

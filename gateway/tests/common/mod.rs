@@ -296,6 +296,13 @@ impl TestApp {
         TestApp::spawn_env(TestEnv::new(Backend::Postgres)).await
     }
 
+    /// [`spawn`](Self::spawn), then an item on sale (see [`create_item`](Self::create_item)).
+    pub async fn with_item(item: u64, stock: i64, per_user_limit: i32) -> TestApp {
+        let app = TestApp::spawn().await;
+        app.create_item(item, stock, per_user_limit).await;
+        app
+    }
+
     /// A gateway on a Redis server of the test's own.
     pub async fn spawn_on(redis: &RedisServer) -> TestApp {
         let mut env = TestEnv::new(Backend::Postgres);
