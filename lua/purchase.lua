@@ -19,18 +19,30 @@
 -- KEYS[5] idempotency key, or a placeholder in the same slot when ARGV[5] == '0'
 -- KEYS[6] the gene's state hash (ready = epoch of what Redis holds, i:<item> = known item)
 -- KEYS[7] the order id's void key (its owner was told it does not exist)
--- ARGV: order_id, user_id, quantity, item_id, has_idempotency_key, idempotency_ttl_secs
+-- ARGV: order_id, user_id, quantity, item_id, has_idempotency_key, idempotency_ttl_secs, and,
+-- after every purchase's six, one last value: the largest skew (ms) allowed between an order id's
+-- time (the minting gateway's clock) and Redis's
+--
+-- An id whose time is further from Redis's clock than that (a gateway whose clock is badly off)
+-- never sells: `lua/lookup_order.lua` makes a missing id void within a window wider than that
+-- skew, so every id that could still sell is covered and a "no such order" stays true.
 --
 -- Returns, per purchase, three values: code, value, accepted ms (or ''). Codes: 0 accepted (order
 -- id, created ms), 1 unknown item, 2 not started, 3 ended, 4 replay of an accepted request (order
 -- id), 5 limit reached (the held order id), 6 sold out (units remaining), 7 recovering (Redis lost
--- the gene's state: nothing sold), 8 void (the order id was declared unknown to its owner:
--- nothing sold), 9 Redis refused it (the error; nothing sold: a purchase's first write comes
--- after every check, and Redis refuses a script's writes, out of memory or read-only, at its
--- first).
+-- the gene's state: nothing sold), 8 void (the order id was declared unknown to its owner, or its
+-- time is too far from Redis's clock: nothing sold), 9 Redis refused it (the error; nothing sold:
+-- a purchase's first write comes after every check, and Redis refuses a script's writes, out of
+-- memory or read-only, at its first).
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local at = string.format('%d', now)
+local max_skew = tonumber(ARGV[#ARGV])
+-- An order id's time: its top 41 bits, milliseconds since 2024-01-01 (a double keeps them exact:
+-- the id's low bits lost to rounding are below the millisecond).
+local function id_ms(id)
+  return math.floor(tonumber(id) / 4194304) + 1704067200000
+end
 
 local function purchase(k, a)
   local state = redis.call('HMGET', KEYS[k + 6], 'ready', 'i:' .. ARGV[a + 4])
@@ -83,6 +95,9 @@ local function purchase(k, a)
   -- Only on the selling path: the owner's GET may have declared this id unknown while the purchase
   -- was in flight; then it must not sell, or that answer would have been a lie.
   if redis.call('GET', KEYS[k + 7]) == user then
+    return 8, '', ''
+  end
+  if math.abs(id_ms(ARGV[a + 1]) - now) > max_skew then
     return 8, '', ''
   end
 

@@ -209,7 +209,8 @@ pub async fn redis_purchase(
         .script_load(PURCHASE)
         .await
         .context("SCRIPT LOAD purchase.lua")?;
-    // KEYS as in `Scripts::purchase`; ARGV: order, buyer, quantity, item, no idempotency key, ttl.
+    // KEYS as in `Scripts::purchase`; ARGV: order, buyer, quantity, item, no idempotency key, ttl,
+    // and the allowed clock skew.
     let mut command = vec!["EVALSHA".to_owned(), sha, scratch.len().to_string()];
     command.extend(scratch.iter().cloned());
     command.extend([
@@ -219,6 +220,7 @@ pub async fn redis_purchase(
         item.to_string(),
         "0".to_owned(),
         "0".to_owned(),
+        seckill_infra::scripts::MAX_CLOCK_SKEW_MS.to_string(),
     ]);
     let result = redis_benchmark(redis_url, requests, connections, &command).await;
     let remaining: Option<i64> = redis.hget(keys.item(item), "remaining").await?;

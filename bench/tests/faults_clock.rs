@@ -509,14 +509,12 @@ async fn gateways_ten_minutes_ahead_and_behind_sell_only_in_the_window_by_redis_
     let _ = std::fs::remove_dir_all(&logs);
 }
 
-/// A gateway whose wall clock is 11 minutes behind mints ids that Redis's clock finds older than
-/// the window within which `lua/lookup_order.lua` makes a missing id void for its owner (10
-/// minutes, `IN_FLIGHT_WINDOW_MS`): the owner's `GET /orders/{id}` answers 404 and makes nothing
-/// void, and the purchase of that id arriving afterwards sells, so the 404 was a lie. Ignored
-/// until that is fixed (in `lua/lookup_order.lua` or `infra/src/scripts/read_model.rs`): it fails
-/// today with the late purchase `Accepted`. Run it with `--ignored`.
+/// A gateway whose wall clock is 11 minutes behind mints ids that are older, by Redis's clock,
+/// than a one-sided window of ten minutes would have made void: the owner's `GET /orders/{id}`
+/// answered 404, made nothing void, and the purchase of that id arriving afterwards sold. Now a
+/// purchase sells only ids within `MAX_CLOCK_SKEW_MS` of Redis's clock and a lookup makes void
+/// every missing id within a wider window, both ways: the 404 stays final.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: a 404 for an id minted by a gateway more than 10 minutes behind is not final"]
 async fn a_404_for_an_id_minted_by_a_gateway_eleven_minutes_behind_stays_final() {
     let mut redis_server = RedisServer::start_ready(RedisOptions::default()).await;
     let mut env = TestEnv::new(Backend::Postgres);

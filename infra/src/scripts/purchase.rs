@@ -12,6 +12,11 @@ pub const PURCHASE: &str = concat!(
     include_str!("../../../lua/purchase.lua")
 );
 
+/// The largest difference between an order id's time (the minting gateway's clock) and Redis's
+/// clock at which it still sells: a gateway whose clock is further off than this sells nothing
+/// (`503 unavailable`) until it is set right.
+pub const MAX_CLOCK_SKEW_MS: u64 = 30 * 60 * 1000;
+
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
 
@@ -210,13 +215,14 @@ impl Scripts {
             .collect()
     }
 
-    /// The purchases' keys and arguments, seven keys and six values each, in `lua/purchase.lua`'s order. A sale's
+    /// The purchases' keys and arguments, seven keys and six values each and the allowed clock
+    /// skew last, in `lua/purchase.lua`'s order. A sale's
     /// batch is mostly one hot item: its five keys and its id are built once per run of
     /// purchases of the same item and shared (fred's keys and values are reference-counted
     /// bytes), so a purchase costs four strings of its own instead of fourteen.
     fn purchase_args(&self, reqs: &[PurchaseRequest<'_>]) -> (Vec<Key>, Vec<Value>) {
         let mut keys: Vec<Key> = Vec::with_capacity(7 * reqs.len());
-        let mut args: Vec<Value> = Vec::with_capacity(6 * reqs.len());
+        let mut args: Vec<Value> = Vec::with_capacity(6 * reqs.len() + 1);
         let ttl = Value::from(IDEMPOTENCY_TTL_SECS.to_string());
         let (with_key, without_key) = (Value::from_static_str("1"), Value::from_static_str("0"));
         let k = &self.keys;
@@ -251,6 +257,7 @@ impl Scripts {
                 ttl.clone(),
             ]);
         }
+        args.push(Value::from(MAX_CLOCK_SKEW_MS.to_string()));
         (keys, args)
     }
 }
@@ -315,6 +322,7 @@ mod tests {
             ]);
         }
         assert_eq!(keys, want_keys);
+        want_args.push(MAX_CLOCK_SKEW_MS.to_string());
         assert_eq!(args, want_args);
     }
 

@@ -3,7 +3,7 @@
 //! (`lua/release.lua`), and an owner's lookup that makes a recent missing id void
 //! (`lua/lookup_order.lua`).
 
-use super::{BadScriptReply, ScriptError, Scripts};
+use super::{BadScriptReply, MAX_CLOCK_SKEW_MS, ScriptError, Scripts};
 use fred::prelude::*;
 use seckill_schema::keys::gene_of_item;
 use seckill_schema::record::{OrderRecord, ShownPayment};
@@ -25,8 +25,10 @@ pub const LOOKUP_ORDER: &str = concat!(
 
 /// How long a "no such order" answer fences a purchase of that id still in flight.
 pub const VOID_TTL_SECS: u64 = 600;
-/// An id minted this long ago or less (by Redis's clock) may still have its purchase in flight.
-pub const IN_FLIGHT_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// A missing id whose time is within this of Redis's clock, either way, is made void for its
+/// owner: wider than the skew a purchase allows ([`MAX_CLOCK_SKEW_MS`]) by the longest a purchase
+/// can be in flight, so every id that could still sell is covered.
+pub const IN_FLIGHT_WINDOW_MS: u64 = MAX_CLOCK_SKEW_MS + 60 * 1000;
 
 /// What a release did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,8 +323,8 @@ impl Scripts {
         Ok((results, generation))
     }
 
-    /// Reads an order's record for `user`; with `may_void`, a missing id minted within
-    /// [`IN_FLIGHT_WINDOW_MS`] of Redis's clock (or after it) is declared void for them.
+    /// Reads an order's record for `user`; with `may_void`, a missing id whose time is within
+    /// [`IN_FLIGHT_WINDOW_MS`] of Redis's clock, either way, is declared void for them.
     pub async fn lookup_order(
         &self,
         client: &Client,
