@@ -131,15 +131,13 @@ async fn items_show_their_sale_state_and_the_list_shows_sales_not_over() {
         "/items/99999999999999999999999",
     ] {
         app.http
-            .get(path, None)
-            .await
-            .assert_error(StatusCode::NOT_FOUND, "unknown_item");
+            .get_error(path, StatusCode::NOT_FOUND, "unknown_item")
+            .await;
     }
     // Asked again: the negative entry answers the same.
     app.http
-        .get("/items/999999", None)
-        .await
-        .assert_error(StatusCode::NOT_FOUND, "unknown_item");
+        .get_error("/items/999999", StatusCode::NOT_FOUND, "unknown_item")
+        .await;
     let resp = app
         .http
         .send(Method::DELETE, &format!("/items/{live}"), &[], "")

@@ -24,13 +24,15 @@ async fn health_readiness_and_metrics() {
     assert_eq!(ready["redis_durability"]["ok"], true, "{ready}");
     assert_eq!(ready["redis_recovering_genes"], json!([]), "{ready}");
     app.http
-        .get("/no-such-route", None)
-        .await
-        .assert_error(StatusCode::NOT_FOUND, "not_found");
+        .get_error("/no-such-route", StatusCode::NOT_FOUND, "not_found")
+        .await;
     app.http
-        .get("/seckill", None)
-        .await
-        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+        .get_error(
+            "/seckill",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        )
+        .await;
     // The OpenAPI document names every route of the contract, with its methods and securities.
     let doc = app.http.get("/openapi.json", None).await.json();
     assert!(

@@ -290,9 +290,12 @@ async fn a_just_accepted_order_is_pending_to_its_owner_only() {
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
     app.http
-        .get(&format!("/orders/{id}"), None)
-        .await
-        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+        .get_error(
+            &format!("/orders/{id}"),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        )
+        .await;
     app.stop().await.expect("run() returns Ok");
 }
 

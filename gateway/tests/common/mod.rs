@@ -203,6 +203,11 @@ impl Http {
         self.send(Method::GET, path, &headers, Bytes::new()).await
     }
 
+    /// `GET path` without credentials, answered `status` with the error `code`.
+    pub async fn get_error(&self, path: &str, status: StatusCode, code: &str) {
+        self.get(path, None).await.assert_error(status, code);
+    }
+
     pub async fn post_json(&self, path: &str, bearer: Option<&str>, body: &Value) -> Resp {
         let auth = bearer.map(|t| format!("Bearer {t}"));
         let headers: Vec<(&str, &str)> =
