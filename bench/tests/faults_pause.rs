@@ -4,7 +4,8 @@
 //! checker and the bench's audit must hold against the database (no `202` lost, nothing applied
 //! twice, every `outcome_unknown` settled truthfully, no oversell, the dead-letter queue empty).
 //!
-//! - the gateway holding the relay lease, past the lease (5 s), while a second gateway runs;
+//! - the gateway holding the relay lease, past the lease (5 s), while a second gateway runs, and
+//!   Redis SIGKILLed and restarted from its append-only file while the stream waits unrelayed;
 //! - the workers, mid-batch, past RabbitMQ's consumer timeout (3 s here, checked every 0.5 s);
 //! - the Redis master under Sentinel (`replica` mode), past `down-after-milliseconds`, so that a
 //!   replica is promoted; then continued: it must not go on selling as a second master.
@@ -30,43 +31,67 @@ fn plan(item: ItemId) -> Plan {
 async fn the_relay_lease_holder_paused_past_its_lease_loses_nothing_and_applies_nothing_twice() {
     let item = ItemId(311);
     // Unpaid orders time out after 3 s: orders relayed again late may find theirs closed.
-    let stack = Stack::start(Options::fsync().gateways(2).payment_timeout(3)).await;
+    let mut stack = Stack::start(Options::fsync().gateways(2).payment_timeout(3)).await;
     stack.create_item(item, 150, 2, PRICE).await;
     let progress = Progress::new();
     let sale = plan(item);
+    let (clients, gateways, config) = (&stack.clients, &stack.gateways, &stack.config);
+    let redis = &mut stack.redis;
     let mut seen = Vec::new();
+    let mut holder = 0;
     let fault = async {
         progress.until_accepted(40).await;
-        let holder = stack
-            .relay_holder(item)
+        holder = faults::relay_holder(config, gateways, item)
             .await
             .expect("a gateway holds the relay lease");
         let other = 1 - holder;
-        let paused = &stack.gateways[holder];
         let started = Instant::now();
-        paused.pause();
+        gateways[holder].pause();
+        // Sales go on through the other gateway, into a stream no one relays meanwhile.
+        let url = redis.url();
+        let backlog = wait_for(
+            "the outbox to fill while its relay is paused",
+            Duration::from_secs(20),
+            || async {
+                let n = faults::outbox_len_at(config, &url, item).await?;
+                (n >= 15).then_some(n)
+            },
+        )
+        .await;
+        // Redis crashes with them in it, and comes back from its append-only file.
+        redis.kill();
+        redis.restart();
+        redis.wait_ready().await;
+        let after_restart = faults::outbox_len_at(config, &url, item).await.unwrap_or(0);
         // The other gateway takes the stream over once the lease runs out (5 s).
         wait_for(
             "the other gateway to take the relay lease",
             Duration::from_secs(30),
-            || async { (stack.relay_holder(item).await == Some(other)).then_some(()) },
+            || async {
+                (faults::relay_holder(config, gateways, item).await == Some(other)).then_some(())
+            },
         )
         .await;
         seen.push(("lease taken over (ms)", started.elapsed().as_millis()));
-        let backlog = stack.outbox_len(item).await.unwrap_or(0);
         hold(Duration::from_secs(8).saturating_sub(started.elapsed())).await;
-        paused.resume();
+        gateways[holder].resume();
         seen.push(("paused for (ms)", started.elapsed().as_millis()));
-        seen.push(("outbox at the takeover", u128::from(backlog)));
-        seen.push(("holder", holder as u128));
+        seen.push(("outbox before Redis's crash", u128::from(backlog)));
+        seen.push(("outbox after its restart", u128::from(after_restart)));
     };
-    let ((), ()) = tokio::join!(stack.burst(&sale, &progress), fault);
+    let ((), ()) = tokio::join!(faults::burst(clients, &sale, &progress), fault);
     let verdict = stack.verify(item, Final::All).await;
     eprintln!(
-        "{seen:?}; the paused gateway's relay failed {} times after it woke",
-        stack.gateways[seen[3].1 as usize].log_count("relay step failed")
+        "paused gateway {}: {seen:?}; its relay failed {} times after it woke",
+        holder + 1,
+        stack.gateways[holder].log_count("relay step failed")
     );
     verdict.assert_passed(&stack.history);
+    let (before, after) = (seen[2].1, seen[3].1);
+    assert!(
+        after >= before,
+        "the outbox lost entries in the crash: {before} before, {after} after"
+    );
     assert_eq!(stack.outbox_len(item).await, Some(0), "everything relayed");
 }
 

@@ -712,18 +712,7 @@ impl Stack {
 
     /// Which gateway holds the relay lease of `item`'s gene now (by the pid in its token).
     pub async fn relay_holder(&self, item: ItemId) -> Option<usize> {
-        let redis = self.redis_client().await;
-        let keys = Keys::new(&self.config.namespace);
-        let token: Option<String> = redis
-            .get(keys.relay_lease(seckill_schema::keys::gene_of_item(item)))
-            .await
-            .ok()
-            .flatten();
-        let _ = redis.quit().await;
-        let token = token?;
-        self.gateways
-            .iter()
-            .position(|g| g.child.is_some() && token.starts_with(&format!("gateway-{}-", g.pid())))
+        relay_holder(&self.config, &self.gateways, item).await
     }
 }
 
@@ -947,6 +936,22 @@ fn is_final_answer(o: &Outcome) -> bool {
             | Outcome::Ended
             | Outcome::UnknownItem
     )
+}
+
+/// Which of `gateways` holds the relay lease of `item`'s gene now (by the pid in its token).
+pub async fn relay_holder(config: &Config, gateways: &[Proc], item: ItemId) -> Option<usize> {
+    let redis = seckill_infra::redis::client(&config.redis_url).await.ok()?;
+    let keys = Keys::new(&config.namespace);
+    let token: Option<String> = redis
+        .get(keys.relay_lease(seckill_schema::keys::gene_of_item(item)))
+        .await
+        .ok()
+        .flatten();
+    let _ = redis.quit().await;
+    let token = token?;
+    gateways
+        .iter()
+        .position(|g| g.child.is_some() && token.starts_with(&format!("gateway-{}-", g.pid())))
 }
 
 /// Entries in `item`'s gene's outbox stream on the Redis at `url` (`None`: no answer).
