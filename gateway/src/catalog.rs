@@ -520,6 +520,17 @@ mod tests {
         Catalog::new(capacity, Duration::from_secs(3600))
     }
 
+    /// A never-stale catalog of `capacity` entries holding items 1 and 2, and its count of
+    /// fetches.
+    async fn holding_two(capacity: usize) -> (Catalog, Arc<AtomicUsize>) {
+        let catalog = never_stale(capacity);
+        let calls = Arc::new(AtomicUsize::new(0));
+        for item in 1..=2 {
+            catalog.item(ItemId(item), counting(&calls, item)).await;
+        }
+        (catalog, calls)
+    }
+
     async fn boom() -> Looked {
         panic!("the fetch panics")
     }
@@ -612,11 +623,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_map_is_bounded_and_unknown_ids_make_room_first() {
-        let catalog = never_stale(4);
-        let calls = Arc::new(AtomicUsize::new(0));
-        for item in 1..=2 {
-            catalog.item(ItemId(item), counting(&calls, item)).await;
-        }
+        let (catalog, calls) = holding_two(4).await;
         for item in 100..110 {
             assert_eq!(
                 catalog
@@ -638,11 +645,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_map_of_live_items_serves_uncached() {
-        let catalog = never_stale(2);
-        let calls = Arc::new(AtomicUsize::new(0));
-        for item in 1..=2 {
-            catalog.item(ItemId(item), counting(&calls, item)).await;
-        }
+        let (catalog, _) = holding_two(2).await;
         let other = Arc::new(AtomicUsize::new(0));
         for _ in 0..3 {
             assert_eq!(
