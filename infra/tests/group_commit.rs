@@ -18,29 +18,11 @@ fn options() -> RedisOptions {
 async fn master_and_replica() -> (RedisServer, RedisServer, Client) {
     let master = RedisServer::start_ready(options()).await;
     let replica = RedisServer::start_ready(options().replicaof(master.port())).await;
-    let admin = seckill_infra::redis::client(&master.url()).await.unwrap();
-    wait_acknowledged(&admin).await;
-    (master, replica, admin)
-}
-
-/// Waits until a replica of `admin`'s server acknowledges a write (`WAIT 1`).
-async fn wait_acknowledged(admin: &Client) {
-    // `state=online` is not enough: a replica still loading its first copy acknowledges nothing.
     // A first full sync on a loaded machine (the suite's other tests run beside this one) can take
-    // a while: the deadline is generous, each WAIT short.
-    wait_for(
-        "the replica to acknowledge",
-        Duration::from_secs(90),
-        || {
-            let admin = admin.clone();
-            async move {
-                let _: () = admin.set("ready", "1", None, None, false).await.ok()?;
-                let acked: i64 = admin.wait(1, 500).await.ok()?;
-                (acked == 1).then_some(())
-            }
-        },
-    )
-    .await;
+    // a while.
+    master.wait_replicated(Duration::from_secs(90)).await;
+    let admin = seckill_infra::redis::client(&master.url()).await.unwrap();
+    (master, replica, admin)
 }
 
 /// The hot path's client, as the gateway builds it: one auto-pipelined connection.
@@ -187,8 +169,8 @@ async fn on_a_cluster_the_wait_goes_to_the_keys_primary() {
     // One primary holding every slot, and its replica.
     let cluster = RedisCluster::start_with(1, 1, |_| options()).await;
     let master = &cluster.primaries()[0];
+    master.wait_replicated(Duration::from_secs(90)).await;
     let admin = seckill_infra::redis::client(&master.url()).await.unwrap();
-    wait_acknowledged(&admin).await;
     let waits_before = wait_calls(&admin).await;
 
     let client = hot_client(&cluster.url()).await;

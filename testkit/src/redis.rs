@@ -288,6 +288,29 @@ impl RedisServer {
         lock(&self.child).as_ref().map(Child::id)
     }
 
+    /// Waits until a replica acknowledges a write to this master: a `SET` then `WAIT 1` on one
+    /// connection (`state=online` is not enough: a replica still loading its first copy
+    /// acknowledges nothing), each `WAIT` half a second at most. Fails the test after `deadline`.
+    pub async fn wait_replicated(&self, deadline: Duration) {
+        use fred::prelude::*;
+        let client = seckill_infra::redis::client(&self.url())
+            .await
+            .expect("a client of the master");
+        wait_for("a replica to acknowledge a write", deadline, || {
+            let client = client.clone();
+            async move {
+                let _: () = client
+                    .set("testkit:replicated", "1", None, None, false)
+                    .await
+                    .ok()?;
+                let acked: i64 = client.wait(1, 500).await.ok()?;
+                (acked >= 1).then_some(())
+            }
+        })
+        .await;
+        let _ = client.quit().await;
+    }
+
     /// Waits until the server answers `PING` with `+PONG` (not `-LOADING`: an AOF replay is
     /// done), over a plain TCP connection. Fails the test after 20 s, or at once, with the
     /// server's log, if the process has exited.
