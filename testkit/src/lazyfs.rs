@@ -23,11 +23,11 @@
 //! redis.wait_ready().await;
 //! ```
 
-use crate::process::{own_temp_dir, remove_own_dir};
+use crate::process::{own_temp_dir, remove_own_dir, try_spawn_command_logged};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// How long mounting may take before the test fails.
@@ -162,23 +162,15 @@ impl LazyFs {
 
     fn start(&mut self) {
         let binary = binary();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("opening the seckill-lazyfs log");
-        let err = log.try_clone().expect("duplicating the log descriptor");
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .arg("--backing")
             .arg(&self.backing)
             .arg("--mount")
             .arg(self.path())
             .arg("--control")
-            .arg(self.control_path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
+            .arg(self.control_path());
+        let child = try_spawn_command_logged(command, &self.log_path())
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
         self.child = Some(child);
         // The socket answers only once the mount is up.

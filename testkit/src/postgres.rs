@@ -15,7 +15,7 @@
 //! pg.restart().await; // crash recovery from what was fsynced
 //! ```
 
-use crate::process::{log_tail, own_temp_dir, remove_own_dir};
+use crate::process::{log_tail, own_temp_dir, remove_own_dir, try_spawn_command_logged};
 use crate::redis::free_port;
 use crate::wait::wait_for;
 use nix::sys::signal::{Signal, killpg};
@@ -139,12 +139,6 @@ impl LocalPostgres {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("opening the postgres log");
-        let err = log.try_clone().expect("duplicating the log descriptor");
         let own = [
             ("listen_addresses", "127.0.0.1"),
             // No socket file: TCP on our own port only.
@@ -162,13 +156,8 @@ impl LocalPostgres {
         for (name, value) in own.into_iter().chain(theirs) {
             command.args(["-c", &format!("{name}={value}")]);
         }
-        let child = command
-            .current_dir("/")
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
+        command.current_dir("/").process_group(0);
+        let child = try_spawn_command_logged(command, &self.log_path())
             .unwrap_or_else(|e| panic!("starting postgres: {e}"));
         self.child = Some(child);
     }
