@@ -193,8 +193,8 @@ async fn buy_each(client: &Client, users: &AtomicU64, count: u64) -> Vec<Outcome
 }
 
 /// `GET /items/{id}`'s `state` and `server_time` on a gateway, and `POST /items/{id}/ticket`'s
-/// answer: what the gateway's own clock tells a buyer. Printed, for the report: the purchase
-/// script alone decides what sells.
+/// answer: what the gateway tells a buyer about time by itself (by Redis's clock, measured every
+/// second, not its own).
 async fn shown(http: &reqwest::Client, base: &str, jwt: &Jwt) -> String {
     let page: serde_json::Value = match http.get(format!("{base}/items/{}", ITEM.0)).send().await {
         Ok(r) => r.json().await.unwrap_or_default(),
@@ -405,12 +405,18 @@ async fn gateways_ten_minutes_ahead_and_behind_sell_only_in_the_window_by_redis_
                  about {skew}: is libfaketime working?"
             );
         }
+        // What the gateway decides about time by itself reads Redis's clock too: its product
+        // page shows the sale live and it issues tickets, whatever its own clock says.
+        let seen = shown(&http, &gateway.base, &jwt).await;
+        assert!(
+            seen.contains("page state \"live\"") && seen.contains("ticket 200"),
+            "the {name} gateway in the window shows: {seen}"
+        );
         eprintln!(
             "in the window, {name} gateway: {} x 202, ids minted {:+} s from Redis's clock; it \
-             shows: {}",
+             shows: {seen}",
             ids.len(),
             (millis_of(ids[0].0) as i64 - now) / 1000,
-            shown(&http, &gateway.base, &jwt).await
         );
         sold.insert(name, ids);
     }

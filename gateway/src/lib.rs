@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod clock;
 mod conn;
 mod error;
 pub mod handlers;
@@ -130,6 +131,10 @@ impl Application {
             group_commit,
         };
         let state = Arc::new(State::new(config, redis, scripts, parts));
+        // Redis's clock before the first ticket or product page.
+        if let Err(e) = state.clock.measure(state.redis.next()).await {
+            tracing::warn!(error = %e, "measuring Redis's clock failed; this gateway's own clock stands until it is measured");
+        }
         Ok(Application {
             listener,
             state,
@@ -169,6 +174,12 @@ impl Application {
             relays.push(tokio::spawn(relay.run(jobs.clone())));
         }
         tokio::spawn(state.limiter.clone().run_cleanup(jobs.clone()));
+        tokio::spawn(
+            state
+                .clock
+                .clone()
+                .run(state.redis.next().clone(), jobs.clone()),
+        );
         tokio::spawn(
             self.changes
                 .follow(state.order_streams.clone(), jobs.clone()),

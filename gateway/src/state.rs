@@ -34,6 +34,8 @@ pub struct State {
     pub order_streams: Arc<crate::streams::OrderStreams>,
     /// Purchases on their way to Redis, one lane per gene.
     pub lanes: crate::lanes::Lanes,
+    /// Redis's clock, for what the gateway decides about time by itself.
+    pub clock: Arc<crate::clock::RedisClock>,
 }
 
 /// What a gateway runs on besides its configuration and clients.
@@ -67,6 +69,7 @@ impl State {
             scripts,
             parts,
             catalog: crate::catalog::Catalog::default(),
+            clock: Arc::default(),
         }
     }
 

@@ -9,7 +9,6 @@ use crate::views::{public_item, rfc3339_ms};
 use fred::prelude::*;
 use http::{HeaderValue, Response, StatusCode, header};
 use seckill_schema::ItemId;
-use seckill_schema::snowflake::now_ms;
 use std::sync::Arc;
 
 #[utoipa::path(get, path = "/items/{item_id}", tag = "buyers",
@@ -40,7 +39,7 @@ pub async fn catalog_item(state: &Arc<State>, raw_id: &str) -> Answer {
         Looked::Recovering => return Err(ApiError::Recovering),
         Looked::Unavailable => return Err(ApiError::Unavailable("Redis")),
     };
-    let now = now_ms() as i64;
+    let now = state.clock.now_ms();
     let server_time = rfc3339_ms(now);
     Ok(cacheable(json(
         StatusCode::OK,
@@ -68,7 +67,7 @@ pub async fn catalog_items(state: &Arc<State>) -> Answer {
             .item(row.item, || fetch_item(state.clone(), row.item))
     }))
     .await;
-    let now = now_ms() as i64;
+    let now = state.clock.now_ms();
     let server_time = rfc3339_ms(now);
     let items = listed
         .iter()
@@ -118,7 +117,7 @@ async fn fetch_listing(state: Arc<State>) -> Listing {
     let Ok(db) = state.db().await else {
         return Listing::Unavailable;
     };
-    match crate::catalog::read_listing(db, now_ms() as i64).await {
+    match crate::catalog::read_listing(db, state.clock.now_ms()).await {
         Ok(listed) => Listing::Items(listed.into()),
         Err(e) => {
             tracing::warn!(error = %e, "listing the catalog failed; serving the last list");

@@ -36,7 +36,7 @@ pub async fn callback(
         .map(|v| v.to_str().unwrap_or(""));
     state
         .webhook
-        .verify(header, &body, chrono::Utc::now().timestamp())
+        .verify(header, &body, state.clock.now_secs())
         .map_err(|e| {
             ApiError::Unauthorized(match e {
                 SignatureError::Missing => "the X-Seckill-Signature header is missing",

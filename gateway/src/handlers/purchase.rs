@@ -11,7 +11,6 @@ use fred::prelude::*;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use seckill_infra::scripts::{Purchase, PurchaseFailure, PurchaseRequest};
-use seckill_schema::snowflake::now_ms;
 use seckill_schema::{ItemId, OrderId, OrderStatus, Quantity};
 use std::sync::Arc;
 
@@ -64,7 +63,7 @@ pub async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
     let user = match &body.ticket {
         Some(ticket) => state
             .tickets
-            .verify(ticket, item, chrono::Utc::now().timestamp())
+            .verify(ticket, item, state.clock.now_secs())
             .ok_or(ApiError::Unauthorized(
                 "the ticket is invalid, expired or for another item",
             ))?,
@@ -195,7 +194,7 @@ pub async fn ticket(state: &Arc<State>, req: Request<Incoming>, raw_id: &str) ->
     }
     let starts = window[0].unwrap_or(0);
     let ends = window[1].unwrap_or(0);
-    let now = now_ms() as i64;
+    let now = state.clock.now_ms();
     if starts > 0 && now < starts - 60_000 {
         return Err(ApiError::Conflict(
             "not_started",
