@@ -20,6 +20,19 @@ pub(crate) fn exited(child: &Mutex<Option<Child>>) -> Option<std::process::ExitS
     }
 }
 
+/// Fails the test, with the tail of its log, if `who`'s process has exited before `what`.
+pub(crate) fn fail_if_exited(child: &Mutex<Option<Child>>, who: &str, what: &str, log: &Path) {
+    let exited = lock(child)
+        .as_mut()
+        .and_then(|c| c.try_wait().ok().flatten());
+    if let Some(status) = exited {
+        panic!(
+            "{who} exited ({status}) before {what}; its log:\n{}",
+            log_tail(log)
+        );
+    }
+}
+
 pub(crate) fn kill_child(child: &mut Mutex<Option<Child>>) {
     let slot = child
         .get_mut()

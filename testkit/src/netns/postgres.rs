@@ -4,7 +4,7 @@
 
 use super::Host;
 use crate::postgres::{PG_USER, accepting, as_postgres, bin_dir, initdb};
-use crate::process::{kill_child, lock, log_tail, own_temp_dir, remove_own_dir};
+use crate::process::{fail_if_exited, kill_child, lock, own_temp_dir, remove_own_dir};
 use crate::redis::free_port;
 use crate::wait::wait_for;
 use std::path::{Path, PathBuf};
@@ -154,16 +154,8 @@ impl PostgresServer {
             self.port
         );
         wait_for(&what, READY_DEADLINE, || {
-            let exited = lock(&self.child)
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                panic!(
-                    "postgres in {} exited ({status}) before accepting connections; its log:\n{}",
-                    self.host.netns(),
-                    log_tail(&self.log_path())
-                );
-            }
+            let who = format!("postgres in {}", self.host.netns());
+            fail_if_exited(&self.child, &who, "accepting connections", &self.log_path());
             accepting(bin, &self.url())
         })
         .await;

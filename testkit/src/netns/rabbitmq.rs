@@ -3,7 +3,7 @@
 //! its clients (the machine's shared RabbitMQ is never touched).
 
 use super::Host;
-use crate::process::{kill_child, lock, log_tail, own_temp_dir, remove_own_dir};
+use crate::process::{fail_if_exited, kill_child, lock, own_temp_dir, remove_own_dir};
 use crate::redis::free_port;
 use crate::wait::wait_for;
 use std::os::unix::process::CommandExt as _;
@@ -162,16 +162,8 @@ impl RabbitMqNode {
             self.url()
         );
         wait_for(&what, READY_DEADLINE, || {
-            let exited = lock(&self.child)
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                panic!(
-                    "rabbitmq-server in {} exited ({status}) before accepting AMQP; its log:\n{}",
-                    self.host.netns(),
-                    log_tail(&self.log_path())
-                );
-            }
+            let who = format!("rabbitmq-server in {}", self.host.netns());
+            fail_if_exited(&self.child, &who, "accepting AMQP", &self.log_path());
             let url = self.url();
             async move {
                 let conn = seckill_infra::broker::connect(&url, "testkit-ready")
