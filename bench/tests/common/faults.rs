@@ -83,8 +83,9 @@ pub struct Options {
     pub payment_timeout: Duration,
     /// RabbitMQ's `advanced.config` (empty: none).
     pub rabbitmq_advanced_config: String,
-    /// Further variables for the workers (e.g. a heartbeat in their AMQP URL).
-    pub workers_amqp_query: Option<String>,
+    /// Replica mode: every Redis runs with `min-replicas-to-write 1`, as docs/operations.md asks
+    /// (the processes do not check it).
+    pub min_replicas_to_write: bool,
 }
 
 impl Options {
@@ -94,7 +95,7 @@ impl Options {
             gateways: 1,
             payment_timeout: Duration::from_secs(600),
             rabbitmq_advanced_config: String::new(),
-            workers_amqp_query: None,
+            min_replicas_to_write: true,
         }
     }
 
@@ -118,6 +119,12 @@ impl Options {
 
     pub fn payment_timeout(mut self, secs: u64) -> Options {
         self.payment_timeout = Duration::from_secs(secs);
+        self
+    }
+
+    /// Replica mode without `min-replicas-to-write 1`, which the processes accept as ready.
+    pub fn without_min_replicas_to_write(mut self) -> Options {
+        self.min_replicas_to_write = false;
         self
     }
 
@@ -363,7 +370,10 @@ impl Stack {
         let redis = async {
             // Replica mode as docs/operations.md deploys it: the master (and any replica once
             // promoted) refuses writes while no replica is connected.
-            let min_replicas = |o: RedisOptions| o.arg("min-replicas-to-write", "1");
+            let min_replicas = |o: RedisOptions| match opts.min_replicas_to_write {
+                true => o.arg("min-replicas-to-write", "1"),
+                false => o,
+            };
             let master_opts = match opts.durability {
                 Durability::Fsync => RedisOptions::default(),
                 Durability::Replica => min_replicas(RedisOptions::volatile().no_sync_delay()),
@@ -461,14 +471,7 @@ impl Stack {
         };
         let mut gateways = vec![gateway_proc(1, &hosts.gateways[0])];
         gateways[0].wait_ready().await;
-        let mut workers_vars = vars(&config);
-        if let Some(query) = &opts.workers_amqp_query {
-            for (k, v) in workers_vars.iter_mut() {
-                if k == "SECKILL_AMQP_URL" {
-                    *v = format!("{v}?{query}");
-                }
-            }
-        }
+        let workers_vars = vars(&config);
         let workers = Proc::spawn(
             "workers",
             &hosts.workers,
