@@ -12,7 +12,9 @@
 //!   test's own that can live on it ([`LocalPostgres`]: SIGKILLed and started again on the same
 //!   port and data directory);
 //! - network partitions between processes of a test's own ([`Network`]: namespaces on a private
-//!   bridge, cut, healed, isolated), with Redis, Sentinel, PostgreSQL and RabbitMQ inside.
+//!   bridge, cut, healed, isolated), with Redis, Sentinel, PostgreSQL and RabbitMQ inside;
+//! - a RabbitMQ cluster of a test's own on loopback ([`RabbitMqCluster`]), whose nodes a test
+//!   kills, stops and restarts.
 //!
 //! Use it as a `[dev-dependencies]` entry only.
 
@@ -23,6 +25,7 @@ mod lazyfs;
 mod netns;
 mod postgres;
 mod process;
+mod rabbitmq_cluster;
 mod redis;
 mod resp;
 mod sentinel;
@@ -35,6 +38,7 @@ pub use env::{Backend, TEST_MYSQL, TEST_POSTGRES, TestEnv, env_vars, wait_for_re
 pub use lazyfs::{LazyFs, LazyFsStats};
 pub use netns::{Host, Network, PostgresServer, RabbitMqNode};
 pub use postgres::LocalPostgres;
+pub use rabbitmq_cluster::RabbitMqCluster;
 pub use redis::{RedisOptions, RedisServer, free_port};
 pub use sentinel::Sentinel;
 pub use server::{ServerTask, Shutdown};
