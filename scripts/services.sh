@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure Redis, RabbitMQ, PostgreSQL (and MariaDB for the MySQL tests) answer on loopback, and
-# that oha is installed. Starts a stopped service with its usual command; installs a missing one
-# from Debian's packages. Idempotent: a no-op when everything is up.
+# that HAProxy and oha are installed. Starts a stopped service with its usual command; installs a
+# missing one from Debian's packages. Idempotent: a no-op when everything is up.
 #
 # Two Redis servers: the machine's shared one on 6379 (left as it is, never reconfigured), and the
 # project's durable one on $SECKILL_LOCAL_REDIS_PORT (default 6390), run from deploy/redis.conf the
@@ -118,9 +118,16 @@ if ! PROBE_TIMEOUT=60 t rabbitmqctl -q status >/dev/null 2>&1 || ! t bash -c 'ex
   wait_for "rabbitmq port" 30 t bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672'
 fi
 
+# HAProxy, the load balancer in front of several gateways (deploy/haproxy.cfg). Only the binary:
+# `seckill-bench flash-sale --gateways N` and bench/tests/haproxy.rs run HAProxies of their own.
+if ! have haproxy; then
+  log "installing haproxy"
+  apt_install haproxy
+fi
+
 # oha, the load generator
 if ! have oha; then
   log "installing oha (cargo install, a few minutes once; cargo lists each crate)"
   cargo install oha --locked
 fi
-log "redis (shared 6379, project $redis_port), postgresql, mariadb, rabbitmq and oha are ready"
+log "redis (shared 6379, project $redis_port), postgresql, mariadb, rabbitmq, haproxy and oha are ready"

@@ -1,5 +1,6 @@
 //! The command line: `baseline`, `pay`, `flash-sale` and `item-page`.
 
+use crate::fleet::{Fleet, FleetOptions};
 use crate::provider::{self, Faults, PayOptions, fraction};
 use crate::report::{self, Report};
 use crate::sale::{self, SaleOptions};
@@ -205,8 +206,19 @@ pub struct FlashSaleArgs {
     #[arg(long)]
     pub baseline: bool,
     /// The gateway's pid, for its memory [default: the one seckill-gateway process found].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "gateways")]
     pub gateway_pid: Option<u32>,
+    /// Start this many `seckill-gateway` processes (the binaries beside this one, each on a free
+    /// port, each leasing its own node id) behind an HAProxy of the bench's own, configured from
+    /// deploy/haproxy.cfg, and drive the sale through HAProxy; everything started is stopped when
+    /// the run ends. The report's CPU counts these processes and HAProxy. 0: the sale goes to the
+    /// gateway at --gateway.
+    #[arg(long, default_value_t = 0, conflicts_with = "gateway")]
+    pub gateways: usize,
+    /// With --gateways: start this many `seckill-workers` processes as well (0: the workers that
+    /// run already).
+    #[arg(long, default_value_t = 1, requires = "gateways")]
+    pub workers: usize,
 }
 
 /// `http://$SECKILL_HTTP_ADDR`, with a wildcard listen address made reachable.
@@ -319,12 +331,42 @@ async fn flash_sale(config: &Config, args: FlashSaleArgs) -> anyhow::Result<Exit
         );
     }
     let (stock, per_user_limit) = args.shape()?;
+    let fleet = match args.gateways {
+        0 => None,
+        gateways => {
+            let fleet = Fleet::start(&FleetOptions {
+                gateways,
+                workers: args.workers,
+                binaries: None,
+                out: args.out.clone(),
+                env: Vec::new(),
+            })
+            .await?;
+            eprintln!(
+                "started {gateways} gateways ({}) and {} workers behind HAProxy at {} (logs and \
+                 haproxy.cfg in {})",
+                fleet
+                    .gateways
+                    .iter()
+                    .map(|g| g.addr.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                args.workers,
+                fleet.url(),
+                args.out.display()
+            );
+            Some(fleet)
+        }
+    };
     let opts = SaleOptions {
-        gateway: args
-            .gateway
-            .unwrap_or_else(|| default_gateway(config))
-            .trim_end_matches('/')
-            .to_owned(),
+        gateway: match &fleet {
+            Some(f) => f.url(),
+            None => args
+                .gateway
+                .unwrap_or_else(|| default_gateway(config))
+                .trim_end_matches('/')
+                .to_owned(),
+        },
         stock,
         requests: args.requests,
         connections: args.connections,
@@ -340,10 +382,23 @@ async fn flash_sale(config: &Config, args: FlashSaleArgs) -> anyhow::Result<Exit
             Profile::InStock => sale::Alone::InStock,
             Profile::SoldOut => sale::Alone::SoldOut,
         }),
-        gateway_pid: args.gateway_pid,
+        gateway_pid: match &fleet {
+            Some(f) => f.gateways.first().and_then(|g| g.pid()),
+            None => args.gateway_pid,
+        },
+        own: fleet.as_ref().map(Fleet::pids).unwrap_or_default(),
         out: args.out,
     };
-    let r = sale::flash_sale(config, &opts).await?;
+    let r = sale::flash_sale(config, &opts).await;
+    if let Some(fleet) = fleet {
+        let trouble = fleet.stop().await;
+        if trouble.is_empty() {
+            eprintln!("stopped the gateways, the workers and HAProxy");
+        } else {
+            eprintln!("stopping the fleet: {}", trouble.join("; "));
+        }
+    }
+    let r = r?;
     print!("{}", report::table(&r));
     write_report(&opts.out, &r)?;
     println!(

@@ -1,5 +1,6 @@
-//! What an order costs in CPU, summed over every process of the pipeline: the gateway, the
-//! workers, Redis, RabbitMQ and the database, each found by name in `/proc` and read from
+//! What an order costs in CPU, summed over every process of the pipeline: the gateways, the
+//! workers, Redis, RabbitMQ, the database and a load balancer in front of the gateways, each found
+//! by name in `/proc` (or, for the processes the bench started itself, by pid) and read from
 //! `/proc/<pid>/stat` (user + system time) at the first request and once the accepted orders have
 //! drained. On a machine where every process shares the cores, this is what limits a sale, and it
 //! holds on a noisy machine where requests per second do not.
@@ -10,13 +11,17 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 /// The pipeline's parts and the process names that make each up.
-const PARTS: [(&str, &[&str]); 5] = [
+const PARTS: [(&str, &[&str]); 6] = [
     ("gateway", &["seckill-gateway"]),
     ("workers", &["seckill-workers"]),
     ("redis", &["redis-server"]),
     ("rabbitmq", &["beam.smp", "erl_child_setup", "inet_gethost"]),
     ("database", &["postgres", "mariadbd", "mysqld"]),
+    ("haproxy", &["haproxy"]),
 ];
+
+/// Processes by part (`"gateway"`, `"workers"`, `"haproxy"`, …): those a run started itself.
+pub type Own = BTreeMap<&'static str, Vec<u32>>;
 
 /// CPU time per part, in clock ticks, of the processes alive at the reading.
 #[derive(Debug, Clone, Default)]
@@ -25,7 +30,14 @@ pub struct Reading {
 }
 
 impl Reading {
+    /// Every process of every part, found by name.
     pub fn now() -> Reading {
+        Reading::now_of(&Own::new())
+    }
+
+    /// Like [`now`](Self::now), except that a part listed in `own` counts exactly those
+    /// processes (a run's own gateways, say, and not another run's on the same machine).
+    pub fn now_of(own: &Own) -> Reading {
         let mut ticks: BTreeMap<&'static str, BTreeMap<u32, u64>> = BTreeMap::new();
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return Reading::default();
@@ -44,6 +56,7 @@ impl Reading {
             if let Some((part, _)) = PARTS
                 .iter()
                 .find(|(_, names)| names.contains(&name.as_str()))
+                && own.get(part).is_none_or(|pids| pids.contains(&pid))
             {
                 ticks.entry(part).or_default().insert(pid, used);
             }

@@ -9,6 +9,7 @@
 //!   hyper server;
 //! - [`audit`]: the contract's invariants, checked from Redis, the database and the broker;
 //! - [`cpu`]: what an order costs in CPU, summed over every process of the pipeline;
+//! - [`fleet`]: several gateways and workers behind an HAProxy, started and stopped by the bench;
 //! - [`report`] and [`svg`]: the results, for people and for the record.
 
 pub mod audit;
@@ -16,6 +17,7 @@ pub mod baseline;
 pub mod cli;
 pub mod cpu;
 pub mod db;
+pub mod fleet;
 pub mod history;
 pub mod http;
 pub mod oha;

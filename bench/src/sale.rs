@@ -51,6 +51,9 @@ pub struct SaleOptions {
     /// With the baseline, also measure the sale's path alone (the workers paused).
     pub alone: Option<Alone>,
     pub gateway_pid: Option<u32>,
+    /// The processes the run started itself (`--gateways`): their parts' CPU counts exactly
+    /// these, not every process of that name on the machine.
+    pub own: crate::cpu::Own,
     pub out: PathBuf,
 }
 
@@ -101,7 +104,7 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
         tui: std::io::stdout().is_terminal(),
         output: &output,
     };
-    let cpu_before = crate::cpu::Reading::now();
+    let cpu_before = crate::cpu::Reading::now_of(&opts.own);
     let load = watch.during(oha::run(&load)).await?;
     let peak_kib = match sampler {
         Some(s) => Some(s.stop().await),
@@ -120,7 +123,7 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
         })
         .await?;
     // From the first request to the last accepted order awaiting payment.
-    let mut cpu = crate::cpu::Reading::now().since(
+    let mut cpu = crate::cpu::Reading::now_of(&opts.own).since(
         &cpu_before,
         accepted,
         &crate::db::own_backends(&watch.db).await,
