@@ -191,23 +191,17 @@ async fn a_paused_redis_master_is_failed_over_and_never_sells_as_a_second_master
     paused_master(ItemId(313), false).await;
 }
 
-/// The same on a replica-mode Redis without `min-replicas-to-write 1` (which docs/operations.md
-/// asks for, but which the processes accept as ready: `/readyz` is 200), with the
-/// `outcome_unknown`s settled as soon as the old master is a replica again, as a buyer polling
-/// `GET /orders/{id}` would: the documented promise is that once Redis answers, a `404` is final.
+/// The same with the `outcome_unknown`s settled as soon as the old master is a replica again, as
+/// a buyer polling `GET /orders/{id}` would: once Redis answers, a `404` is final.
 ///
-/// It fails (two runs of two): the purchases the frozen master had received (answered
-/// `outcome_unknown`) run when it is continued, as it still believes it is the master, and the
-/// relay, still reading it, publishes their `ORDER_CREATED`. The new master never had them. Their
-/// message waits in the queue behind a batch that cannot finish (its read-model writes are
-/// confirmed by no replica until the workers follow the failover), so `GET` finds them neither in
-/// Redis nor in the database, answers `404` and makes the id void; the workers store the orders
-/// seconds later and adopt them into the new master (39 and 47 ops so settled `404`, then
-/// stored). With `min-replicas-to-write 1` the continued master refused the relay's writes
-/// (`NOREPLICAS`) in four runs of four, though it still took one write (a node-lease renewal) the
-/// moment it woke.
+/// Without `min-replicas-to-write 1` this failed (two runs of two): the purchases the frozen
+/// master had received (answered `outcome_unknown`) ran when it was continued, as it still
+/// believed it was the master, and the relay, still reading it, published their `ORDER_CREATED`;
+/// the new master never had them, so `GET` answered `404` and the workers stored them seconds
+/// later (39 and 47 such orders). Replica mode now requires the setting (a process is not ready,
+/// and sells nothing, on a master without it), and a continued master refuses the relay's writes
+/// (`NOREPLICAS`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: without min-replicas-to-write (accepted as ready), a deposed Redis master's buffered purchases reach the database after GET answered 404 (final); see the doc comment"]
 async fn outcome_unknowns_settled_right_after_a_paused_master_is_demoted_are_truthful() {
     paused_master(ItemId(314), true).await;
 }
@@ -215,7 +209,7 @@ async fn outcome_unknowns_settled_right_after_a_paused_master_is_demoted_are_tru
 async fn paused_master(item: ItemId, settle_early: bool) {
     let opts = match settle_early {
         false => Options::replica(),
-        true => Options::replica().without_min_replicas_to_write(),
+        true => Options::replica(),
     };
     let stack = Stack::start(opts).await;
     stack.create_item(item, 200, 2, PRICE).await;

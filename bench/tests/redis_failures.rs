@@ -469,13 +469,15 @@ async fn redis_restarted_empty_mid_burst_recovers_by_itself_within_every_limit()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replica_mode_follows_a_sentinel_failover_and_loses_no_accepted_order() {
-    let mut master = RedisServer::start(RedisOptions::default().appendonly(false));
-    master.wait_ready().await;
-    let replica = RedisServer::start(
+    // Each refuses writes while it is a master without a replica, as replica mode asks.
+    let replicated = || {
         RedisOptions::default()
             .appendonly(false)
-            .replicaof(master.port()),
-    );
+            .arg("min-replicas-to-write", "1")
+    };
+    let mut master = RedisServer::start(replicated());
+    master.wait_ready().await;
+    let replica = RedisServer::start(replicated().replicaof(master.port()));
     replica.wait_ready().await;
     let sentinel = Sentinel::start("seckill", master.port());
     sentinel.wait_ready().await;

@@ -100,6 +100,8 @@ pub struct RedisSettings {
     pub role: String,
     /// Replicas that are `state=online`.
     pub connected_replicas: u32,
+    /// `min-replicas-to-write`: a master with fewer online replicas refuses writes.
+    pub min_replicas_to_write: u32,
 }
 
 /// The rules, without Redis: why `server`, configured as `settings`, cannot give `mode`.
@@ -139,6 +141,16 @@ pub fn problems(server: &str, mode: Durability, settings: &RedisSettings) -> Vec
                 out.push(format!(
                     "Redis {server} has no online replica, so no accepted order can be confirmed \
                      by WAIT; start a replica of it, or choose another SECKILL_REDIS_DURABILITY"
+                ));
+            }
+            // A master cut off from its replicas (paused, partitioned) that a failover replaced
+            // must refuse writes when it comes back, or purchases in its socket sell there and
+            // reach the broker through its relay while the new master never has them.
+            if settings.min_replicas_to_write == 0 {
+                out.push(format!(
+                    "Redis {server} accepts writes with no replica (min-replicas-to-write 0), so \
+                     a master a failover replaced goes on selling when it comes back; set \
+                     min-replicas-to-write 1"
                 ));
             }
         }
@@ -227,12 +239,17 @@ async fn read_settings<C: ClientLike>(client: &C) -> Result<RedisSettings, Error
         .custom(fred::cmd!("INFO"), vec!["replication"])
         .await?;
     let (role, connected_replicas) = parse_replication(&info);
+    let min_replicas_to_write = config_value(client, "min-replicas-to-write")
+        .await?
+        .parse()
+        .unwrap_or(0);
     Ok(RedisSettings {
         appendonly: appendonly.eq_ignore_ascii_case("yes"),
         appendfsync,
         maxmemory_policy,
         role,
         connected_replicas,
+        min_replicas_to_write,
     })
 }
 
@@ -414,7 +431,7 @@ fn log_change(previous: Option<&DurabilityStatus>, now: &DurabilityStatus) {
 mod tests {
     use super::*;
 
-    /// A master that never evicts.
+    /// A master that never evicts, and refuses writes without a replica when it has one.
     fn settings(appendonly: bool, appendfsync: &str, replicas: u32) -> RedisSettings {
         RedisSettings {
             appendonly,
@@ -422,6 +439,7 @@ mod tests {
             maxmemory_policy: "noeviction".into(),
             role: "master".into(),
             connected_replicas: replicas,
+            min_replicas_to_write: replicas.min(1),
         }
     }
 
@@ -466,6 +484,10 @@ mod tests {
         assert!(problems(s, Durability::Replica, &settings(false, "no", 1)).is_empty());
         let p = the_problem(s, Durability::Replica, &settings(true, "always", 0));
         assert!(p.contains("no online replica") && p.contains(s), "{p}");
+        let mut writes_alone = settings(false, "no", 1);
+        writes_alone.min_replicas_to_write = 0;
+        let p = the_problem(s, Durability::Replica, &writes_alone);
+        assert!(p.contains("min-replicas-to-write 0"), "{p}");
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 /// Every command gives up after this; a Redis that does not answer is a 503, not a hang.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection with a command unanswered this long is dropped and made again.
+const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(3);
 
 fn builder(url: &str) -> anyhow::Result<Builder> {
     let config = Config::from_url(url)
@@ -18,6 +20,14 @@ fn builder(url: &str) -> anyhow::Result<Builder> {
         c.connection_timeout = Duration::from_secs(2);
         c.internal_command_timeout = Duration::from_secs(2);
         c.max_command_attempts = 2;
+        // A connection that answers nothing for this long (a hung or paused master, a
+        // partition) is closed and made again, which also asks Sentinel for the master anew:
+        // a command timeout alone would leave the client on the dead connection. Longer than
+        // the relay's `XREAD … BLOCK`, which waits 1 s by design.
+        c.unresponsive = fred::types::config::UnresponsiveConfig {
+            max_timeout: Some(UNRESPONSIVE_AFTER),
+            interval: Duration::from_millis(500),
+        };
     })
     // Reconnect forever, quickly: Redis coming back must resume sales without a restart.
     .set_policy(ReconnectPolicy::new_constant(0, 200));

@@ -88,7 +88,8 @@ async fn a_redis_that_may_evict_keys_is_never_ready() {
 
 #[tokio::test]
 async fn replica_mode_needs_an_online_replica() {
-    let (master, client, status) = checked(RedisOptions::volatile(), Durability::Replica).await;
+    let replicated = RedisOptions::volatile().arg("min-replicas-to-write", "1");
+    let (master, client, status) = checked(replicated, Durability::Replica).await;
     assert!(!status.ok);
     assert!(
         status.reasons[0].contains("no online replica"),
@@ -106,6 +107,22 @@ async fn replica_mode_needs_an_online_replica() {
     })
     .await;
     assert_eq!(status.nodes[0].1.connected_replicas, 1);
+
+    // A master that would write without its replicas (a deposed one coming back) is not enough.
+    let _: () = client
+        .custom(
+            fred::cmd!("CONFIG"),
+            vec!["SET", "min-replicas-to-write", "0"],
+        )
+        .await
+        .unwrap();
+    let status = check(&client, Durability::Replica).await.unwrap();
+    assert!(!status.ok);
+    assert!(
+        status.reasons[0].contains("min-replicas-to-write 0"),
+        "{:?}",
+        status.reasons
+    );
 }
 
 #[tokio::test]

@@ -83,9 +83,6 @@ pub struct Options {
     pub payment_timeout: Duration,
     /// RabbitMQ's `advanced.config` (empty: none).
     pub rabbitmq_advanced_config: String,
-    /// Replica mode: every Redis runs with `min-replicas-to-write 1`, as docs/operations.md asks
-    /// (the processes do not check it).
-    pub min_replicas_to_write: bool,
 }
 
 impl Options {
@@ -95,7 +92,6 @@ impl Options {
             gateways: 1,
             payment_timeout: Duration::from_secs(600),
             rabbitmq_advanced_config: String::new(),
-            min_replicas_to_write: true,
         }
     }
 
@@ -119,12 +115,6 @@ impl Options {
 
     pub fn payment_timeout(mut self, secs: u64) -> Options {
         self.payment_timeout = Duration::from_secs(secs);
-        self
-    }
-
-    /// Replica mode without `min-replicas-to-write 1`, which the processes accept as ready.
-    pub fn without_min_replicas_to_write(mut self) -> Options {
-        self.min_replicas_to_write = false;
         self
     }
 
@@ -368,12 +358,9 @@ impl Stack {
             sentinel: replicated.then(|| net.host("sentinel")),
         };
         let redis = async {
-            // Replica mode as docs/operations.md deploys it: the master (and any replica once
-            // promoted) refuses writes while no replica is connected.
-            let min_replicas = |o: RedisOptions| match opts.min_replicas_to_write {
-                true => o.arg("min-replicas-to-write", "1"),
-                false => o,
-            };
+            // Replica mode as it must be deployed (the processes are not ready otherwise): the
+            // master, and any replica once promoted, refuses writes while no replica is connected.
+            let min_replicas = |o: RedisOptions| o.arg("min-replicas-to-write", "1");
             let master_opts = match opts.durability {
                 Durability::Fsync => RedisOptions::default(),
                 Durability::Replica => min_replicas(RedisOptions::volatile().no_sync_delay()),
