@@ -6,20 +6,26 @@
 -- One call carries one purchase or several of one hash slot (the gateway sends the purchases that
 -- arrived together as one call: a call's own cost, which is most of a purchase's, is then paid
 -- once), run one after the other in arrival order, each as if it were the script's only one.
--- Below, per purchase i (from 0), KEYS[7i + n] and ARGV[6i + n] are its KEYS[n] and ARGV[n].
+-- Below, per purchase i (from 0), KEYS[7i + n] and ARGV[7i + n] are its KEYS[n] and ARGV[n].
+--
+-- An item may spread its stock over K shards, each a gene of its own; a purchase runs on its
+-- buyer's home shard (its keys are that shard's, and its order id carries that gene), and sells
+-- only the units that shard holds. It is refused unchanged when the caller assumed another K.
 --
 -- The sale window is judged on Redis's clock (TIME, read once per call), the one clock every
 -- gateway shares: a gateway whose own clock runs fast or slow neither sells early nor late. The
 -- same instant is the orders' accepted time.
 --
--- KEYS[1] item hash      (remaining, limit, price, starts, ends; ms, 0 = open)
+-- KEYS[1] item hash      (remaining, limit, price, starts, ends; ms, 0 = open; shards, absent
+--                        for 1), the home shard's
 -- KEYS[2] buyers hash    (<user> = units held by live orders, <user>:o = latest order id)
 -- KEYS[3] order hash     (the order's read model)
 -- KEYS[4] outbox stream
 -- KEYS[5] idempotency key, or a placeholder in the same slot when ARGV[5] == '0'
 -- KEYS[6] the gene's state hash (ready = epoch of what Redis holds, i:<item> = known item)
 -- KEYS[7] the order id's void key (its owner was told it does not exist)
--- ARGV: order_id, user_id, quantity, item_id, has_idempotency_key, idempotency_ttl_secs, and,
+-- ARGV: order_id, user_id, quantity, item_id, has_idempotency_key, idempotency_ttl_secs, the
+-- item's shards as the caller knows them, and,
 -- after every purchase's six, one last value: the largest skew (ms) allowed between an order id's
 -- time (the minting gateway's clock) and Redis's
 --
@@ -33,7 +39,7 @@
 -- the gene's state: nothing sold), 8 void (the order id was declared unknown to its owner, or its
 -- time is too far from Redis's clock: nothing sold), 9 Redis refused it (the error; nothing sold:
 -- a purchase's first write comes after every check, and Redis refuses a script's writes, out of
--- memory or read-only, at its first).
+-- memory or read-only, at its first), 10 the item's shards are not the caller's (nothing sold).
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local at = string.format('%d', now)
@@ -50,7 +56,8 @@ local function purchase(k, a)
   if not epoch then
     return 7, '', ''
   end
-  local item = redis.call('HMGET', KEYS[k + 1], 'remaining', 'limit', 'price', 'starts', 'ends')
+  local item = redis.call('HMGET', KEYS[k + 1], 'remaining', 'limit', 'price', 'starts', 'ends',
+    'shards')
   if not item[1] then
     if state[2] then
       -- A known item lost its hash (a flushed key): the gene is rebuilt from the database.
@@ -81,6 +88,9 @@ local function purchase(k, a)
   end
   if ends > 0 and now >= ends then
     return 3, '', ''
+  end
+  if (item[6] or '1') ~= ARGV[a + 7] then
+    return 10, '', ''
   end
 
   local user = ARGV[a + 2]
@@ -123,7 +133,7 @@ end
 
 local out = {}
 for i = 0, #KEYS / 7 - 1 do
-  local ok, code, value, at = pcall(purchase, i * 7, i * 6)
+  local ok, code, value, at = pcall(purchase, i * 7, i * 7)
   if not ok then
     value = type(code) == 'table' and (code.err or '') or tostring(code)
     code, at = 9, ''

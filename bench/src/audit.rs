@@ -95,10 +95,13 @@ pub struct Snapshot {
     pub orders: Vec<orders::Model>,
     pub payments: Vec<payments::Model>,
     pub history: Vec<inventory_history::Model>,
-    /// The item hash's `remaining` (`None`: no such hash).
+    /// The item's `remaining` in Redis, every shard's and its units in transfer summed (`None`:
+    /// no hash of shard 0).
     pub redis_remaining: Option<i64>,
-    /// The buyers hash: `<user>` = units held, `<user>:o` = latest order.
+    /// The buyers hashes of every shard: `<user>` = units held, `<user>:o` = latest order.
     pub redis_buyers: HashMap<String, String>,
+    /// Each shard as read at one moment, with the users of its buyers hash.
+    pub redis_shards: Vec<(seckill_infra::scripts::ShardState, Vec<String>)>,
     /// The read model's status of each order of the database (`None`: no record).
     pub read_model: HashMap<i64, Option<String>>,
     /// Messages in `{ns}.dead` (`None`: the queue does not exist).
@@ -114,9 +117,34 @@ impl Snapshot {
 
         let redis = seckill_infra::redis::client(&config.redis_url).await?;
         let keys = Keys::new(&config.namespace);
+        let shards = seckill_infra::scripts::shards_of(&item_row);
+        let scripts = seckill_infra::scripts::Scripts::new(keys.clone());
         let redis_part = async {
-            let remaining: Option<i64> = redis.hget(keys.item(item), "remaining").await?;
-            let buyers: HashMap<String, String> = redis.hgetall(keys.buyers(item)).await?;
+            let read = scripts
+                .shards_state(&redis, item, shards)
+                .await
+                .map_err(|e| {
+                    fred::error::Error::new(fred::error::ErrorKind::Unknown, e.to_string())
+                })?
+                .ok_or_else(|| {
+                    fred::error::Error::new(
+                        fred::error::ErrorKind::Unknown,
+                        "the item's shards kept changing while they were read",
+                    )
+                })?;
+            let remaining: Option<i64> = read
+                .first()
+                .is_some_and(|s| s.exists)
+                .then(|| read.iter().map(|s| s.remaining + s.pending).sum());
+            let mut buyers: HashMap<String, String> = HashMap::new();
+            let mut redis_shards = Vec::new();
+            for shard in read {
+                let here: HashMap<String, String> =
+                    redis.hgetall(keys.buyers_in(item, shard.gene)).await?;
+                let users = here.keys().filter(|k| !k.contains(':')).cloned().collect();
+                buyers.extend(here);
+                redis_shards.push((shard, users));
+            }
             let statuses = orders.iter().map(|o| {
                 let key = keys.order(OrderId(o.id as u64));
                 let redis = &redis;
@@ -126,11 +154,16 @@ impl Snapshot {
                 }
             });
             let read_model = futures_util::future::try_join_all(statuses).await?;
-            Ok::<_, fred::error::Error>((remaining, buyers, read_model.into_iter().collect()))
+            Ok::<_, fred::error::Error>((
+                remaining,
+                buyers,
+                redis_shards,
+                read_model.into_iter().collect(),
+            ))
         };
         let redis_part = redis_part.await;
         let _ = redis.quit().await;
-        let (redis_remaining, redis_buyers, read_model) =
+        let (redis_remaining, redis_buyers, redis_shards, read_model) =
             redis_part.context("reading the item from Redis")?;
 
         let dead = Topology::new(&config.namespace, config.payment_timeout).dead();
@@ -145,6 +178,7 @@ impl Snapshot {
             history,
             redis_remaining,
             redis_buyers,
+            redis_shards,
             read_model,
             dead_letters,
         })
@@ -160,6 +194,7 @@ impl Snapshot {
             self.db_conservation(),
             self.redis_matches_db(),
             self.redis_buyers(),
+            self.shards_consistent(),
             self.db_matches_orders(),
             self.accepted_orders_stored(accepted),
             self.read_model(),
@@ -199,6 +234,73 @@ impl Snapshot {
             .iter()
             .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().unwrap_or(i64::MAX))))
             .collect()
+    }
+
+    /// Per shard: nothing below zero, its buyers homed there, and every live order's id in its
+    /// buyer's home shard's gene (for an unsharded item, trivially its own).
+    fn shards_consistent(&self) -> Check {
+        use seckill_schema::keys::{home_shard, shard_gene};
+        use seckill_schema::snowflake::gene_of;
+        let item = ItemId(self.item.id as u64);
+        let shards = seckill_infra::scripts::shards_of(&self.item);
+        let mut problems = Vec::new();
+        for (i, (shard, users)) in self.redis_shards.iter().enumerate() {
+            if shard.remaining < 0 || shard.pending < 0 {
+                problems.push(format!(
+                    "shard {i} (gene {}) holds remaining {} and in transfer {}",
+                    shard.gene, shard.remaining, shard.pending
+                ));
+            }
+            for user in users {
+                let Ok(user) = user.parse::<u64>() else {
+                    continue;
+                };
+                let home = shard_gene(item, home_shard(seckill_schema::UserId(user), shards));
+                if home != shard.gene {
+                    problems.push(format!(
+                        "user {user} holds units in shard {i} (gene {}), not their home gene {home}",
+                        shard.gene
+                    ));
+                }
+            }
+        }
+        // Live orders only: a closed one may be of a layout the item had before a reshard.
+        for o in self.holding() {
+            let home = shard_gene(
+                item,
+                home_shard(seckill_schema::UserId(o.user_id as u64), shards),
+            );
+            if gene_of(o.id as u64) != home {
+                problems.push(format!(
+                    "order {} of user {} is in gene {}, not the buyer's home gene {home}",
+                    o.id,
+                    o.user_id,
+                    gene_of(o.id as u64)
+                ));
+            }
+        }
+        let per_shard: Vec<String> = self
+            .redis_shards
+            .iter()
+            .map(|(s, users)| {
+                format!(
+                    "{}:{}+{}({} buyers)",
+                    s.gene,
+                    s.remaining,
+                    s.held,
+                    users.len()
+                )
+            })
+            .collect();
+        Check::new(
+            1,
+            "shards_consistent",
+            problems,
+            format!(
+                "{shards} shard(s), each buyer and order in its home shard: {}",
+                per_shard.join(" ")
+            ),
+        )
     }
 
     fn no_oversell(&self) -> Check {

@@ -177,7 +177,7 @@ pub async fn redis_purchase(
         keys.buyers(item),
         keys.order(order),
         keys.outbox(gene),
-        keys.no_idempotency(item),
+        keys.no_idempotency(gene),
         keys.state_of_item(item),
         keys.void(order),
     ];
@@ -202,6 +202,7 @@ pub async fn redis_purchase(
                 ends_at_ms: None,
                 created_at_ms: 0,
                 updated_at_ms: 0,
+                shards: 1,
             }),
         )
         .await?;
@@ -210,7 +211,7 @@ pub async fn redis_purchase(
         .await
         .context("SCRIPT LOAD purchase.lua")?;
     // KEYS as in `Scripts::purchase`; ARGV: order, buyer, quantity, item, no idempotency key, ttl,
-    // and the allowed clock skew.
+    // the item's shards, and the allowed clock skew.
     let mut command = vec!["EVALSHA".to_owned(), sha, scratch.len().to_string()];
     command.extend(scratch.iter().cloned());
     command.extend([
@@ -220,6 +221,7 @@ pub async fn redis_purchase(
         item.to_string(),
         "0".to_owned(),
         "0".to_owned(),
+        "1".to_owned(),
         seckill_infra::scripts::MAX_CLOCK_SKEW_MS.to_string(),
     ]);
     let result = redis_benchmark(redis_url, requests, connections, &command).await;

@@ -1446,6 +1446,7 @@ mod tests {
             ends_at_ms: None,
             created_at_ms: 0,
             updated_at_ms: 0,
+            shards: 1,
         }
     }
 

@@ -268,6 +268,7 @@ async fn lost_purchase_404_stays_final(
                 item: ITEM,
                 quantity: Quantity::ONE,
                 idempotency_key: None,
+                shards: 1,
             },
         )
         .await

@@ -595,6 +595,7 @@ async fn an_outcome_unknown_purchase_is_settled_by_get_once_redis_answers() {
         item: ItemId(ITEM),
         quantity: Quantity::ONE,
         idempotency_key: None,
+        shards: 1,
     };
     let sold = scripts
         .purchase(&client, &request)

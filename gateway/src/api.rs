@@ -202,9 +202,18 @@ pub struct NewItem {
     /// RFC 3339, after `starts_at`; absent: the sale never ends by itself.
     #[schema(format = DateTime)]
     pub ends_at: Option<String>,
+    /// Redis shards (genes) the stock is spread over, for a hot item: each buyer buys from one
+    /// home shard, and units move between shards when one runs dry.
+    #[serde(default = "one_shard", deserialize_with = "integral::de")]
+    #[schema(minimum = 1, maximum = 16, default = 1)]
+    pub shards: u8,
 }
 
 fn one_per_user() -> i32 {
+    1
+}
+
+fn one_shard() -> u8 {
     1
 }
 
@@ -218,6 +227,8 @@ pub struct ItemView {
     pub per_user_limit: i32,
     pub starts_at: Option<String>,
     pub ends_at: Option<String>,
+    /// Redis shards the stock is spread over.
+    pub shards: i16,
 }
 
 /// `GET /admin/items/{item_id}`: the item with its stock in Redis and in the database, and its
@@ -234,8 +245,25 @@ pub struct AdminItemView {
 
 #[derive(Serialize, ToSchema)]
 pub struct RedisStock {
-    /// `null` while Redis does not hold the item.
+    /// `null` while Redis does not hold the item. Every shard's remaining units and units on
+    /// their way between shards.
     pub remaining: Option<i64>,
+    /// Each shard, read at one moment (empty while Redis does not hold the item).
+    pub shards: Vec<ShardStock>,
+}
+
+/// One of an item's Redis shards.
+#[derive(Serialize, ToSchema)]
+pub struct ShardStock {
+    pub shard: u8,
+    /// The Redis hash tag it lives under (`{g<gene>}`).
+    pub gene: u8,
+    /// Units this shard can still sell; `null` while Redis does not hold it.
+    pub remaining: Option<i64>,
+    /// Units held by the live orders of the buyers homed here.
+    pub held: i64,
+    /// Units on their way from this shard to another.
+    pub in_transfer: i64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -289,6 +317,11 @@ pub struct ItemPatch {
     #[serde(default, deserialize_with = "integral::some")]
     #[schema(nullable = false, minimum = 1, maximum = 2147483647)]
     pub per_user_limit: Option<i32>,
+    /// Redis shards to spread the stock over, 1 to 16: only while the sale is not live (before
+    /// it starts or after it ended) and no live order holds units (`409 shards_in_use` else).
+    #[serde(default, deserialize_with = "integral::some")]
+    #[schema(nullable = false, minimum = 1, maximum = 16)]
+    pub shards: Option<u8>,
 }
 
 /// One change of an item's database stock.

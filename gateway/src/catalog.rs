@@ -386,7 +386,8 @@ impl Catalog {
     }
 }
 
-/// Reads the item's hash: one `HMGET`. `None` when Redis holds no hash for it.
+/// Reads the item's hash: one `HMGET` (and, for an item of several shards, the others'
+/// remaining and in-transfer units, summed). `None` when Redis holds no hash for it.
 pub async fn read_item(
     redis: &Pool,
     keys: &Keys,
@@ -398,16 +399,21 @@ pub async fn read_item(
         Option<i64>,
         Option<i64>,
         Option<String>,
+        Option<u8>,
     );
-    let (remaining, price, starts, ends, name): Fields = redis
+    let (remaining, price, starts, ends, name, shards): Fields = redis
         .hmget(
             keys.item(item),
-            vec!["remaining", "price", "starts", "ends", "name"],
+            vec!["remaining", "price", "starts", "ends", "name", "shards"],
         )
         .await?;
-    let Some(remaining) = remaining else {
+    let Some(mut remaining) = remaining else {
         return Ok(None);
     };
+    let shards = shards.unwrap_or(1);
+    if shards > 1 {
+        remaining = sharded_remaining(redis, keys, item, shards).await?;
+    }
     // The hash says 0 for an open end.
     let bound = |ms: Option<i64>| ms.filter(|ms| *ms > 0);
     Ok(Some(Snapshot {
@@ -418,6 +424,27 @@ pub async fn read_item(
         ends_at_ms: bound(ends),
         remaining,
     }))
+}
+
+/// The units an item of several shards has left: every shard's remaining (a product page may lag
+/// by a second and miss units in transfer for a moment: it needs no consistent read).
+pub async fn sharded_remaining(
+    redis: &Pool,
+    keys: &Keys,
+    item: ItemId,
+    shards: u8,
+) -> Result<i64, fred::error::Error> {
+    let mut total = 0;
+    for s in 0..shards {
+        let remaining: Option<i64> = redis
+            .hget(
+                keys.item_in(item, seckill_schema::keys::shard_gene(item, s)),
+                "remaining",
+            )
+            .await?;
+        total += remaining.unwrap_or(0).max(0);
+    }
+    Ok(total)
 }
 
 /// The sales not over at `now_ms`, soonest first, at most [`MAX_LISTED`].

@@ -50,6 +50,9 @@ pub enum ApiError {
     /// Redis lost this part of its state and it is being rebuilt from the database; nothing was
     /// changed.
     Recovering,
+    /// Units are moving between a sharded item's shards (or one is being rebuilt) and kept moving
+    /// while this request waited: nothing was sold; retry in a moment.
+    Rebalancing,
     /// A stock adjustment reached Redis (or may have) and is not known to be in the database: the
     /// workers' reconciler finishes it, once, within a minute. Sending it again would be another.
     AdjustmentPending(AdjustmentId),
@@ -70,7 +73,9 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::BodyTimeout(_) => "request_timeout",
             ApiError::TransferEncoding => "bad_request",
-            ApiError::Unavailable(_) | ApiError::AtCapacity(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::AtCapacity(_) | ApiError::Rebalancing => {
+                "unavailable"
+            }
             ApiError::OutcomeUnknown(_) => "outcome_unknown",
             ApiError::Recovering => "recovering",
             ApiError::AdjustmentPending(_) => "adjustment_pending",
@@ -92,6 +97,7 @@ impl ApiError {
             | ApiError::AtCapacity(_)
             | ApiError::OutcomeUnknown(_)
             | ApiError::Recovering
+            | ApiError::Rebalancing
             | ApiError::AdjustmentPending(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -140,6 +146,9 @@ impl ApiError {
             ApiError::Recovering => "this item's state is being rebuilt after a storage failure; \
                 nothing was changed, retry shortly"
                 .to_owned(),
+            ApiError::Rebalancing => "this item's units are moving between its shards; nothing \
+                was sold, retry in a moment"
+                .to_owned(),
             ApiError::AdjustmentPending(id) => {
                 tracing::warn!(adjustment.id = %id, "answering 503 adjustment_pending");
                 format!(
@@ -165,7 +174,7 @@ impl ApiError {
         let mut resp = json(status, &body);
         let retry_after = match self {
             ApiError::RateLimited { retry_after_secs } => Some(retry_after_secs.max(1)),
-            ApiError::Recovering | ApiError::OutcomeUnknown(_) => Some(1),
+            ApiError::Recovering | ApiError::Rebalancing | ApiError::OutcomeUnknown(_) => Some(1),
             ApiError::AtCapacity(_) => Some(AT_CAPACITY_RETRY_SECS),
             _ => None,
         };

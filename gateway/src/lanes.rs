@@ -36,6 +36,7 @@ struct Pending {
     item: ItemId,
     quantity: Quantity,
     idempotency_key: Option<String>,
+    shards: u8,
     queued: Instant,
     answer: oneshot::Sender<Answer>,
 }
@@ -48,6 +49,7 @@ impl Pending {
             item: self.item,
             quantity: self.quantity,
             idempotency_key: self.idempotency_key.as_deref(),
+            shards: self.shards,
         }
     }
 }
@@ -69,16 +71,17 @@ impl Lanes {
         Lanes { lanes }
     }
 
-    /// Runs one purchase in its gene's lane.
+    /// Runs one purchase in its home shard's lane (the gene its order id carries).
     pub async fn purchase(&self, req: &PurchaseRequest<'_>) -> Answer {
         let (answer, answered) = oneshot::channel();
-        let lane = &self.lanes[usize::from(seckill_schema::keys::gene_of_item(req.item))];
+        let lane = &self.lanes[usize::from(seckill_schema::snowflake::gene_of(req.order_id.0))];
         let pending = Pending {
             order_id: req.order_id,
             user: req.user,
             item: req.item,
             quantity: req.quantity,
             idempotency_key: req.idempotency_key.map(str::to_owned),
+            shards: req.shards,
             queued: Instant::now(),
             answer,
         };

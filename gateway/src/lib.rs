@@ -8,6 +8,7 @@ mod conn;
 mod error;
 pub mod handlers;
 pub mod lanes;
+pub mod layout;
 pub mod openapi;
 pub mod ratelimit;
 pub mod reader;
@@ -70,7 +71,15 @@ impl Application {
             rand::random::<u64>()
         );
         let (stopper, shutdown) = Shutdown::new();
-        let recovery = Recovery::new(redis.clone(), scripts.clone(), &config.database_url, None);
+        let group_commit = (config.redis_durability == Durability::Replica)
+            .then(|| GroupCommit::new(redis.next().clone(), replication::DEFAULT_TIMEOUT));
+        let recovery = Recovery::new(
+            redis.clone(),
+            scripts.clone(),
+            &config.database_url,
+            None,
+            group_commit.clone(),
+        );
         // A free node lease starts above the node's newest id in the database.
         let floor = {
             let recovery = recovery.clone();
@@ -118,8 +127,6 @@ impl Application {
         // Known before the first purchase: the gateway sells only while Redis keeps what the
         // mode promises.
         durability.check_now().await;
-        let group_commit = (config.redis_durability == Durability::Replica)
-            .then(|| GroupCommit::new(redis.next().clone(), replication::DEFAULT_TIMEOUT));
         let changes =
             streams::Changes::subscribe(&config.redis_url, scripts.keys().order_changes()).await?;
         let parts = state::Parts {

@@ -14,6 +14,7 @@ use seckill_infra::recovery::Recovery;
 use seckill_infra::scripts::Scripts;
 use seckill_schema::Keys;
 use seckill_schema::snowflake::Snowflake;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub struct State {
@@ -36,7 +37,15 @@ pub struct State {
     pub lanes: crate::lanes::Lanes,
     /// Redis's clock, for what the gateway decides about time by itself.
     pub clock: Arc<crate::clock::RedisClock>,
+    /// Each item's shards, as last read.
+    pub layouts: crate::layout::Layouts,
+    /// One rebalance at a time per (item, home shard): buyers of a dry shard wait for it, then buy.
+    pub rebalancing: Rebalancing,
 }
+
+/// One lock per (item, home shard gene) that a rebalance holds.
+pub type Rebalancing =
+    std::sync::Mutex<HashMap<(seckill_schema::ItemId, u8), Arc<tokio::sync::Mutex<()>>>>;
 
 /// What a gateway runs on besides its configuration and clients.
 pub struct Parts {
@@ -70,6 +79,8 @@ impl State {
             parts,
             catalog: crate::catalog::Catalog::default(),
             clock: Arc::default(),
+            layouts: crate::layout::Layouts::default(),
+            rebalancing: Default::default(),
         }
     }
 

@@ -47,6 +47,7 @@ pub fn item_view(m: &items::Model) -> ItemView {
         per_user_limit: m.per_user_limit,
         starts_at: optional_time(m.starts_at_ms),
         ends_at: optional_time(m.ends_at_ms),
+        shards: m.shards,
     }
 }
 

@@ -431,7 +431,7 @@ fn log_change(previous: Option<&DurabilityStatus>, now: &DurabilityStatus) {
 mod tests {
     use super::*;
 
-    /// A master that never evicts, and refuses writes without a replica when it has one.
+    /// A master that never evicts, and refuses writes without a replica.
     fn settings(appendonly: bool, appendfsync: &str, replicas: u32) -> RedisSettings {
         RedisSettings {
             appendonly,
@@ -439,7 +439,7 @@ mod tests {
             maxmemory_policy: "noeviction".into(),
             role: "master".into(),
             connected_replicas: replicas,
-            min_replicas_to_write: replicas.min(1),
+            min_replicas_to_write: 1,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod recovery;
 pub mod redis;
 pub mod replication;
 pub mod scripts;
+pub mod shards;
 pub mod stock;
 pub mod telemetry;
 

@@ -18,7 +18,8 @@
 //! rebuilds a gene when an operator creates an item in one that was never built.
 
 use crate::lifecycle::{Every, Shutdown};
-use crate::scripts::{ItemState, RebuiltOrder, Scripts};
+use crate::replication::GroupCommit;
+use crate::scripts::{ItemState, RebuiltOrder, Scripts, shards_of};
 use anyhow::Context;
 use fred::prelude::*;
 use sea_orm::{
@@ -27,9 +28,9 @@ use sea_orm::{
 };
 use seckill_schema::entity::{items, orders, payments};
 use seckill_schema::ids::{ItemId, OrderId, Quantity, UserId};
-use seckill_schema::keys::gene_of_item;
+use seckill_schema::keys::{shard_gene, shard_of_gene};
 use seckill_schema::record::OrderRecord;
-use seckill_schema::snowflake::{GENES, now_ms};
+use seckill_schema::snowflake::{GENES, gene_of, now_ms};
 use seckill_schema::status::OrderStatus;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -65,6 +66,8 @@ pub struct Recovery {
     scripts: Scripts,
     database_url: String,
     db: OnceCell<DatabaseConnection>,
+    /// In `replica` mode: what confirms the transfers it finishes (on its own client's writes).
+    group_commit: Option<Arc<GroupCommit>>,
 }
 
 impl Recovery {
@@ -74,12 +77,14 @@ impl Recovery {
         scripts: Scripts,
         database_url: &str,
         db: Option<DatabaseConnection>,
+        group_commit: Option<Arc<GroupCommit>>,
     ) -> Arc<Recovery> {
         Arc::new(Recovery {
             redis,
             scripts,
             database_url: database_url.to_owned(),
             db: db.map(|d| OnceCell::new_with(Some(d))).unwrap_or_default(),
+            group_commit,
         })
     }
 
@@ -116,6 +121,7 @@ impl Recovery {
             if stale_checked.elapsed() >= STALE_CHECK_EVERY {
                 stale_checked = Instant::now();
                 self.mark_stale_genes().await;
+                self.finish_stale_transfers().await;
             }
             let genes = match self.genes_not_ready().await {
                 Ok(g) => g,
@@ -205,6 +211,95 @@ impl Recovery {
         }
     }
 
+    /// For each item of several shards among `items` (this gene's shard of it, as the database
+    /// has it): freezes its other shards (no transfer in or out while they are counted), reads
+    /// them at one consistent moment, and sets this shard's remaining to what the item's stock
+    /// leaves once the others' remaining, held and in-transfer units and this shard's buyers'
+    /// holdings are counted. A transfer this shard had started is lost with it: its units were in
+    /// no other shard yet, so they are counted back here. The caller thaws the shards.
+    async fn shard_remaining(&self, items: &mut [ItemState], token: &str) -> anyhow::Result<()> {
+        let client = self.redis.next();
+        for state in items.iter_mut() {
+            let shards = shards_of(&state.row);
+            if shards <= 1 {
+                continue;
+            }
+            let item = state.item();
+            let others: Vec<u8> = (0..shards)
+                .map(|s| shard_gene(item, s))
+                .filter(|g| *g != state.gene)
+                .collect();
+            for gene in &others {
+                self.scripts
+                    .freeze(client, item, *gene, token, LOCK_TTL.as_millis() as u64)
+                    .await
+                    .context("freezing an item's other shards")?;
+            }
+            let read = self
+                .scripts
+                .shards_state(client, item, shards)
+                .await
+                .context("reading an item's other shards")?
+                .context("the item's shards kept changing while they were read")?;
+            let elsewhere: i64 = read
+                .iter()
+                .filter(|s| s.gene != state.gene)
+                .map(|s| s.accounted())
+                .sum();
+            let held_here: i64 = state.buyers.iter().map(|(_, units, _)| units).sum();
+            let remaining = state.row.stock - held_here - elsewhere;
+            if remaining < 0 {
+                tracing::warn!(
+                    item.id = %item,
+                    gene = state.gene,
+                    remaining,
+                    "an item's other shards account for more than its stock; this shard starts empty"
+                );
+            }
+            state.remaining = remaining.max(0);
+        }
+        Ok(())
+    }
+
+    async fn thaw_all(&self, frozen: &[(ItemId, u8)], gene: u8) {
+        let client = self.redis.next();
+        for (item, shards) in frozen {
+            for s in 0..*shards {
+                let other = shard_gene(*item, s);
+                if other != gene {
+                    let _ = self.scripts.thaw(client, *item, other).await;
+                }
+            }
+        }
+    }
+
+    /// Finishes the transfers between sharded items' shards that a crash left pending (a gateway
+    /// killed between a transfer's steps), whoever started them.
+    async fn finish_stale_transfers(&self) {
+        let Ok(db) = self.db().await else { return };
+        let Ok(sharded) = items::Entity::find()
+            .filter(items::Column::Shards.gt(1))
+            .all(db)
+            .await
+        else {
+            return;
+        };
+        let balancer = crate::shards::Balancer {
+            scripts: &self.scripts,
+            client: match &self.group_commit {
+                Some(commit) => commit.client(),
+                None => self.redis.next(),
+            },
+            commit: self.group_commit.as_ref(),
+        };
+        for row in sharded {
+            let item = ItemId(row.id as u64);
+            if let Err(e) = crate::shards::finish_stale(&balancer, item, shards_of(&row)).await {
+                tracing::debug!(item.id = %item, error = %e, "finishing an item's pending transfers failed; retrying");
+            }
+        }
+    }
+
     /// Rebuilds one gene from the database, unless it is ready or another process is at it.
     pub async fn rebuild_gene(&self, gene: u8) -> anyhow::Result<Rebuilt> {
         // Connected before the lock is taken: a database that is not there yet holds up nobody.
@@ -271,9 +366,22 @@ impl Recovery {
             .get(&gene)
             .copied()
             .unwrap_or(0);
-        let (items, orders) = read_gene(db, gene, &pending).await?;
+        let (mut items, orders) = read_gene(db, gene, &pending).await?;
+        // An item of several shards: its other shards keep selling; this one's remaining is
+        // what they do not account for, counted while no transfer moves units between them.
+        let frozen: Vec<(ItemId, u8)> = items
+            .iter()
+            .filter(|i| shards_of(&i.row) > 1)
+            .map(|i| (i.item(), shards_of(&i.row)))
+            .collect();
+        let counted = self.shard_remaining(&mut items, token).await;
+        if let Err(e) = counted {
+            self.thaw_all(&frozen, gene).await;
+            return Err(e);
+        }
         for item in &items {
             if !self.scripts.rebuild_item(client, token, item).await? {
+                self.thaw_all(&frozen, gene).await;
                 return Ok(Rebuilt::LostLock);
             }
         }
@@ -285,11 +393,12 @@ impl Recovery {
             return Ok(Rebuilt::LostLock);
         }
         let ids: Vec<ItemId> = items.iter().map(ItemState::item).collect();
-        if !self
+        let done = self
             .scripts
             .rebuild_done(client, gene, token, epoch, generation, &ids)
-            .await?
-        {
+            .await;
+        self.thaw_all(&frozen, gene).await;
+        if !done? {
             return Ok(Rebuilt::LostLock);
         }
         metrics::counter!("seckill_redis_rebuilds_total").increment(1);
@@ -346,9 +455,10 @@ async fn read_gene_in(
         .all(db)
         .await
         .context("reading items")?;
+    // The items with a shard in this gene (an unsharded item's only shard is its own gene's).
     let mine: Vec<items::Model> = all
         .into_iter()
-        .filter(|m| gene_of_item(ItemId(m.id as u64)) == gene)
+        .filter(|m| shard_of_gene(ItemId(m.id as u64), shards_of(m), gene).is_some())
         .collect();
     debug_assert!((gene as u64) < GENES);
     let ids: Vec<i64> = mine.iter().map(|m| m.id).collect();
@@ -379,7 +489,8 @@ async fn read_gene_in(
     let mut held: HashMap<i64, i64> = HashMap::new();
     let mut buyers: HashMap<i64, BTreeMap<i64, (i64, i64)>> = HashMap::new();
     let mut rebuilt = Vec::with_capacity(live.len());
-    for o in live {
+    // An order belongs to its buyer's home shard, whose gene its id carries.
+    for o in live.into_iter().filter(|o| gene_of(o.id as u64) == gene) {
         let status: OrderStatus = o
             .status
             .parse()
@@ -422,6 +533,9 @@ async fn read_gene_in(
             m
         })
         .map(|m| ItemState {
+            gene,
+            // For an item of several shards, what this shard holds is counted against the others
+            // in Redis by the rebuild itself (`shard_remaining`).
             remaining: m.stock - held.get(&m.id).copied().unwrap_or(0),
             buyers: buyers
                 .remove(&m.id)

@@ -129,6 +129,11 @@ impl GroupCommit {
         })
     }
 
+    /// The client whose writes this confirms.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Resolves once a replica took every write the client sent before this call: call it right
     /// after the purchase script answered. On a cluster, use [`GroupCommit::replicated_for`].
     pub async fn replicated(self: &Arc<Self>) -> Result<(), Unconfirmed> {

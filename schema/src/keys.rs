@@ -3,12 +3,45 @@
 //! All keys of one item, the records of its orders and its outbox stream share one hash tag,
 //! `{g<gene>}`, where the gene is [`gene_of_item`]. Scripts therefore touch one slot on Redis
 //! Cluster, and an order's record is found from its id alone (its gene is in its low bits).
+//!
+//! A hot item may spread its stock over K shards, each in a gene of its own ([`shard_gene`]:
+//! shard 0 is the item's gene, shard s the s-th after it), so one item is served by up to K
+//! Redis cores. A buyer always buys from one home shard ([`home_shard`]): their holdings, latest
+//! order and idempotency keys live there, and their order ids carry its gene. With K = 1 every key
+//! is the item's gene's, as before shards existed.
 
 use crate::ids::{ItemId, OrderId, UserId};
 use crate::snowflake::{GENES, gene_of};
 
 pub fn gene_of_item(item: ItemId) -> u8 {
     (item.0 % GENES) as u8
+}
+
+/// The most shards an item may have: one per gene.
+pub const MAX_SHARDS: u8 = GENES as u8;
+
+/// The gene of an item's shard `shard` (0 is the item's own gene).
+pub fn shard_gene(item: ItemId, shard: u8) -> u8 {
+    ((item.0 % GENES + shard as u64) % GENES) as u8
+}
+
+/// The shard whose gene is `gene`, if the item has one there.
+pub fn shard_of_gene(item: ItemId, shards: u8, gene: u8) -> Option<u8> {
+    let shard = ((gene as u64 + GENES - item.0 % GENES) % GENES) as u8;
+    (shard < shards).then_some(shard)
+}
+
+/// A buyer's home shard among `shards`: a stable hash of the user id (SplitMix64's finalizer),
+/// the same in every process and version.
+pub fn home_shard(user: UserId, shards: u8) -> u8 {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut z = user.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z % shards as u64) as u8
 }
 
 #[derive(Debug, Clone)]
@@ -31,14 +64,40 @@ impl Keys {
         format!("{}:{{g{gene}}}:{rest}", self.ns)
     }
 
-    /// Hash: `remaining`, `limit`, `price`, `starts`, `ends` (ms; 0 = open), `stock`, `name`.
+    /// Hash of the item's shard 0 (its only one, unsharded): `remaining`, `limit`, `price`,
+    /// `starts`, `ends` (ms; 0 = open), `stock`, `name`, `shards` (K, absent for 1).
     pub fn item(&self, item: ItemId) -> String {
-        self.tagged(gene_of_item(item), format_args!("item:{item}"))
+        self.item_in(item, gene_of_item(item))
     }
 
-    /// Hash: `<user>` = units held by live orders, `<user>:o` = the user's latest order id.
+    /// Hash of the item's shard in `gene`: the shard's `remaining`, the item's settings, and the
+    /// transfers out of the shard not yet finished (`x:<transfer id>` = `<units> <target gene>
+    /// <ms>`, `xpending` their count).
+    pub fn item_in(&self, item: ItemId, gene: u8) -> String {
+        self.tagged(gene, format_args!("item:{item}"))
+    }
+
+    /// Hash of the buyers of shard 0: `<user>` = units held by live orders, `<user>:o` = the
+    /// user's latest order id.
     pub fn buyers(&self, item: ItemId) -> String {
-        self.tagged(gene_of_item(item), format_args!("buyers:{item}"))
+        self.buyers_in(item, gene_of_item(item))
+    }
+
+    /// Hash of the buyers whose home is the item's shard in `gene`.
+    pub fn buyers_in(&self, item: ItemId, gene: u8) -> String {
+        self.tagged(gene, format_args!("buyers:{item}"))
+    }
+
+    /// String: the token of a rebuild counting the item's shards; while it is set, no transfer
+    /// moves units in or out of the item's shard in `gene`.
+    pub fn freeze(&self, item: ItemId, gene: u8) -> String {
+        self.tagged(gene, format_args!("freeze:{item}"))
+    }
+
+    /// String: a transfer of units into the item's shard in `gene` was credited (its units), so a
+    /// repeat of it credits nothing.
+    pub fn transfer_in(&self, item: ItemId, gene: u8, transfer: u64) -> String {
+        self.tagged(gene, format_args!("xin:{item}:{transfer}"))
     }
 
     /// Hash: the read model of one order (see `lua/purchase.lua`).
@@ -60,15 +119,16 @@ impl Keys {
         (0..GENES as u8).map(|g| (g, self.outbox(g)))
     }
 
-    /// String: the order id a `(user, Idempotency-Key)` pair was first answered with.
-    pub fn idempotency(&self, item: ItemId, user: UserId, key: &str) -> String {
-        self.tagged(gene_of_item(item), format_args!("idem:{item}:{user}:{key}"))
+    /// String: the order id a `(user, Idempotency-Key)` pair was first answered with, in the
+    /// buyer's home gene.
+    pub fn idempotency(&self, item: ItemId, gene: u8, user: UserId, key: &str) -> String {
+        self.tagged(gene, format_args!("idem:{item}:{user}:{key}"))
     }
 
     /// Placeholder passed when a request has no idempotency key, so the script's key list keeps
-    /// its shape and stays in the item's slot. Never read or written.
-    pub fn no_idempotency(&self, item: ItemId) -> String {
-        self.tagged(gene_of_item(item), format_args!("idem:-"))
+    /// its shape and stays in the purchase's slot. Never read or written.
+    pub fn no_idempotency(&self, gene: u8) -> String {
+        self.tagged(gene, format_args!("idem:-"))
     }
 
     /// Hash: what Redis holds of one shard gene. `ready` = the epoch (ms) of the state it holds,
@@ -144,5 +204,32 @@ mod tests {
         assert_eq!(tag(&keys.rebuild_lock(gene)), tag(&keys.item(item)));
         assert_eq!(tag(&keys.adjustments(gene)), tag(&keys.item(item)));
         assert!(keys.item(item).starts_with("t1:"));
+    }
+
+    #[test]
+    fn a_shards_keys_are_in_its_gene_and_homes_spread_evenly() {
+        let keys = Keys::new("t1");
+        let item = ItemId(30);
+        assert_eq!(shard_gene(item, 0), gene_of_item(item));
+        assert_eq!(keys.item_in(item, shard_gene(item, 0)), keys.item(item));
+        // Shard 3 of item 30 (gene 14) is in gene 1, wrapping around.
+        assert_eq!(shard_gene(item, 3), 1);
+        assert_eq!(shard_of_gene(item, 4, 1), Some(3));
+        assert_eq!(shard_of_gene(item, 3, 1), None);
+        for s in 0..MAX_SHARDS {
+            assert_eq!(
+                shard_of_gene(item, MAX_SHARDS, shard_gene(item, s)),
+                Some(s)
+            );
+        }
+        assert_eq!(home_shard(UserId(42), 1), 0);
+        let mut per_shard = [0u32; 8];
+        for user in 0..80_000 {
+            per_shard[home_shard(UserId(user), 8) as usize] += 1;
+        }
+        assert!(
+            per_shard.iter().all(|n| (9_000..11_000).contains(n)),
+            "{per_shard:?}"
+        );
     }
 }

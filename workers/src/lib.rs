@@ -76,6 +76,7 @@ impl Workers {
             scripts.clone(),
             &config.database_url,
             Some(db.clone()),
+            group_commit.clone(),
         );
         Ok(Workers {
             runtime: Arc::new(Runtime {

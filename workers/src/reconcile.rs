@@ -147,6 +147,8 @@ struct ItemRow {
     sold: i64,
     held: i64,
     settings: ItemSettings,
+    /// Redis shards the stock is spread over.
+    shards: u8,
 }
 
 /// What Redis's item hash says of the settings, as the purchase script reads them.
@@ -180,7 +182,7 @@ struct Reconciler {
     /// Pending adjustments that could not be settled, already logged.
     unsettled: HashSet<AdjustmentId>,
     /// Items whose settings differ between the database and Redis, as last seen.
-    settings_off: HashMap<ItemId, (ItemSettings, RedisSettings)>,
+    settings_off: HashMap<ItemId, (ItemSettings, RedisSettings, u8)>,
 }
 
 impl Job for Reconciler {
@@ -227,10 +229,18 @@ impl Reconciler {
         for (row, fields) in rows.iter().zip(in_redis) {
             self.check_database(row);
             // No hash: Redis lost the item, and its recovery is another job's.
-            let Some(remaining) = fields.first().copied().flatten() else {
+            let Some(mut remaining) = fields.first().copied().flatten() else {
                 missing += 1;
                 continue;
             };
+            if row.shards > 1 {
+                // Every shard's remaining and units in transfer, read at one moment; a reading
+                // that transfers kept changing is left to the next pass.
+                match rt.scripts.shards_state(client, row.id, row.shards).await? {
+                    Some(read) => remaining = read.iter().map(|s| s.remaining + s.pending).sum(),
+                    None => continue,
+                }
+            }
             present.insert(row.id);
             let redis_settings = (
                 fields.get(1).copied().flatten(),
@@ -238,7 +248,7 @@ impl Reconciler {
                 fields.get(3).copied().flatten(),
             );
             if redis_settings != as_in_redis(&row.settings) {
-                settings_off.insert(row.id, (row.settings, redis_settings));
+                settings_off.insert(row.id, (row.settings, redis_settings, row.shards));
             }
             metrics::gauge!("seckill_item_remaining", "item" => row.id.to_string())
                 .set(remaining as f64);
@@ -357,16 +367,16 @@ impl Reconciler {
     async fn copy_settings(
         &mut self,
         rt: &Runtime,
-        now_off: HashMap<ItemId, (ItemSettings, RedisSettings)>,
+        now_off: HashMap<ItemId, (ItemSettings, RedisSettings, u8)>,
     ) -> anyhow::Result<()> {
         let before = std::mem::replace(&mut self.settings_off, now_off);
         for (item, seen) in &self.settings_off {
             if before.get(item) != Some(seen) {
                 continue;
             }
-            let (settings, redis) = seen;
+            let (settings, redis, shards) = seen;
             rt.scripts
-                .item_settings(rt.redis.next(), *item, settings)
+                .item_settings(rt.redis.next(), *item, *shards, settings)
                 .await
                 .context("copying an item's settings into Redis")?;
             tracing::warn!(item.id = %item, db = ?settings, redis = ?redis, "copied an item's sale window and per-user limit from the database into Redis");
@@ -485,7 +495,7 @@ async fn items_with_held(db: &DatabaseConnection) -> Result<Vec<ItemRow>, DbErr>
     let since = store::now() - RECENTLY_ENDED.as_millis() as i64;
     let mut q = Query::new(backend).sql(&format!(
         "SELECT i.id, i.stock, i.available, i.locked, i.sold, \
-         i.starts_at_ms, i.ends_at_ms, i.per_user_limit, \
+         i.starts_at_ms, i.ends_at_ms, i.per_user_limit, i.shards, \
          (SELECT CAST(COALESCE(SUM(o.quantity), 0) AS {int}) FROM {orders} o \
          WHERE o.item_id = i.id AND o.status IN ",
         orders = orders::TABLE,
@@ -511,6 +521,9 @@ async fn items_with_held(db: &DatabaseConnection) -> Result<Vec<ItemRow>, DbErr>
                 ends_at_ms: row.try_get("", "ends_at_ms")?,
                 per_user_limit: row.try_get("", "per_user_limit")?,
             },
+            shards: row
+                .try_get::<i16>("", "shards")?
+                .clamp(1, i16::from(seckill_schema::keys::MAX_SHARDS)) as u8,
         });
     }
     Ok(out)

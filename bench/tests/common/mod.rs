@@ -109,6 +109,7 @@ impl Sale {
             ends_at_ms: Set(None),
             created_at_ms: Set(now),
             updated_at_ms: Set(now),
+            shards: Set(1),
         }
         .insert(&sale.db)
         .await

@@ -11,6 +11,9 @@ use fred::prelude::*;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use seckill_infra::scripts::{Purchase, PurchaseFailure, PurchaseRequest};
+use seckill_infra::shards::{Balancer, Rebalanced};
+use seckill_schema::keys::{home_shard, shard_gene};
+use seckill_schema::snowflake::gene_of;
 use seckill_schema::{ItemId, OrderId, OrderStatus, Quantity};
 use std::sync::Arc;
 
@@ -78,75 +81,137 @@ pub async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
             "a Redis that keeps what SECKILL_REDIS_DURABILITY promises",
         ));
     }
-    let order_id = OrderId(
-        state
-            .parts
-            .ids
-            .next(seckill_schema::keys::gene_of_item(item))
-            .map_err(|_| {
-                ApiError::Unavailable("a confirmed snowflake node id (its lease in Redis)")
-            })?,
-    );
-    // A static level check first: looking up the current span costs more than nothing.
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        let span = tracing::Span::current();
-        span.record("item.id", item.0);
-        // A string, as in the API: a log viewer's JSON numbers lose a snowflake's low bits.
-        span.record("order.id", tracing::field::display(order_id));
+    let mut shards = state.layouts.shards(item);
+    let mut relaid = false;
+    let mut rebalanced = 0;
+    loop {
+        let home = shard_gene(item, home_shard(user, shards));
+        let order_id = OrderId(state.parts.ids.next(home).map_err(|_| {
+            ApiError::Unavailable("a confirmed snowflake node id (its lease in Redis)")
+        })?);
+        // A static level check first: looking up the current span costs more than nothing.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let span = tracing::Span::current();
+            span.record("item.id", item.0);
+            // A string, as in the API: a log viewer's JSON numbers lose a snowflake's low bits.
+            span.record("order.id", tracing::field::display(order_id));
+        }
+        let outcome = state
+            .lanes
+            .purchase(&PurchaseRequest {
+                order_id,
+                user,
+                item,
+                quantity,
+                idempotency_key,
+                shards,
+            })
+            .await
+            .map_err(|e| match e {
+                PurchaseFailure::NotRun(e) => {
+                    // Logged once, as a 503, by the error mapping; the cause only here.
+                    tracing::debug!(error = %e, "purchase not run");
+                    ApiError::Unavailable("Redis")
+                }
+                PurchaseFailure::MaybeRan(e) => {
+                    tracing::debug!(error = %e, order.id = %order_id, "purchase sent, answer lost");
+                    ApiError::OutcomeUnknown(order_id)
+                }
+                PurchaseFailure::Reply(e) => ApiError::Internal(e.into()),
+            })?;
+        return match outcome {
+            // A purchase that ran twice (a retry of a lost answer) finds its own order held.
+            Purchase::LimitReached {
+                order_id: Some(held),
+            } if held == order_id => accepted(state, item, order_id).await,
+            Purchase::Accepted { order_id, .. } => accepted(state, item, order_id).await,
+            // A replay is answered `202` under the same durability as a new sale: its first
+            // answer may have been `503 outcome_unknown` because no replica confirmed it.
+            Purchase::Replayed { order_id } => accepted(state, item, order_id).await,
+            Purchase::UnknownItem => Err(ApiError::NotFound("unknown_item", "no such item")),
+            Purchase::NotStarted => Err(ApiError::Conflict(
+                "not_started",
+                "the sale has not started",
+            )),
+            Purchase::Ended => Err(ApiError::Conflict("ended", "the sale has ended")),
+            Purchase::LimitReached { order_id } => Err(ApiError::LimitReached(order_id)),
+            // The home shard is dry: units may move to it from the item's other shards.
+            Purchase::SoldOut { .. } if shards > 1 && rebalanced < 2 => {
+                rebalanced += 1;
+                match rebalance(state, item, shards, home, quantity).await? {
+                    Rebalanced::Ready => continue,
+                    Rebalanced::SoldOut { remaining } => sold_out(state, item, remaining),
+                    // A transfer is on its way, or a shard is being rebuilt: nothing is wrong,
+                    // and a moment later it is settled either way.
+                    Rebalanced::Busy => Err(ApiError::Rebalancing),
+                }
+            }
+            Purchase::SoldOut { remaining } => sold_out(state, item, remaining),
+            Purchase::Recovering => Err(ApiError::Recovering),
+            Purchase::Void => Err(ApiError::Unavailable("Redis")),
+            // PATCH changed the item's shards since this gateway read them.
+            Purchase::Relayout if !relaid => {
+                relaid = true;
+                shards = state
+                    .layouts
+                    .refresh(state.redis.next(), &state.keys, item)
+                    .await
+                    .map_err(|_| ApiError::Unavailable("Redis"))?;
+                continue;
+            }
+            Purchase::Relayout => Err(ApiError::Rebalancing),
+        };
     }
-    let outcome = state
-        .lanes
-        .purchase(&PurchaseRequest {
-            order_id,
-            user,
-            item,
-            quantity,
-            idempotency_key,
+}
+
+/// `409 sold_out`; once the item holds nothing at all, this gateway says so itself for a while.
+fn sold_out(state: &State, item: ItemId, remaining: i64) -> Answer {
+    if remaining <= 0 {
+        state.sold_out.mark(item);
+    }
+    Err(ApiError::Conflict("sold_out", SOLD_OUT))
+}
+
+/// Moves units to a buyer's dry home shard from the item's others, one rebalance at a time per
+/// home shard on this gateway: the buyers who wait for it then buy from what it brought.
+async fn rebalance(
+    state: &State,
+    item: ItemId,
+    shards: u8,
+    home: u8,
+    quantity: Quantity,
+) -> Result<Rebalanced, ApiError> {
+    let lock = {
+        let mut map = state
+            .rebalancing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry((item, home)).or_default().clone()
+    };
+    let _one_at_a_time = lock.lock().await;
+    let balancer = Balancer {
+        scripts: &state.scripts,
+        client: state.redis.next(),
+        commit: state.parts.group_commit.as_ref(),
+    };
+    balancer
+        .rebalance(item, shards, home, i64::from(quantity.get()), |gene| {
+            state.parts.ids.next(gene).ok()
         })
         .await
-        .map_err(|e| match e {
-            PurchaseFailure::NotRun(e) => {
-                // Logged once, as a 503, by the error mapping; the cause only here.
-                tracing::debug!(error = %e, "purchase not run");
-                ApiError::Unavailable("Redis")
-            }
-            PurchaseFailure::MaybeRan(e) => {
-                tracing::debug!(error = %e, order.id = %order_id, "purchase sent, answer lost");
-                ApiError::OutcomeUnknown(order_id)
-            }
-            PurchaseFailure::Reply(e) => ApiError::Internal(e.into()),
-        })?;
-    match outcome {
-        // A purchase that ran twice (a retry of a lost answer) finds its own order held.
-        Purchase::LimitReached {
-            order_id: Some(held),
-        } if held == order_id => accepted(state, item, order_id).await,
-        Purchase::Accepted { order_id, .. } => accepted(state, item, order_id).await,
-        // A replay is answered `202` under the same durability as a new sale: its first
-        // answer may have been `503 outcome_unknown` because no replica confirmed it.
-        Purchase::Replayed { order_id } => accepted(state, item, order_id).await,
-        Purchase::UnknownItem => Err(ApiError::NotFound("unknown_item", "no such item")),
-        Purchase::NotStarted => Err(ApiError::Conflict(
-            "not_started",
-            "the sale has not started",
-        )),
-        Purchase::Ended => Err(ApiError::Conflict("ended", "the sale has ended")),
-        Purchase::LimitReached { order_id } => Err(ApiError::LimitReached(order_id)),
-        Purchase::SoldOut { remaining } => {
-            if remaining <= 0 {
-                state.sold_out.mark(item);
-            }
-            Err(ApiError::Conflict("sold_out", SOLD_OUT))
-        }
-        Purchase::Recovering => Err(ApiError::Recovering),
-        Purchase::Void => Err(ApiError::Unavailable("Redis")),
-    }
+        .map_err(|e| {
+            tracing::warn!(item.id = %item, error = %e, "moving units between an item's shards failed");
+            ApiError::Unavailable("Redis")
+        })
 }
 
 /// A purchase that sold: answered once it is as durable as `SECKILL_REDIS_DURABILITY` asks.
 async fn accepted(state: &State, item: ItemId, order_id: OrderId) -> Answer {
     if let Some(commit) = &state.parts.group_commit
-        && commit.replicated_for(&state.keys.item(item)).await.is_err()
+        && commit
+            .replicated_for(&state.keys.item_in(item, gene_of(order_id.0)))
+            .await
+            .is_err()
     {
         // Sold on the master, not known to be on a replica: a failover may lose it.
         return Err(ApiError::OutcomeUnknown(order_id));

@@ -6,12 +6,14 @@ mod leases;
 mod purchase;
 mod read_model;
 mod rebuild;
+mod shards;
 mod stock;
 
 pub use leases::*;
 pub use purchase::*;
 pub use read_model::*;
 pub use rebuild::*;
+pub use shards::*;
 pub use stock::*;
 
 use fred::prelude::*;
@@ -56,6 +58,10 @@ pub struct Scripts {
     adjust_stock: Script,
     undo_adjustment: Script,
     item_settings: Script,
+    transfer_out: Script,
+    transfer_in: Script,
+    transfer_done: Script,
+    shard_state: Script,
 }
 
 impl Scripts {
@@ -76,6 +82,10 @@ impl Scripts {
             adjust_stock: Script::from_lua(ADJUST_STOCK),
             undo_adjustment: Script::from_lua(UNDO_ADJUSTMENT),
             item_settings: Script::from_lua(ITEM_SETTINGS),
+            transfer_out: Script::from_lua(TRANSFER_OUT),
+            transfer_in: Script::from_lua(TRANSFER_IN),
+            transfer_done: Script::from_lua(TRANSFER_DONE),
+            shard_state: Script::from_lua(SHARD_STATE),
         }
     }
 

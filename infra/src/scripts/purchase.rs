@@ -4,7 +4,8 @@
 
 use super::{BadScriptReply, Scripts};
 use fred::prelude::*;
-use seckill_schema::keys::{Keys, gene_of_item};
+use seckill_schema::keys::Keys;
+use seckill_schema::snowflake::gene_of;
 use seckill_schema::{ItemId, OrderId, Quantity, UserId};
 
 pub const PURCHASE: &str = concat!(
@@ -40,8 +41,12 @@ pub enum Purchase {
     },
     /// Redis lost the gene's state; it is being rebuilt from the database. Nothing was sold.
     Recovering,
-    /// The order id was declared unknown to its owner while this purchase was in flight.
+    /// The order id was declared unknown to its owner while this purchase was in flight, or its
+    /// time is too far from Redis's clock.
     Void,
+    /// The item's shards are not what the request assumed (`PATCH` changed them): nothing was
+    /// sold; ask again with the item's layout read anew.
+    Relayout,
 }
 
 impl Purchase {
@@ -72,22 +77,28 @@ impl Purchase {
             },
             7 => Purchase::Recovering,
             8 => Purchase::Void,
+            10 => Purchase::Relayout,
             _ => return Err(bad()),
         })
     }
 }
 
+/// One purchase. Its order id carries the buyer's home shard's gene, where it runs.
 pub struct PurchaseRequest<'a> {
     pub order_id: OrderId,
     pub user: UserId,
     pub item: ItemId,
     pub quantity: Quantity,
     pub idempotency_key: Option<&'a str>,
+    /// The item's shards as the caller knows them; the script refuses a purchase that assumed
+    /// another layout.
+    pub shards: u8,
 }
 
-/// What the purchases of one item share in a batch: its keys and its id, built once.
+/// What the purchases of one item's shard share in a batch: its keys and its id, built once.
 struct ItemArgs {
     item: ItemId,
+    gene: u8,
     item_key: Key,
     buyers: Key,
     outbox: Key,
@@ -97,14 +108,15 @@ struct ItemArgs {
 }
 
 impl ItemArgs {
-    fn new(k: &Keys, item: ItemId) -> ItemArgs {
+    fn new(k: &Keys, item: ItemId, gene: u8) -> ItemArgs {
         ItemArgs {
             item,
-            item_key: k.item(item).into(),
-            buyers: k.buyers(item).into(),
-            outbox: k.outbox(gene_of_item(item)).into(),
-            no_idempotency: k.no_idempotency(item).into(),
-            state: k.state_of_item(item).into(),
+            gene,
+            item_key: k.item_in(item, gene).into(),
+            buyers: k.buyers_in(item, gene).into(),
+            outbox: k.outbox(gene).into(),
+            no_idempotency: k.no_idempotency(gene).into(),
+            state: k.state(gene).into(),
             id: Value::from(item.0.to_string()),
         }
     }
@@ -222,15 +234,16 @@ impl Scripts {
     /// bytes), so a purchase costs four strings of its own instead of fourteen.
     fn purchase_args(&self, reqs: &[PurchaseRequest<'_>]) -> (Vec<Key>, Vec<Value>) {
         let mut keys: Vec<Key> = Vec::with_capacity(7 * reqs.len());
-        let mut args: Vec<Value> = Vec::with_capacity(6 * reqs.len() + 1);
+        let mut args: Vec<Value> = Vec::with_capacity(7 * reqs.len() + 1);
         let ttl = Value::from(IDEMPOTENCY_TTL_SECS.to_string());
         let (with_key, without_key) = (Value::from_static_str("1"), Value::from_static_str("0"));
         let k = &self.keys;
         let mut shared: Option<ItemArgs> = None;
         for req in reqs {
+            let gene = gene_of(req.order_id.0);
             let item = match &shared {
-                Some(s) if s.item == req.item => s,
-                _ => shared.insert(ItemArgs::new(k, req.item)),
+                Some(s) if s.item == req.item && s.gene == gene => s,
+                _ => shared.insert(ItemArgs::new(k, req.item, gene)),
             };
             keys.extend([
                 item.item_key.clone(),
@@ -238,12 +251,16 @@ impl Scripts {
                 Key::from(k.order(req.order_id)),
                 item.outbox.clone(),
                 match req.idempotency_key {
-                    Some(key) => Key::from(k.idempotency(req.item, req.user, key)),
+                    Some(key) => Key::from(k.idempotency(req.item, gene, req.user, key)),
                     None => item.no_idempotency.clone(),
                 },
                 item.state.clone(),
                 Key::from(k.void(req.order_id)),
             ]);
+            const SHARDS: [&str; 17] = [
+                "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14",
+                "15", "16",
+            ];
             args.extend([
                 Value::from(req.order_id.0.to_string()),
                 Value::from(req.user.0.to_string()),
@@ -255,6 +272,7 @@ impl Scripts {
                     without_key.clone()
                 },
                 ttl.clone(),
+                Value::from_static_str(SHARDS[usize::from(req.shards.min(16))]),
             ]);
         }
         args.push(Value::from(MAX_CLOCK_SKEW_MS.to_string()));
@@ -267,24 +285,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn purchase_args_are_seven_keys_and_six_values_per_purchase_in_order() {
+    fn purchase_args_are_seven_keys_and_seven_values_per_purchase_in_order() {
         let scripts = Scripts::new(Keys::new("t"));
         let k = &scripts.keys;
         let (a, b) = (ItemId(7), ItemId(8));
         let q = Quantity::new(2).unwrap();
-        let req =
-            |order: u64, user: u64, item: ItemId, idem: Option<&'static str>| PurchaseRequest {
+        // Order ids' low bits are their home genes: 7 (item a's own), 8 (a's shard 1, b's own).
+        let req = |order: u64, user: u64, item: ItemId, idem: Option<&'static str>, shards: u8| {
+            PurchaseRequest {
                 order_id: OrderId(order),
                 user: UserId(user),
                 item,
                 quantity: q,
                 idempotency_key: idem,
-            };
+                shards,
+            }
+        };
         let reqs = [
-            req(1, 10, a, None),
-            req(2, 11, a, Some("key")),
-            req(3, 12, b, None),
-            req(4, 13, a, None),
+            req(0x17, 10, a, None, 2),
+            req(0x27, 11, a, Some("key"), 2),
+            req(0x38, 12, b, None, 1),
+            req(0x48, 13, a, None, 2),
         ];
         let (keys, args) = scripts.purchase_args(&reqs);
         let keys: Vec<String> = keys
@@ -295,16 +316,17 @@ mod tests {
         let mut want_keys = Vec::new();
         let mut want_args = Vec::new();
         for r in &reqs {
+            let gene = gene_of(r.order_id.0);
             want_keys.extend([
-                k.item(r.item),
-                k.buyers(r.item),
+                k.item_in(r.item, gene),
+                k.buyers_in(r.item, gene),
                 k.order(r.order_id),
-                k.outbox(gene_of_item(r.item)),
+                k.outbox(gene),
                 match r.idempotency_key {
-                    Some(key) => k.idempotency(r.item, r.user, key),
-                    None => k.no_idempotency(r.item),
+                    Some(key) => k.idempotency(r.item, gene, r.user, key),
+                    None => k.no_idempotency(gene),
                 },
-                k.state_of_item(r.item),
+                k.state(gene),
                 k.void(r.order_id),
             ]);
             want_args.extend([
@@ -319,6 +341,7 @@ mod tests {
                 }
                 .to_owned(),
                 IDEMPOTENCY_TTL_SECS.to_string(),
+                r.shards.to_string(),
             ]);
         }
         assert_eq!(keys, want_keys);

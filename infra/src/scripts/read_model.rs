@@ -5,7 +5,6 @@
 
 use super::{BadScriptReply, MAX_CLOCK_SKEW_MS, ScriptError, Scripts};
 use fred::prelude::*;
-use seckill_schema::keys::gene_of_item;
 use seckill_schema::record::{OrderRecord, ShownPayment};
 use seckill_schema::snowflake::{gene_of, millis_of, now_ms};
 use seckill_schema::{OrderEvent, OrderId, OrderStatus, UserId};
@@ -160,12 +159,14 @@ impl Scripts {
         order: &OrderEvent,
         status: OrderStatus,
     ) -> Result<(Released, u64), ScriptError> {
+        // The units go back to the order's home shard, whose gene its id carries.
         let k = &self.keys;
+        let gene = gene_of(order.order_id.0);
         let keys = vec![
-            k.item(order.item_id),
-            k.buyers(order.item_id),
+            k.item_in(order.item_id, gene),
+            k.buyers_in(order.item_id, gene),
             k.order(order.order_id),
-            k.state_of_item(order.item_id),
+            k.state(gene),
         ];
         let args = vec![
             order.order_id.0.to_string(),
@@ -184,7 +185,7 @@ impl Scripts {
             1 => Released::Returned,
             0 => Released::AlreadyReturned,
             -1 => Released::UnknownOrder,
-            -2 => return Err(ScriptError::Recovering(gene_of_item(order.item_id))),
+            -2 => return Err(ScriptError::Recovering(gene)),
             _ => return Err(bad().into()),
         };
         Ok((released, u64::try_from(generation).map_err(|_| bad())?))
@@ -288,8 +289,8 @@ impl Scripts {
                 None => args.extend([String::new(), String::new(), String::new()]),
             }
             if shape == Shape::Full {
-                keys.push(self.keys.item(o.item_id));
-                keys.push(self.keys.buyers(o.item_id));
+                keys.push(self.keys.item_in(o.item_id, gene));
+                keys.push(self.keys.buyers_in(o.item_id, gene));
                 args.push(o.user_id.0.to_string());
                 args.push(o.item_id.0.to_string());
                 args.push(o.quantity.get().to_string());

@@ -5,7 +5,7 @@
 use super::{ScriptError, Scripts};
 use fred::prelude::*;
 use seckill_schema::entity::items;
-use seckill_schema::keys::gene_of_item;
+use seckill_schema::keys::{MAX_SHARDS, gene_of_item, shard_gene};
 use seckill_schema::record::OrderRecord;
 use seckill_schema::snowflake::now_ms;
 use seckill_schema::{ItemId, OrderId, UserId};
@@ -28,25 +28,44 @@ pub enum Warmed {
     NeedsRebuild,
 }
 
-/// One item of a gene, as the database has it, for a rebuild.
+/// One shard of an item, as the database has it, for a warm-up or a rebuild.
 #[derive(Debug, Clone)]
 pub struct ItemState {
     /// The item's row, its `stock` with the stock adjustments the database does not have yet
     /// counted in.
     pub row: items::Model,
+    /// The gene of the shard this is (the item's own gene for shard 0).
+    pub gene: u8,
+    /// The shard's remaining units.
     pub remaining: i64,
-    /// (buyer, units held by live orders, latest held order)
+    /// (buyer homed at this shard, units held by live orders, latest held order)
     pub buyers: Vec<(UserId, i64, OrderId)>,
 }
 
 impl ItemState {
-    /// A new item: all its stock remains, no buyer holds any.
+    /// A new unsharded item: all its stock remains, no buyer holds any.
     pub fn new(row: items::Model) -> ItemState {
         ItemState {
+            gene: gene_of_item(ItemId(row.id as u64)),
             remaining: row.stock,
             row,
             buyers: Vec::new(),
         }
+    }
+
+    /// A new item's shards: its stock split evenly (the first shards take what does not divide).
+    pub fn new_shards(row: &items::Model) -> Vec<ItemState> {
+        let item = ItemId(row.id as u64);
+        let k = shards_of(row);
+        (0..k)
+            .map(|s| ItemState {
+                gene: shard_gene(item, s),
+                remaining: row.stock / i64::from(k)
+                    + i64::from(i64::from(s) < row.stock % i64::from(k)),
+                row: row.clone(),
+                buyers: Vec::new(),
+            })
+            .collect()
     }
 
     pub fn item(&self) -> ItemId {
@@ -55,8 +74,8 @@ impl ItemState {
 
     /// The item hash's fields after `remaining`, in the order `lua/warm_item.lua` and
     /// `lua/rebuild_item.lua` take them: stock, per-user limit, price, starts ms, ends ms (0 =
-    /// open), name.
-    fn hash_args(&self) -> [String; 6] {
+    /// open), name, shards.
+    fn hash_args(&self) -> [String; 7] {
         let row = &self.row;
         [
             row.stock.to_string(),
@@ -65,8 +84,14 @@ impl ItemState {
             row.starts_at_ms.unwrap_or(0).to_string(),
             row.ends_at_ms.unwrap_or(0).to_string(),
             row.name.clone(),
+            shards_of(row).to_string(),
         ]
     }
+}
+
+/// An item row's shards, within 1 and [`MAX_SHARDS`].
+pub fn shards_of(row: &items::Model) -> u8 {
+    row.shards.clamp(1, i16::from(MAX_SHARDS)) as u8
 }
 
 /// A live order's record, as the database has it, for a rebuild.
@@ -84,9 +109,9 @@ impl Scripts {
         item: &ItemState,
     ) -> Result<Warmed, ScriptError> {
         let id = item.item();
-        let mut args = vec![id.0.to_string()];
+        let mut args = vec![id.0.to_string(), item.remaining.to_string()];
         args.extend(item.hash_args());
-        let keys = vec![self.keys.item(id), self.keys.state_of_item(id)];
+        let keys = vec![self.keys.item_in(id, item.gene), self.keys.state(item.gene)];
         let n: i64 = self
             .warm_item
             .evalsha_with_reload(client, keys, args)
@@ -108,9 +133,9 @@ impl Scripts {
     ) -> Result<bool, ScriptError> {
         let id = item.item();
         let keys = vec![
-            self.keys.rebuild_lock(gene_of_item(id)),
-            self.keys.item(id),
-            self.keys.buyers(id),
+            self.keys.rebuild_lock(item.gene),
+            self.keys.item_in(id, item.gene),
+            self.keys.buyers_in(id, item.gene),
         ];
         let mut chunks = item.buyers.chunks(1000);
         let mut first = true;

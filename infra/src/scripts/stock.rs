@@ -4,7 +4,7 @@
 
 use super::{BadScriptReply, ScriptError, Scripts, int};
 use fred::prelude::*;
-use seckill_schema::keys::gene_of_item;
+use seckill_schema::keys::{gene_of_item, shard_gene};
 use seckill_schema::{AdjustmentId, ItemId};
 
 pub const ADJUST_STOCK: &str = include_str!("../../../lua/adjust_stock.lua");
@@ -202,12 +202,14 @@ impl Scripts {
         Ok(())
     }
 
-    /// Writes an item's sale window and per-user limit into its hash, if Redis holds the item
-    /// (see `lua/item_settings.lua`). False when it does not.
+    /// Writes an item's sale window and per-user limit into the hash of each of its `shards`
+    /// (each purchase reads its home shard's), if Redis holds them (see `lua/item_settings.lua`).
+    /// False when Redis does not hold shard 0.
     pub async fn item_settings(
         &self,
         client: &Client,
         item: ItemId,
+        shards: u8,
         settings: &ItemSettings,
     ) -> Result<bool, ScriptError> {
         let args = vec![
@@ -215,11 +217,16 @@ impl Scripts {
             settings.ends_at_ms.unwrap_or(0).to_string(),
             settings.per_user_limit.to_string(),
         ];
-        let n: i64 = self
-            .item_settings
-            .evalsha_with_reload(client, vec![self.keys.item(item)], args)
-            .await?;
-        Ok(n == 1)
+        let mut held = true;
+        for s in 0..shards.max(1) {
+            let key = self.keys.item_in(item, shard_gene(item, s));
+            let n: i64 = self
+                .item_settings
+                .evalsha_with_reload(client, vec![key], args.clone())
+                .await?;
+            held &= s != 0 || n == 1;
+        }
+        Ok(held)
     }
 }
 

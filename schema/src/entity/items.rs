@@ -21,6 +21,8 @@ pub struct Model {
     pub ends_at_ms: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Redis shards the stock is spread over (1 to 16).
+    pub shards: i16,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -11,6 +11,7 @@ mod m0003_lean_indexes;
 mod m0004_hot_order_moves;
 mod m0005_lean_steps;
 mod m0006_redis_generations;
+mod m0007_item_shards;
 
 pub struct Migrator;
 
@@ -88,6 +89,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_hot_order_moves::Migration),
             Box::new(m0005_lean_steps::Migration),
             Box::new(m0006_redis_generations::Migration),
+            Box::new(m0007_item_shards::Migration),
         ]
     }
 }

@@ -271,7 +271,12 @@ async fn change_settings(
     // False: Redis does not hold the item (lost, and rebuilt from the database, this included).
     state
         .scripts
-        .item_settings(state.redis.next(), ItemId(id as u64), &after)
+        .item_settings(
+            state.redis.next(),
+            ItemId(id as u64),
+            seckill_infra::scripts::shards_of(&item),
+            &after,
+        )
         .await
         .map_err(|e| {
             tracing::warn!(item.id = id, error = %e, "writing an item's settings to Redis failed");

@@ -9,12 +9,11 @@ pub mod listing;
 pub mod orders;
 mod query;
 
-use crate::api::{AdminItemView, NewItem, RedisStock};
+use crate::api::{AdminItemView, NewItem, RedisStock, ShardStock};
 use crate::error::{Answer, ApiError, json};
 use crate::request::{admin_item_id, parse_json, read_body, require_admin};
 use crate::state::State;
 use crate::views::{db_stock, item_view};
-use fred::prelude::*;
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
 use sea_orm::{
@@ -24,6 +23,7 @@ use sea_orm::{
 use seckill_infra::recovery::Rebuilt;
 use seckill_infra::scripts::{ItemState, ScriptError, Warmed};
 use seckill_schema::entity::{items, orders as order_rows};
+use seckill_schema::keys::MAX_SHARDS;
 use seckill_schema::snowflake::now_ms;
 use seckill_schema::{ItemId, OrderStatus};
 use std::collections::BTreeMap;
@@ -72,10 +72,16 @@ fn parse_time(field: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> 
         .transpose()
 }
 
-/// Loads the item into Redis unless it is there; in a gene Redis does not hold (never built, or
-/// lost), the gene is rebuilt from the database instead, this item included.
+/// Loads each of the item's shards into Redis unless it is there; in a gene Redis does not hold
+/// (never built, or lost), the gene is rebuilt from the database instead, this item included.
 pub(crate) async fn warm(state: &State, m: &items::Model) -> Result<(), ApiError> {
-    let item = ItemState::new(m.clone());
+    for shard in ItemState::new_shards(m) {
+        warm_shard(state, &shard).await?;
+    }
+    Ok(())
+}
+
+async fn warm_shard(state: &State, item: &ItemState) -> Result<(), ApiError> {
     let redis_err = |e: ScriptError| {
         tracing::warn!(error = %e, "warming an item failed");
         ApiError::Unavailable("Redis")
@@ -83,13 +89,13 @@ pub(crate) async fn warm(state: &State, m: &items::Model) -> Result<(), ApiError
     for _ in 0..3 {
         match state
             .scripts
-            .warm_item(state.redis.next(), &item)
+            .warm_item(state.redis.next(), item)
             .await
             .map_err(redis_err)?
         {
             Warmed::Loaded | Warmed::AlreadyThere => return Ok(()),
             Warmed::NeedsRebuild => {
-                let gene = seckill_schema::keys::gene_of_item(item.item());
+                let gene = item.gene;
                 match state.parts.recovery.rebuild_gene(gene).await {
                     Ok(Rebuilt::Done { .. } | Rebuilt::AlreadyReady) => {}
                     // Someone else is at it: the item is in the database, the gene will have it.
@@ -133,6 +139,9 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
         return bad("per_user_limit must be at least 1");
     }
     exact_amounts(new.price_cents, new.per_user_limit)?;
+    if !(1..=MAX_SHARDS).contains(&new.shards) {
+        return bad("shards must be between 1 and 16");
+    }
     let starts = parse_time("starts_at", &new.starts_at)?;
     let ends = parse_time("ends_at", &new.ends_at)?;
     if let (Some(s), Some(e)) = (starts, ends)
@@ -155,6 +164,7 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
         ends_at_ms: Set(ends),
         created_at_ms: Set(now),
         updated_at_ms: Set(now),
+        shards: Set(i16::from(new.shards)),
     };
     match model.insert(db).await {
         Ok(m) => {
@@ -205,15 +215,38 @@ pub(crate) async fn known_item(
         .ok_or(ApiError::NotFound("unknown_item", "no such item"))
 }
 
+/// What Redis holds of an item, every shard read at one moment.
+async fn redis_stock(state: &State, m: &items::Model) -> Result<RedisStock, ApiError> {
+    let item = ItemId(m.id as u64);
+    let shards = seckill_infra::scripts::shards_of(m);
+    let read = state
+        .scripts
+        .shards_state(state.redis.next(), item, shards)
+        .await
+        .map_err(|_| ApiError::Unavailable("Redis"))?
+        .ok_or(ApiError::Rebalancing)?;
+    let held_by_redis = read.iter().any(|s| s.exists);
+    Ok(RedisStock {
+        remaining: held_by_redis.then(|| read.iter().map(|s| s.remaining + s.pending).sum()),
+        shards: read
+            .iter()
+            .enumerate()
+            .map(|(shard, s)| ShardStock {
+                shard: shard as u8,
+                gene: s.gene,
+                remaining: s.exists.then_some(s.remaining),
+                held: s.held,
+                in_transfer: s.pending,
+            })
+            .collect(),
+    })
+}
+
 /// An item with its stock in Redis and the database and its orders by status.
 pub(crate) async fn admin_view(state: &State, id: i64) -> Result<AdminItemView, ApiError> {
     let db = state.db().await?;
     let m = known_item(items::Entity::find_by_id(id), db).await?;
-    let remaining: Option<i64> = state
-        .redis
-        .hget(state.keys.item(ItemId(id as u64)), "remaining")
-        .await
-        .map_err(|_| ApiError::Unavailable("Redis"))?;
+    let redis = redis_stock(state, &m).await?;
     let counts: Vec<(String, i64)> = order_rows::Entity::find()
         .select_only()
         .column(order_rows::Column::Status)
@@ -232,7 +265,7 @@ pub(crate) async fn admin_view(state: &State, id: i64) -> Result<AdminItemView, 
     by_status.extend(counts);
     Ok(AdminItemView {
         item: item_view(&m),
-        redis: RedisStock { remaining },
+        redis,
         db: db_stock(&m),
         orders: by_status,
     })
