@@ -129,3 +129,58 @@ async fn one_buyer_racing_sixty_requests_at_a_sharded_item_gets_the_limit() {
         .collect();
     assert!(refused.iter().all(|c| c == "limit_reached"), "{refused:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_change_only_while_the_sale_is_not_live_and_a_shrink_gathers_units() {
+    const ITEM: u64 = 42;
+    let app = TestApp::spawn().await;
+    let mut body = item_body(ITEM, 60, 1);
+    body["shards"] = 3.into();
+    app.create_item_with(&body).await;
+    let patch = |body: serde_json::Value| {
+        let http = app.http.clone();
+        let token = app.config.admin_token.clone();
+        async move {
+            let auth = format!("Bearer {token}");
+            http.send(
+                http::Method::PATCH,
+                &format!("/admin/items/{ITEM}"),
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await
+        }
+    };
+    // Live (open now): the shards stay as they are.
+    let r = patch(serde_json::json!({"shards": 5, "reason": "hotter"})).await;
+    r.assert_error(StatusCode::CONFLICT, "shards_in_use");
+    // Ended: spread over 5, the 60 units kept.
+    let ended = (chrono::Utc::now() - chrono::Duration::seconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let r = patch(serde_json::json!({"ends_at": ended, "reason": "pause"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = patch(serde_json::json!({"shards": 5, "reason": "hotter"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["shards"], 5, "{}", r.text());
+    assert_eq!(r.json()["redis"]["remaining"], 60, "{}", r.text());
+    assert_eq!(shards(&app, ITEM, 5).await, vec![(12, 0, 0); 5]);
+    // Open again; a buyer's purchase goes to their home under five shards.
+    let r = patch(serde_json::json!({"ends_at": null, "reason": "go on"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let order = app.http.seckill(&app.purchase(3, ITEM)).await.accepted();
+    assert_eq!(
+        gene_of(order.0),
+        shard_gene(ItemId(ITEM), home_shard(UserId(3), 5))
+    );
+    // A shrink larger than shard 0 holds takes units from the others first.
+    let r = patch(serde_json::json!({"stock_delta": -40, "reason": "broken"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["stock"], 20, "{}", r.text());
+    assert_eq!(r.json()["redis"]["remaining"], 19, "{}", r.text());
+    // And never below what live orders hold.
+    let r = patch(serde_json::json!({"stock_delta": -20, "reason": "too far"})).await;
+    r.assert_error(StatusCode::CONFLICT, "insufficient_stock");
+}

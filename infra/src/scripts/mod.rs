@@ -62,6 +62,7 @@ pub struct Scripts {
     transfer_in: Script,
     transfer_done: Script,
     shard_state: Script,
+    reshard: Script,
 }
 
 impl Scripts {
@@ -86,6 +87,7 @@ impl Scripts {
             transfer_in: Script::from_lua(TRANSFER_IN),
             transfer_done: Script::from_lua(TRANSFER_DONE),
             shard_state: Script::from_lua(SHARD_STATE),
+            reshard: Script::from_lua(RESHARD),
         }
     }
 

@@ -17,6 +17,7 @@ pub const TRANSFER_OUT: &str = include_str!("../../../lua/transfer_out.lua");
 pub const TRANSFER_IN: &str = include_str!("../../../lua/transfer_in.lua");
 pub const TRANSFER_DONE: &str = include_str!("../../../lua/transfer_done.lua");
 pub const SHARD_STATE: &str = include_str!("../../../lua/shard_state.lua");
+pub const RESHARD: &str = include_str!("../../../lua/reshard.lua");
 
 /// How many times a reader reads every shard before giving up on a consistent reading.
 const CONSISTENT_READS: usize = 5;
@@ -219,6 +220,38 @@ impl Scripts {
             )
             .await?;
         Ok(())
+    }
+
+    /// Lays the item's shard `shard` out anew for `row.shards` shards: `Some(units)` writes it
+    /// whole with that share of the stock, `None` drops it. False while its gene is recovering.
+    pub async fn reshard(
+        &self,
+        client: &Client,
+        row: &seckill_schema::entity::items::Model,
+        shard: u8,
+        units: Option<i64>,
+    ) -> Result<bool, ScriptError> {
+        let item = ItemId(row.id as u64);
+        let gene = shard_gene(item, shard);
+        let keys = vec![
+            self.keys.item_in(item, gene),
+            self.keys.buyers_in(item, gene),
+            self.keys.state(gene),
+        ];
+        let args = vec![
+            if units.is_some() { "set" } else { "drop" }.to_owned(),
+            item.0.to_string(),
+            units.unwrap_or(0).to_string(),
+            row.stock.to_string(),
+            row.per_user_limit.to_string(),
+            row.price_cents.to_string(),
+            row.starts_at_ms.unwrap_or(0).to_string(),
+            row.ends_at_ms.unwrap_or(0).to_string(),
+            row.name.clone(),
+            super::shards_of(row).to_string(),
+        ];
+        let n: i64 = self.reshard.evalsha_with_reload(client, keys, args).await?;
+        Ok(n == 1)
     }
 
     /// Freezes the item's shard in `gene` for a rebuild's count (no transfer in or out) for at

@@ -13,10 +13,11 @@ use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
-use seckill_infra::scripts::{Adjusted, ItemSettings, PendingAdjustment};
+use seckill_infra::scripts::{Adjusted, ItemSettings, PendingAdjustment, shards_of};
+use seckill_infra::shards::Balancer;
 use seckill_infra::stock::{self, Settled};
 use seckill_schema::entity::items;
-use seckill_schema::keys::gene_of_item;
+use seckill_schema::keys::{MAX_SHARDS, gene_of_item};
 use seckill_schema::snowflake::now_ms;
 use seckill_schema::{AdjustmentId, ItemId};
 use std::sync::Arc;
@@ -77,10 +78,15 @@ pub async fn patch_item(state: &Arc<State>, req: Request<Incoming>, raw_id: &str
         ));
     }
     let settings = starts.is_some() || ends.is_some() || patch.per_user_limit.is_some();
-    if delta.is_none() && !settings {
+    if patch.shards.is_some_and(|k| !(1..=MAX_SHARDS).contains(&k)) {
         return Err(ApiError::BadRequest(
-            "nothing to change: send a stock_delta other than 0, starts_at, ends_at or \
-             per_user_limit"
+            "shards must be between 1 and 16".into(),
+        ));
+    }
+    if delta.is_none() && !settings && patch.shards.is_none() {
+        return Err(ApiError::BadRequest(
+            "nothing to change: send a stock_delta other than 0, starts_at, ends_at, \
+             per_user_limit or shards"
                 .into(),
         ));
     }
@@ -110,7 +116,91 @@ pub async fn patch_item(state: &Arc<State>, req: Request<Incoming>, raw_id: &str
     if settings {
         change_settings(state, id, change).await?;
     }
+    if let Some(k) = patch.shards {
+        reshard(state, id, k).await?;
+    }
     Ok(json(StatusCode::OK, &admin_view(state, id).await?))
+}
+
+fn shards_in_use(why: &'static str) -> ApiError {
+    ApiError::Conflict("shards_in_use", why)
+}
+
+/// Spreads the item's stock over `k` shards anew: only while its sale is not live (by Redis's
+/// clock) and no live order holds units, so that no buyer's holdings sit in a shard that stops
+/// being their home. The database first, under the item's row lock, then every shard of the old
+/// and new layouts.
+async fn reshard(state: &State, id: i64, k: u8) -> Result<(), ApiError> {
+    let db = state.db().await?;
+    let txn = db.begin().await.map_err(ApiError::from_db)?;
+    let mut row = known_item(items::Entity::find_by_id(id).lock_exclusive(), &txn).await?;
+    let old = shards_of(&row);
+    if old == k {
+        return Ok(());
+    }
+    let now = state.clock.now_ms();
+    let live = row.starts_at_ms.is_none_or(|s| s <= now) && row.ends_at_ms.is_none_or(|e| e > now);
+    if live {
+        return Err(shards_in_use(
+            "shards change only while the sale is not live: before it starts or after it ends",
+        ));
+    }
+    if row.locked + row.sold > 0 {
+        return Err(shards_in_use(
+            "shards change only while no live order holds units of the item",
+        ));
+    }
+    let item = ItemId(row.id as u64);
+    let client = state.redis.next();
+    let read = state
+        .scripts
+        .shards_state(client, item, old)
+        .await
+        .map_err(|_| ApiError::Unavailable("Redis"))?
+        .ok_or(ApiError::Rebalancing)?;
+    if read.iter().any(|s| s.held > 0 || s.pending > 0) {
+        return Err(shards_in_use(
+            "shards change only while no live order holds units of the item",
+        ));
+    }
+    if read.iter().any(|s| !s.exists) {
+        return Err(ApiError::Recovering);
+    }
+    let total: i64 = read.iter().map(|s| s.remaining).sum();
+    items::Entity::update_many()
+        .col_expr(items::Column::Shards, Expr::value(i16::from(k)))
+        .col_expr(items::Column::UpdatedAtMs, Expr::value(now_ms() as i64))
+        .filter(items::Column::Id.eq(id))
+        .exec(&txn)
+        .await
+        .map_err(ApiError::from_db)?;
+    row.shards = i16::from(k);
+    for s in 0..old.max(k) {
+        let units =
+            (s < k).then(|| total / i64::from(k) + i64::from(i64::from(s) < total % i64::from(k)));
+        let written = state
+            .scripts
+            .reshard(client, &row, s, units)
+            .await
+            .map_err(|_| ApiError::Unavailable("Redis"))?;
+        if !written {
+            return Err(ApiError::Recovering);
+        }
+    }
+    txn.commit().await.map_err(ApiError::from_db)?;
+    state
+        .layouts
+        .refresh(client, &state.keys, item)
+        .await
+        .map_err(|_| ApiError::Unavailable("Redis"))?;
+    tracing::info!(
+        item.id = id,
+        from = old,
+        to = k,
+        units = total,
+        "item's shards changed"
+    );
+    Ok(())
 }
 
 #[utoipa::path(post, path = "/admin/items/{item_id}/end", tag = "operators",
@@ -197,6 +287,26 @@ async fn adjust(
     if outcome == Adjusted::UnknownItem {
         // In the database and not in Redis: its warm-up at creation failed. Warm it and go again.
         warm(state, item).await?;
+        outcome = run().await?;
+    }
+    let shards = shards_of(item);
+    if let Adjusted::Insufficient { .. } = outcome
+        && shards > 1
+    {
+        // A stock change applies to shard 0: bring it the units the shrink takes from the
+        // others, and go again (the shrink is still refused if the item lacks them).
+        let balancer = Balancer {
+            scripts: &state.scripts,
+            client,
+            commit: state.parts.group_commit.as_ref(),
+        };
+        let wanted = -delta;
+        balancer
+            .rebalance(item_id, shards, gene_of_item(item_id), wanted, |gene| {
+                state.parts.ids.next(gene).ok()
+            })
+            .await
+            .map_err(|_| ApiError::Unavailable("Redis"))?;
         outcome = run().await?;
     }
     match outcome {
