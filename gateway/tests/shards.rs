@@ -104,7 +104,7 @@ async fn one_buyer_racing_sixty_requests_at_a_sharded_item_gets_the_limit() {
         let (http, body) = (app.http.clone(), purchase.clone());
         async move {
             // A third of them with one idempotency key each, retried twice.
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 http.seckill_with_key(&format!("k{}", i % 9), &body).await
             } else {
                 http.seckill(&body).await
