@@ -8,6 +8,11 @@
 # way production must (append-only file, `appendfsync always`, `noeviction`); scripts/test.sh and
 # scripts/flash-sale.sh point SECKILL_REDIS_URL at the latter. Also makes sure Redis Sentinel can
 # run (tests start their own sentinels).
+#
+# Two PostgreSQL clusters likewise: the machine's shared one on 5432 (autovacuum off; the test suite
+# uses it), and the project's on $SECKILL_LOCAL_PG_PORT (default 5433), from deploy/postgresql.conf
+# with autovacuum, fsync and synchronous_commit on, as production runs it; scripts/flash-sale.sh and
+# scripts/serve.sh point SECKILL_DATABASE_URL at the latter.
 set -euo pipefail
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -101,6 +106,55 @@ if ! t pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
   wait_for postgresql 30 t pg_isready -h 127.0.0.1 -p 5432
 fi
 
+# The project's PostgreSQL cluster, from deploy/postgresql.conf: autovacuum, fsync and
+# synchronous_commit on, as production runs it (the shared cluster on 5432 runs with autovacuum
+# off, for the test suite's speed). Its own data directory; initdb and the server run as the
+# postgres user (both refuse root).
+pg_port=${SECKILL_LOCAL_PG_PORT:-5433}
+pg_dir=${SECKILL_LOCAL_PG_DIR:-/var/lib/seckill-postgres-$pg_port}
+pg_log=/var/log/seckill-postgres-$pg_port.log
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+as_pg() { (cd / && setpriv --reuid=postgres --regid=postgres --init-groups "$@"); }
+pg_setting() { t psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -Atc "SHOW $1" 2>/dev/null; }
+if ! t pg_isready -q -h 127.0.0.1 -p "$pg_port" -U postgres 2>/dev/null && ! t bash -c "exec 3<>/dev/tcp/127.0.0.1/$pg_port" 2>/dev/null; then
+  [ -x "$pg_bin/initdb" ] || { log "no PostgreSQL server binaries under /usr/lib/postgresql"; exit 1; }
+  mkdir -p "$pg_dir"
+  chown postgres:postgres "$pg_dir"
+  chmod 700 "$pg_dir"
+  if [ ! -s "$pg_dir/PG_VERSION" ]; then
+    log "initdb of the project's postgresql in $pg_dir"
+    as_pg "$pg_bin/initdb" -D "$pg_dir" -U postgres -A trust -E UTF8 --locale=C --no-instructions >/dev/null
+    echo "include_if_exists = 'seckill.conf'" >>"$pg_dir/postgresql.conf"
+  fi
+  install -o postgres -g postgres -m 600 "$repo/deploy/postgresql.conf" "$pg_dir/seckill.conf"
+  touch "$pg_log" && chown postgres:postgres "$pg_log"
+  log "starting the project's postgresql on $pg_port (autovacuum, fsync and synchronous_commit on; data in $pg_dir)"
+  as_pg "$pg_bin/pg_ctl" -D "$pg_dir" -l "$pg_log" -w -t 60 \
+    -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" start >/dev/null || true
+fi
+if ! wait_for "postgresql on $pg_port (see $pg_log)" 60 t pg_isready -q -h 127.0.0.1 -p "$pg_port" -U postgres; then
+  log "!!! whatever listens on 127.0.0.1:$pg_port is not an answering PostgreSQL; not touching it."
+  log "!!! Stop it, or choose another port with SECKILL_LOCAL_PG_PORT."
+  exit 1
+fi
+# A running project cluster whose deploy/postgresql.conf changed since it started takes the new
+# settings (every one of them is reloadable).
+if [ "$(pg_setting data_directory)" = "$pg_dir" ] && ! cmp -s "$repo/deploy/postgresql.conf" "$pg_dir/seckill.conf"; then
+  log "reloading the project's postgresql on $pg_port with the changed deploy/postgresql.conf"
+  install -o postgres -g postgres -m 600 "$repo/deploy/postgresql.conf" "$pg_dir/seckill.conf"
+  t psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -Atc "SELECT pg_reload_conf()" >/dev/null
+fi
+pg_av=$(pg_setting autovacuum) pg_fsync=$(pg_setting fsync) pg_sync=$(pg_setting synchronous_commit) pg_fpw=$(pg_setting full_page_writes)
+if [ "$pg_av" != on ] || [ "$pg_fsync" != on ] || [ "$pg_sync" != on ] || [ "$pg_fpw" != on ]; then
+  log "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+  log "!!! a PostgreSQL on 127.0.0.1:$pg_port is not the project's:"
+  log "!!!   autovacuum=${pg_av:-?} fsync=${pg_fsync:-?} synchronous_commit=${pg_sync:-?} full_page_writes=${pg_fpw:-?}"
+  log "!!!   (needs every one on, deploy/postgresql.conf)"
+  log "!!! Stop it, or choose another port with SECKILL_LOCAL_PG_PORT. Not touching it."
+  log "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+  exit 1
+fi
+
 # MariaDB (the MySQL-backend tests)
 if ! t mysqladmin -uroot -h127.0.0.1 ping >/dev/null 2>&1; then
   have mariadbd || { log "installing mariadb"; apt_install mariadb-server; }
@@ -130,4 +184,4 @@ if ! have oha; then
   log "installing oha (cargo install, a few minutes once; cargo lists each crate)"
   cargo install oha --locked
 fi
-log "redis (shared 6379, project $redis_port), postgresql, mariadb, rabbitmq, haproxy and oha are ready"
+log "redis (shared 6379, project $redis_port), postgresql (shared 5432, project $pg_port), mariadb, rabbitmq, haproxy and oha are ready"

@@ -6,7 +6,9 @@
 # not the machine's shared one on 6379.
 export SECKILL_REDIS_URL="${SECKILL_REDIS_URL:-redis://127.0.0.1:${SECKILL_LOCAL_REDIS_PORT:-6390}}"
 export SECKILL_NAMESPACE="${SECKILL_NAMESPACE:-seckill_demo}"
-export SECKILL_DATABASE_URL="${SECKILL_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/seckill_demo}"
+# The project's PostgreSQL (deploy/postgresql.conf: autovacuum, fsync and synchronous_commit on),
+# which services.sh runs, not the machine's shared one on 5432 (autovacuum off, for the tests).
+export SECKILL_DATABASE_URL="${SECKILL_DATABASE_URL:-postgres://postgres@127.0.0.1:${SECKILL_LOCAL_PG_PORT:-5433}/seckill_demo}"
 export SECKILL_HTTP_ADDR="${SECKILL_HTTP_ADDR:-127.0.0.1:8080}"
 export SECKILL_WORKERS_ADDR="${SECKILL_WORKERS_ADDR:-127.0.0.1:9091}"
 # Local demo secrets (the processes warn when these are the built-in development values).
