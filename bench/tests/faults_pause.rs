@@ -207,11 +207,7 @@ async fn outcome_unknowns_settled_right_after_a_paused_master_is_demoted_are_tru
 }
 
 async fn paused_master(item: ItemId, settle_early: bool) {
-    let opts = match settle_early {
-        false => Options::replica(),
-        true => Options::replica(),
-    };
-    let stack = Stack::start(opts).await;
+    let stack = Stack::start(Options::replica()).await;
     stack.create_item(item, 200, 2, PRICE).await;
     let progress = Progress::new();
     // 25 s of buyers: past the failover, the old master's return and its demotion.
