@@ -18,6 +18,8 @@
 //!
 //! Every purchase goes through the history checker's recording client.
 
+mod common;
+
 use fred::prelude::*;
 use seckill_bench::history::{self, Client, History, Outcome};
 use seckill_infra::Config;
@@ -35,7 +37,7 @@ use std::time::{Duration, Instant};
 
 const ITEM: ItemId = ItemId(93);
 const PRICE: i64 = 4_200;
-const STOCK: i64 = 100;
+const STOCK: u64 = 100;
 /// The sale starts this long after the item is made, and ends this long after (Redis's clock).
 const STARTS_IN: Duration = Duration::from_secs(30);
 const ENDS_IN: Duration = Duration::from_secs(60);
@@ -334,16 +336,10 @@ async fn gateways_ten_minutes_ahead_and_behind_sell_only_in_the_window_by_redis_
     let created_at = redis_now(&redis).await;
     let starts = created_at + STARTS_IN.as_millis() as i64;
     let ends = created_at + ENDS_IN.as_millis() as i64;
-    let created = http
-        .post(format!("{}/admin/items", fast.base))
-        .bearer_auth(&config.admin_token)
-        .json(&serde_json::json!({"item_id": ITEM.0, "name": "clock skew",
-            "price_cents": PRICE, "stock": STOCK, "per_user_limit": 1,
-            "starts_at": rfc3339(starts), "ends_at": rfc3339(ends)}))
-        .send()
-        .await
-        .expect("POST /admin/items");
-    assert_eq!(created.status(), 201, "{:?}", created.text().await);
+    let mut item = common::new_item(ITEM, "clock skew", PRICE, STOCK, 1);
+    item["starts_at"] = rfc3339(starts).into();
+    item["ends_at"] = rfc3339(ends).into();
+    common::create_item(&fast.base, &config, item).await;
 
     let history = History::new();
     let via_fast = Client::new(&history, &config, &fast.base);
@@ -532,15 +528,8 @@ async fn a_404_for_an_id_minted_by_a_gateway_eleven_minutes_behind_stays_final()
     let http = reqwest::Client::new();
     let mut slow = skewed_gateway("slow-gateway", &config, -11 * 60 * 1000, &logs);
     slow.wait_ready(&http).await;
-    let created = http
-        .post(format!("{}/admin/items", slow.base))
-        .bearer_auth(&config.admin_token)
-        .json(&serde_json::json!({"item_id": ITEM.0, "name": "clock skew",
-            "price_cents": PRICE, "stock": STOCK, "per_user_limit": 1}))
-        .send()
-        .await
-        .expect("POST /admin/items");
-    assert_eq!(created.status(), 201, "{:?}", created.text().await);
+    let item = common::new_item(ITEM, "clock skew", PRICE, STOCK, 1);
+    common::create_item(&slow.base, &config, item).await;
     let history = History::new();
     let via_slow = Client::new(&history, &config, &slow.base);
     let (id, minted) = lost_purchase_404_stays_final(

@@ -47,7 +47,7 @@ use tokio::sync::Notify;
 const ITEM: ItemId = ItemId(91);
 const PRICE: i64 = 1299;
 /// More than every buyer wants: nothing sells out, every refusal is the fault's.
-const STOCK: i64 = 100_000;
+const STOCK: u64 = 100_000;
 const CONCURRENCY: usize = 24;
 /// How long the client waits for an answer before recording the request as cut off.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,15 +84,8 @@ impl Stack {
 
     /// `POST /admin/items`: the item, on sale now, one unit per buyer.
     async fn create_item(&self) {
-        let created = reqwest::Client::new()
-            .post(format!("{}/admin/items", self.gateway()))
-            .bearer_auth(&self.config().admin_token)
-            .json(&serde_json::json!({"item_id": ITEM.0, "name": "power cut",
-                "price_cents": PRICE, "stock": STOCK, "per_user_limit": 1}))
-            .send()
-            .await
-            .expect("POST /admin/items");
-        assert_eq!(created.status(), 201, "{:?}", created.text().await);
+        let item = common::new_item(ITEM, "power cut", PRICE, STOCK, 1);
+        common::create_item(self.gateway(), self.config(), item).await;
     }
 
     /// Stops the gateway (its relay empties what it can and gives its leases up) and the workers.

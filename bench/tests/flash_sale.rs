@@ -1,9 +1,11 @@
 //! End to end: the real `seckill-gateway` and `seckill-workers` binaries on free ports of a test
 //! namespace and database, and `seckill-bench flash-sale` run against them as an operator would.
 
+mod common;
+
 use seckill_testkit::{Backend, TestEnv, env_vars, wait_for};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -37,31 +39,6 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-/// Builds the gateway and workers binaries (a no-op when they are fresh) next to this crate's
-/// own, whose path is the only one Cargo tells integration tests.
-fn sibling_binaries() -> (PathBuf, PathBuf) {
-    let dir = Path::new(env!("CARGO_BIN_EXE_seckill-bench"))
-        .parent()
-        .unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .args([
-            "build",
-            "--bins",
-            "-p",
-            "seckill-gateway",
-            "-p",
-            "seckill-workers",
-        ]);
-    if dir.ends_with("release") {
-        build.arg("--release");
-    }
-    assert!(build.status().unwrap().success(), "building the binaries");
-    (dir.join("seckill-gateway"), dir.join("seckill-workers"))
-}
-
 async fn ready(addr: SocketAddr) -> Option<()> {
     let client = seckill_bench::http::HttpClient::default();
     let (status, _) = client.get(&format!("http://{addr}/readyz")).await.ok()?;
@@ -79,7 +56,11 @@ async fn a_flash_sale_keeps_every_invariant() {
     let out = std::env::temp_dir().join(format!("seckill-bench-{}", c.namespace));
     std::fs::create_dir_all(&out).unwrap();
 
-    let (gateway, workers) = sibling_binaries();
+    let binaries = common::built_binaries();
+    let (gateway, workers) = (
+        binaries.join("seckill-gateway"),
+        binaries.join("seckill-workers"),
+    );
     let _workers = Running::spawn(&workers, &vars, &out.join("workers.log"));
     let gateway_process = Running::spawn(&gateway, &vars, &out.join("gateway.log"));
     wait_for("the workers to be ready", Duration::from_secs(60), || {

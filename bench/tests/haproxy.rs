@@ -10,13 +10,15 @@
 //!   everything else is exact. The per-user limit is 2, so a purchase the balancer sent twice would
 //!   be two orders of one request, which the history's checker names.
 
+mod common;
+
 use seckill_bench::fleet::{Fleet, FleetOptions};
 use seckill_bench::history::{self, Client, History, Outcome};
 use seckill_schema::{ItemId, UserId};
 use seckill_testkit::{Backend, TestEnv, env_vars};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const GATEWAYS: usize = 3;
@@ -25,32 +27,6 @@ const PRICE: i64 = 700;
 
 /// One fleet at a time: two would share the machine's two cores.
 static ONE_FLEET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The gateway and workers binaries, built if stale (a no-op after `cargo build --workspace
-/// --bins`), next to this crate's own, whose path is the only one Cargo tells integration tests.
-fn binaries() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_seckill-bench"))
-        .parent()
-        .unwrap()
-        .to_owned();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .args([
-            "build",
-            "--bins",
-            "-p",
-            "seckill-gateway",
-            "-p",
-            "seckill-workers",
-        ]);
-    if dir.ends_with("release") {
-        build.arg("--release");
-    }
-    assert!(build.status().unwrap().success(), "building the binaries");
-    dir
-}
 
 fn out_dir(config: &seckill_infra::Config) -> PathBuf {
     let out = std::env::temp_dir().join(format!("seckill-haproxy-{}", config.namespace));
@@ -75,17 +51,8 @@ fn left_running(namespace: &str) -> Vec<(String, u32)> {
 }
 
 async fn create_item(url: &str, config: &seckill_infra::Config, item: ItemId, stock: u64) {
-    let created = reqwest::Client::new()
-        .post(format!("{url}/admin/items"))
-        .bearer_auth(&config.admin_token)
-        .json(
-            &serde_json::json!({"item_id": item.0, "name": "haproxy test",
-            "price_cents": PRICE, "stock": stock, "per_user_limit": 2}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201, "{:?}", created.text().await);
+    let item = common::new_item(item, "haproxy test", PRICE, stock, 2);
+    common::create_item(url, config, item).await;
 }
 
 /// Sessions HAProxy sent to each gateway so far (`stot` of `show stat`).
@@ -111,17 +78,8 @@ async fn checked(history: &History, config: &seckill_infra::Config, item: ItemId
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     let checks = history::check(history, config, item).await.unwrap();
-    for c in &checks {
-        println!(
-            "  {} {} {}: {}",
-            if c.passed { "✓" } else { "✗" },
-            c.invariant,
-            c.name,
-            c.detail
-        );
-    }
-    let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
-    assert!(failed.is_empty(), "{failed:#?}\n{}", history.to_json());
+    common::print_checks(&checks);
+    common::assert_checks_pass(&checks, history);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +90,7 @@ async fn the_bench_runs_a_sale_on_three_gateways_and_two_workers_behind_haproxy(
     env.config.payment_timeout = Duration::from_secs(3);
     let c = env.config.clone();
     let out = out_dir(&c);
-    binaries();
+    common::built_binaries();
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_seckill-bench"))
         .envs(env_vars(&c))
         .args(["flash-sale", "--gateways", "3", "--workers", "2"])
@@ -209,7 +167,7 @@ async fn a_gateway_killed_mid_burst_behind_haproxy_cuts_off_only_its_own_buyers(
     let mut fleet = Fleet::start(&FleetOptions {
         gateways: GATEWAYS,
         workers: WORKERS,
-        binaries: Some(binaries()),
+        binaries: Some(common::built_binaries()),
         out: out.clone(),
         env: env_vars(&config)
             .into_iter()

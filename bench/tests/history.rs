@@ -4,11 +4,14 @@
 //! sold out); the history checks out against the database. Then one stored order's amount is
 //! changed behind the system's back, and the checker says which.
 
+mod common;
+
+use common::InProcess;
 use sea_orm::{ActiveModelTrait, EntityTrait, Set};
 use seckill_bench::history::{self, Client, History, Outcome};
 use seckill_schema::entity::orders;
 use seckill_schema::{ItemId, UserId};
-use seckill_testkit::{Backend, ServerTask, TestEnv};
+use seckill_testkit::{Backend, TestEnv};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -27,28 +30,10 @@ fn key(user: u64) -> String {
 async fn a_recorded_sale_of_100_units_to_300_buyers_checks_out() {
     let mut env = TestEnv::new(Backend::Postgres);
     let config = env.config.clone();
-    let app = seckill_gateway::Application::build(config.clone())
-        .await
-        .unwrap();
-    let gateway = format!("http://127.0.0.1:{}", app.port());
-    let gateway_task = ServerTask::spawn(|shutdown| app.run(shutdown));
-    seckill_testkit::wait_for_redis_state(&config).await;
-    let workers = seckill_workers::Workers::build(config.clone())
-        .await
-        .unwrap();
-    let workers = ServerTask::spawn(|shutdown| workers.run(shutdown));
-
-    let created = reqwest::Client::new()
-        .post(format!("{gateway}/admin/items"))
-        .bearer_auth(&config.admin_token)
-        .json(
-            &serde_json::json!({"item_id": ITEM.0, "name": "history test",
-            "price_cents": PRICE, "stock": STOCK, "per_user_limit": 1}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    let running = InProcess::start(&config).await;
+    let gateway = running.gateway.clone();
+    let item = common::new_item(ITEM, "history test", PRICE, STOCK, 1);
+    common::create_item(&gateway, &config, item).await;
 
     let history = History::new();
     let client = Client::new(&history, &config, &gateway);
@@ -97,8 +82,7 @@ async fn a_recorded_sale_of_100_units_to_300_buyers_checks_out() {
         .await
         .unwrap();
     let checks = history::check(&history, &config, ITEM).await.unwrap();
-    let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
-    assert!(failed.is_empty(), "{failed:#?}\n{}", history.to_json());
+    common::assert_checks_pass(&checks, &history);
     let names: BTreeSet<&str> = checks.iter().map(|c| c.name).collect();
     for rule in [
         "accepted_stored",
@@ -159,7 +143,7 @@ async fn a_recorded_sale_of_100_units_to_300_buyers_checks_out() {
         "{detail}"
     );
 
-    let _gateway = gateway_task.stop_later();
-    workers.stop().await.unwrap();
+    let _gateway = running.gateway_task.stop_later();
+    running.workers_task.stop().await.unwrap();
     env.cleanup().await;
 }

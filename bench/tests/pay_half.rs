@@ -46,15 +46,9 @@ async fn the_provider_pays_half_of_1000_orders_with_duplicates_and_reordering() 
     let running = InProcess::start(&config).await;
     let gateway = running.gateway.clone();
 
+    let item = serde_json::json!({"item_id": ITEM, "name": "provider test", "price_cents": 990, "stock": ORDERS});
+    common::create_item(&gateway, &config, item).await;
     let http = reqwest::Client::new();
-    let created = http
-        .post(format!("{gateway}/admin/items"))
-        .bearer_auth(&config.admin_token)
-        .json(&serde_json::json!({"item_id": ITEM, "name": "provider test", "price_cents": 990, "stock": ORDERS}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
     let tickets = Tickets::new(&config.ticket_secret);
     let expires = chrono::Utc::now().timestamp() + 600;
     let answers = futures_util::future::join_all((1..=ORDERS).map(|u| {

@@ -12,13 +12,16 @@
 //! the fault timeline, how long the pipeline stood still (orders accepted but not stored, orders
 //! overdue but not timed out) and the broker reconnections the processes logged.
 
+mod common;
+
+use common::InProcess;
 use sea_orm::ConnectionTrait;
 use seckill_bench::audit;
 use seckill_bench::history::{self, Client, History, Outcome};
 use seckill_bench::provider::{self, PayOptions, PayReport};
 use seckill_schema::messages::Kind;
 use seckill_schema::{ItemId, UserId};
-use seckill_testkit::{Backend, RabbitMqCluster, ServerTask, TestEnv, wait_for};
+use seckill_testkit::{Backend, RabbitMqCluster, TestEnv, wait_for};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,28 +65,10 @@ async fn a_sale_rides_out_a_killed_node_and_a_lost_quorum() {
     env.config.payment_timeout = PAYMENT_TIMEOUT;
     let config = env.config.clone();
 
-    let app = seckill_gateway::Application::build(config.clone())
-        .await
-        .expect("the gateway starts on the cluster");
-    let gateway = format!("http://127.0.0.1:{}", app.port());
-    let gateway_task = ServerTask::spawn(|shutdown| app.run(shutdown));
-    seckill_testkit::wait_for_redis_state(&config).await;
-    let workers = seckill_workers::Workers::build(config.clone())
-        .await
-        .expect("the workers start on the cluster");
-    let workers_task = ServerTask::spawn(|shutdown| workers.run(shutdown));
-
-    let created = reqwest::Client::new()
-        .post(format!("{gateway}/admin/items"))
-        .bearer_auth(&config.admin_token)
-        .json(
-            &serde_json::json!({"item_id": ITEM.0, "name": "cluster test",
-            "price_cents": PRICE, "stock": STOCK, "per_user_limit": 1}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
+    let running = InProcess::start(&config).await;
+    let gateway = running.gateway.clone();
+    let item = common::new_item(ITEM, "cluster test", PRICE, STOCK, 1);
+    common::create_item(&gateway, &config, item).await;
 
     let prefix = format!("{}.", config.namespace);
     let leaders = cluster.leader_counts(&prefix).await;
@@ -306,18 +291,9 @@ async fn a_sale_rides_out_a_killed_node_and_a_lost_quorum() {
         not_ready.iter().fold(0.0, |sum, (a, b)| sum + (b - a))
     );
     println!("{}", log.summary(sale_started));
-    for c in &checks {
-        println!(
-            "{} {} {}: {}",
-            if c.passed { "✓" } else { "✗" },
-            c.invariant,
-            c.name,
-            c.detail
-        );
-    }
+    common::print_checks(&checks);
 
-    let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
-    assert!(failed.is_empty(), "{failed:#?}\n{}", history.to_json());
+    common::assert_checks_pass(&checks, &history);
     let dead = checks
         .iter()
         .find(|c| c.name == "dead_letters_empty")
@@ -370,8 +346,8 @@ async fn a_sale_rides_out_a_killed_node_and_a_lost_quorum() {
         booted.as_secs_f64()
     );
 
-    let _gateway = gateway_task.stop_later();
-    workers_task.stop().await.unwrap();
+    let _gateway = running.gateway_task.stop_later();
+    running.workers_task.stop().await.unwrap();
     env.cleanup().await;
 }
 

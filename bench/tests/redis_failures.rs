@@ -87,18 +87,8 @@ impl Stack {
             gateway,
             workers,
         };
-        let created = stack
-            .http
-            .post(format!("{}/admin/items", stack.base))
-            .bearer_auth(&config.admin_token)
-            .json(
-                &json!({"item_id": ITEM, "name": "redis failures", "price_cents": PRICE,
-                          "stock": 100_000, "per_user_limit": 1}),
-            )
-            .send()
-            .await
-            .expect("POST /admin/items");
-        assert_eq!(created.status(), StatusCode::CREATED);
+        let item = common::new_item(ItemId(ITEM), "redis failures", PRICE, 100_000, 1);
+        common::create_item(&stack.base, &config, item).await;
         stack
     }
 

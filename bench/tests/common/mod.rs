@@ -1,6 +1,7 @@
 //! A small sale written straight into the database and Redis of a test namespace, as the gateway
 //! and workers would have left it: the audit's raw material, and the bench's database reads'. And
-//! the real gateway and workers in process, for the tests that run the whole system.
+//! the real gateway and workers in process, for the tests that run the whole system, and what
+//! those tests share: the binaries, an item put on sale, the checks' verdict.
 
 // Each test crate uses a part of it.
 #![allow(dead_code)]
@@ -8,11 +9,13 @@
 use fred::prelude::*;
 use sea_orm::{ActiveModelTrait, ActiveValue::NotSet, DatabaseConnection, EntityTrait, Set};
 use seckill_bench::audit::{self, Accepted, Check};
+use seckill_bench::history::History;
 use seckill_schema::entity::{inventory_history, items, orders, payments};
 use seckill_schema::snowflake::now_ms;
 use seckill_schema::{ItemId, Keys, OrderId, OrderStatus};
 use seckill_testkit::{Backend, ServerTask, TestEnv};
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 /// The gateway and the workers, in process on one configuration.
 pub struct InProcess {
@@ -45,6 +48,78 @@ impl InProcess {
             workers_task,
         }
     }
+}
+
+/// The directory of the gateway and workers binaries, built if stale (a no-op after `cargo build
+/// --workspace --bins`): this crate's own, whose path is the only one Cargo tells integration tests.
+pub fn built_binaries() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_seckill-bench"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args([
+            "build",
+            "--bins",
+            "-p",
+            "seckill-gateway",
+            "-p",
+            "seckill-workers",
+        ]);
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    assert!(build.status().unwrap().success(), "building the binaries");
+    dir
+}
+
+/// The body of a `POST /admin/items` ([`create_item`]): `item`, named `name`, on sale from now on,
+/// `stock` units at `price_cents` each, at most `per_user_limit` per buyer. Add a field (a
+/// window, shards) by indexing it.
+pub fn new_item(
+    item: ItemId,
+    name: &str,
+    price_cents: i64,
+    stock: u64,
+    per_user_limit: u32,
+) -> serde_json::Value {
+    serde_json::json!({"item_id": item.0, "name": name, "price_cents": price_cents,
+        "stock": stock, "per_user_limit": per_user_limit})
+}
+
+/// `POST /admin/items` through the gateway at `gateway` with the operator's token: `item` (the
+/// request's JSON) must be created.
+pub async fn create_item(gateway: &str, config: &seckill_infra::Config, item: serde_json::Value) {
+    let created = reqwest::Client::new()
+        .post(format!("{gateway}/admin/items"))
+        .bearer_auth(&config.admin_token)
+        .json(&item)
+        .send()
+        .await
+        .expect("POST /admin/items");
+    assert_eq!(created.status(), 201, "{:?}", created.text().await);
+}
+
+/// Prints each check: passed or not, its invariant, its name and what it found.
+pub fn print_checks(checks: &[Check]) {
+    for c in checks {
+        println!(
+            "  {} {} {}: {}",
+            if c.passed { "✓" } else { "✗" },
+            c.invariant,
+            c.name,
+            c.detail
+        );
+    }
+}
+
+/// Every check passed; if not, the failed ones and the whole history.
+pub fn assert_checks_pass(checks: &[Check], history: &History) {
+    let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
+    assert!(failed.is_empty(), "{failed:#?}\n{}", history.to_json());
 }
 
 pub const ITEM: ItemId = ItemId(7);
