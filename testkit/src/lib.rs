@@ -25,6 +25,7 @@ mod lazyfs;
 mod netns;
 mod postgres;
 mod process;
+mod rabbitmq;
 mod rabbitmq_cluster;
 mod redis;
 mod resp;

@@ -45,6 +45,14 @@ pub(crate) fn kill_child(child: &mut Mutex<Option<Child>>) {
     }
 }
 
+/// SIGKILL to every process of the group `pgid` (the workspace forbids `unsafe`: no `libc::kill`).
+pub(crate) fn kill_group(pgid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// Sends `SIG<sig>` with the `kill` command (the workspace forbids `unsafe`, so no `libc::kill`).
 pub(crate) fn signal(pid: Option<u32>, sig: &str, what: &str) {
     let pid = pid.unwrap_or_else(|| panic!("SIG{sig} to a {what} that is not running"));

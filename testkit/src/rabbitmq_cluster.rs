@@ -8,13 +8,17 @@
 //! machine's `epmd` (port 4369; a node starts one if none runs, and it is left running). Their names
 //! (`skq<hex>_<n>@localhost`) are distinct from the shared node's and from any other test's.
 
-use crate::process::{lock, log_tail, own_temp_dir, remove_own_dir, try_spawn_command_logged};
+use crate::process::{
+    fail_if_exited, kill_group, lock, log_tail, own_temp_dir, remove_own_dir,
+    try_spawn_command_logged,
+};
+use crate::rabbitmq::{accepting_amqp, node_files, script, write_config};
 use crate::wait::wait_for;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,9 +27,6 @@ use std::time::{Duration, Instant};
 const READY_DEADLINE: Duration = Duration::from_secs(90);
 /// How long one `rabbitmqctl` call may take (each starts an Erlang VM, about a second).
 const CTL_DEADLINE: Duration = Duration::from_secs(60);
-/// Where Debian's package keeps the real scripts; `/usr/sbin`'s wrappers `su` to the `rabbitmq`
-/// user and to the system node's files, which a node of the test's own must not use.
-const DEBIAN_SCRIPTS: &str = "/usr/lib/rabbitmq/bin";
 /// Ports the nodes never take: epmd, the shared node's AMQP, management and distribution ports,
 /// and the range RabbitMQ's CLI tools take their own distribution port from (25672 + 10000 and
 /// the ten above: a node given one of these fails to listen while a `rabbitmqctl` runs), and the
@@ -100,19 +101,10 @@ impl RabbitMqCluster {
         std::fs::write(&cookie_path, cookie).expect("writing the Erlang cookie");
         std::fs::set_permissions(&cookie_path, std::fs::Permissions::from_mode(0o400))
             .expect("making the Erlang cookie private");
-        let files = [
-            // An empty list: no plugins, which a missing file would not mean.
-            ("enabled_plugins", "[].\n"),
-            (
-                "rabbitmq.conf",
-                "loopback_users = none\ndistribution.listener.interface = 127.0.0.1\n",
-            ),
-            // Instead of /etc/rabbitmq/rabbitmq-env.conf, which names the system's node.
-            ("rabbitmq-env.conf", ""),
-        ];
-        for (name, text) in files {
-            std::fs::write(root.join(name), text).expect("writing RabbitMQ's configuration");
-        }
+        write_config(
+            &root,
+            "loopback_users = none\ndistribution.listener.interface = 127.0.0.1\n",
+        );
         let mut taken = Vec::new();
         let nodes = (1..=count)
             .map(|n| {
@@ -377,22 +369,14 @@ impl RabbitMqCluster {
     /// Spawns node `i`'s `rabbitmq-server`, its output appended to its log.
     fn boot(&self, i: usize) {
         let node = &self.nodes[i];
-        let r = &self.root;
         let d = &node.dir;
         let mut command = Command::new(script("rabbitmq-server"));
         self.shared_environment(&mut command);
-        command
+        node_files(&mut command, &self.root, d)
             .env("RABBITMQ_NODENAME", &node.name)
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
             .env("RABBITMQ_NODE_PORT", node.port.to_string())
             .env("RABBITMQ_DIST_PORT", node.dist_port.to_string())
-            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", d.join("log"))
-            .env("RABBITMQ_LOGS", "-")
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", r.join("enabled_plugins"))
-            .env("RABBITMQ_CONFIG_FILE", r.join("rabbitmq.conf"))
-            .env("RABBITMQ_ADVANCED_CONFIG_FILE", r.join("advanced.config"))
-            .env("RABBITMQ_PID_FILE", d.join("rabbitmq.pid"))
             .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", ERL_ARGS)
             .current_dir(d)
             // The script forks the VM and stays as its parent: a group of their own lets a kill
@@ -411,25 +395,15 @@ impl RabbitMqCluster {
             "RabbitMQ node {} to accept AMQP on {url}",
             self.nodes[i].name
         );
+        let who = format!("rabbitmq-server {}", self.nodes[i].name);
         wait_for(&what, READY_DEADLINE, || {
-            let exited = lock(&self.nodes[i].child)
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if let Some(status) = exited {
-                panic!(
-                    "rabbitmq-server {} exited ({status}) before accepting AMQP; its log:\n{}",
-                    self.nodes[i].name,
-                    log_tail(&self.log_path(i))
-                );
-            }
-            let url = url.clone();
-            async move {
-                let conn = seckill_infra::broker::connect(&url, "testkit-ready")
-                    .await
-                    .ok()?;
-                let _ = conn.close(200, "ready".into()).await;
-                Some(())
-            }
+            fail_if_exited(
+                &self.nodes[i].child,
+                &who,
+                "accepting AMQP",
+                &self.log_path(i),
+            );
+            accepting_amqp(url.clone())
         })
         .await;
     }
@@ -442,14 +416,6 @@ impl Drop for RabbitMqCluster {
         }
         remove_own_dir(&self.root);
     }
-}
-
-/// SIGKILL to every process of the group `pgid` (the workspace forbids `unsafe`: no `libc::kill`).
-fn kill_group(pgid: u32) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pgid}")])
-        .stderr(Stdio::null())
-        .status();
 }
 
 /// A port for a node: free on 127.0.0.1, below the kernel's ephemeral range (so that no outgoing
@@ -479,10 +445,4 @@ fn cluster_port(taken: &mut Vec<u16>) -> u16 {
             return port;
         }
     }
-}
-
-/// A RabbitMQ script: Debian's real one, or whatever `PATH` has (a generic Unix install).
-fn script(name: &str) -> PathBuf {
-    let debian = Path::new(DEBIAN_SCRIPTS).join(name);
-    if debian.exists() { debian } else { name.into() }
 }

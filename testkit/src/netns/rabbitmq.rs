@@ -3,11 +3,12 @@
 //! its clients (the machine's shared RabbitMQ is never touched).
 
 use super::Host;
-use crate::process::{fail_if_exited, kill_child, lock, own_temp_dir, remove_own_dir};
+use crate::process::{fail_if_exited, kill_child, kill_group, lock, own_temp_dir, remove_own_dir};
+use crate::rabbitmq::{accepting_amqp, node_files, script, write_config};
 use crate::redis::free_port;
 use crate::wait::wait_for;
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -15,10 +16,6 @@ use std::time::Duration;
 /// How long [`RabbitMqNode::start`] waits for AMQP to answer: the node boots in 5 to 10 s on an
 /// idle machine, several times that on a busy one.
 const READY_DEADLINE: Duration = Duration::from_secs(90);
-
-/// Where Debian's package keeps the real scripts; `/usr/sbin`'s wrappers `su` to the `rabbitmq`
-/// user and to the system node's files, which a node of the test's own must not use.
-const DEBIAN_SCRIPTS: &str = "/usr/lib/rabbitmq/bin";
 
 /// A `rabbitmq-server` owned by a test, in a [`Host`]: node `sk_<hex>@localhost`, AMQP on a free
 /// port of the host's address, the `guest` user allowed from any address (`loopback_users =
@@ -60,16 +57,7 @@ impl RabbitMqNode {
     pub async fn start_with_advanced_config(host: &Host, advanced: &str) -> RabbitMqNode {
         let root = own_temp_dir("rabbitmq");
         std::fs::create_dir_all(root.join("home")).expect("creating the RabbitMQ home");
-        let files = [
-            // An empty list: no plugins, which a missing file would not mean.
-            ("enabled_plugins", "[].\n"),
-            ("rabbitmq.conf", "loopback_users = none\n"),
-            // Instead of /etc/rabbitmq/rabbitmq-env.conf, which names the system's node.
-            ("rabbitmq-env.conf", ""),
-        ];
-        for (name, text) in files {
-            std::fs::write(root.join(name), text).expect("writing RabbitMQ's configuration");
-        }
+        write_config(&root, "loopback_users = none\n");
         if !advanced.trim().is_empty() {
             std::fs::write(root.join("advanced.config"), advanced)
                 .expect("writing RabbitMQ's advanced.config");
@@ -86,17 +74,10 @@ impl RabbitMqNode {
         let mut command = host.command(script("rabbitmq-server"));
         node.environment(&mut command);
         let r = &node.root;
-        command
+        node_files(&mut command, r, r)
             .env("RABBITMQ_NODE_IP_ADDRESS", host.ip().to_string())
             .env("RABBITMQ_NODE_PORT", node.port.to_string())
             .env("RABBITMQ_DIST_PORT", dist_port.to_string())
-            .env("RABBITMQ_MNESIA_BASE", r.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", r.join("log"))
-            .env("RABBITMQ_LOGS", "-")
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", r.join("enabled_plugins"))
-            .env("RABBITMQ_CONFIG_FILE", r.join("rabbitmq.conf"))
-            .env("RABBITMQ_ADVANCED_CONFIG_FILE", r.join("advanced.config"))
-            .env("RABBITMQ_PID_FILE", r.join("rabbitmq.pid"))
             .current_dir(r)
             // The script forks the VM and stays as its parent: a group of their own lets the drop
             // kill both at once.
@@ -164,14 +145,7 @@ impl RabbitMqNode {
         wait_for(&what, READY_DEADLINE, || {
             let who = format!("rabbitmq-server in {}", self.host.netns());
             fail_if_exited(&self.child, &who, "accepting AMQP", &self.log_path());
-            let url = self.url();
-            async move {
-                let conn = seckill_infra::broker::connect(&url, "testkit-ready")
-                    .await
-                    .ok()?;
-                let _ = conn.close(200, "ready".into()).await;
-                Some(())
-            }
+            accepting_amqp(self.url())
         })
         .await;
     }
@@ -182,10 +156,7 @@ impl Drop for RabbitMqNode {
         // The script and the VM share the process group; the VM's port programs
         // (erl_child_setup, inet_gethost) exit with it.
         if let Some(pid) = lock(&self.child).as_ref().map(Child::id) {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .stderr(Stdio::null())
-                .status();
+            kill_group(pid);
         }
         kill_child(&mut self.child);
         // epmd daemonized itself out of the group. `epmd -kill` refuses while another node is
@@ -199,10 +170,4 @@ impl Drop for RabbitMqNode {
             .status();
         remove_own_dir(&self.root);
     }
-}
-
-/// A RabbitMQ script: Debian's real one, or whatever `PATH` has (a generic Unix install).
-fn script(name: &str) -> PathBuf {
-    let debian = Path::new(DEBIAN_SCRIPTS).join(name);
-    if debian.exists() { debian } else { name.into() }
 }
