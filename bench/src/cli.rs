@@ -219,6 +219,10 @@ pub struct FlashSaleArgs {
     /// run already).
     #[arg(long, default_value_t = 1, requires = "gateways")]
     pub workers: usize,
+    /// Spread the item's stock over this many Redis shards (hash slots; 1 to 16): the report
+    /// shows each shard's sales and transfers and each Redis master's CPU.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub shards: u8,
 }
 
 /// `http://$SECKILL_HTTP_ADDR`, with a wildcard listen address made reachable.
@@ -387,6 +391,7 @@ async fn flash_sale(config: &Config, args: FlashSaleArgs) -> anyhow::Result<Exit
             None => args.gateway_pid,
         },
         own: fleet.as_ref().map(Fleet::pids).unwrap_or_default(),
+        shards: args.shards,
         out: args.out,
     };
     let r = sale::flash_sale(config, &opts).await;

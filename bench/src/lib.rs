@@ -9,6 +9,8 @@
 //!   hyper server;
 //! - [`audit`]: the contract's invariants, checked from Redis, the database and the broker;
 //! - [`cpu`]: what an order costs in CPU, summed over every process of the pipeline;
+//! - [`shards`]: a sale of one item over K shards: each shard's sales and transfers, each Redis
+//!   master's CPU;
 //! - [`fleet`]: several gateways and workers behind an HAProxy, started and stopped by the bench;
 //! - [`report`] and [`svg`]: the results, for people and for the record.
 
@@ -26,4 +28,5 @@ pub mod provider;
 pub mod report;
 pub mod rss;
 pub mod sale;
+pub mod shards;
 pub mod svg;

@@ -38,6 +38,9 @@ pub struct Report {
     /// CPU time of every part of the pipeline per accepted order, from the first request to the
     /// drain's end.
     pub cpu: CpuCost,
+    /// The item's shards (one unless `--shards K`): each one's sales and transfers, and each Redis
+    /// master's CPU.
+    pub shards: Option<crate::shards::ShardsReport>,
     pub baseline: Option<Baseline>,
 }
 
@@ -266,6 +269,9 @@ pub fn table(r: &Report) -> String {
              clean figure",
             r.cpu.inherited_messages
         );
+    }
+    if let Some(shards) = &r.shards {
+        t.push_str(&crate::shards::table(shards));
     }
     if let Some(m) = &r.rss {
         let _ = writeln!(
@@ -545,6 +551,7 @@ mod tests {
                 total_us_per_order: cpu_us,
                 inherited_messages: 0,
             },
+            shards: None,
             baseline: Some(Baseline {
                 requests: 20_000,
                 connections: 128,

@@ -54,6 +54,8 @@ pub struct SaleOptions {
     /// The processes the run started itself (`--gateways`): their parts' CPU counts exactly
     /// these, not every process of that name on the machine.
     pub own: crate::cpu::Own,
+    /// The item's Redis shards (1: unsharded).
+    pub shards: u8,
     pub out: PathBuf,
 }
 
@@ -104,6 +106,7 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
         tui: std::io::stdout().is_terminal(),
         output: &output,
     };
+    let shards = crate::shards::Probe::start(config, item, opts.shards).await?;
     let cpu_before = crate::cpu::Reading::now_of(&opts.own);
     let load = watch.during(oha::run(&load)).await?;
     let peak_kib = match sampler {
@@ -129,6 +132,7 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
         &crate::db::own_backends(&watch.db).await,
     );
     cpu.inherited_messages = inherited;
+    let shards = shards.finish(&watch.db, accepted).await?;
     let drain = Drain::new(
         watch.stored,
         drained,
@@ -198,6 +202,7 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
         timeline,
         rss,
         cpu,
+        shards: Some(shards),
         baseline,
     })
 }
@@ -220,6 +225,7 @@ async fn create_item_of(
         "price_cents": opts.price_cents,
         "stock": stock,
         "per_user_limit": opts.per_user_limit,
+        "shards": opts.shards,
     });
     crate::http::create_item(http, config, &opts.gateway, "flash sale", fields).await
 }
@@ -532,7 +538,7 @@ impl State {
 struct Watch {
     db: DatabaseConnection,
     redis: Client,
-    keys: Keys,
+    scripts: seckill_infra::scripts::Scripts,
     item: ItemId,
     stock: i64,
     started: Instant,
@@ -547,7 +553,7 @@ impl Watch {
         Ok(Watch {
             db: crate::db::connect(&config.database_url).await?,
             redis: seckill_infra::redis::client(&config.redis_url).await?,
-            keys: Keys::new(&config.namespace),
+            scripts: seckill_infra::scripts::Scripts::new(Keys::new(&config.namespace)),
             item,
             stock,
             started: Instant::now(),
@@ -561,16 +567,16 @@ impl Watch {
     async fn poll(&mut self) -> anyhow::Result<State> {
         let mut orders = crate::db::status_counts(&self.db, self.item).await?;
         let stored: u64 = orders.values().sum();
-        let db_available = items::Entity::find_by_id(self.item.0 as i64)
+        let row = items::Entity::find_by_id(self.item.0 as i64)
             .one(&self.db)
             .await
-            .context("reading the item")?
-            .map(|i| i.available);
-        let redis_remaining: Option<i64> = self
-            .redis
-            .hget(self.keys.item(self.item), "remaining")
-            .await
-            .context("reading the item from Redis")?;
+            .context("reading the item")?;
+        let db_available = row.as_ref().map(|i| i.available);
+        let shards = row.as_ref().map_or(1, seckill_infra::scripts::shards_of);
+        let redis_remaining =
+            crate::shards::remaining(&self.scripts, &self.redis, self.item, shards)
+                .await
+                .context("reading the item from Redis")?;
         // Every order of the bench is of one unit: the units Redis gave out that no stored live
         // order holds are the orders still on their way to the database.
         let held: u64 = OrderStatus::ALL
