@@ -20,6 +20,7 @@ use crate::redis::free_port;
 use crate::wait::wait_for;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use std::io::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -70,10 +71,7 @@ impl LocalPostgres {
         let mut pg = LocalPostgres {
             data,
             port: free_port(),
-            settings: settings
-                .iter()
-                .map(|&(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
+            settings: owned(settings),
             root: own_temp_dir("local-postgres"),
             bin,
             child: None,
@@ -138,6 +136,40 @@ impl LocalPostgres {
         self.wait_ready().await;
     }
 
+    /// [`restart`](Self::restart) with `settings` instead of those it ran with, from now on.
+    pub async fn restart_with(&mut self, settings: &[(&str, &str)]) {
+        self.settings = owned(settings);
+        self.restart().await;
+    }
+
+    /// Runs `sql` with `psql` as the superuser on the database `postgres` (statements on lines of
+    /// their own each commit on their own; the first error stops it): its output, tuples only and
+    /// unaligned, or its error.
+    pub fn psql(&self, sql: &str) -> Result<String, String> {
+        let mut child = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+            .arg(self.database_url("postgres"))
+            .env("PGCONNECT_TIMEOUT", "5")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("running psql: {e}"))?;
+        let written = child
+            .stdin
+            .take()
+            .expect("psql's stdin")
+            .write_all(sql.as_bytes());
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("waiting for psql: {e}"))?;
+        match (written, out.status.success()) {
+            (Ok(()), true) => Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned()),
+            (Ok(()), false) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+            (Err(e), _) => Err(format!("writing to psql: {e}")),
+        }
+    }
+
     fn spawn(&mut self) {
         let own = [
             ("listen_addresses", "127.0.0.1"),
@@ -192,6 +224,13 @@ impl Drop for LocalPostgres {
         self.kill();
         remove_own_dir(&self.root);
     }
+}
+
+fn owned(settings: &[(&str, &str)]) -> Vec<(String, String)> {
+    settings
+        .iter()
+        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// `setpriv` options that run the program as the `postgres` user (and exec it: the child's pid

@@ -3,15 +3,11 @@
 //! acknowledged write and with `appendfsync no` loses them; PostgreSQL keeps every committed row,
 //! and loses them with `fsync=off`: the filesystem can tell a durable server from one that is not.
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::{Pid, User};
-use seckill_testkit::{LazyFs, RedisOptions, RedisServer, free_port};
+use seckill_testkit::{LazyFs, LocalPostgres, RedisOptions, RedisServer};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -229,223 +225,44 @@ async fn redis_appendfsync_no_loses_acknowledged_writes() {
     );
 }
 
-/// PostgreSQL's programs (the newest installed major version's).
-fn pg_bin(program: &str) -> PathBuf {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL installed (scripts/services.sh installs it)")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|dir| dir.join("bin/initdb").exists())
-        .collect();
-    versions.sort_by_key(|dir| {
-        dir.file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    versions
-        .last()
-        .expect("a PostgreSQL with initdb under /usr/lib/postgresql")
-        .join("bin")
-        .join(program)
-}
-
-/// `initdb` and `postgres` refuse to run as root: they run as the `postgres` user.
-fn as_postgres(command: &mut Command) -> &mut Command {
-    let user = User::from_name("postgres")
-        .expect("looking up the postgres user")
-        .expect("a postgres user (the postgresql package makes it)");
-    command
-        .uid(user.uid.as_raw())
-        .gid(user.gid.as_raw())
-        .current_dir("/")
-        .env("HOME", "/")
-}
-
-/// A `postgres` server on a data directory, its processes in a group of their own so that a
-/// crash kills them all. Killed when dropped.
-struct Postgres {
-    child: Option<Child>,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Postgres {
-    /// Starts `postgres` on `data`, TCP only on 127.0.0.1, with `-c` for each of `settings`, and
-    /// waits until it answers a query (crash recovery included).
-    fn start(data: &Path, log: &Path, settings: &[&str]) -> Postgres {
-        let port = free_port();
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut command = Command::new(pg_bin("postgres"));
-        as_postgres(&mut command)
-            .arg("-D")
-            .arg(data)
-            .args(["-p", &port.to_string()])
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "unix_socket_directories="])
-            .args(["-c", "max_connections=20"])
-            .args(["-c", "shared_buffers=16MB"]);
-        for s in settings {
-            command.args(["-c", s]);
-        }
-        let child = command
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("starting postgres");
-        let mut pg = Postgres {
-            child: Some(child),
-            port,
-            log: log.to_owned(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while pg.psql("SELECT 1").is_err() {
-            if let Some(status) = pg.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("postgres exited ({status}); its log:\n{}", pg.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "postgres did not answer within 90 s; its log:\n{}",
-                pg.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        pg
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Runs `sql` (statements on separate lines each commit on their own) with psql; its output,
-    /// or its error.
-    fn psql(&self, sql: &str) -> Result<String, String> {
-        let mut child = Command::new(pg_bin("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-U", "postgres", "-d", "postgres", "-f", "-"])
-            .env("PGCONNECT_TIMEOUT", "5")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running psql");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(sql.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    /// SIGKILL to every process of the server, as a power cut would stop them; returns once
-    /// none is left.
-    fn kill(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let group = Pid::from_raw(child.id() as i32);
-        let _ = killpg(group, Signal::SIGKILL);
-        let _ = child.wait();
-        // The postmaster's children are not ours to wait for: poll the group until it is empty.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while killpg(group, None).is_ok() {
-            let _ = killpg(group, Signal::SIGKILL);
-            assert!(
-                Instant::now() < deadline,
-                "postgres processes survive SIGKILL"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// `initdb` of a cluster in `pgdata/` on the mount, as the `postgres` user.
-fn initdb(fs: &LazyFs) -> PathBuf {
-    let data = fs.path().join("pgdata");
-    std::fs::create_dir(&data).unwrap();
-    let user = User::from_name("postgres").unwrap().unwrap();
-    std::os::unix::fs::chown(&data, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let started = Instant::now();
-    let out = as_postgres(&mut Command::new(pg_bin("initdb")))
-        .arg("-D")
-        .arg(&data)
-        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
-        .output()
-        .expect("running initdb");
-    assert!(
-        out.status.success(),
-        "initdb failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("initdb on the mount took {:?}", started.elapsed());
-    data
-}
-
 /// Inserts `rows` rows into `t`, each `INSERT` its own transaction; all of them committed
 /// (acknowledged) once psql succeeds.
-fn insert_rows(pg: &Postgres, rows: std::ops::Range<u32>) {
+fn insert_rows(pg: &LocalPostgres, rows: std::ops::Range<u32>) {
     let sql: String = rows
         .map(|i| format!("INSERT INTO t VALUES ({i});\n"))
         .collect();
     pg.psql(&sql).expect("inserting rows");
 }
 
-fn count_rows(pg: &Postgres) -> Result<u32, String> {
+fn count_rows(pg: &LocalPostgres) -> Result<u32, String> {
     pg.psql("SELECT count(*) FROM t")
         .map(|n| n.parse().expect("a count"))
 }
 
-#[test]
-fn postgres_keeps_committed_rows_and_loses_them_without_fsync() {
+#[tokio::test]
+async fn postgres_keeps_committed_rows_and_loses_them_without_fsync() {
     let mut fs = LazyFs::temp();
-    let data = initdb(&fs);
-    let log = fs.backing().parent().unwrap().join("postgres.log");
+    let mut pg = LocalPostgres::init(&fs.path(), &[]).await;
+    let log = pg.log_path();
+    let log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // fsync on (the default): every committed row survives the power cut.
-    let mut pg = Postgres::start(&data, &log, &[]);
     pg.psql("CREATE TABLE t (i int PRIMARY KEY)").unwrap();
     insert_rows(&pg, 0..200);
     assert_eq!(count_rows(&pg), Ok(200));
     eprintln!("fsync=on, before the cut: {:?}", fs.stats());
     pg.kill();
     fs.power_cut();
-    let mut pg = Postgres::start(&data, &log, &[]);
+    pg.restart().await;
     let kept = count_rows(&pg);
     eprintln!("fsync=on: {kept:?} of 200 committed rows after the power cut");
-    assert_eq!(
-        kept,
-        Ok(200),
-        "committed rows lost; log:\n{}",
-        pg.log_text()
-    );
+    assert_eq!(kept, Ok(200), "committed rows lost; log:\n{}", log());
     pg.psql("SELECT sum(i) FROM t")
         .map(|s| assert_eq!(s, (0..200).sum::<u32>().to_string()))
         .unwrap();
 
     // fsync off: PostgreSQL acknowledges commits it never synced, and the cut takes them.
-    pg.kill();
-    let mut pg = Postgres::start(&data, &log, &["fsync=off"]);
+    pg.restart_with(&[("fsync", "off")]).await;
     insert_rows(&pg, 200..400);
     assert_eq!(count_rows(&pg), Ok(400));
     let stats = fs.stats();
@@ -453,7 +270,7 @@ fn postgres_keeps_committed_rows_and_loses_them_without_fsync() {
     assert!(stats.dirty_bytes > 0, "{stats:?}");
     pg.kill();
     fs.power_cut();
-    let pg = Postgres::start(&data, &log, &[]);
+    pg.restart_with(&[]).await;
     let after = count_rows(&pg);
     eprintln!("fsync=off: {after:?} of 400 committed rows after the power cut");
     assert!(
