@@ -722,16 +722,30 @@ pub async fn wait_for_orders(
     item: ItemId,
     within: Duration,
 ) -> anyhow::Result<()> {
+    wait_for_orders_except(history, config, item, &BTreeSet::new(), within).await
+}
+
+/// [`wait_for_orders`], not waiting for the orders of `lost` (sold, and known to be gone, as after
+/// a power cut) to be stored.
+pub async fn wait_for_orders_except(
+    history: &History,
+    config: &Config,
+    item: ItemId,
+    lost: &BTreeSet<OrderId>,
+    within: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     let want: BTreeSet<i64> = history
         .ops()
         .iter()
         .filter(|op| op.item == item)
         .filter_map(|op| match op.outcome {
-            Outcome::Accepted(id) => Some(id.0 as i64),
-            Outcome::OutcomeUnknown(id) if op.settled_found() == Some(true) => Some(id.0 as i64),
+            Outcome::Accepted(id) => Some(id),
+            Outcome::OutcomeUnknown(id) if op.settled_found() == Some(true) => Some(id),
             _ => None,
         })
+        .filter(|id| !lost.contains(id))
+        .map(|id| id.0 as i64)
         .collect();
     let keys = Keys::new(&config.namespace);
     let mut db: Option<DatabaseConnection> = None;

@@ -25,6 +25,7 @@ mod common;
 
 use common::InProcess;
 use fred::prelude::*;
+use sea_orm::sea_query::IntoCondition;
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use seckill_bench::audit::Check;
 use seckill_bench::history::{self, Client, History, Outcome};
@@ -61,10 +62,12 @@ struct Stack {
 }
 
 impl Stack {
+    /// Starts the processes and puts the item on sale.
     async fn start(env: TestEnv) -> Stack {
         seckill_infra::telemetry::init_tracing();
         let mut stack = Stack { env, procs: None };
         stack.start_processes().await;
+        stack.create_item().await;
         stack
     }
 
@@ -101,6 +104,18 @@ impl Stack {
         self.stop_processes().await;
         self.env.cleanup().await;
     }
+}
+
+/// A Redis of the test's own, its data directory on the mount `fs`, with `appendonly yes` and
+/// `appendfsync` `policy`.
+async fn redis_on(fs: &LazyFs, policy: &str) -> RedisServer {
+    RedisServer::start_ready(
+        RedisOptions::default()
+            .appendfsync(policy)
+            // After the kit's own --dir: this one wins.
+            .arg("dir", &fs.path_str()),
+    )
+    .await
 }
 
 /// A test environment whose processes use `redis_url` in `durability` mode.
@@ -228,6 +243,13 @@ fn describe(checks: &[&Check]) -> String {
         .join("\n")
 }
 
+/// The checker's checks of `history` (the history's rules and the bench's audit).
+async fn checks_of(history: &History, config: &Config) -> Vec<Check> {
+    history::check(history, config, ITEM)
+        .await
+        .expect("the checker reads every source")
+}
+
 /// Settles the `outcome_unknown`s, waits for the pipeline, and runs the checker: its checks must
 /// all pass.
 async fn check_passes(client: &Client, history: &History, config: &Config) -> Vec<Check> {
@@ -236,9 +258,7 @@ async fn check_passes(client: &Client, history: &History, config: &Config) -> Ve
     history::wait_for_orders(history, config, ITEM, DRAIN)
         .await
         .unwrap_or_else(|e| panic!("{e:#}; answers: {}", outcomes(history)));
-    let checks = history::check(history, config, ITEM)
-        .await
-        .expect("the checker reads every source");
+    let checks = checks_of(history, config).await;
     let bad = failed(&checks);
     assert!(
         bad.is_empty(),
@@ -404,17 +424,10 @@ async fn redis_power_cut(
 async fn redis_power_cut_mid_burst_loses_no_accepted_order() {
     let started = Instant::now();
     let mut fs = LazyFs::temp();
-    let mut redis = RedisServer::start_ready(
-        RedisOptions::default()
-            .appendfsync("always")
-            // After the kit's own --dir: this one wins.
-            .arg("dir", &fs.path_str()),
-    )
-    .await;
+    let mut redis = redis_on(&fs, "always").await;
     let env = env_on(&redis.url(), Durability::Fsync);
     let stuck = StuckRelay::hold(&env.config).await;
     let stack = Stack::start(env).await;
-    stack.create_item().await;
 
     let run = redis_power_cut(&mut fs, &mut redis, stack, stuck, 1_000, 300).await;
     assert!(run.before_cut.len() >= 300);
@@ -441,16 +454,10 @@ async fn redis_power_cut_mid_burst_loses_no_accepted_order() {
 async fn redis_without_fsync_refuses_in_fsync_mode_and_loses_202s_to_a_power_cut_in_none_mode() {
     let started = Instant::now();
     let mut fs = LazyFs::temp();
-    let mut redis = RedisServer::start_ready(
-        RedisOptions::default()
-            .appendfsync("no")
-            .arg("dir", &fs.path_str()),
-    )
-    .await;
+    let mut redis = redis_on(&fs, "no").await;
 
     // fsync mode on a Redis that never fsyncs: nothing is sold, every purchase is refused.
     let mut stack = Stack::start(env_on(&redis.url(), Durability::Fsync)).await;
-    stack.create_item().await;
     let config = stack.config().clone();
     let refused = History::new();
     let client = Client::new(&refused, &config, stack.gateway()).with_timeout(CLIENT_TIMEOUT);
@@ -461,9 +468,7 @@ async fn redis_without_fsync_refuses_in_fsync_mode_and_loses_202s_to_a_power_cut
         "fsync mode sold on a Redis without fsync: {}",
         outcomes(&refused)
     );
-    let db = seckill_infra::db::connect(&config.database_url, 1)
-        .await
-        .expect("the test's database");
+    let db = database(&config).await;
     let stored = orders::Entity::find()
         .all(&db)
         .await
@@ -471,9 +476,7 @@ async fn redis_without_fsync_refuses_in_fsync_mode_and_loses_202s_to_a_power_cut
     assert!(stored.is_empty(), "{stored:?}");
     let _ = db.close().await;
     assert_eq!(outbox_len(&config).await, 0, "nothing reached the outbox");
-    let checks = history::check(&refused, &config, ITEM)
-        .await
-        .expect("the checker runs");
+    let checks = checks_of(&refused, &config).await;
     assert!(failed(&checks).is_empty(), "{}", describe(&failed(&checks)));
     eprintln!(
         "fsync mode, appendfsync no: {} purchases, {}",
@@ -511,9 +514,7 @@ async fn redis_without_fsync_refuses_in_fsync_mode_and_loses_202s_to_a_power_cut
         .difference(&stored)
         .copied()
         .collect();
-    let checks = history::check(&run.history, &config, ITEM)
-        .await
-        .expect("the checker runs");
+    let checks = checks_of(&run.history, &config).await;
     let bad = failed(&checks);
     eprintln!(
         "appendfsync no, none mode: {} 202s before the cut, {} of them lost; the checker:\n{}",
@@ -553,19 +554,29 @@ async fn redis_without_fsync_refuses_in_fsync_mode_and_loses_202s_to_a_power_cut
 
 /// The item's stored order ids.
 async fn stored_ids(config: &Config) -> BTreeSet<OrderId> {
-    let db = seckill_infra::db::connect(&config.database_url, 1)
+    let db = database(config).await;
+    let ids = order_ids(&db, orders::Column::ItemId.eq(ITEM.0 as i64)).await;
+    let _ = db.close().await;
+    ids
+}
+
+/// A connection to the test's database.
+async fn database(config: &Config) -> DatabaseConnection {
+    seckill_infra::db::connect(&config.database_url, 1)
         .await
-        .expect("the test's database");
-    let ids = orders::Entity::find()
-        .filter(orders::Column::ItemId.eq(ITEM.0 as i64))
-        .all(&db)
+        .expect("the test's database")
+}
+
+/// The ids of the orders `filter` selects.
+async fn order_ids(db: &DatabaseConnection, filter: impl IntoCondition) -> BTreeSet<OrderId> {
+    orders::Entity::find()
+        .filter(filter)
+        .all(db)
         .await
         .expect("reading orders")
         .into_iter()
         .map(|o| OrderId(o.id as u64))
-        .collect();
-    let _ = db.close().await;
-    ids
+        .collect()
 }
 
 /// Waits until the pipeline has nothing more to do for the item, when some orders will never
@@ -712,19 +723,8 @@ async fn postgres_power_cut(
     let mut stored_before = BTreeSet::new();
     let mut kept = BTreeSet::new();
     let chaos = async {
-        let db = seckill_infra::db::connect(&config.database_url, 1)
-            .await
-            .expect("the test's database");
-        let ids = || async {
-            orders::Entity::find()
-                .filter(orders::Column::ItemId.eq(ITEM.0 as i64))
-                .all(&db)
-                .await
-                .expect("reading orders")
-                .into_iter()
-                .map(|o| OrderId(o.id as u64))
-                .collect::<BTreeSet<_>>()
-        };
+        let db = database(&config).await;
+        let ids = || order_ids(&db, orders::Column::ItemId.eq(ITEM.0 as i64));
         wait_for(
             "the workers to store orders",
             Duration::from_secs(60),
@@ -745,17 +745,9 @@ async fn postgres_power_cut(
             stored_before.len(),
             started.elapsed() - cut_at
         );
-        let db = seckill_infra::db::connect(&config.database_url, 1)
-            .await
-            .expect("the database after the restart");
-        kept = orders::Entity::find()
-            .filter(orders::Column::Id.is_in(stored_before.iter().map(|id| id.0 as i64)))
-            .all(&db)
-            .await
-            .expect("reading orders")
-            .into_iter()
-            .map(|o| OrderId(o.id as u64))
-            .collect();
+        let db = database(&config).await;
+        let stored = stored_before.iter().map(|id| id.0 as i64);
+        kept = order_ids(&db, orders::Column::Id.is_in(stored)).await;
         let _ = db.close().await;
     };
     tokio::join!(burst(&client, 1..=buyers, &progress), chaos);
@@ -778,11 +770,8 @@ async fn postgres_power_cut_mid_drain_loses_no_committed_order() {
     let mut fs = LazyFs::temp();
     let (mut pg, env) = env_on_own_postgres(&fs).await;
     let stack = Stack::start(env).await;
-    stack.create_item().await;
     let config = stack.config().clone();
-    let db = seckill_infra::db::connect(&config.database_url, 1)
-        .await
-        .expect("the test's database");
+    let db = database(&config).await;
     assert_eq!(show(&db, "fsync").await, "on");
     assert_eq!(show(&db, "synchronous_commit").await, "on");
     let _ = db.close().await;
@@ -814,12 +803,9 @@ async fn postgres_without_fsync_loses_committed_orders_and_the_check_fails() {
     let mut fs = LazyFs::temp();
     let (mut pg, env) = env_on_own_postgres(&fs).await;
     let stack = Stack::start(env).await;
-    stack.create_item().await;
     let config = stack.config().clone();
     // The database, its tables and the item are on disk; from here on, commits are not.
-    let db = seckill_infra::db::connect(&config.database_url, 1)
-        .await
-        .expect("the test's database");
+    let db = database(&config).await;
     db.execute_unprepared("ALTER SYSTEM SET fsync = off")
         .await
         .expect("ALTER SYSTEM");
@@ -847,9 +833,7 @@ async fn postgres_without_fsync_loses_committed_orders_and_the_check_fails() {
     let settle = run.client.settle(SETTLE).await;
     assert_eq!(settle.unsettled, 0, "{settle:?}");
     wait_until_idle(&config, &BTreeSet::new()).await;
-    let checks = history::check(&run.history, &config, ITEM)
-        .await
-        .expect("the checker runs");
+    let checks = checks_of(&run.history, &config).await;
     let bad = failed(&checks);
     eprintln!(
         "fsync off: {} orders stored before the cut, {} of them lost; the checker:\n{}",

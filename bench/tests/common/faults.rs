@@ -572,11 +572,8 @@ impl Stack {
             self.wait_all_final(item, Duration::from_secs(90)).await;
         }
         let within = Duration::from_secs(90);
-        let waited = if lost.is_empty() {
-            history::wait_for_orders(&self.history, &self.config, item, within).await
-        } else {
-            self.wait_pipeline(item, lost, within).await
-        };
+        let waited =
+            history::wait_for_orders_except(&self.history, &self.config, item, lost, within).await;
         if let Err(e) = &waited {
             eprintln!("the pipeline did not finish: {e:#}");
         }
@@ -600,75 +597,6 @@ impl Stack {
         };
         verdict.print();
         verdict
-    }
-
-    /// What [`history::wait_for_orders`] waits for, but for the orders of `lost`: every other
-    /// order the history knows sold is stored, none of the item's stored orders is still on its
-    /// way through the workers, and Redis's read model shows each as the database does.
-    async fn wait_pipeline(
-        &self,
-        item: ItemId,
-        lost: &BTreeSet<OrderId>,
-        within: Duration,
-    ) -> anyhow::Result<()> {
-        let want: BTreeSet<i64> = self
-            .history
-            .ops()
-            .iter()
-            .filter(|op| op.item == item)
-            .filter_map(|op| match op.outcome {
-                Outcome::Accepted(id) => Some(id),
-                Outcome::OutcomeUnknown(id) if op.settled.is_some_and(|s| s.found) => Some(id),
-                _ => None,
-            })
-            .filter(|id| !lost.contains(id))
-            .map(|id| id.0 as i64)
-            .collect();
-        let db = seckill_infra::db::connect(&self.config.database_url, 1).await?;
-        let redis = self.redis_client().await;
-        let keys = Keys::new(&self.config.namespace);
-        let end = Instant::now() + within;
-        let result = loop {
-            let rows = orders::Entity::find()
-                .filter(orders::Column::ItemId.eq(item.0 as i64))
-                .all(&db)
-                .await?;
-            let have: BTreeSet<i64> = rows.iter().map(|o| o.id).collect();
-            let absent = want.difference(&have).count();
-            let moving = rows
-                .iter()
-                .filter(|o| {
-                    matches!(
-                        o.status.parse(),
-                        Ok(OrderStatus::Pending | OrderStatus::Created | OrderStatus::StockLocked)
-                    )
-                })
-                .count();
-            let mut lagging = 0;
-            for o in &rows {
-                let shown: Option<String> = redis
-                    .hget(keys.order(OrderId(o.id as u64)), "status")
-                    .await
-                    .unwrap_or(None);
-                if shown.as_deref() != Some(o.status.as_str()) {
-                    lagging += 1;
-                }
-            }
-            if (absent, moving, lagging) == (0, 0, 0) {
-                break Ok(());
-            }
-            if Instant::now() >= end {
-                break Err(anyhow::anyhow!(
-                    "{absent} of {} sold orders not stored, {moving} on their way, {lagging} not \
-                     shown in Redis as stored",
-                    want.len()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        };
-        let _ = redis.quit().await;
-        let _ = db.close().await;
-        result
     }
 
     /// Waits until every stored order of `item` is final (with a short payment timeout, every
