@@ -6,7 +6,7 @@ mod common;
 use seckill_testkit::{Backend, TestEnv, env_vars, wait_for};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 /// A child process, killed when the test ends however it ends.
@@ -73,41 +73,25 @@ async fn a_flash_sale_keeps_every_invariant() {
     .await;
 
     let gateway_pid = gateway_process.0.id().to_string();
-    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_seckill-bench"))
-        .envs(vars.iter().cloned())
-        .args(["flash-sale", "--stock", "50", "--requests", "2000"])
-        .args([
-            "--connections",
-            "32",
-            "--pay-ratio",
-            "0.5",
-            "--duplicates",
-            "0.2",
-        ])
+    let args = [
+        "--stock",
+        "50",
+        "--requests",
+        "2000",
+        "--connections",
+        "32",
+        "--pay-ratio",
+        "0.5",
+        "--duplicates",
+        "0.2",
+        "--reorder",
         // The baseline too: its sold-out path alone pauses this sale's workers (SIGSTOP), which
         // must find them continued for the sale.
-        .args([
-            "--reorder",
-            "--baseline",
-            "--gateway-pid",
-            &gateway_pid,
-            "--out",
-        ])
-        .arg(&out)
-        .stdin(Stdio::null())
-        .status()
-        .await
-        .unwrap();
-    let report: serde_json::Value = std::fs::read(out.join("report.json"))
-        .map(|json| serde_json::from_slice(&json).unwrap())
-        .unwrap_or_default();
-    assert!(
-        status.success(),
-        "seckill-bench flash-sale failed ({status}); checks: {:#}; logs in {}",
-        report["checks"],
-        out.display()
-    );
-    assert_eq!(report["passed"], true);
+        "--baseline",
+        "--gateway-pid",
+        &gateway_pid,
+    ];
+    let report = common::run_flash_sale(&vars, &args, &out).await;
     assert_eq!(report["load"]["status_codes"]["202"], 50);
     let ends = &report["end_states"];
     let count = |s: &str| ends[s].as_u64().unwrap_or(0);

@@ -18,7 +18,6 @@ use seckill_schema::{ItemId, UserId};
 use seckill_testkit::{Backend, TestEnv, env_vars};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const GATEWAYS: usize = 3;
@@ -91,33 +90,21 @@ async fn the_bench_runs_a_sale_on_three_gateways_and_two_workers_behind_haproxy(
     let c = env.config.clone();
     let out = out_dir(&c);
     common::built_binaries();
-    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_seckill-bench"))
-        .envs(env_vars(&c))
-        .args(["flash-sale", "--gateways", "3", "--workers", "2"])
-        .args([
-            "--stock",
-            "100",
-            "--requests",
-            "3000",
-            "--connections",
-            "48",
-        ])
-        .args(["--pay-ratio", "0.5", "--out"])
-        .arg(&out)
-        .stdin(Stdio::null())
-        .status()
-        .await
-        .unwrap();
-    let report: serde_json::Value = std::fs::read(out.join("report.json"))
-        .map(|json| serde_json::from_slice(&json).unwrap())
-        .unwrap_or_default();
-    assert!(
-        status.success(),
-        "seckill-bench flash-sale --gateways 3 failed ({status}); checks: {:#}; logs in {}",
-        report["checks"],
-        out.display()
-    );
-    assert_eq!(report["passed"], true);
+    let args = [
+        "--gateways",
+        "3",
+        "--workers",
+        "2",
+        "--stock",
+        "100",
+        "--requests",
+        "3000",
+        "--connections",
+        "48",
+        "--pay-ratio",
+        "0.5",
+    ];
+    let report = common::run_flash_sale(&env_vars(&c), &args, &out).await;
     assert_eq!(
         report["load"]["status_codes"]["202"], 100,
         "{}",

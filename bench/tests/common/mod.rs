@@ -76,6 +76,38 @@ pub fn built_binaries() -> PathBuf {
     dir
 }
 
+/// Runs `seckill-bench flash-sale <args> --out <out>` on the test's configuration (`vars`), as an
+/// operator would, and returns the `report.json` it wrote. Fails the test, with the report's
+/// checks, unless it succeeded and every check passed.
+pub async fn run_flash_sale(
+    vars: &[(&str, String)],
+    args: &[&str],
+    out: &Path,
+) -> serde_json::Value {
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_seckill-bench"))
+        .envs(vars.iter().cloned())
+        .arg("flash-sale")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .await
+        .expect("running seckill-bench");
+    let report: serde_json::Value = std::fs::read(out.join("report.json"))
+        .map(|json| serde_json::from_slice(&json).expect("report.json"))
+        .unwrap_or_default();
+    assert!(
+        status.success(),
+        "seckill-bench flash-sale {} failed ({status}); checks: {:#}; logs in {}",
+        args.join(" "),
+        report["checks"],
+        out.display()
+    );
+    assert_eq!(report["passed"], true);
+    report
+}
+
 /// The body of a `POST /admin/items` ([`create_item`]): `item`, named `name`, on sale from now on,
 /// `stock` units at `price_cents` each, at most `per_user_limit` per buyer. Add a field (a
 /// window, shards) by indexing it.
