@@ -71,22 +71,21 @@ impl ItemState {
     pub fn item(&self) -> ItemId {
         ItemId(self.row.id as u64)
     }
+}
 
-    /// The item hash's fields after `remaining`, in the order `lua/warm_item.lua` and
-    /// `lua/rebuild_item.lua` take them: stock, per-user limit, price, starts ms, ends ms (0 =
-    /// open), name, shards.
-    fn hash_args(&self) -> [String; 7] {
-        let row = &self.row;
-        [
-            row.stock.to_string(),
-            row.per_user_limit.to_string(),
-            row.price_cents.to_string(),
-            row.starts_at_ms.unwrap_or(0).to_string(),
-            row.ends_at_ms.unwrap_or(0).to_string(),
-            row.name.clone(),
-            shards_of(row).to_string(),
-        ]
-    }
+/// The item hash's fields after `remaining`, in the order `lua/warm_item.lua`,
+/// `lua/rebuild_item.lua` and `lua/reshard.lua` take them: stock, per-user limit, price, starts
+/// ms, ends ms (0 = open), name, shards.
+pub(super) fn item_hash_args(row: &items::Model) -> [String; 7] {
+    [
+        row.stock.to_string(),
+        row.per_user_limit.to_string(),
+        row.price_cents.to_string(),
+        row.starts_at_ms.unwrap_or(0).to_string(),
+        row.ends_at_ms.unwrap_or(0).to_string(),
+        row.name.clone(),
+        shards_of(row).to_string(),
+    ]
 }
 
 /// An item row's shards, within 1 and [`MAX_SHARDS`].
@@ -110,7 +109,7 @@ impl Scripts {
     ) -> Result<Warmed, ScriptError> {
         let id = item.item();
         let mut args = vec![id.0.to_string(), item.remaining.to_string()];
-        args.extend(item.hash_args());
+        args.extend(item_hash_args(&item.row));
         let keys = vec![self.keys.item_in(id, item.gene), self.keys.state(item.gene)];
         let n: i64 = self
             .warm_item
@@ -149,7 +148,7 @@ impl Scripts {
                 if first { "1" } else { "0" }.to_owned(),
                 item.remaining.to_string(),
             ];
-            args.extend(item.hash_args());
+            args.extend(item_hash_args(&item.row));
             for (user, units, order) in chunk.unwrap_or_default() {
                 args.push(user.0.to_string());
                 args.push(units.to_string());

@@ -238,18 +238,12 @@ impl Scripts {
             self.keys.buyers_in(item, gene),
             self.keys.state(gene),
         ];
-        let args = vec![
+        let mut args = vec![
             if units.is_some() { "set" } else { "drop" }.to_owned(),
             item.0.to_string(),
             units.unwrap_or(0).to_string(),
-            row.stock.to_string(),
-            row.per_user_limit.to_string(),
-            row.price_cents.to_string(),
-            row.starts_at_ms.unwrap_or(0).to_string(),
-            row.ends_at_ms.unwrap_or(0).to_string(),
-            row.name.clone(),
-            super::shards_of(row).to_string(),
         ];
+        args.extend(super::rebuild::item_hash_args(row));
         let n: i64 = self.reshard.evalsha_with_reload(client, keys, args).await?;
         Ok(n == 1)
     }
