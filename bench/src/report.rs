@@ -35,8 +35,8 @@ pub struct Report {
     /// The item's orders by status, sampled from the start of the load to the audit.
     pub timeline: Vec<Sample>,
     pub rss: Option<Rss>,
-    /// CPU time of every part of the pipeline per accepted order, from the first request to the
-    /// drain's end.
+    /// CPU time of every part of the pipeline per accepted order and per request, over each
+    /// order's whole life, beside the machine's.
     pub cpu: CpuCost,
     /// The item's shards (one unless `--shards K`): each one's sales and transfers, and each Redis
     /// master's CPU.
@@ -248,28 +248,7 @@ pub fn table(r: &Report) -> String {
             answers(busy)
         }
     );
-    let _ = writeln!(
-        t,
-        "CPU per accepted order ({} orders, first request to drained)",
-        r.cpu.orders
-    );
-    for (part, c) in &r.cpu.parts {
-        let _ = writeln!(
-            t,
-            "  {part:<9} {:>8.1} µs  ({:.0} ms over {} processes)",
-            c.us_per_order, c.cpu_ms, c.processes
-        );
-    }
-    let _ = writeln!(t, "  {:<9} {:>8.1} µs", "total", r.cpu.total_us_per_order);
-    if r.cpu.inherited_messages > 0 {
-        let _ = writeln!(
-            t,
-            "  ! {} messages of earlier runs were waiting in this namespace's queues (delayed \
-             timeouts, say); their work falls in this window: a fresh SECKILL_NAMESPACE gives a \
-             clean figure",
-            r.cpu.inherited_messages
-        );
-    }
+    t.push_str(&crate::cpu::table(&r.cpu));
     if let Some(shards) = &r.shards {
         t.push_str(&crate::shards::table(shards));
     }
@@ -547,9 +526,9 @@ mod tests {
             rss: None,
             cpu: CpuCost {
                 orders: 20_000,
-                parts: BTreeMap::new(),
+                requests: 20_000,
                 total_us_per_order: cpu_us,
-                inherited_messages: 0,
+                ..CpuCost::default()
             },
             shards: None,
             baseline: Some(Baseline {

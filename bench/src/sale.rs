@@ -125,13 +125,19 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
             s.stored >= accepted && s.in_flight() == 0
         })
         .await?;
-    // From the first request to the last accepted order awaiting payment.
-    let mut cpu = crate::cpu::Reading::now_of(&opts.own).since(
-        &cpu_before,
-        accepted,
-        &crate::db::own_backends(&watch.db).await,
-    );
-    cpu.inherited_messages = inherited;
+    // From the first request to the last accepted order awaiting payment: the pipeline alone,
+    // beside the whole life's figure below.
+    let counts = crate::cpu::Counts {
+        orders: accepted,
+        requests: opts.requests,
+    };
+    let to_awaiting_payment = crate::cpu::Reading::now_of(&opts.own)
+        .since(
+            &cpu_before,
+            counts,
+            &crate::db::own_backends(&watch.db).await,
+        )
+        .total_us_per_order;
     let shards = shards.finish(&watch.db, accepted).await?;
     let drain = Drain::new(
         watch.stored,
@@ -153,7 +159,7 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
     } else {
         SETTLE_SLACK
     };
-    watch
+    let settled = watch
         .until("settle", settle_deadline, |s| {
             s.in_flight() == 0
                 && s.count(OrderStatus::Paid) + s.count(OrderStatus::RefundRequired) >= paid
@@ -161,6 +167,16 @@ pub async fn flash_sale(config: &Config, opts: &SaleOptions) -> anyhow::Result<R
                 && s.redis_remaining == s.db_available
         })
         .await?;
+    // Each order's whole life: from the first request until every order is paid, timed out with
+    // its units released, or waits on a person.
+    let mut cpu = crate::cpu::Reading::now_of(&opts.own).since(
+        &cpu_before,
+        counts,
+        &crate::db::own_backends(&watch.db).await,
+    );
+    cpu.whole_life = settled && wait_for_timeouts;
+    cpu.to_awaiting_payment_us_per_order = Some(to_awaiting_payment);
+    cpu.inherited_messages = inherited;
     let timeline = watch.close().await;
 
     let snapshot = Snapshot::load(config, item).await?;

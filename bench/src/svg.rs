@@ -139,22 +139,46 @@ fn percentiles(s: &mut String, by_name: &std::collections::BTreeMap<String, f64>
     bars(s, p, &bars_of, max, "ms");
 }
 
-/// What an accepted order costs in CPU, part by part, and the total.
+/// What an accepted order costs in CPU over its whole life, part by part, and the total; per
+/// request instead in a sale that mostly sold out (its few orders would carry the sold-out
+/// answers' cost).
 fn cpu(s: &mut String, cost: &crate::cpu::CpuCost, p: &Plot) {
+    let per_order = cost.is_per_order();
     let mut points: Vec<(&str, f64)> = cost
         .parts
         .iter()
-        .map(|(part, c)| (part.as_str(), c.us_per_order))
+        .map(|(part, c)| {
+            let v = if per_order {
+                c.us_per_order
+            } else {
+                c.us_per_request
+            };
+            (part.as_str(), v)
+        })
         .collect();
-    points.push(("total", cost.total_us_per_order));
+    points.push((
+        "total",
+        if per_order {
+            cost.total_us_per_order
+        } else {
+            cost.total_us_per_request
+        },
+    ));
     let max = points.iter().map(|p| p.1).fold(0.0, f64::max).max(0.001);
-    p.frame(
-        s,
-        &format!("CPU per accepted order ({} orders)", cost.orders),
-        "process",
-        "CPU, µs",
-        max,
-    );
+    let life = if cost.whole_life {
+        "whole life"
+    } else {
+        "not the whole life"
+    };
+    let title = if per_order {
+        format!("CPU per accepted order, {life} ({} orders)", cost.orders)
+    } else {
+        format!(
+            "CPU per request, {life} ({} requests, {} accepted)",
+            cost.requests, cost.orders
+        )
+    };
+    p.frame(s, &title, "process", "CPU, µs", max);
     bars(s, p, &points, max, "µs");
 }
 
