@@ -770,15 +770,7 @@ pub async fn wait_for_orders_except(
                 .context("reading the item's orders")?;
             let have: BTreeSet<i64> = rows.iter().map(|o| o.id).collect();
             let absent = want.difference(&have).count();
-            let moving = rows
-                .iter()
-                .filter(|o| {
-                    matches!(
-                        o.status.parse(),
-                        Ok(OrderStatus::Pending | OrderStatus::Created | OrderStatus::StockLocked)
-                    )
-                })
-                .count();
+            let moving = on_their_way(&rows);
             let statuses = rows.iter().map(|o| {
                 let key = keys.order(OrderId(o.id as u64));
                 async move {
@@ -832,6 +824,19 @@ pub async fn wait_for_orders_except(
         let _ = r.quit().await;
     }
     outcome
+}
+
+/// How many of `rows` are still on their way through the workers (`PENDING`, `CREATED`,
+/// `STOCK_LOCKED`): neither awaiting payment nor further on.
+pub fn on_their_way(rows: &[orders::Model]) -> usize {
+    rows.iter()
+        .filter(|o| {
+            matches!(
+                o.status.parse(),
+                Ok(OrderStatus::Pending | OrderStatus::Created | OrderStatus::StockLocked)
+            )
+        })
+        .count()
 }
 
 /// The history's checks of `item` against the database (see the module's rules), then the

@@ -36,7 +36,7 @@ use seckill_infra::scripts::Scripts;
 use seckill_schema::entity::orders;
 use seckill_schema::keys::gene_of_item;
 use seckill_schema::messages::Kind;
-use seckill_schema::{ItemId, Keys, OrderId, OrderStatus, UserId};
+use seckill_schema::{ItemId, Keys, OrderId, UserId};
 use seckill_testkit::{
     Backend, LazyFs, LocalPostgres, RedisOptions, RedisServer, TestEnv, queue_depth, wait_for,
 };
@@ -610,15 +610,7 @@ async fn wait_until_idle(config: &Config, expected: &BTreeSet<OrderId>) {
             .iter()
             .filter(|id| !have.contains(&(id.0 as i64)))
             .count();
-        let moving = rows
-            .iter()
-            .filter(|o| {
-                matches!(
-                    o.status.parse(),
-                    Ok(OrderStatus::Pending | OrderStatus::Created | OrderStatus::StockLocked)
-                )
-            })
-            .count();
+        let moving = history::on_their_way(&rows);
         let mut lagging = 0;
         for o in &rows {
             let shown: Option<String> = redis
