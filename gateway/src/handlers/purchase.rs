@@ -189,6 +189,12 @@ async fn rebalance(
         map.entry((item, home)).or_default().clone()
     };
     let _one_at_a_time = lock.lock().await;
+    // The rebalance this buyer waited for found every shard empty: the buyers queued behind it
+    // (a crowd, at the end of a sale) are answered at once instead of each reading every shard
+    // again, one at a time, for seconds.
+    if state.sold_out.is_sold_out(item) {
+        return Ok(Rebalanced::SoldOut { remaining: 0 });
+    }
     let balancer = Balancer {
         scripts: &state.scripts,
         client: state.redis.next(),
