@@ -114,6 +114,18 @@ impl LazyFs {
             Err(e) => reply.error(errno(e)),
         }
     }
+
+    /// Opens a new handle, the one `handle` makes from the state, or answers its error.
+    fn reply_opened(&self, reply: ReplyOpen, handle: impl FnOnce(&mut State) -> Res<Handle>) {
+        let mut inner = self.inner();
+        match handle(&mut inner.state) {
+            Ok(handle) => {
+                let fh = inner.add_handle(handle);
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
 }
 
 fn time(t: TimeOrNow) -> SystemTime {
@@ -289,21 +301,16 @@ impl Filesystem for LazyFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let mut inner = self.inner();
-        let result = match inner.state.get(ino.0).map(|i| &i.node) {
-            Ok(Node::File(_)) => inner.state.opened(ino.0),
-            Ok(Node::Dir(_)) => Err(Errno::EISDIR),
-            Ok(Node::Symlink(_)) => Err(Errno::ELOOP),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => {
-                let sync = is_sync(flags);
-                let fh = inner.add_handle(Handle::File { sync });
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+        self.reply_opened(reply, |st| {
+            match st.get(ino.0)?.node {
+                Node::File(_) => st.opened(ino.0)?,
+                Node::Dir(_) => return Err(Errno::EISDIR),
+                Node::Symlink(_) => return Err(Errno::ELOOP),
             }
-            Err(e) => reply.error(errno(e)),
-        }
+            Ok(Handle::File {
+                sync: is_sync(flags),
+            })
+        });
     }
 
     fn read(
@@ -395,9 +402,7 @@ impl Filesystem for LazyFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let mut inner = self.inner();
-        let listing = (|| {
-            let st = &mut inner.state;
+        self.reply_opened(reply, |st| {
             let parent = st.get(ino.0)?.names.first().map_or(ROOT, |(p, _)| *p);
             let children: Vec<(OsString, Ino)> = st
                 .children(ino.0)?
@@ -411,15 +416,8 @@ impl Filesystem for LazyFs {
             for (name, child) in children {
                 entries.push((child, st.get(child)?.kind(), name));
             }
-            Ok::<_, Errno>(entries)
-        })();
-        match listing {
-            Ok(entries) => {
-                let fh = inner.add_handle(Handle::Dir(entries));
-                reply.opened(FileHandle(fh), FopenFlags::empty());
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+            Ok(Handle::Dir(entries))
+        });
     }
 
     fn readdir(
