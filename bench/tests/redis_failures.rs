@@ -391,6 +391,11 @@ async fn fsync_redis_sigkilled_mid_burst_twice_loses_no_accepted_order() {
             && (code == "unavailable" || code == "recovering")),
         "only 503s while Redis was down: {refused:?}"
     );
+    eprintln!(
+        "fsync, two SIGKILLs: {} 202s, all stored; {} outcome_unknown settled; refused {refused:?}",
+        accepted.len(),
+        unknown.len()
+    );
     let checks = stack.audit(seen.as_accepted()).await;
     assert_eq!(failed_invariants(&checks), Vec::<String>::new());
     assert!(
@@ -445,6 +450,11 @@ async fn redis_restarted_empty_mid_burst_recovers_by_itself_within_every_limit()
         per_user.values().all(|units| *units <= 1),
         "no buyer over their limit: {:?}",
         per_user.iter().filter(|(_, u)| **u > 1).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "none, restarted empty: {} 202s ({} stored, the rest went with Redis); refused {refused:?}",
+        seen.accepted_count(),
+        stored.len()
     );
     let checks = stack.audit(seen.as_accepted()).await;
     // Invariant 3 (nothing lost) is not promised without persistence; the others are.
@@ -508,6 +518,12 @@ async fn replica_mode_follows_a_sentinel_failover_and_loses_no_accepted_order() 
     let accepted = seen.accepted_ids();
     let stored = stack.drained(&accepted).await;
     seen.assert_answered(&stored);
+    eprintln!(
+        "replica, master SIGKILLed: {accepted_before} 202s before the failover was over, {} in all, \
+         all stored; refused {:?}",
+        accepted.len(),
+        seen.refused()
+    );
     let checks = stack.audit(seen.as_accepted()).await;
     assert_eq!(failed_invariants(&checks), Vec::<String>::new());
     assert!(accepted_before >= 300);
@@ -661,9 +677,69 @@ async fn processes_are_not_ready_while_redis_cannot_keep_the_modes_promise() {
             .then_some(())
     })
     .await;
+    // Durability weakened at run time: within about a second (the watch reads Redis once a
+    // second) purchases are refused, and every one after that sells nothing.
+    let users = AtomicU64::new(1);
+    assert!(matches!(
+        stack.buy(users.fetch_add(1, Ordering::Relaxed)).await,
+        Outcome::Accepted(_)
+    ));
+    config_set(&admin, "appendfsync", "everysec").await;
+    refused_within_seconds(&stack, &users, "appendfsync everysec").await;
+    not_ready_because(&stack, "appendfsync").await;
+    config_set(&admin, "appendfsync", "always").await;
+    wait_for(
+        "a purchase accepted again",
+        Duration::from_secs(20),
+        || async {
+            matches!(
+                stack.buy(users.fetch_add(1, Ordering::Relaxed)).await,
+                Outcome::Accepted(_)
+            )
+            .then_some(())
+        },
+    )
+    .await;
     // An evicting policy may drop stock or a buyer's holdings under memory pressure.
     config_set(&admin, "maxmemory-policy", "allkeys-lru").await;
+    refused_within_seconds(&stack, &users, "an evicting policy").await;
     not_ready_because(&stack, "noeviction").await;
     let _ = admin.quit().await;
     stack.stop().await;
+}
+
+/// Purchases by new buyers are refused `503 unavailable` within a few seconds of `what` (the
+/// durability watch reads Redis once a second), and the next twenty sell nothing.
+async fn refused_within_seconds(stack: &Stack, users: &AtomicU64, what: &str) {
+    let since = std::time::Instant::now();
+    let accepted_meanwhile = AtomicU64::new(0);
+    // Five seconds leaves room for a machine loaded by the rest of the suite; the figure printed
+    // is what it took.
+    wait_for(
+        &format!("purchases refused after {what}"),
+        Duration::from_secs(5),
+        || async {
+            match stack.buy(users.fetch_add(1, Ordering::Relaxed)).await {
+                Outcome::Refused(503, code) if code == "unavailable" => Some(()),
+                Outcome::Accepted(_) => {
+                    accepted_meanwhile.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+                other => panic!("after {what}: {other:?}"),
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "{what}: refused after {:?} ({} accepted meanwhile)",
+        since.elapsed(),
+        accepted_meanwhile.into_inner()
+    );
+    for _ in 0..20 {
+        let outcome = stack.buy(users.fetch_add(1, Ordering::Relaxed)).await;
+        assert!(
+            matches!(&outcome, Outcome::Refused(503, code) if code == "unavailable"),
+            "after {what} every purchase is refused: {outcome:?}"
+        );
+    }
 }
