@@ -174,7 +174,8 @@ fn cpu(s: &mut String, cost: &crate::cpu::CpuCost, p: &Plot) {
         format!("CPU per accepted order, {life} ({} orders)", cost.orders)
     } else {
         format!(
-            "CPU per request, {life} ({} requests, {} accepted)",
+            "CPU per request, {life} ({} requests, {} accepted; CPU per accepted order not \
+             shown: most requests sold out)",
             cost.requests, cost.orders
         )
     };
