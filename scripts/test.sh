@@ -13,4 +13,5 @@ cargo build --workspace --bins --quiet
 scripts/schemathesis.sh
 scripts/check-deploy.sh
 scripts/prometheus-scrape.sh
-cargo test --workspace -- "$@"
+# Every test binary runs even when one fails, so one run shows every failure.
+cargo test --workspace --no-fail-fast -- "$@"

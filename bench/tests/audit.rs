@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ITEM, PRICE, Sale};
+use common::{ITEM, PRICE, Sale, oid};
 use fred::prelude::*;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -53,7 +53,7 @@ async fn a_unit_added_in_redis_breaks_invariant_2() {
 #[tokio::test]
 async fn a_lost_order_breaks_invariant_3() {
     let sale = Sale::new().await;
-    orders::Entity::delete_by_id(4_i64)
+    orders::Entity::delete_by_id(oid(4))
         .exec(&sale.db)
         .await
         .unwrap();
@@ -94,7 +94,7 @@ async fn an_order_stuck_in_created_breaks_invariant_5() {
 async fn an_order_awaiting_payment_past_its_timeout_breaks_invariant_5() {
     let sale = Sale::new().await;
     let overdue = sale.env.config.payment_timeout + audit::TIMEOUT_GRACE + Duration::from_secs(60);
-    let mut order: orders::ActiveModel = orders::Entity::find_by_id(2_i64)
+    let mut order: orders::ActiveModel = orders::Entity::find_by_id(oid(2))
         .one(&sale.db)
         .await
         .unwrap()
@@ -148,7 +148,7 @@ async fn a_dead_letter_breaks_invariant_5() {
 async fn the_audit_reads_only_its_own_item() {
     let sale = Sale::new().await;
     // Another item's order, stuck, in the same database and namespace.
-    let mut other = orders::Entity::find_by_id(4_i64)
+    let mut other = orders::Entity::find_by_id(oid(4))
         .one(&sale.db)
         .await
         .unwrap()

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{ITEM, PRICE, Sale};
+use common::{ITEM, PRICE, Sale, oid};
 use seckill_bench::db;
 use seckill_testkit::Backend;
 use std::collections::BTreeMap;
@@ -35,11 +35,11 @@ async fn raw_reads_work_on_both_backends() {
 
         assert_eq!(
             db::awaiting_payment(&sale.db, Some(ITEM)).await.unwrap(),
-            vec![(2, PRICE)]
+            vec![(oid(2), PRICE)]
         );
         assert_eq!(
             db::awaiting_payment(&sale.db, None).await.unwrap(),
-            vec![(2, PRICE)]
+            vec![(oid(2), PRICE)]
         );
         sale.done().await;
     }
