@@ -128,6 +128,18 @@ async fn a_successor_starts_past_its_predecessors_ids_and_the_databases() {
             .unwrap()
             .is_some()
     );
+    // Its lease (1 ms) has lapsed, its high water stays: a command in the same millisecond would
+    // still find node 7 held and take node 8.
+    let held = Keys::new(&env.config.namespace).node_lease(7);
+    wait_for(
+        "the predecessor's lease to lapse",
+        Duration::from_secs(5),
+        || async {
+            let n: i64 = redis.next().exists(&held).await.unwrap();
+            (n == 0).then_some(())
+        },
+    )
+    .await;
     let floor = db_floor(&env);
     let g = lease::acquire_from(&scripts, &redis, "new", &floor, 7)
         .await
