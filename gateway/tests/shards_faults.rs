@@ -53,20 +53,33 @@ fn buyers_homed(from: u64, home: u8, k: u8, n: usize) -> Vec<u64> {
 
 /// Fires one purchase for each buyer; returns the number of `202`s and the other answers' codes.
 async fn buy_all(app: &TestApp, item: u64, buyers: Vec<u64>) -> (usize, Vec<String>) {
-    let answers = concurrently(buyers, 32, |user| {
-        let (http, body) = (app.http.clone(), app.purchase(user, item));
-        async move { http.seckill(&body).await }
-    })
-    .await;
-    let sold = answers
-        .iter()
-        .filter(|r| r.status == StatusCode::ACCEPTED)
-        .count();
-    let refused = answers
-        .iter()
-        .filter(|r| r.status != StatusCode::ACCEPTED)
-        .map(|r| r.error_code())
-        .collect();
+    // A buyer answered `503 unavailable` while units move between shards (`Retry-After: 1`)
+    // buys again, as a client would, until it has a final answer.
+    let mut pending = buyers;
+    let mut sold = 0;
+    let mut refused = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !pending.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "buyers still told to retry after 30 s: {pending:?}"
+        );
+        let batch = std::mem::take(&mut pending);
+        let answers = concurrently(batch, 32, |user| {
+            let (http, body) = (app.http.clone(), app.purchase(user, item));
+            async move { (user, http.seckill(&body).await) }
+        })
+        .await;
+        for (user, r) in answers {
+            if r.status == StatusCode::ACCEPTED {
+                sold += 1;
+            } else if r.error_code() == "unavailable" {
+                pending.push(user);
+            } else {
+                refused.push(r.error_code());
+            }
+        }
+    }
     (sold, refused)
 }
 

@@ -16,7 +16,6 @@ use seckill_schema::keys::{home_shard, shard_gene};
 use seckill_schema::snowflake::gene_of;
 use seckill_schema::{ItemId, OrderId, OrderStatus, Quantity};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// A `HeaderName`, not a `&str`: looked up without parsing and lowercasing the name each time.
@@ -137,13 +136,7 @@ pub async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
             Purchase::Ended => Err(ApiError::Conflict("ended", "the sale has ended")),
             Purchase::LimitReached { order_id } => Err(ApiError::LimitReached(order_id)),
             // The home shard is dry: units may move to it from the item's other shards.
-            Purchase::SoldOut { .. } if shards > 1 => {
-                // A dry home shard says nothing of the others: only a rebalance that found every
-                // shard empty answers `sold_out`. Units brought here twice and taken each time by
-                // the home shard's other buyers: a retryable answer, never a wrong `sold_out`.
-                if rebalanced == 2 {
-                    return Err(ApiError::Rebalancing);
-                }
+            Purchase::SoldOut { .. } if shards > 1 && rebalanced < 2 => {
                 rebalanced += 1;
                 match rebalance(state, item, shards, home, quantity).await? {
                     Rebalanced::Ready => continue,
@@ -188,27 +181,20 @@ async fn rebalance(
     home: u8,
     quantity: Quantity,
 ) -> Result<Rebalanced, ApiError> {
-    let lane = {
+    let lock = {
         let mut map = state
             .rebalancing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.entry((item, home)).or_default().clone()
     };
-    let seen = lane.done.load(Ordering::Acquire);
-    let _one_at_a_time = lane.lock.lock().await;
+    let _one_at_a_time = lock.lock().await;
     // The rebalance this buyer waited for found every shard empty: the buyers queued behind it
     // (a crowd, at the end of a sale) are answered at once instead of each reading every shard
     // again, one at a time, for seconds.
     if state.sold_out.is_sold_out(item) {
         return Ok(Rebalanced::SoldOut { remaining: 0 });
     }
-    // A rebalance ran while this buyer waited: buy from what it brought. Without this, a crowd
-    // queued on a dry home shard ran one full rebalance each, in turn, for seconds.
-    if lane.done.load(Ordering::Acquire) != seen {
-        return Ok(Rebalanced::Ready);
-    }
-    let _counted = DoneOnDrop(&lane.done);
     let balancer = Balancer {
         scripts: &state.scripts,
         client: state.redis.next(),
@@ -223,15 +209,6 @@ async fn rebalance(
             tracing::warn!(item.id = %item, error = %e, "moving units between an item's shards failed");
             ApiError::Unavailable("Redis")
         })
-}
-
-/// Counts a rebalance as run when it ends, however it ends (an error, or the buyer gone).
-struct DoneOnDrop<'a>(&'a AtomicU64);
-
-impl Drop for DoneOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::Release);
-    }
 }
 
 /// A purchase that sold: answered once it is as durable as `SECKILL_REDIS_DURABILITY` asks.
