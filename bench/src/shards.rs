@@ -121,7 +121,7 @@ impl Probe {
             .iter()
             .map(|m| m.pid.and_then(ticks_of))
             .collect();
-        let ms_per_tick = 1000.0 / ticks_per_second();
+        let ms_per_tick = 1000.0 / crate::cpu::clock_ticks_per_second() as f64;
         let used: Vec<Option<f64>> = ticks
             .iter()
             .zip(&self.ticks)
@@ -286,25 +286,11 @@ async fn masters(redis: &Client, url: &str) -> anyhow::Result<Vec<Master>> {
     Ok(found)
 }
 
-/// A `redis-server` process's user + system time, in clock ticks (fields 14 and 15 of
-/// `/proc/<pid>/stat`, the 12th and 13th after its name).
+/// A `redis-server` process's user + system time, in clock ticks, from `/proc/<pid>/stat`.
 fn ticks_of(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
-    let mut times = rest.split_whitespace().skip(11).map(str::parse::<u64>);
-    let (user, system) = (times.next()?.ok()?, times.next()?.ok()?);
-    name.starts_with("redis-server").then_some(user + system)
-}
-
-/// `getconf CLK_TCK` (100 on Linux unless configured otherwise).
-fn ticks_per_second() -> f64 {
-    let asked = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output();
-    asked
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100.0)
+    let (name, ticks) = crate::cpu::parse_stat(&stat)?;
+    name.starts_with("redis-server").then_some(ticks.own)
 }
 
 /// The shards' lines of the printed report.
