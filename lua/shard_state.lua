@@ -4,6 +4,7 @@
 -- consistent reading (each sequence the same twice) from one a transfer ran through.
 --
 -- KEYS[1] the shard's item hash, KEYS[2] its buyers hash
+-- ARGV[1] '1': sum what the buyers hold (a read of every buyer); '0': held is answered 0
 -- Returns {exists (0/1), remaining, held, pending units, sequence, then per pending transfer: id,
 -- units, target gene, ms}.
 local fields = redis.call('HGETALL', KEYS[1])
@@ -28,10 +29,12 @@ for i = 1, #fields, 2 do
   end
 end
 local held = 0
-local buyers = redis.call('HGETALL', KEYS[2])
-for i = 1, #buyers, 2 do
-  if not string.find(buyers[i], ':', 1, true) then
-    held = held + tonumber(buyers[i + 1])
+if ARGV[1] == '1' then
+  local buyers = redis.call('HGETALL', KEYS[2])
+  for i = 1, #buyers, 2 do
+    if not string.find(buyers[i], ':', 1, true) then
+      held = held + tonumber(buyers[i + 1])
+    end
   end
 end
 local out = {1, remaining, held, pending, seq}

@@ -43,9 +43,16 @@ pub struct State {
     pub rebalancing: Rebalancing,
 }
 
-/// One lock per (item, home shard gene) that a rebalance holds.
-pub type Rebalancing =
-    std::sync::Mutex<HashMap<(seckill_schema::ItemId, u8), Arc<tokio::sync::Mutex<()>>>>;
+/// One lane per (item, home shard gene) that a rebalance holds.
+pub type Rebalancing = std::sync::Mutex<HashMap<(seckill_schema::ItemId, u8), Arc<RebalanceLane>>>;
+
+/// One rebalance at a time for a home shard, and how many have run: a buyer who waited while
+/// another ran buys from what it brought instead of running one more.
+#[derive(Default)]
+pub struct RebalanceLane {
+    pub lock: tokio::sync::Mutex<()>,
+    pub done: std::sync::atomic::AtomicU64,
+}
 
 /// What a gateway runs on besides its configuration and clients.
 pub struct Parts {

@@ -53,7 +53,7 @@ impl Balancer<'_> {
         mut new_id: impl FnMut(u8) -> Option<u64>,
     ) -> Result<Rebalanced, ScriptError> {
         for _ in 0..ROUNDS {
-            let Some(state) = self.scripts.shards_state(self.client, item, shards).await? else {
+            let Some(state) = self.scripts.shards_stock(self.client, item, shards).await? else {
                 return Ok(Rebalanced::Busy);
             };
             let Some(here) = state.iter().find(|s| s.gene == home) else {
@@ -181,7 +181,7 @@ pub async fn finish_stale(
     shards: u8,
 ) -> Result<(), ScriptError> {
     let state = futures_util::future::try_join_all((0..shards).map(|s| {
-        balancer.scripts.shard_state(
+        balancer.scripts.shard_stock(
             balancer.client,
             item,
             seckill_schema::keys::shard_gene(item, s),

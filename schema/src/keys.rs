@@ -5,8 +5,8 @@
 //! Cluster, and an order's record is found from its id alone (its gene is in its low bits).
 //!
 //! A hot item may spread its stock over K shards, each in a gene of its own ([`shard_gene`]:
-//! shard 0 is the item's gene, shard s the s-th after it), so one item is served by up to K
-//! Redis cores. A buyer always buys from one home shard ([`home_shard`]): their holdings, latest
+//! shard 0 is the item's gene, the others follow a fixed order of genes that alternates between
+//! the three thirds of the hash-slot space), so one item is served by up to K Redis cores. A buyer always buys from one home shard ([`home_shard`]): their holdings, latest
 //! order and idempotency keys live there, and their order ids carry its gene. With K = 1 every key
 //! is the item's gene's, as before shards existed.
 
@@ -20,14 +20,55 @@ pub fn gene_of_item(item: ItemId) -> u8 {
 /// The most shards an item may have: one per gene.
 pub const MAX_SHARDS: u8 = GENES as u8;
 
+/// The genes in the order an item's shards take them, read as a ring. The tag `{g<n>}` of gene n
+/// hashes to a fixed slot, and consecutive genes here lie in the first, second and last third of
+/// the 16,384 slots in turn: 2 0 1 | 3 4 5 | 6 8 9 | 7 10 12 | 11 14 13. So on a Redis Cluster of
+/// three masters splitting the slots evenly (as `redis-cli --cluster create` makes it), an item's
+/// K shards spread over the masters as evenly as K allows, wherever its own gene is (other
+/// cluster sizes get a fixed spread, not an even one). Counting up from the item's gene instead put 3 shards on 3 masters
+/// for only half the item ids. Sixteen genes do not fall in three equal parts: the one left out,
+/// [`SPARE`], takes the place of its twin in the ring (both lie in the first third).
+const RING: [u8; GENES as usize - 1] = [2, 0, 1, 3, 4, 5, 6, 8, 9, 7, 10, 12, 11, 14, 13];
+const SPARE: u8 = 15;
+const SPARE_TWIN: u8 = 11;
+
+/// Per gene of an item, the genes of its shards 0, 1, … : the item's own gene, then the ring from
+/// the place after it, then the gene the ring has no place for (the spare, or the spare's twin).
+const SEQUENCES: [[u8; GENES as usize]; GENES as usize] = {
+    let mut out = [[0u8; GENES as usize]; GENES as usize];
+    let n = RING.len();
+    let mut start = 0;
+    while start < GENES as usize {
+        let (stands_for, last) = if start as u8 == SPARE {
+            (SPARE_TWIN, SPARE_TWIN)
+        } else {
+            (start as u8, SPARE)
+        };
+        let mut at = 0;
+        while RING[at] != stands_for {
+            at += 1;
+        }
+        out[start][0] = start as u8;
+        let mut s = 1;
+        while s < n {
+            out[start][s] = RING[(at + s) % n];
+            s += 1;
+        }
+        out[start][n] = last;
+        start += 1;
+    }
+    out
+};
+
 /// The gene of an item's shard `shard` (0 is the item's own gene).
 pub fn shard_gene(item: ItemId, shard: u8) -> u8 {
-    ((item.0 % GENES + shard as u64) % GENES) as u8
+    SEQUENCES[gene_of_item(item) as usize][shard as usize % GENES as usize]
 }
 
 /// The shard whose gene is `gene`, if the item has one there.
 pub fn shard_of_gene(item: ItemId, shards: u8, gene: u8) -> Option<u8> {
-    let shard = ((gene as u64 + GENES - item.0 % GENES) % GENES) as u8;
+    let sequence = &SEQUENCES[gene_of_item(item) as usize];
+    let shard = sequence.iter().position(|g| *g == gene)? as u8;
     (shard < shards).then_some(shard)
 }
 
@@ -212,15 +253,17 @@ mod tests {
         let item = ItemId(30);
         assert_eq!(shard_gene(item, 0), gene_of_item(item));
         assert_eq!(keys.item_in(item, shard_gene(item, 0)), keys.item(item));
-        // Shard 3 of item 30 (gene 14) is in gene 1, wrapping around.
-        assert_eq!(shard_gene(item, 3), 1);
-        assert_eq!(shard_of_gene(item, 4, 1), Some(3));
-        assert_eq!(shard_of_gene(item, 3, 1), None);
-        for s in 0..MAX_SHARDS {
-            assert_eq!(
-                shard_of_gene(item, MAX_SHARDS, shard_gene(item, s)),
-                Some(s)
-            );
+        // Item 30 is in gene 14; its shards follow the ring from there, wrapping around.
+        assert_eq!(shard_gene(item, 3), 0);
+        assert_eq!(shard_of_gene(item, 4, 0), Some(3));
+        assert_eq!(shard_of_gene(item, 3, 0), None);
+        for item in (0..GENES).map(ItemId) {
+            for s in 0..MAX_SHARDS {
+                assert_eq!(
+                    shard_of_gene(item, MAX_SHARDS, shard_gene(item, s)),
+                    Some(s)
+                );
+            }
         }
         assert_eq!(home_shard(UserId(42), 1), 0);
         let mut per_shard = [0u32; 8];
@@ -231,5 +274,40 @@ mod tests {
             per_shard.iter().all(|n| (9_000..11_000).contains(n)),
             "{per_shard:?}"
         );
+    }
+
+    /// CRC16/XMODEM, the hash of Redis Cluster's key slots: here only to check the ring.
+    fn slot(tag: &str) -> u16 {
+        let mut crc: u16 = 0;
+        for byte in tag.bytes() {
+            crc ^= u16::from(byte) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc % 16_384
+    }
+
+    #[test]
+    fn an_items_shards_spread_evenly_over_three_masters() {
+        // Three masters splitting the slots evenly, as `redis-cli --cluster create` does.
+        let master_of = |gene: u8| usize::from(slot(&format!("g{gene}"))) * 3 / 16_384;
+        for item in (0..GENES).map(ItemId) {
+            for shards in 1..=MAX_SHARDS {
+                let mut per_master = [0u32; 3];
+                for s in 0..shards {
+                    per_master[master_of(shard_gene(item, s))] += 1;
+                }
+                let spread = per_master.iter().max().unwrap() - per_master.iter().min().unwrap();
+                assert!(
+                    spread <= 1 || shards == MAX_SHARDS,
+                    "item {item:?}, {shards} shards: {per_master:?}"
+                );
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@ use seckill_schema::keys::{home_shard, shard_gene};
 use seckill_schema::snowflake::gene_of;
 use seckill_schema::{ItemId, OrderId, OrderStatus, Quantity};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// A `HeaderName`, not a `&str`: looked up without parsing and lowercasing the name each time.
@@ -135,10 +136,22 @@ pub async fn seckill(state: &Arc<State>, req: Request<Incoming>) -> Answer {
             )),
             Purchase::Ended => Err(ApiError::Conflict("ended", "the sale has ended")),
             Purchase::LimitReached { order_id } => Err(ApiError::LimitReached(order_id)),
-            // The home shard is dry: units may move to it from the item's other shards.
-            Purchase::SoldOut { .. } if shards > 1 && rebalanced < 2 => {
+            // The home shard is dry: units may move to it from the item's other shards. A dry
+            // home shard says nothing of the others: only a rebalance that read every shard
+            // answers `sold_out`.
+            Purchase::SoldOut { .. } if shards > 1 => {
+                if rebalanced == REBALANCES {
+                    // Units brought here each time and taken each time by the home shard's other
+                    // buyers: a retryable answer, never a `sold_out` judged on one shard.
+                    return Err(ApiError::Rebalancing);
+                }
                 rebalanced += 1;
-                match rebalance(state, item, shards, home, quantity).await? {
+                let fresh = if rebalanced == REBALANCES {
+                    Fresh::Always
+                } else {
+                    Fresh::UnlessOneRan
+                };
+                match rebalance(state, item, shards, home, quantity, fresh).await? {
                     Rebalanced::Ready => continue,
                     Rebalanced::SoldOut { remaining } => sold_out(state, item, remaining),
                     // A transfer is on its way, or a shard is being rebuilt: nothing is wrong,
@@ -172,6 +185,20 @@ fn sold_out(state: &State, item: ItemId, remaining: i64) -> Answer {
     Err(ApiError::Conflict("sold_out", SOLD_OUT))
 }
 
+/// How many rebalances one purchase of a dry home shard may go through before a retryable `503`.
+const REBALANCES: u8 = 3;
+
+/// Whether a buyer who waited for a rebalance of their home shard runs one of their own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fresh {
+    /// Not if another ran while they waited: they buy from what it brought. Without this, a crowd
+    /// queued on a dry home shard at the end of a sale ran one full rebalance each, in turn, for
+    /// seconds.
+    UnlessOneRan,
+    /// Always: the last attempt reads every shard itself, so its `sold_out` is its own finding.
+    Always,
+}
+
 /// Moves units to a buyer's dry home shard from the item's others, one rebalance at a time per
 /// home shard on this gateway: the buyers who wait for it then buy from what it brought.
 async fn rebalance(
@@ -180,21 +207,27 @@ async fn rebalance(
     shards: u8,
     home: u8,
     quantity: Quantity,
+    fresh: Fresh,
 ) -> Result<Rebalanced, ApiError> {
-    let lock = {
+    let lane = {
         let mut map = state
             .rebalancing
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.entry((item, home)).or_default().clone()
     };
-    let _one_at_a_time = lock.lock().await;
+    let seen = lane.done.load(Ordering::Acquire);
+    let _one_at_a_time = lane.lock.lock().await;
     // The rebalance this buyer waited for found every shard empty: the buyers queued behind it
     // (a crowd, at the end of a sale) are answered at once instead of each reading every shard
     // again, one at a time, for seconds.
     if state.sold_out.is_sold_out(item) {
         return Ok(Rebalanced::SoldOut { remaining: 0 });
     }
+    if fresh == Fresh::UnlessOneRan && lane.done.load(Ordering::Acquire) != seen {
+        return Ok(Rebalanced::Ready);
+    }
+    let _counted = DoneOnDrop(&lane.done);
     let balancer = Balancer {
         scripts: &state.scripts,
         client: state.redis.next(),
@@ -209,6 +242,15 @@ async fn rebalance(
             tracing::warn!(item.id = %item, error = %e, "moving units between an item's shards failed");
             ApiError::Unavailable("Redis")
         })
+}
+
+/// Counts a rebalance as run when it ends, however it ends (an error, or the buyer gone).
+struct DoneOnDrop<'a>(&'a AtomicU64);
+
+impl Drop for DoneOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// A purchase that sold: answered once it is as durable as `SECKILL_REDIS_DURABILITY` asks.

@@ -55,6 +55,13 @@ impl ShardState {
     }
 }
 
+/// Whether a shard's reading sums what its buyers hold (a read of every buyer of the shard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Counted,
+    NotRead,
+}
+
 /// What a transfer's first step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TakenOut {
@@ -78,23 +85,43 @@ pub enum CreditedIn {
 }
 
 impl Scripts {
-    /// One shard of `item`, read in one script call.
+    /// One shard of `item`, read in one script call, with what its buyers hold.
     pub async fn shard_state(
         &self,
         client: &Client,
         item: ItemId,
         gene: u8,
     ) -> Result<ShardState, ScriptError> {
+        self.read_shard(client, item, gene, Held::Counted).await
+    }
+
+    /// One shard of `item` without what its buyers hold (`held` is 0).
+    pub async fn shard_stock(
+        &self,
+        client: &Client,
+        item: ItemId,
+        gene: u8,
+    ) -> Result<ShardState, ScriptError> {
+        self.read_shard(client, item, gene, Held::NotRead).await
+    }
+
+    async fn read_shard(
+        &self,
+        client: &Client,
+        item: ItemId,
+        gene: u8,
+        held: Held,
+    ) -> Result<ShardState, ScriptError> {
         let keys = vec![
             self.keys.item_in(item, gene),
             self.keys.buyers_in(item, gene),
         ];
+        let args = vec![if held == Held::Counted { "1" } else { "0" }];
         let reply: Vec<Value> = self
             .shard_state
-            .evalsha_with_reload(client, keys, Vec::<String>::new())
+            .evalsha_with_reload(client, keys, args)
             .await?;
-        let shown = format!("{reply:?}");
-        let bad = || BadScriptReply(format!("shard_state answered {shown}"));
+        let bad = || BadScriptReply(format!("shard_state answered {reply:?}"));
         let int = |i: usize| super::int(reply.get(i)).ok_or_else(bad);
         let mut transfers = Vec::new();
         let mut i = 5;
@@ -126,9 +153,30 @@ impl Scripts {
         item: ItemId,
         shards: u8,
     ) -> Result<Option<Vec<ShardState>>, ScriptError> {
+        self.read_shards(client, item, shards, Held::Counted).await
+    }
+
+    /// [`Self::shards_state`] without what the buyers hold (`held` is 0): what moving units needs,
+    /// without reading every buyer's holding of the item twice per rebalance.
+    pub async fn shards_stock(
+        &self,
+        client: &Client,
+        item: ItemId,
+        shards: u8,
+    ) -> Result<Option<Vec<ShardState>>, ScriptError> {
+        self.read_shards(client, item, shards, Held::NotRead).await
+    }
+
+    async fn read_shards(
+        &self,
+        client: &Client,
+        item: ItemId,
+        shards: u8,
+        held: Held,
+    ) -> Result<Option<Vec<ShardState>>, ScriptError> {
         let read = || async {
             futures_util::future::try_join_all(
-                (0..shards).map(|s| self.shard_state(client, item, shard_gene(item, s))),
+                (0..shards).map(|s| self.read_shard(client, item, shard_gene(item, s), held)),
             )
             .await
         };
