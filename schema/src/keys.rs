@@ -25,8 +25,8 @@ pub const MAX_SHARDS: u8 = GENES as u8;
 /// the 16,384 slots in turn: 2 0 1 | 3 4 5 | 6 8 9 | 7 10 12 | 11 14 13. So on a Redis Cluster of
 /// three masters splitting the slots evenly (as `redis-cli --cluster create` makes it), an item's
 /// K shards spread over the masters as evenly as K allows, wherever its own gene is (other
-/// cluster sizes get a fixed spread, not an even one). Counting up from the item's gene instead put 3 shards on 3 masters
-/// for only half the item ids. Sixteen genes do not fall in three equal parts: the one left out,
+/// cluster sizes get a fixed spread, not an even one). Counting up from the item's gene instead
+/// put 3 shards on 3 masters for only half the item ids. Sixteen genes do not fall in three equal parts: the one left out,
 /// [`SPARE`], takes the place of its twin in the ring (both lie in the first third).
 const RING: [u8; GENES as usize - 1] = [2, 0, 1, 3, 4, 5, 6, 8, 9, 7, 10, 12, 11, 14, 13];
 const SPARE: u8 = 15;
