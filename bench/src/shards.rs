@@ -348,7 +348,7 @@ pub async fn remaining(
     if shards <= 1 {
         return Ok(redis.hget(scripts.keys().item(item), "remaining").await?);
     }
-    let Some(state) = scripts.shards_state(redis, item, shards).await? else {
+    let Some(state) = scripts.shards_stock(redis, item, shards).await? else {
         return Ok(None);
     };
     Ok(state

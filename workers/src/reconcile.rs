@@ -236,7 +236,7 @@ impl Reconciler {
             if row.shards > 1 {
                 // Every shard's remaining and units in transfer, read at one moment; a reading
                 // that transfers kept changing is left to the next pass.
-                match rt.scripts.shards_state(client, row.id, row.shards).await? {
+                match rt.scripts.shards_stock(client, row.id, row.shards).await? {
                     Some(read) => remaining = read.iter().map(|s| s.remaining + s.pending).sum(),
                     None => continue,
                 }
