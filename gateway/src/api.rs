@@ -4,7 +4,7 @@
 use seckill_schema::{OrderId, OrderStatus, PaymentOutcome, PaymentStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use utoipa::{IntoResponses, ToSchema};
+use utoipa::{IntoParams, IntoResponses, ToSchema};
 
 /// `POST /seckill`.
 #[derive(Deserialize, ToSchema)]
@@ -389,6 +389,24 @@ pub struct ErrorBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub order_id: Option<OrderId>,
+}
+
+// The path parameters, each declared once: `openapi.rs` gives it to every route whose path names
+// it (they are never built: the handlers parse the raw segment).
+
+/// `{order_id}` in a route's path.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct OrderPath {
+    /// The snowflake id, decimal
+    pub order_id: String,
+}
+
+/// `{item_id}` in a route's path.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ItemPath {
+    pub item_id: u64,
 }
 
 // The error answers several routes share, each declared once for the OpenAPI document (they are

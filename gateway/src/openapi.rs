@@ -3,13 +3,17 @@
 //! change to a body changes the document with it; the tests and schemathesis hold the two to the
 //! server's real answers.
 
+use crate::api::{ItemPath, OrderPath};
 use crate::error::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Response, header};
 use http_body_util::Full;
 use std::sync::OnceLock;
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::path::{Operation, Parameter, PathItem};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
+use utoipa::{IntoParams, Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,7 +49,7 @@ use utoipa::{Modify, OpenApi};
         crate::handlers::ops::metrics_text,
         serve,
     ),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &Shared),
     tags(
         (name = "buyers", description = "Tickets, purchases and the buyer's orders"),
         (name = "payment provider", description = "The signed webhook"),
@@ -90,6 +94,59 @@ impl Modify for SecuritySchemes {
             ))),
         );
     }
+}
+
+/// What every route of a kind has, declared here once instead of in each route's attribute: the
+/// path parameters of `api.rs` (first among a route's parameters) for every route whose path names
+/// them, and the admin token for every operator's route; a route that declares either keeps its own.
+struct Shared;
+
+impl Modify for Shared {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let mut named = Vec::new();
+            if path.contains("{order_id}") {
+                named.extend(OrderPath::into_params(|| None));
+            }
+            if path.contains("{item_id}") {
+                named.extend(ItemPath::into_params(|| None));
+            }
+            for op in operations(item) {
+                // A route that declares one itself keeps its own.
+                let declared =
+                    |p: &&Parameter| op.parameters.iter().flatten().any(|q| q.name == p.name);
+                let missing: Vec<Parameter> =
+                    named.iter().filter(|p| !declared(p)).cloned().collect();
+                if !missing.is_empty() {
+                    let params = op.parameters.get_or_insert_with(Vec::new);
+                    params.splice(0..0, missing);
+                }
+                if op.tags.iter().flatten().any(|t| t == "operators") {
+                    op.security.get_or_insert_with(|| {
+                        vec![SecurityRequirement::new(
+                            "admin_token",
+                            Vec::<String>::new(),
+                        )]
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// The document as JSON, rendered once.

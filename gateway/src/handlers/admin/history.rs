@@ -41,12 +41,10 @@ fn cause_filter(raw: &str) -> Result<Condition, ApiError> {
 #[utoipa::path(get, path = "/admin/items/{item_id}/history", tag = "operators",
     summary = "Every change of an item's database stock, newest first",
     params(
-        ("item_id" = u64, Path),
         ("cause" = Option<String>, Query, pattern = "^[a-z][a-z_:]{0,31}$", description = "Only rows of this cause; `release` stands for every `release:<reason>`"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Rows per page, 20 by default"),
         ("cursor" = Option<String>, Query, pattern = "^[0-9]{1,19}$", description = "The `next_cursor` of the previous page"),
     ),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of history rows, newest first", body = crate::api::HistoryPage),
         (status = 400, description = "bad_request: a bad cause, limit or cursor, or an unknown parameter", body = crate::api::ErrorBody),

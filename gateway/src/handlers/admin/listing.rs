@@ -17,7 +17,6 @@ use std::sync::Arc;
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Items per page, 20 by default"),
         ("cursor" = Option<String>, Query, pattern = "^[0-9]{1,19}$", description = "The `next_cursor` of the previous page"),
     ),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of items, lowest ids first", body = crate::api::AdminItemsPage),
         (status = 400, description = "bad_request: a bad limit or cursor, or an unknown parameter", body = crate::api::ErrorBody),
