@@ -4,6 +4,8 @@
 use seckill_schema::{OrderId, OrderStatus, PaymentOutcome, PaymentStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use utoipa::openapi::{RefOr, Response};
 use utoipa::{IntoParams, IntoResponses, ToSchema};
 
 /// `POST /seckill`.
@@ -453,6 +455,26 @@ pub enum UnknownOrder {
     #[response(status = 404, description = "not_found")]
     NotFound(ErrorBody),
 }
+
+/// The answers of both `A` and `B`, for the routes that share the two sets.
+pub struct Both<A, B>(PhantomData<(A, B)>);
+
+impl<A: IntoResponses, B: IntoResponses> IntoResponses for Both<A, B> {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        let mut all = A::responses();
+        all.extend(B::responses());
+        all
+    }
+}
+
+/// An operator's route naming an item.
+pub type OperatorItemErrors = Both<OperatorErrors, UnknownItem>;
+
+/// An operator's route naming an order.
+pub type OperatorOrderErrors = Both<OperatorErrors, UnknownOrder>;
+
+/// An operator's route naming an item that says itself what its `503` means.
+pub type UnauthorizedOrUnknownItem = Both<Unauthorized, UnknownItem>;
 
 /// A route reading a JSON body.
 #[derive(IntoResponses)]

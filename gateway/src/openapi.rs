@@ -4,10 +4,9 @@
 //! server's real answers.
 
 use crate::api::{ItemPath, OrderPath};
-use crate::error::Body;
+use crate::error::{Body, json_bytes};
 use bytes::Bytes;
-use http::{HeaderValue, Response, header};
-use http_body_util::Full;
+use http::{Response, StatusCode};
 use std::sync::OnceLock;
 use utoipa::openapi::path::{Operation, Parameter, PathItem};
 use utoipa::openapi::security::{
@@ -165,10 +164,5 @@ pub fn json() -> Bytes {
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "This document (OpenAPI 3.1)", content_type = "application/json")))]
 pub fn serve() -> Response<Body> {
-    let mut resp = Response::new(Full::new(json()));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    json_bytes(StatusCode::OK, json())
 }

@@ -48,8 +48,7 @@ fn cause_filter(raw: &str) -> Result<Condition, ApiError> {
     responses(
         (status = 200, description = "A page of history rows, newest first", body = crate::api::HistoryPage),
         (status = 400, description = "bad_request: a bad cause, limit or cursor, or an unknown parameter", body = crate::api::ErrorBody),
-        crate::api::OperatorErrors,
-        crate::api::UnknownItem,
+        crate::api::OperatorItemErrors,
     ))]
 pub async fn item_history(
     state: &Arc<State>,

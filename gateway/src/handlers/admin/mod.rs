@@ -191,8 +191,7 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
 #[utoipa::path(get, path = "/admin/items/{item_id}", tag = "operators",
     responses(
         (status = 200, description = "The item, its stock in Redis and the database, its orders by status", body = crate::api::AdminItemView),
-        crate::api::OperatorErrors,
-        crate::api::UnknownItem,
+        crate::api::OperatorItemErrors,
     ))]
 pub async fn get_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     let id = admin_item_id(state, headers, raw_id)?;

@@ -17,8 +17,7 @@ use std::sync::Arc;
     summary = "Ship a paid order: PAID → SHIPPED (completes on its own after SECKILL_AUTO_COMPLETE_SECS)",
     responses(
         (status = 202, description = "Requested; the order as it is now", body = crate::api::OrderView),
-        crate::api::OperatorErrors,
-        crate::api::UnknownOrder,
+        crate::api::OperatorOrderErrors,
         (status = 409, description = "invalid_transition: the order is not PAID", body = crate::api::ErrorBody),
     ))]
 pub async fn ship(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
@@ -37,8 +36,7 @@ pub async fn ship(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answ
     summary = "Any order, with all its payments and its stock history",
     responses(
         (status = 200, description = "The order as its owner sees it (from the database, or Redis's read model while it is only there), its payments oldest first, its history rows newest first", body = crate::api::AdminOrderView),
-        crate::api::OperatorErrors,
-        crate::api::UnknownOrder,
+        crate::api::OperatorOrderErrors,
     ))]
 pub async fn admin_order(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     require_admin(state, headers)?;
