@@ -393,8 +393,9 @@ pub struct ErrorBody {
     pub order_id: Option<OrderId>,
 }
 
-// The path parameters, each declared once: `openapi.rs` gives it to every route whose path names
-// it (they are never built: the handlers parse the raw segment).
+// The parameters several routes share, each declared once for the OpenAPI document (they are
+// never built: the handlers parse the raw path and query). `openapi.rs` gives a path parameter to
+// every route whose path names it.
 
 /// `{order_id}` in a route's path.
 #[derive(IntoParams)]
@@ -409,6 +410,18 @@ pub struct OrderPath {
 #[into_params(parameter_in = Path)]
 pub struct ItemPath {
     pub item_id: u64,
+}
+
+/// The page size and cursor every operator's listing takes (`handlers::admin::query` reads them).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Rows per page, 20 by default
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page
+    #[param(pattern = "^[0-9]{1,19}$")]
+    pub cursor: Option<String>,
 }
 
 // The error answers several routes share, each declared once for the OpenAPI document (they are
