@@ -28,7 +28,7 @@ use seckill_schema::keys::gene_of_item;
 use seckill_schema::snowflake::Snowflake;
 use seckill_schema::{ItemId, Keys, OrderId, OrderStatus, Quantity, UserId};
 use seckill_testkit::{
-    Backend, RedisOptions, RedisServer, Sentinel, ServerTask, TestEnv, wait_for,
+    Backend, RedisOptions, RedisServer, Sentinel, ServerTask, TestEnv, config_set, wait_for,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -649,13 +649,6 @@ async fn not_ready_because(stack: &Stack, word: &str) {
         },
     )
     .await
-}
-
-async fn config_set(redis: &Client, name: &str, value: &str) {
-    let _: fred::types::Value = redis
-        .custom(fred::cmd!("CONFIG"), vec!["SET", name, value])
-        .await
-        .expect("CONFIG SET");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,7 +40,7 @@ pub use lazyfs::{LazyFs, LazyFsStats};
 pub use netns::{Host, Network, PostgresServer, RabbitMqNode};
 pub use postgres::LocalPostgres;
 pub use rabbitmq_cluster::RabbitMqCluster;
-pub use redis::{RedisOptions, RedisServer, free_port};
+pub use redis::{RedisOptions, RedisServer, config_set, free_port};
 pub use sentinel::Sentinel;
 pub use server::{ServerTask, Shutdown};
 pub use wait::wait_for;
