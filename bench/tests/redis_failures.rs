@@ -329,21 +329,15 @@ async fn until_accepted(seen: &Seen, tick: &Notify, n: usize) {
 
 /// Buys for new users until one is sold to (selling resumed by itself); every answer is seen.
 async fn sell_again(stack: &Stack, seen: &Seen, first_user: u64) -> OrderId {
-    let next = AtomicU64::new(first_user);
-    wait_for(
-        "a new buyer to be sold to",
-        Duration::from_secs(60),
-        || async {
-            let user = next.fetch_add(1, Ordering::Relaxed);
-            let outcome = stack.buy(user).await;
-            seen.record(user, outcome.clone());
-            match outcome {
-                Outcome::Accepted(id) => Some(id),
-                _ => None,
-            }
-        },
-    )
-    .await
+    let bought = |user| async move {
+        let outcome = stack.buy(user).await;
+        seen.record(user, outcome.clone());
+        match outcome {
+            Outcome::Accepted(id) => Some(id),
+            _ => None,
+        }
+    };
+    common::sells_again(first_user, bought).await.1
 }
 
 fn failed_invariants(checks: &[Check]) -> Vec<String> {

@@ -16,6 +16,8 @@ use seckill_schema::{ItemId, Keys, OrderId, OrderStatus};
 use seckill_testkit::{Backend, ServerTask, TestEnv};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// The gateway and the workers, in process on one configuration.
 pub struct InProcess {
@@ -48,6 +50,20 @@ impl InProcess {
             workers_task,
         }
     }
+}
+
+/// Buys through `buy` for new users from `first_user` on until one is sold to (`buy` answers the
+/// order of a `202`): selling resumed with no one's help. The user that bought, and their order.
+pub async fn sells_again<F>(first_user: u64, buy: impl Fn(u64) -> F) -> (u64, OrderId)
+where
+    F: Future<Output = Option<OrderId>>,
+{
+    let next = AtomicU64::new(first_user);
+    let again = || async {
+        let user = next.fetch_add(1, Ordering::Relaxed);
+        buy(user).await.map(|order| (user, order))
+    };
+    seckill_testkit::wait_for("the gateway to sell again", Duration::from_secs(60), again).await
 }
 
 /// The directory of the gateway and workers binaries, built if stale (a no-op after `cargo build
