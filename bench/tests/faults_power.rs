@@ -38,7 +38,8 @@ use seckill_schema::keys::gene_of_item;
 use seckill_schema::messages::Kind;
 use seckill_schema::{ItemId, Keys, OrderId, UserId};
 use seckill_testkit::{
-    Backend, LazyFs, LocalPostgres, RedisOptions, RedisServer, TestEnv, queue_depth, wait_for,
+    Backend, LazyFs, LocalPostgres, RedisOptions, RedisServer, Stores, TestEnv, queue_depth,
+    wait_for,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -574,13 +575,7 @@ async fn order_ids(db: &DatabaseConnection, filter: impl IntoCondition) -> BTree
 /// retry pause, 2 s).
 async fn wait_until_idle(config: &Config, expected: &BTreeSet<OrderId>) {
     const QUIET: Duration = Duration::from_secs(3);
-    let db = seckill_infra::db::connect(&config.database_url, 2)
-        .await
-        .expect("the test's database");
-    let redis = seckill_infra::redis::client(&config.redis_url)
-        .await
-        .expect("Redis");
-    let keys = Keys::new(&config.namespace);
+    let Stores { db, redis, keys } = Stores::connect(config, 2).await;
     let topology = Topology::of(config);
     let deadline = Instant::now() + DRAIN;
     let mut last: Option<(Vec<(i64, String)>, Instant)> = None;

@@ -35,7 +35,9 @@ mod wait;
 
 pub use broker::{bind_own_queue, queue_depth};
 pub use cluster::RedisCluster;
-pub use env::{Backend, TEST_MYSQL, TEST_POSTGRES, TestEnv, env_vars, wait_for_redis_state};
+pub use env::{
+    Backend, Stores, TEST_MYSQL, TEST_POSTGRES, TestEnv, env_vars, wait_for_redis_state,
+};
 pub use lazyfs::{LazyFs, LazyFsStats};
 pub use netns::{Host, Network, PostgresServer, RabbitMqNode};
 pub use postgres::LocalPostgres;

@@ -13,7 +13,7 @@ use seckill_bench::history::History;
 use seckill_schema::entity::{inventory_history, items, orders, payments};
 use seckill_schema::snowflake::now_ms;
 use seckill_schema::{ItemId, Keys, OrderId, OrderStatus};
-use seckill_testkit::{Backend, ServerTask, TestEnv};
+use seckill_testkit::{Backend, ServerTask, Stores, TestEnv};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -210,13 +210,7 @@ impl Sale {
 
     pub async fn on(backend: Backend) -> Sale {
         let env = TestEnv::new(backend);
-        let db = seckill_infra::db::connect(&env.config.database_url, 2)
-            .await
-            .expect("test database");
-        let redis = seckill_infra::redis::client(&env.config.redis_url)
-            .await
-            .expect("redis");
-        let keys = Keys::new(&env.config.namespace);
+        let Stores { db, redis, keys } = Stores::connect(&env.config, 2).await;
         let mut sale = Sale {
             env,
             db,
