@@ -38,10 +38,11 @@ use seckill_schema::keys::gene_of_item;
 use seckill_schema::messages::Kind;
 use seckill_schema::{ItemId, Keys, OrderId, UserId};
 use seckill_testkit::{
-    Backend, LazyFs, LocalPostgres, RedisOptions, RedisServer, TestEnv, queue_depth, wait_for,
+    Backend, LazyFs, LocalPostgres, RedisOptions, RedisServer, Stores, TestEnv, queue_depth,
+    wait_for,
 };
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -170,25 +171,6 @@ async fn burst(client: &Client, users: std::ops::RangeInclusive<u64>, progress: 
         .buffer_unordered(CONCURRENCY)
         .collect::<Vec<()>>()
         .await;
-}
-
-/// Buys for new users from `first_user` on until one is answered `202`: selling resumed with no
-/// one's help. Returns the user that bought.
-async fn sells_again(client: &Client, first_user: u64) -> u64 {
-    let next = AtomicU64::new(first_user);
-    wait_for(
-        "the gateway to sell again",
-        Duration::from_secs(60),
-        || async {
-            let user = next.fetch_add(1, Ordering::Relaxed);
-            matches!(
-                client.buy(UserId(user), ITEM, 1, None).await,
-                Outcome::Accepted(_)
-            )
-            .then_some(user)
-        },
-    )
-    .await
 }
 
 /// The history's answers, counted by kind: `{"202": 812, "503 unavailable": 9, …}`.
@@ -403,7 +385,14 @@ async fn redis_power_cut(
         );
     };
     tokio::join!(burst(&client, 1..=buyers, &progress), chaos);
-    let user = sells_again(&client, 1_000_000).await;
+    let buyer = &client;
+    let bought = |user| async move {
+        match buyer.buy(UserId(user), ITEM, 1, None).await {
+            Outcome::Accepted(id) => Some(id),
+            _ => None,
+        }
+    };
+    let (user, _) = common::sells_again(1_000_000, bought).await;
     eprintln!(
         "the burst ended after {:?}; sold again to user {user}; answers: {}",
         started.elapsed(),
@@ -586,13 +575,7 @@ async fn order_ids(db: &DatabaseConnection, filter: impl IntoCondition) -> BTree
 /// retry pause, 2 s).
 async fn wait_until_idle(config: &Config, expected: &BTreeSet<OrderId>) {
     const QUIET: Duration = Duration::from_secs(3);
-    let db = seckill_infra::db::connect(&config.database_url, 2)
-        .await
-        .expect("the test's database");
-    let redis = seckill_infra::redis::client(&config.redis_url)
-        .await
-        .expect("Redis");
-    let keys = Keys::new(&config.namespace);
+    let Stores { db, redis, keys } = Stores::connect(config, 2).await;
     let topology = Topology::of(config);
     let deadline = Instant::now() + DRAIN;
     let mut last: Option<(Vec<(i64, String)>, Instant)> = None;

@@ -11,7 +11,7 @@ use seckill_schema::entity::{orders, payments};
 use seckill_schema::{
     ItemId, Keys, Kind, Message, OrderId, OrderStatus, PaymentOutcome, PaymentStatus,
 };
-use seckill_testkit::{Backend, ServerTask, TestEnv, wait_for};
+use seckill_testkit::{Backend, ServerTask, Stores, TestEnv, wait_for};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -63,13 +63,7 @@ async fn order(
 async fn pays_the_chosen_share_through_the_real_webhook() {
     let mut env = TestEnv::new(Backend::Postgres);
     let config = env.config.clone();
-    let db = seckill_infra::db::connect(&config.database_url, 2)
-        .await
-        .unwrap();
-    let redis = seckill_infra::redis::client(&config.redis_url)
-        .await
-        .unwrap();
-    let keys = Keys::new(&config.namespace);
+    let Stores { db, redis, keys } = Stores::connect(&config, 2).await;
     for id in 1..=10 {
         order(&db, &redis, Some(&keys), id, OrderStatus::AwaitingPayment).await;
     }

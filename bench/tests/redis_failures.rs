@@ -28,7 +28,7 @@ use seckill_schema::keys::gene_of_item;
 use seckill_schema::snowflake::Snowflake;
 use seckill_schema::{ItemId, Keys, OrderId, OrderStatus, Quantity, UserId};
 use seckill_testkit::{
-    Backend, RedisOptions, RedisServer, Sentinel, ServerTask, TestEnv, wait_for,
+    Backend, RedisOptions, RedisServer, Sentinel, ServerTask, TestEnv, config_set, wait_for,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -329,21 +329,15 @@ async fn until_accepted(seen: &Seen, tick: &Notify, n: usize) {
 
 /// Buys for new users until one is sold to (selling resumed by itself); every answer is seen.
 async fn sell_again(stack: &Stack, seen: &Seen, first_user: u64) -> OrderId {
-    let next = AtomicU64::new(first_user);
-    wait_for(
-        "a new buyer to be sold to",
-        Duration::from_secs(60),
-        || async {
-            let user = next.fetch_add(1, Ordering::Relaxed);
-            let outcome = stack.buy(user).await;
-            seen.record(user, outcome.clone());
-            match outcome {
-                Outcome::Accepted(id) => Some(id),
-                _ => None,
-            }
-        },
-    )
-    .await
+    let bought = |user| async move {
+        let outcome = stack.buy(user).await;
+        seen.record(user, outcome.clone());
+        match outcome {
+            Outcome::Accepted(id) => Some(id),
+            _ => None,
+        }
+    };
+    common::sells_again(first_user, bought).await.1
 }
 
 fn failed_invariants(checks: &[Check]) -> Vec<String> {
@@ -649,13 +643,6 @@ async fn not_ready_because(stack: &Stack, word: &str) {
         },
     )
     .await
-}
-
-async fn config_set(redis: &Client, name: &str, value: &str) {
-    let _: fred::types::Value = redis
-        .custom(fred::cmd!("CONFIG"), vec!["SET", name, value])
-        .await
-        .expect("CONFIG SET");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

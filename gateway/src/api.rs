@@ -4,7 +4,9 @@
 use seckill_schema::{OrderId, OrderStatus, PaymentOutcome, PaymentStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use utoipa::{IntoResponses, ToSchema};
+use std::marker::PhantomData;
+use utoipa::openapi::{RefOr, Response};
+use utoipa::{IntoParams, IntoResponses, ToSchema};
 
 /// `POST /seckill`.
 #[derive(Deserialize, ToSchema)]
@@ -391,6 +393,37 @@ pub struct ErrorBody {
     pub order_id: Option<OrderId>,
 }
 
+// The parameters several routes share, each declared once for the OpenAPI document (they are
+// never built: the handlers parse the raw path and query). `openapi.rs` gives a path parameter to
+// every route whose path names it.
+
+/// `{order_id}` in a route's path.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct OrderPath {
+    /// The snowflake id, decimal
+    pub order_id: String,
+}
+
+/// `{item_id}` in a route's path.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ItemPath {
+    pub item_id: u64,
+}
+
+/// The page size and cursor every operator's listing takes (`handlers::admin::query` reads them).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Rows per page, 20 by default
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page
+    #[param(pattern = "^[0-9]{1,19}$")]
+    pub cursor: Option<String>,
+}
+
 // The error answers several routes share, each declared once for the OpenAPI document (they are
 // never built: the handlers answer with `ApiError`). A route whose answer says more keeps its own
 // `(status = ..., description = ...)` instead.
@@ -435,6 +468,26 @@ pub enum UnknownOrder {
     #[response(status = 404, description = "not_found")]
     NotFound(ErrorBody),
 }
+
+/// The answers of both `A` and `B`, for the routes that share the two sets.
+pub struct Both<A, B>(PhantomData<(A, B)>);
+
+impl<A: IntoResponses, B: IntoResponses> IntoResponses for Both<A, B> {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        let mut all = A::responses();
+        all.extend(B::responses());
+        all
+    }
+}
+
+/// An operator's route naming an item.
+pub type OperatorItemErrors = Both<OperatorErrors, UnknownItem>;
+
+/// An operator's route naming an order.
+pub type OperatorOrderErrors = Both<OperatorErrors, UnknownOrder>;
+
+/// An operator's route naming an item that says itself what its `503` means.
+pub type UnauthorizedOrUnknownItem = Both<Unauthorized, UnknownItem>;
 
 /// A route reading a JSON body.
 #[derive(IntoResponses)]

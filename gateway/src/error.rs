@@ -219,7 +219,8 @@ pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Resp
     json_bytes(status, Bytes::from(bytes))
 }
 
-fn json_bytes(status: StatusCode, bytes: Bytes) -> Response<Body> {
+/// A JSON body already serialized.
+pub(crate) fn json_bytes(status: StatusCode, bytes: Bytes) -> Response<Body> {
     let mut resp = Response::new(Full::new(bytes));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

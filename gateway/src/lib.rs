@@ -254,6 +254,13 @@ impl Application {
 
 impl seckill_infra::lifecycle::Service for Application {
     const NAME: &'static str = "gateway";
+    const ABOUT: &'static str = "The seckill gateway: POST /seckill runs one Redis script and \
+        answers; an outbox relay carries accepted orders to RabbitMQ. Configuration comes from \
+        SECKILL_* environment variables (see the README): SECKILL_HTTP_ADDR, SECKILL_REDIS_URL, \
+        SECKILL_AMQP_URL, SECKILL_DATABASE_URL, SECKILL_NAMESPACE, SECKILL_JWT_SECRET, \
+        SECKILL_TICKET_SECRET, SECKILL_ADMIN_TOKEN, SECKILL_WEBHOOK_SECRET, \
+        SECKILL_PAYMENT_TIMEOUT_SECS, SECKILL_RATE_PER_USER, SECKILL_NODE_ID, \
+        SECKILL_MAX_ORDER_STREAMS";
 
     fn build(config: Config) -> impl Future<Output = anyhow::Result<Self>> {
         Application::build(config)

@@ -116,8 +116,11 @@ impl Every {
 
 /// What a seckill binary runs: built from the configuration, then run until a shutdown signal.
 pub trait Service: Sized {
-    /// What the start-up log calls it.
+    /// What the start-up log calls it; its binary is `seckill-<NAME>`.
     const NAME: &'static str;
+
+    /// What its binary's `--help` says.
+    const ABOUT: &'static str;
 
     /// Connects to what it needs and binds its listener.
     fn build(config: Config) -> impl Future<Output = anyhow::Result<Self>>;
@@ -126,9 +129,14 @@ pub trait Service: Sized {
     fn run(self, shutdown: impl Future<Output = ()>) -> impl Future<Output = anyhow::Result<()>>;
 }
 
-/// The start-up both binaries share: logs, the configuration from `SECKILL_*`, the service built
-/// and run until SIGINT or SIGTERM.
+/// The start-up both binaries share: a command line of `--help` and `--version` only, logs, the
+/// configuration from `SECKILL_*`, the service built and run until SIGINT or SIGTERM.
 pub async fn main<S: Service>() -> anyhow::Result<()> {
+    // The workspace's version, which every crate shares.
+    clap::Command::new(format!("seckill-{}", S::NAME))
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(S::ABOUT)
+        .get_matches();
     crate::telemetry::init_tracing();
     let config = Config::from_env()?;
     tracing::info!(?config, service = S::NAME, "starting");

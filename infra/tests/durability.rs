@@ -3,7 +3,7 @@
 
 use fred::prelude::*;
 use seckill_infra::durability::{Durability, DurabilityStatus, DurabilityWatch, check};
-use seckill_testkit::{RedisCluster, RedisOptions, RedisServer, wait_for};
+use seckill_testkit::{RedisCluster, RedisOptions, RedisServer, config_set, wait_for};
 use std::time::Duration;
 
 /// A Redis of the test's own on `opts` (with no 5 s pause before a replica's first sync), and a
@@ -56,10 +56,7 @@ async fn an_append_only_file_synced_on_every_write_is_fsync() {
     assert_eq!(report.role, "master");
 
     // Relaxed at run time: the next read sees it.
-    let _: () = client
-        .custom(fred::cmd!("CONFIG"), vec!["SET", "appendfsync", "everysec"])
-        .await
-        .unwrap();
+    config_set(&client, "appendfsync", "everysec").await;
     let status = check(&client, Durability::Fsync).await.unwrap();
     assert!(!status.ok);
     assert!(status.reasons[0].contains("appendfsync everysec"));
@@ -109,13 +106,7 @@ async fn replica_mode_needs_an_online_replica() {
     assert_eq!(status.nodes[0].1.connected_replicas, 1);
 
     // A master that would write without its replicas (a deposed one coming back) is not enough.
-    let _: () = client
-        .custom(
-            fred::cmd!("CONFIG"),
-            vec!["SET", "min-replicas-to-write", "0"],
-        )
-        .await
-        .unwrap();
+    config_set(&client, "min-replicas-to-write", "0").await;
     let status = check(&client, Durability::Replica).await.unwrap();
     assert!(!status.ok);
     assert!(
@@ -141,13 +132,7 @@ async fn the_watch_follows_redis_and_exports_what_it_read() {
     })
     .await;
 
-    let _: () = client
-        .custom(
-            fred::cmd!("CONFIG"),
-            vec!["SET", "maxmemory-policy", "allkeys-lru"],
-        )
-        .await
-        .unwrap();
+    config_set(&client, "maxmemory-policy", "allkeys-lru").await;
     // `/readyz` sees it at once; the watch on its next tick.
     let now = watch.check_now().await;
     assert!(!now.ok);

@@ -4,8 +4,32 @@
 use crate::wait::wait_for;
 use seckill_infra::Config;
 use seckill_infra::broker::Topology;
+use seckill_schema::Keys;
 use seckill_schema::messages::Kind;
 use std::time::Duration;
+
+/// A test's way into the stores of its namespace: the database (a pool of its own), Redis and the
+/// namespace's keys.
+pub struct Stores {
+    pub db: sea_orm::DatabaseConnection,
+    pub redis: fred::prelude::Client,
+    pub keys: Keys,
+}
+
+impl Stores {
+    /// Connects to the stores `config` names, with up to `pool` database connections.
+    pub async fn connect(config: &Config, pool: u32) -> Stores {
+        Stores {
+            db: seckill_infra::db::connect(&config.database_url, pool)
+                .await
+                .expect("the test's database"),
+            redis: seckill_infra::redis::client(&config.redis_url)
+                .await
+                .expect("the test's Redis"),
+            keys: Keys::new(&config.namespace),
+        }
+    }
+}
 
 /// Which database server a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

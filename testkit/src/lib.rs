@@ -35,12 +35,14 @@ mod wait;
 
 pub use broker::{bind_own_queue, queue_depth};
 pub use cluster::RedisCluster;
-pub use env::{Backend, TEST_MYSQL, TEST_POSTGRES, TestEnv, env_vars, wait_for_redis_state};
+pub use env::{
+    Backend, Stores, TEST_MYSQL, TEST_POSTGRES, TestEnv, env_vars, wait_for_redis_state,
+};
 pub use lazyfs::{LazyFs, LazyFsStats};
 pub use netns::{Host, Network, PostgresServer, RabbitMqNode};
 pub use postgres::LocalPostgres;
 pub use rabbitmq_cluster::RabbitMqCluster;
-pub use redis::{RedisOptions, RedisServer, free_port};
+pub use redis::{RedisOptions, RedisServer, config_set, free_port};
 pub use sentinel::Sentinel;
 pub use server::{ServerTask, Shutdown};
 pub use wait::wait_for;

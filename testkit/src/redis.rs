@@ -15,6 +15,7 @@ use crate::process::{
 };
 use crate::resp::{Resp, command_at, ping_at};
 use crate::wait::wait_for;
+use fred::interfaces::ClientLike;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Child;
@@ -28,6 +29,14 @@ pub(crate) const READY_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Ports no test helper ever hands out: the shared Redis, the project's Redis, Sentinel's default.
 const RESERVED_PORTS: [u16; 3] = [6379, 6390, 26379];
+
+/// `CONFIG SET <name> <value>` through `client`: a server's configuration changed at run time.
+pub async fn config_set(client: &fred::prelude::Client, name: &str, value: &str) {
+    let _: fred::types::Value = client
+        .custom(fred::cmd!("CONFIG"), vec!["SET", name, value])
+        .await
+        .expect("CONFIG SET");
+}
 
 /// A port that was free a moment ago, never one of the shared servers' ports.
 pub fn free_port() -> u16 {

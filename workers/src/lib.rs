@@ -155,6 +155,12 @@ impl Workers {
 
 impl seckill_infra::lifecycle::Service for Workers {
     const NAME: &'static str = "workers";
+    const ABOUT: &'static str = "The seckill workers: consume ORDER_CREATED, LOCK_INVENTORY, \
+        PREPARE_PAYMENT, PAYMENT_RESULT, ORDER_CANCEL, ORDER_TIMEOUT and INVENTORY_COMPENSATE \
+        from RabbitMQ and drive every order to an end state in the database, keeping Redis in \
+        step. Configuration comes from SECKILL_* environment variables (see the README): \
+        SECKILL_WORKERS_ADDR, SECKILL_REDIS_URL, SECKILL_AMQP_URL, SECKILL_DATABASE_URL, \
+        SECKILL_NAMESPACE, SECKILL_PAYMENT_TIMEOUT_SECS";
 
     fn build(config: Config) -> impl Future<Output = anyhow::Result<Self>> {
         Workers::build(config)

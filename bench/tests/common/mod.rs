@@ -13,9 +13,11 @@ use seckill_bench::history::History;
 use seckill_schema::entity::{inventory_history, items, orders, payments};
 use seckill_schema::snowflake::now_ms;
 use seckill_schema::{ItemId, Keys, OrderId, OrderStatus};
-use seckill_testkit::{Backend, ServerTask, TestEnv};
+use seckill_testkit::{Backend, ServerTask, Stores, TestEnv};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// The gateway and the workers, in process on one configuration.
 pub struct InProcess {
@@ -48,6 +50,20 @@ impl InProcess {
             workers_task,
         }
     }
+}
+
+/// Buys through `buy` for new users from `first_user` on until one is sold to (`buy` answers the
+/// order of a `202`): selling resumed with no one's help. The user that bought, and their order.
+pub async fn sells_again<F>(first_user: u64, buy: impl Fn(u64) -> F) -> (u64, OrderId)
+where
+    F: Future<Output = Option<OrderId>>,
+{
+    let next = AtomicU64::new(first_user);
+    let again = || async {
+        let user = next.fetch_add(1, Ordering::Relaxed);
+        buy(user).await.map(|order| (user, order))
+    };
+    seckill_testkit::wait_for("the gateway to sell again", Duration::from_secs(60), again).await
 }
 
 /// The directory of the gateway and workers binaries, built if stale (a no-op after `cargo build
@@ -194,13 +210,7 @@ impl Sale {
 
     pub async fn on(backend: Backend) -> Sale {
         let env = TestEnv::new(backend);
-        let db = seckill_infra::db::connect(&env.config.database_url, 2)
-            .await
-            .expect("test database");
-        let redis = seckill_infra::redis::client(&env.config.redis_url)
-            .await
-            .expect("redis");
-        let keys = Keys::new(&env.config.namespace);
+        let Stores { db, redis, keys } = Stores::connect(&env.config, 2).await;
         let mut sale = Sale {
             env,
             db,

@@ -15,7 +15,6 @@ use std::sync::Arc;
     summary = "A sale as its product page shows it",
     description = "Served from each gateway's cache: `remaining` may lag by up to one second, and a \
         crowd refreshing the page costs Redis at most one read of the item per second per gateway.",
-    params(("item_id" = u64, Path)),
     responses(
         (status = 200, description = "The sale", body = crate::api::PublicItem<'_>,
             headers(("Cache-Control" = String, description = "public, max-age=1"))),

@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, QueryResult, Statement};
 use seckill_infra::auth::{Jwt, WebhookSigner};
 use seckill_infra::broker::Topology;
 use seckill_schema::{ItemId, Keys, OrderId, UserId};
-use seckill_testkit::{Backend, ServerTask, TestEnv, wait_for};
+use seckill_testkit::{Backend, ServerTask, Stores, TestEnv, wait_for};
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
@@ -99,13 +99,7 @@ impl Stack {
         let url = format!("http://127.0.0.1:{}", app.port());
         let gateway = ServerTask::spawn(|shutdown| app.run(shutdown));
         seckill_testkit::wait_for_redis_state(&env.config).await;
-        let db = seckill_infra::db::connect(&env.config.database_url, 4)
-            .await
-            .expect("database");
-        let redis = seckill_infra::redis::client(&env.config.redis_url)
-            .await
-            .expect("redis");
-        let keys = Keys::new(&env.config.namespace);
+        let Stores { db, redis, keys } = Stores::connect(&env.config, 4).await;
         let mut stack = Stack {
             jwt: Jwt::new(&env.config.jwt_secret),
             signer: WebhookSigner::new(&env.config.webhook_secret),

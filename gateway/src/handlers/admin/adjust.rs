@@ -41,14 +41,11 @@ fn insufficient() -> ApiError {
         and shrink down to the units held by live orders, never below (`409 insufficient_stock`, \
         nothing changed). The stock change comes first: when it is refused, nothing is changed. \
         `starts_at` and `ends_at` take `null` for an open start or end.",
-    params(("item_id" = u64, Path)),
     request_body = crate::api::ItemPatch,
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The item as it is now", body = crate::api::AdminItemView),
         (status = 400, description = "bad_request: malformed, nothing to change, a bad reason, time or limit, or ends_at not after starts_at", body = crate::api::ErrorBody),
-        crate::api::Unauthorized,
-        crate::api::UnknownItem,
+        crate::api::UnauthorizedOrUnknownItem,
         (status = 409, description = "insufficient_stock: the shrink would take units live orders hold", body = crate::api::ErrorBody),
         (status = 413, description = "payload_too_large", body = crate::api::ErrorBody),
         (status = 503, description = "unavailable or recovering (nothing changed), or adjustment_pending (the stock change is finished by the workers within a minute: do not send it again)", body = crate::api::ErrorBody),
@@ -207,12 +204,9 @@ async fn reshard(state: &State, id: i64, k: u8) -> Result<(), ApiError> {
     summary = "End the sale now",
     description = "`ends_at` becomes now (an upcoming sale's `starts_at` too); purchases answer \
         `409 ended` from here on. A sale that ended already keeps its end.",
-    params(("item_id" = u64, Path)),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The item as it is now", body = crate::api::AdminItemView),
-        crate::api::Unauthorized,
-        crate::api::UnknownItem,
+        crate::api::UnauthorizedOrUnknownItem,
         (status = 503, description = "unavailable: nothing changed", body = crate::api::ErrorBody),
     ))]
 pub async fn end_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {

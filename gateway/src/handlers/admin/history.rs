@@ -1,6 +1,6 @@
 //! What happened to the stock: an item's history (`GET /admin/items/{id}/history`), newest first.
 
-use super::query::{Params, page};
+use super::query::{Params, read_page};
 use crate::api::HistoryPage;
 use crate::error::{Answer, ApiError, json};
 use crate::request::admin_item_id;
@@ -41,17 +41,13 @@ fn cause_filter(raw: &str) -> Result<Condition, ApiError> {
 #[utoipa::path(get, path = "/admin/items/{item_id}/history", tag = "operators",
     summary = "Every change of an item's database stock, newest first",
     params(
-        ("item_id" = u64, Path),
         ("cause" = Option<String>, Query, pattern = "^[a-z][a-z_:]{0,31}$", description = "Only rows of this cause; `release` stands for every `release:<reason>`"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Rows per page, 20 by default"),
-        ("cursor" = Option<String>, Query, pattern = "^[0-9]{1,19}$", description = "The `next_cursor` of the previous page"),
+        crate::api::PageParams,
     ),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of history rows, newest first", body = crate::api::HistoryPage),
         (status = 400, description = "bad_request: a bad cause, limit or cursor, or an unknown parameter", body = crate::api::ErrorBody),
-        crate::api::OperatorErrors,
-        crate::api::UnknownItem,
+        crate::api::OperatorItemErrors,
     ))]
 pub async fn item_history(
     state: &Arc<State>,
@@ -85,13 +81,8 @@ pub async fn item_history(
     if let Some(cause) = cause {
         find = find.filter(cause);
     }
-    let rows = find
-        .order_by_desc(inventory_history::Column::Id)
-        .limit(limit + 1)
-        .all(db)
-        .await
-        .map_err(ApiError::from_db)?;
-    let (rows, next_cursor) = page(rows, limit, |h| h.id);
+    let find = find.order_by_desc(inventory_history::Column::Id);
+    let (rows, next_cursor) = read_page(find, limit, db, |h| h.id).await?;
     let history = rows.into_iter().map(history_entry).collect();
     Ok(json(
         StatusCode::OK,

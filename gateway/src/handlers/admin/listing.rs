@@ -1,23 +1,21 @@
 //! `GET /admin/items`: every item by id, a page at a time, with its database stock.
 
-use super::query::{Params, page};
+use super::query::{Params, read_page};
 use crate::api::{AdminItemSummary, AdminItemsPage};
-use crate::error::{Answer, ApiError, json};
+use crate::error::{Answer, json};
 use crate::request::require_admin;
 use crate::state::State;
 use crate::views::{db_stock, item_view};
 use http::{HeaderMap, StatusCode, Uri};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use seckill_schema::entity::items;
 use std::sync::Arc;
 
 #[utoipa::path(get, path = "/admin/items", tag = "operators",
     summary = "Every item by id, a page at a time, with its database stock",
     params(
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Items per page, 20 by default"),
-        ("cursor" = Option<String>, Query, pattern = "^[0-9]{1,19}$", description = "The `next_cursor` of the previous page"),
+        crate::api::PageParams,
     ),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of items, lowest ids first", body = crate::api::AdminItemsPage),
         (status = 400, description = "bad_request: a bad limit or cursor, or an unknown parameter", body = crate::api::ErrorBody),
@@ -35,13 +33,8 @@ pub async fn list_items(state: &Arc<State>, uri: &Uri, headers: &HeaderMap) -> A
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         find = find.filter(items::Column::Id.gt(after));
     }
-    let rows = find
-        .order_by_asc(items::Column::Id)
-        .limit(limit + 1)
-        .all(db)
-        .await
-        .map_err(ApiError::from_db)?;
-    let (rows, next_cursor) = page(rows, limit, |m| m.id);
+    let find = find.order_by_asc(items::Column::Id);
+    let (rows, next_cursor) = read_page(find, limit, db, |m| m.id).await?;
     let items = rows
         .iter()
         .map(|m| AdminItemSummary {

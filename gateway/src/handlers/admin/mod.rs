@@ -113,7 +113,6 @@ async fn warm_shard(state: &State, item: &ItemState) -> Result<(), ApiError> {
 
 #[utoipa::path(post, path = "/admin/items", tag = "operators",
     request_body = crate::api::NewItem,
-    security(("admin_token" = [])),
     responses(
         (status = 201, description = "Created, its stock warmed into Redis", body = crate::api::ItemView),
         crate::api::BodyErrors,
@@ -190,12 +189,9 @@ pub async fn create_item(state: &Arc<State>, req: Request<Incoming>) -> Answer {
 }
 
 #[utoipa::path(get, path = "/admin/items/{item_id}", tag = "operators",
-    params(("item_id" = u64, Path)),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The item, its stock in Redis and the database, its orders by status", body = crate::api::AdminItemView),
-        crate::api::OperatorErrors,
-        crate::api::UnknownItem,
+        crate::api::OperatorItemErrors,
     ))]
 pub async fn get_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     let id = admin_item_id(state, headers, raw_id)?;

@@ -15,12 +15,9 @@ use std::sync::Arc;
 
 #[utoipa::path(post, path = "/admin/orders/{order_id}/ship", tag = "operators",
     summary = "Ship a paid order: PAID → SHIPPED (completes on its own after SECKILL_AUTO_COMPLETE_SECS)",
-    params(("order_id" = String, Path, description = "The snowflake id, decimal")),
-    security(("admin_token" = [])),
     responses(
         (status = 202, description = "Requested; the order as it is now", body = crate::api::OrderView),
-        crate::api::OperatorErrors,
-        crate::api::UnknownOrder,
+        crate::api::OperatorOrderErrors,
         (status = 409, description = "invalid_transition: the order is not PAID", body = crate::api::ErrorBody),
     ))]
 pub async fn ship(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
@@ -37,12 +34,9 @@ pub async fn ship(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answ
 
 #[utoipa::path(get, path = "/admin/orders/{order_id}", tag = "operators",
     summary = "Any order, with all its payments and its stock history",
-    params(("order_id" = String, Path, description = "The snowflake id, decimal")),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The order as its owner sees it (from the database, or Redis's read model while it is only there), its payments oldest first, its history rows newest first", body = crate::api::AdminOrderView),
-        crate::api::OperatorErrors,
-        crate::api::UnknownOrder,
+        crate::api::OperatorOrderErrors,
     ))]
 pub async fn admin_order(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> Answer {
     require_admin(state, headers)?;

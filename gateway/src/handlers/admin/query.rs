@@ -3,6 +3,7 @@
 
 use crate::error::ApiError;
 use http::Uri;
+use sea_orm::{ConnectionTrait, EntityTrait, QuerySelect, Select};
 
 /// Rows per page unless `limit` says otherwise, and at most.
 pub const DEFAULT_LIMIT: u64 = 20;
@@ -68,6 +69,21 @@ impl Params {
             })
             .transpose()
     }
+}
+
+/// A page of at most `limit` rows of `find` and the cursor of the next page (see [`page`]).
+pub async fn read_page<E: EntityTrait>(
+    find: Select<E>,
+    limit: u64,
+    db: &impl ConnectionTrait,
+    id: impl Fn(&E::Model) -> i64,
+) -> Result<(Vec<E::Model>, Option<String>), ApiError> {
+    let rows = find
+        .limit(limit + 1)
+        .all(db)
+        .await
+        .map_err(ApiError::from_db)?;
+    Ok(page(rows, limit, id))
 }
 
 /// A page of at most `limit` rows out of `rows` (read with one more, to know whether another page

@@ -137,7 +137,6 @@ impl Follow {
         until a terminal status (COMPLETED, REFUNDED, FAILED, CANCELLED, TIMED_OUT), after which \
         the stream ends: a client should not reconnect then. An idle stream carries a comment \
         line (`: keep-alive`) every 15 s. A client that reconnects gets the current state at once.",
-    params(("order_id" = String, Path, description = "The snowflake id, decimal")),
     security(("user_jwt" = [])),
     responses(
         (status = 200, description = "The event stream; each event an `order`", content_type = "text/event-stream", body = crate::api::OrderEventFrame),

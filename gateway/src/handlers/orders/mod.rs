@@ -29,7 +29,6 @@ async fn owned_order(
 }
 
 #[utoipa::path(get, path = "/orders/{order_id}", tag = "buyers",
-    params(("order_id" = String, Path, description = "The snowflake id, decimal")),
     security(("user_jwt" = [])),
     responses(
         (status = 200, description = "The order; a just-accepted one is PENDING, never 404, to its owner", body = crate::api::OrderView),
@@ -67,7 +66,6 @@ pub(crate) async fn step(
 
 #[utoipa::path(post, path = "/orders/{order_id}/confirm", tag = "buyers",
     summary = "Confirm receipt: SHIPPED → COMPLETED",
-    params(("order_id" = String, Path, description = "The snowflake id, decimal")),
     security(("user_jwt" = [])),
     responses(
         (status = 202, description = "Requested; the order as it is now", body = crate::api::OrderView),
@@ -84,7 +82,6 @@ pub async fn confirm(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> A
 
 #[utoipa::path(post, path = "/orders/{order_id}/refund", tag = "buyers",
     summary = "Ask for the money back: PAID (not shipped) → REFUND_REQUESTED",
-    params(("order_id" = String, Path, description = "The snowflake id, decimal")),
     security(("user_jwt" = [])),
     responses(
         (status = 202, description = "Requested; the order as it is now. It ends REFUNDED once the provider confirms the refund", body = crate::api::OrderView),
@@ -100,7 +97,6 @@ pub async fn refund(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> An
 }
 
 #[utoipa::path(post, path = "/orders/{order_id}/cancel", tag = "buyers",
-    params(("order_id" = String, Path, description = "The snowflake id, decimal")),
     security(("user_jwt" = [])),
     responses(
         (status = 202, description = "Cancel requested", body = crate::api::CancelRequested),
