@@ -121,7 +121,7 @@ impl Snapshot {
         let scripts = seckill_infra::scripts::Scripts::new(keys.clone());
         let redis_part = async {
             let read = scripts
-                .shards_state(&redis, item, shards)
+                .shards_state(&redis, item, shards, seckill_infra::scripts::Held::Counted)
                 .await
                 .map_err(|e| {
                     fred::error::Error::new(fred::error::ErrorKind::Unknown, e.to_string())

@@ -15,7 +15,7 @@ use fred::prelude::*;
 use fred::types::InfoKind;
 use futures_util::TryStreamExt;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
-use seckill_infra::scripts::{Scripts, ShardState};
+use seckill_infra::scripts::{Held, Scripts, ShardState};
 use seckill_schema::keys::shard_gene;
 use seckill_schema::snowflake::gene_of;
 use seckill_schema::{ItemId, Keys};
@@ -228,7 +228,7 @@ async fn consistent(
     shards: u8,
 ) -> anyhow::Result<Vec<ShardState>> {
     scripts
-        .shards_state(redis, item, shards)
+        .shards_state(redis, item, shards, Held::Counted)
         .await?
         .context("the item's shards kept changing while they were read")
 }
@@ -348,7 +348,10 @@ pub async fn remaining(
     if shards <= 1 {
         return Ok(redis.hget(scripts.keys().item(item), "remaining").await?);
     }
-    let Some(state) = scripts.shards_stock(redis, item, shards).await? else {
+    let Some(state) = scripts
+        .shards_state(redis, item, shards, Held::NotRead)
+        .await?
+    else {
         return Ok(None);
     };
     Ok(state

@@ -21,7 +21,7 @@ use http::{Method, StatusCode};
 use seckill_bench::audit::{Accepted, Snapshot};
 use seckill_bench::http::HttpClient;
 use seckill_infra::auth::Tickets;
-use seckill_infra::scripts::Scripts;
+use seckill_infra::scripts::{Held, Scripts};
 use seckill_schema::{ItemId, Keys, OrderStatus, UserId};
 use seckill_testkit::{Backend, RedisCluster, TestEnv, wait_for};
 use std::collections::BTreeMap;
@@ -186,7 +186,7 @@ async fn sale(k: u8, on_cluster: bool) {
         .await
         .unwrap();
     let state = Scripts::new(Keys::new(&config.namespace))
-        .shards_state(&redis, item, k)
+        .shards_state(&redis, item, k, Held::Counted)
         .await
         .unwrap()
         .expect("a consistent reading");

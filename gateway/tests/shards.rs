@@ -7,7 +7,7 @@ mod common;
 
 use common::{TestApp, concurrently, item_body};
 use http::StatusCode;
-use seckill_infra::scripts::Scripts;
+use seckill_infra::scripts::{Held, Scripts};
 use seckill_schema::keys::{home_shard, shard_gene};
 use seckill_schema::snowflake::gene_of;
 use seckill_schema::{ItemId, OrderId, UserId};
@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Every shard of the item at one moment: (remaining, units held, units in transfer) each.
 async fn shards(app: &TestApp, item: u64, k: u8) -> Vec<(i64, i64, i64)> {
     Scripts::new(app.keys.clone())
-        .shards_state(&app.redis, ItemId(item), k)
+        .shards_state(&app.redis, ItemId(item), k, Held::Counted)
         .await
         .unwrap()
         .expect("a consistent reading")

@@ -9,7 +9,7 @@ use fred::prelude::*;
 use futures_util::TryStreamExt;
 use http::StatusCode;
 use seckill_infra::durability::Durability;
-use seckill_infra::scripts::{CreditedIn, Scripts, ShardState, TakenOut};
+use seckill_infra::scripts::{CreditedIn, Held, Scripts, ShardState, TakenOut};
 use seckill_schema::keys::{home_shard, shard_gene};
 use seckill_schema::snowflake::GENES;
 use seckill_schema::{ItemId, UserId};
@@ -19,7 +19,7 @@ use std::time::Duration;
 /// Every shard of the item, read at one consistent moment.
 async fn shards(app: &TestApp, item: u64, k: u8) -> Vec<ShardState> {
     Scripts::new(app.keys.clone())
-        .shards_state(&app.redis, ItemId(item), k)
+        .shards_state(&app.redis, ItemId(item), k, Held::Counted)
         .await
         .expect("reading the shards")
         .expect("a consistent reading")
@@ -148,7 +148,7 @@ async fn a_transfer_cut_at_each_step_and_redis_restarted_neither_creates_nor_los
             Duration::from_secs(30),
             || async {
                 let state = Scripts::new(app.keys.clone())
-                    .shards_state(&app.redis, ItemId(item), K)
+                    .shards_state(&app.redis, ItemId(item), K, Held::Counted)
                     .await
                     .ok()??;
                 state.iter().all(|s| s.pending == 0).then_some(state)

@@ -19,7 +19,7 @@
 
 use crate::lifecycle::{Every, Shutdown};
 use crate::replication::GroupCommit;
-use crate::scripts::{ItemState, RebuiltOrder, Scripts, shards_of};
+use crate::scripts::{Held, ItemState, RebuiltOrder, Scripts, shards_of};
 use anyhow::Context;
 use fred::prelude::*;
 use sea_orm::{
@@ -237,7 +237,7 @@ impl Recovery {
             }
             let read = self
                 .scripts
-                .shards_state(client, item, shards)
+                .shards_state(client, item, shards, Held::Counted)
                 .await
                 .context("reading an item's other shards")?
                 .context("the item's shards kept changing while they were read")?;

@@ -8,7 +8,9 @@
 //! the next rebalance of the item, or the recovery watch of any process ([`finish_stale`]).
 
 use crate::replication::GroupCommit;
-use crate::scripts::{CreditedIn, PendingTransfer, ScriptError, Scripts, ShardState, TakenOut};
+use crate::scripts::{
+    CreditedIn, Held, PendingTransfer, ScriptError, Scripts, ShardState, TakenOut,
+};
 use fred::prelude::*;
 use seckill_schema::ItemId;
 use seckill_schema::snowflake::now_ms;
@@ -53,7 +55,11 @@ impl Balancer<'_> {
         mut new_id: impl FnMut(u8) -> Option<u64>,
     ) -> Result<Rebalanced, ScriptError> {
         for _ in 0..ROUNDS {
-            let Some(state) = self.scripts.shards_stock(self.client, item, shards).await? else {
+            let Some(state) = self
+                .scripts
+                .shards_state(self.client, item, shards, Held::NotRead)
+                .await?
+            else {
                 return Ok(Rebalanced::Busy);
             };
             let Some(here) = state.iter().find(|s| s.gene == home) else {
@@ -181,10 +187,11 @@ pub async fn finish_stale(
     shards: u8,
 ) -> Result<(), ScriptError> {
     let state = futures_util::future::try_join_all((0..shards).map(|s| {
-        balancer.scripts.shard_stock(
+        balancer.scripts.shard_state(
             balancer.client,
             item,
             seckill_schema::keys::shard_gene(item, s),
+            Held::NotRead,
         )
     }))
     .await?;

@@ -23,7 +23,7 @@ use lapin::types::FieldTable;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
 use seckill_infra::broker;
 use seckill_infra::lifecycle::{Every, Shutdown};
-use seckill_infra::scripts::ItemSettings;
+use seckill_infra::scripts::{Held, ItemSettings};
 use seckill_infra::stock::{self, Settled};
 use seckill_schema::entity::{items, orders};
 use seckill_schema::snowflake::GENES;
@@ -236,7 +236,11 @@ impl Reconciler {
             if row.shards > 1 {
                 // Every shard's remaining and units in transfer, read at one moment; a reading
                 // that transfers kept changing is left to the next pass.
-                match rt.scripts.shards_stock(client, row.id, row.shards).await? {
+                match rt
+                    .scripts
+                    .shards_state(client, row.id, row.shards, Held::NotRead)
+                    .await?
+                {
                     Some(read) => remaining = read.iter().map(|s| s.remaining + s.pending).sum(),
                     None => continue,
                 }

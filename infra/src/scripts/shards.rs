@@ -55,10 +55,12 @@ impl ShardState {
     }
 }
 
-/// Whether a shard's reading sums what its buyers hold (a read of every buyer of the shard).
+/// Whether a shard's reading sums what its buyers hold: a read of every buyer of the shard, which
+/// moving units (a rebalance, the progress of a sale) does without.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Held {
+pub enum Held {
     Counted,
+    /// `held` is 0.
     NotRead,
 }
 
@@ -85,27 +87,8 @@ pub enum CreditedIn {
 }
 
 impl Scripts {
-    /// One shard of `item`, read in one script call, with what its buyers hold.
+    /// One shard of `item`, read in one script call.
     pub async fn shard_state(
-        &self,
-        client: &Client,
-        item: ItemId,
-        gene: u8,
-    ) -> Result<ShardState, ScriptError> {
-        self.read_shard(client, item, gene, Held::Counted).await
-    }
-
-    /// One shard of `item` without what its buyers hold (`held` is 0).
-    pub async fn shard_stock(
-        &self,
-        client: &Client,
-        item: ItemId,
-        gene: u8,
-    ) -> Result<ShardState, ScriptError> {
-        self.read_shard(client, item, gene, Held::NotRead).await
-    }
-
-    async fn read_shard(
         &self,
         client: &Client,
         item: ItemId,
@@ -152,31 +135,11 @@ impl Scripts {
         client: &Client,
         item: ItemId,
         shards: u8,
-    ) -> Result<Option<Vec<ShardState>>, ScriptError> {
-        self.read_shards(client, item, shards, Held::Counted).await
-    }
-
-    /// [`Self::shards_state`] without what the buyers hold (`held` is 0): what moving units needs,
-    /// without reading every buyer's holding of the item twice per rebalance.
-    pub async fn shards_stock(
-        &self,
-        client: &Client,
-        item: ItemId,
-        shards: u8,
-    ) -> Result<Option<Vec<ShardState>>, ScriptError> {
-        self.read_shards(client, item, shards, Held::NotRead).await
-    }
-
-    async fn read_shards(
-        &self,
-        client: &Client,
-        item: ItemId,
-        shards: u8,
         held: Held,
     ) -> Result<Option<Vec<ShardState>>, ScriptError> {
         let read = || async {
             futures_util::future::try_join_all(
-                (0..shards).map(|s| self.read_shard(client, item, shard_gene(item, s), held)),
+                (0..shards).map(|s| self.shard_state(client, item, shard_gene(item, s), held)),
             )
             .await
         };

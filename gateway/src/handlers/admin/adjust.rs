@@ -13,7 +13,7 @@ use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait};
-use seckill_infra::scripts::{Adjusted, ItemSettings, PendingAdjustment, shards_of};
+use seckill_infra::scripts::{Adjusted, Held, ItemSettings, PendingAdjustment, shards_of};
 use seckill_infra::shards::Balancer;
 use seckill_infra::stock::{self, Settled};
 use seckill_schema::entity::items;
@@ -151,7 +151,7 @@ async fn reshard(state: &State, id: i64, k: u8) -> Result<(), ApiError> {
     let client = state.redis.next();
     let read = state
         .scripts
-        .shards_state(client, item, old)
+        .shards_state(client, item, old, Held::Counted)
         .await
         .map_err(|_| ApiError::Unavailable("Redis"))?
         .ok_or(ApiError::Rebalancing)?;

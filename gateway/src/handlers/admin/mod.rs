@@ -21,7 +21,7 @@ use sea_orm::{
     Set, SqlErr,
 };
 use seckill_infra::recovery::Rebuilt;
-use seckill_infra::scripts::{ItemState, ScriptError, Warmed};
+use seckill_infra::scripts::{Held, ItemState, ScriptError, Warmed};
 use seckill_schema::entity::{items, orders as order_rows};
 use seckill_schema::keys::MAX_SHARDS;
 use seckill_schema::snowflake::now_ms;
@@ -217,7 +217,7 @@ async fn redis_stock(state: &State, m: &items::Model) -> Result<RedisStock, ApiE
     let shards = seckill_infra::scripts::shards_of(m);
     let read = state
         .scripts
-        .shards_state(state.redis.next(), item, shards)
+        .shards_state(state.redis.next(), item, shards, Held::Counted)
         .await
         .map_err(|_| ApiError::Unavailable("Redis"))?
         .ok_or(ApiError::Rebalancing)?;
