@@ -6,11 +6,15 @@
 # to bench/results/shards-k1/ and shards-k3/. Stops what it started (the cluster too, unless
 # KEEP_CLUSTER=1). Extra arguments go to every `seckill-bench flash-sale`.
 #
-#   scripts/shards-bench.sh                 # 3 rounds of 20,000 requests over 128 connections
+#   scripts/shards-bench.sh                 # 3 rounds of 20,000 requests over 512 connections
+#   CONNECTIONS=128 scripts/shards-bench.sh # fewer in flight: smaller batches per master
 #   ROUNDS=1 scripts/shards-bench.sh -n 5000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
+# 512 in flight: enough that each master's calls carry batches as a hot item's would. At 128, K = 3
+# splits the same few purchases in flight over three masters, each paying its own call and fsync.
+connections=${CONNECTIONS:-512}
 cargo build --release --bins
 SECKILL_REDIS_URL=$(scripts/redis-cluster.sh start)
 export SECKILL_REDIS_URL
@@ -28,7 +32,7 @@ for round in $(seq "$rounds"); do
     out=out/shards/k$k-$round
     echo "[shards-bench] round $round, K = $k -> $out" >&2
     target/release/seckill-bench flash-sale --profile in-stock --shards "$k" \
-      --requests 20000 --connections 128 --pay-ratio 0 --skip-timeouts \
+      --requests 20000 --connections "$connections" --pay-ratio 0 --skip-timeouts \
       --gateway-pid "$gateway_pid" --out "$out" "$@"
   done
 done
