@@ -4,9 +4,8 @@
 //! sold, nobody beyond the limit, `sold_out` never while a unit remained, and the bench's audit
 //! (per shard and in total) passes once the workers stored every order.
 //!
-//! The four configurations run one after the other (a lock), each a test of its own; K = 3 takes
-//! about 25 s on either Redis (debug build, two shared cores), most of it the load at ~5,000
-//! requests/s.
+//! The four configurations run one after the other (a lock), each a test of its own, about 8–11 s
+//! each (debug build, two shared cores): tickets, then the load at about 20,000 requests/s.
 //!
 //! K = 8 once failed this way: near the end of the sale about a hundred purchases got no answer
 //! within 10 s, each buyer of a dry home shard waiting in turn to run a whole rebalance of its
