@@ -81,7 +81,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use fred::prelude::*;
 use http::{Method, StatusCode};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use seckill_infra::Config;
 use seckill_infra::auth::Jwt;
 use seckill_schema::entity::{inventory_history, items, orders};
@@ -659,18 +659,7 @@ impl Stored {
     }
 
     async fn read(db: &DatabaseConnection, item: ItemId, ops: &[Op]) -> anyhow::Result<Stored> {
-        let id = item.0 as i64;
-        let item_row = items::Entity::find_by_id(id)
-            .one(db)
-            .await
-            .context("reading the item")?
-            .with_context(|| format!("item {item} is not in the database"))?;
-        let mut orders = orders::Entity::find()
-            .filter(orders::Column::ItemId.eq(id))
-            .order_by_asc(orders::Column::Id)
-            .all(db)
-            .await
-            .context("reading the item's orders")?;
+        let (item_row, mut orders) = crate::db::item_and_orders(db, item).await?;
         let have: BTreeSet<i64> = orders.iter().map(|o| o.id).collect();
         let named: Vec<i64> = ops
             .iter()
@@ -694,7 +683,7 @@ impl Stored {
             orders.extend(more);
         }
         let restocked = inventory_history::Entity::find()
-            .filter(inventory_history::Column::ItemId.eq(id))
+            .filter(inventory_history::Column::ItemId.eq(item.0 as i64))
             .filter(inventory_history::Column::AdjustmentId.is_not_null())
             .all(db)
             .await
