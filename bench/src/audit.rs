@@ -12,7 +12,7 @@ use fred::prelude::*;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use sea_orm::sea_query::Query;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use seckill_infra::Config;
 use seckill_infra::broker::Topology;
 use seckill_schema::entity::{inventory_history, items, orders, payments};
@@ -720,17 +720,7 @@ type Rows = (
 
 async fn load_rows(db: &DatabaseConnection, item: ItemId) -> anyhow::Result<Rows> {
     let id = item.0 as i64;
-    let item_row = items::Entity::find_by_id(id)
-        .one(db)
-        .await
-        .context("reading the item")?
-        .with_context(|| format!("item {item} is not in the database"))?;
-    let orders = orders::Entity::find()
-        .filter(orders::Column::ItemId.eq(id))
-        .order_by_asc(orders::Column::Id)
-        .all(db)
-        .await
-        .context("reading the orders")?;
+    let (item_row, orders) = crate::db::item_and_orders(db, item).await?;
     let payments = payments::Entity::find()
         .filter(
             payments::Column::OrderId.in_subquery(
@@ -744,12 +734,14 @@ async fn load_rows(db: &DatabaseConnection, item: ItemId) -> anyhow::Result<Rows
         .all(db)
         .await
         .context("reading the payments")?;
-    let history = inventory_history::Entity::find()
-        .filter(inventory_history::Column::ItemId.eq(id))
-        .order_by_asc(inventory_history::Column::Id)
-        .all(db)
-        .await
-        .context("reading the inventory history")?;
+    let history = crate::db::rows_of_item(
+        db,
+        item,
+        inventory_history::Column::ItemId,
+        inventory_history::Column::Id,
+    )
+    .await
+    .context("reading the inventory history")?;
     Ok((item_row, orders, payments, history))
 }
 

@@ -5,9 +5,11 @@
 
 use anyhow::Context;
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, Value,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, Statement, Value,
 };
 use seckill_schema::ItemId;
+use seckill_schema::entity::{items, orders};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -24,6 +26,43 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
     Database::connect(opts)
         .await
         .context("connecting to the database of SECKILL_DATABASE_URL")
+}
+
+/// The item's row and its orders in the order of their ids: an error when the item is not in
+/// the database.
+pub async fn item_and_orders(
+    db: &DatabaseConnection,
+    item: ItemId,
+) -> anyhow::Result<(items::Model, Vec<orders::Model>)> {
+    let id = item.0 as i64;
+    let row = items::Entity::find_by_id(id)
+        .one(db)
+        .await
+        .context("reading the item")?
+        .with_context(|| format!("item {item} is not in the database"))?;
+    let orders = rows_of_item(db, item, orders::Column::ItemId, orders::Column::Id)
+        .await
+        .context("reading the item's orders")?;
+    Ok((row, orders))
+}
+
+/// The item's rows of a table that names it in `item_column` (its orders, its inventory
+/// history), in the order of `id_column`.
+pub async fn rows_of_item<C>(
+    db: &DatabaseConnection,
+    item: ItemId,
+    item_column: C,
+    id_column: C,
+) -> Result<Vec<<C::EntityName as EntityTrait>::Model>, DbErr>
+where
+    C: ColumnTrait,
+    C::EntityName: EntityTrait,
+{
+    C::EntityName::find()
+        .filter(item_column.eq(item.0 as i64))
+        .order_by_asc(id_column)
+        .all(db)
+        .await
 }
 
 /// `url` with the bench's `application_name` when it is a PostgreSQL URL that names none.

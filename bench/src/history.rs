@@ -81,7 +81,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use fred::prelude::*;
 use http::{Method, StatusCode};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use seckill_infra::Config;
 use seckill_infra::auth::Jwt;
 use seckill_schema::entity::{inventory_history, items, orders};
@@ -220,6 +220,34 @@ pub struct Settled {
     pub wall_ms: u64,
 }
 
+/// When an op was sent and when it was answered (or cut off), on both of the history's clocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Span {
+    /// Monotonic ms since the history began ([`History::now_ms`]).
+    pub invoked_ms: u64,
+    pub completed_ms: u64,
+    /// The same instants, in ms since the Unix epoch.
+    pub invoked_wall_ms: u64,
+    pub completed_wall_ms: u64,
+}
+
+impl Span {
+    /// Invoked at `(ms, wall_ms)`, and completed then too until [`Span::complete`].
+    fn at((ms, wall_ms): (u64, u64)) -> Span {
+        Span {
+            invoked_ms: ms,
+            completed_ms: ms,
+            invoked_wall_ms: wall_ms,
+            completed_wall_ms: wall_ms,
+        }
+    }
+
+    fn complete(&mut self, (ms, wall_ms): (u64, u64)) {
+        self.completed_ms = ms;
+        self.completed_wall_ms = wall_ms;
+    }
+}
+
 /// One `POST /seckill`, from its invocation to its answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Op {
@@ -230,13 +258,10 @@ pub struct Op {
     pub quantity: u32,
     /// The `Idempotency-Key` it was sent with; retries are separate ops with the same key.
     pub key: Option<String>,
-    /// Monotonic ms since the history began, when it was sent and when it was answered (or cut
-    /// off).
-    pub invoked_ms: u64,
-    pub completed_ms: u64,
-    /// The same instants, in ms since the Unix epoch.
-    pub invoked_wall_ms: u64,
-    pub completed_wall_ms: u64,
+    /// When it was sent and when it was answered (or cut off); its fields stand in the op's own
+    /// JSON object.
+    #[serde(flatten)]
+    pub span: Span,
     pub outcome: Outcome,
     /// For an `outcome_unknown`: what `GET /orders/{id}` said, once settled.
     pub settled: Option<Settled>,
@@ -258,7 +283,12 @@ impl Op {
         let units = if self.quantity == 1 { "unit" } else { "units" };
         format!(
             "op #{} (user {}, {} {units}{key}, +{}..{} ms: {})",
-            self.seq, self.user, self.quantity, self.invoked_ms, self.completed_ms, self.outcome
+            self.seq,
+            self.user,
+            self.quantity,
+            self.span.invoked_ms,
+            self.span.completed_ms,
+            self.outcome
         )
     }
 
@@ -310,6 +340,11 @@ impl History {
         self.inner.epoch.elapsed().as_millis() as u64
     }
 
+    /// Now on both clocks of a [`Span`]: [`History::now_ms`] and ms since the Unix epoch.
+    fn now(&self) -> (u64, u64) {
+        (self.now_ms(), now_ms())
+    }
+
     fn slots(&self) -> MutexGuard<'_, Vec<Slot>> {
         self.inner
             .slots
@@ -320,14 +355,13 @@ impl History {
     /// Every op, in the order they were invoked. An op still in flight shows as `Indeterminate`,
     /// completed now.
     pub fn ops(&self) -> Vec<Op> {
-        let (now, wall) = (self.now_ms(), now_ms());
+        let now = self.now();
         self.slots()
             .iter()
             .map(|s| {
                 let mut op = s.op.clone();
                 if !s.done {
-                    op.completed_ms = now;
-                    op.completed_wall_ms = wall;
+                    op.span.complete(now);
                     op.note = Some("still in flight".into());
                 }
                 op
@@ -356,7 +390,7 @@ impl History {
         key: Option<&str>,
         gateway: &str,
     ) -> usize {
-        let (at, wall) = (self.now_ms(), now_ms());
+        let now = self.now();
         let mut slots = self.slots();
         let seq = slots.len();
         slots.push(Slot {
@@ -366,10 +400,7 @@ impl History {
                 item,
                 quantity,
                 key: key.map(str::to_owned),
-                invoked_ms: at,
-                completed_ms: at,
-                invoked_wall_ms: wall,
-                completed_wall_ms: wall,
+                span: Span::at(now),
                 outcome: Outcome::Indeterminate,
                 settled: None,
                 note: None,
@@ -381,15 +412,14 @@ impl History {
     }
 
     fn complete(&self, seq: usize, outcome: Outcome, note: Option<String>) {
-        let (at, wall) = (self.now_ms(), now_ms());
+        let now = self.now();
         let mut slots = self.slots();
         let slot = &mut slots[seq];
         if slot.done {
             return;
         }
         slot.done = true;
-        slot.op.completed_ms = at;
-        slot.op.completed_wall_ms = wall;
+        slot.op.span.complete(now);
         slot.op.outcome = outcome;
         slot.op.note = note;
     }
@@ -659,18 +689,7 @@ impl Stored {
     }
 
     async fn read(db: &DatabaseConnection, item: ItemId, ops: &[Op]) -> anyhow::Result<Stored> {
-        let id = item.0 as i64;
-        let item_row = items::Entity::find_by_id(id)
-            .one(db)
-            .await
-            .context("reading the item")?
-            .with_context(|| format!("item {item} is not in the database"))?;
-        let mut orders = orders::Entity::find()
-            .filter(orders::Column::ItemId.eq(id))
-            .order_by_asc(orders::Column::Id)
-            .all(db)
-            .await
-            .context("reading the item's orders")?;
+        let (item_row, mut orders) = crate::db::item_and_orders(db, item).await?;
         let have: BTreeSet<i64> = orders.iter().map(|o| o.id).collect();
         let named: Vec<i64> = ops
             .iter()
@@ -694,7 +713,7 @@ impl Stored {
             orders.extend(more);
         }
         let restocked = inventory_history::Entity::find()
-            .filter(inventory_history::Column::ItemId.eq(id))
+            .filter(inventory_history::Column::ItemId.eq(item.0 as i64))
             .filter(inventory_history::Column::AdjustmentId.is_not_null())
             .all(db)
             .await
@@ -915,7 +934,7 @@ impl<'a> Judge<'a> {
             .iter()
             .filter(|op| op.item.0 as i64 == item_id)
             .collect();
-        ops.sort_by_key(|op| (op.invoked_ms, op.seq));
+        ops.sort_by_key(|op| (op.span.invoked_ms, op.seq));
         let mut by_id: HashMap<i64, Vec<&orders::Model>> = HashMap::new();
         for o in &stored.orders {
             by_id.entry(o.id).or_default().push(o);
@@ -1284,8 +1303,8 @@ impl<'a> Judge<'a> {
         // The earliest a request of each user for the item was invoked.
         let mut first: HashMap<UserId, u64> = HashMap::new();
         for op in &self.ops {
-            let t = first.entry(op.user).or_insert(op.invoked_ms);
-            *t = (*t).min(op.invoked_ms);
+            let t = first.entry(op.user).or_insert(op.span.invoked_ms);
+            *t = (*t).min(op.span.invoked_ms);
         }
         let since = |user: i64| first.get(&UserId(user as u64)).copied();
         // (earliest it could have taken stock: None = before the history, units)
@@ -1313,7 +1332,7 @@ impl<'a> Judge<'a> {
         for op in &sold_out {
             let taken: i64 = sales
                 .iter()
-                .filter(|(at, _)| at.is_none_or(|at| at <= op.completed_ms))
+                .filter(|(at, _)| at.is_none_or(|at| at <= op.span.completed_ms))
                 .map(|(_, q)| q)
                 .sum();
             let q = i64::from(op.quantity);
@@ -1342,12 +1361,12 @@ impl<'a> Judge<'a> {
             .ops
             .iter()
             .filter(|op| op.outcome.item_loaded())
-            .min_by_key(|op| op.completed_ms);
+            .min_by_key(|op| op.span.completed_ms);
         let unknown = self.answered(&Outcome::UnknownItem);
         let mut problems = Vec::new();
         for op in &unknown {
             if let Some(first) = loaded
-                && first.completed_ms < op.invoked_ms
+                && first.span.completed_ms < op.span.invoked_ms
             {
                 problems.push(format!(
                     "{}: item {} is in the database, and Redis had it when {} was answered",
@@ -1497,10 +1516,12 @@ mod tests {
                 item: ITEM,
                 quantity: 1,
                 key: key.map(str::to_owned),
-                invoked_ms: at,
-                completed_ms: at + 5,
-                invoked_wall_ms: 1_000_000 + at,
-                completed_wall_ms: 1_000_000 + at + 5,
+                span: Span {
+                    invoked_ms: at,
+                    completed_ms: at + 5,
+                    invoked_wall_ms: 1_000_000 + at,
+                    completed_wall_ms: 1_000_000 + at + 5,
+                },
                 outcome,
                 settled: None,
                 note: None,
@@ -1512,6 +1533,22 @@ mod tests {
         fn add(&mut self, user: u64, outcome: Outcome) -> &mut Op {
             self.op(user, None, outcome)
         }
+    }
+
+    #[test]
+    fn an_op_serializes_with_its_fields_in_order() {
+        let mut ops = Ops::default();
+        let op = ops.op(7, Some("k7"), OutcomeUnknown(OrderId(42)));
+        op.settled = Some(Settled {
+            found: true,
+            wall_ms: 1_000_009,
+        });
+        op.note = Some("slow".into());
+        let json = serde_json::to_string(&ops.0).unwrap();
+        assert_eq!(
+            json,
+            r#"[{"seq":0,"user":7,"item":9,"quantity":1,"key":"k7","invoked_ms":0,"completed_ms":5,"invoked_wall_ms":1000000,"completed_wall_ms":1000005,"outcome":{"OutcomeUnknown":"42"},"settled":{"found":true,"wall_ms":1000009},"note":"slow","gateway":"http://gw"}]"#
+        );
     }
 
     fn settled(op: &mut Op, found: bool) {
@@ -1730,7 +1767,7 @@ mod tests {
         // been taken by then, though the sale did sell out later.
         let (mut ops, rows) = good();
         let early = ops.add(30, SoldOut);
-        (early.invoked_ms, early.completed_ms) = (58, 59);
+        (early.span.invoked_ms, early.span.completed_ms) = (58, 59);
         let checks = judge(&ops.0, &stored(4, 1, rows));
         let c = failing(&checks, "sold_out_truthful");
         assert!(c.detail.contains("op #14"), "{}", c.detail);
@@ -1762,7 +1799,7 @@ mod tests {
         // Before any answer from the script, the item may not have been loaded yet.
         let (mut ops, rows) = good();
         let first = ops.add(20, UnknownItem);
-        (first.invoked_ms, first.completed_ms) = (0, 1);
+        (first.span.invoked_ms, first.span.completed_ms) = (0, 1);
         assert_eq!(failed(&ops, &stored(4, 1, rows)), BTreeSet::new());
     }
 

@@ -68,12 +68,7 @@ fn libfaketime() -> PathBuf {
 /// A binary of the workspace beside the test executable (`target/<profile>/deps/<test>` →
 /// `target/<profile>/<name>`), which `cargo build --workspace --bins` (scripts/test.sh) builds.
 fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let mut dir = exe.parent().expect("the test executable's directory");
-    if dir.ends_with("deps") {
-        dir = dir.parent().expect("the target directory");
-    }
-    let path = dir.join(name);
+    let path = seckill_testkit::workspace_binary(name);
     assert!(
         path.exists(),
         "{} is missing: build it with `cargo build --workspace --bins` (scripts/test.sh does)",

@@ -261,7 +261,7 @@ async fn paused_master(item: ItemId, settle_early: bool) {
     let answered_202 = |from: u64, to: u64| {
         ops.iter()
             .filter(|op| matches!(op.outcome, Outcome::Accepted(_)))
-            .filter(|op| op.completed_ms >= from && op.completed_ms < to)
+            .filter(|op| op.span.completed_ms >= from && op.span.completed_ms < to)
             .count()
     };
     let during_pause = answered_202(at("failed over"), at("continued"));

@@ -490,7 +490,7 @@ async fn redis_without_fsync_refuses_in_fsync_mode_and_loses_202s_to_a_power_cut
         .history
         .ops()
         .iter()
-        .filter(|op| op.invoked_ms >= run.restarted_ms)
+        .filter(|op| op.span.invoked_ms >= run.restarted_ms)
         .filter_map(|op| match op.outcome {
             Outcome::Accepted(id) => Some(id),
             _ => None,

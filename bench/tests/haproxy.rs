@@ -268,7 +268,7 @@ async fn a_gateway_killed_mid_burst_behind_haproxy_cuts_off_only_its_own_buyers(
     let cut_off: Vec<&history::Op> = ops.iter().filter(|op| op.outcome.cut_off()).collect();
     let last_cut_off = cut_off
         .iter()
-        .map(|op| op.invoked_ms as i64 - killed_at as i64)
+        .map(|op| op.span.invoked_ms as i64 - killed_at as i64)
         .max();
     println!(
         "gateway 2 SIGKILLed at +{killed_at} ms into the burst; HAProxy had it DOWN after {:.0} \
@@ -310,7 +310,7 @@ async fn a_gateway_killed_mid_burst_behind_haproxy_cuts_off_only_its_own_buyers(
     // took it out did, and every one of the late wave was answered.
     for op in &cut_off {
         assert!(
-            op.invoked_ms <= down_at,
+            op.span.invoked_ms <= down_at,
             "{} was cut off after gw2 was down",
             op.describe()
         );

@@ -309,7 +309,7 @@ async fn a_sale_rides_out_a_killed_node_and_a_lost_quorum() {
         .iter()
         .filter(|op| matches!(op.outcome, Outcome::Accepted(_)))
         // The history began a moment before the sale: its clock is the sale's, within a ms.
-        .filter(|op| op.invoked_ms as f64 / 1000.0 > quorum_back)
+        .filter(|op| op.span.invoked_ms as f64 / 1000.0 > quorum_back)
         .count();
     let last = samples.last().expect("samples");
     let at_quorum_back = samples

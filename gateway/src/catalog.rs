@@ -13,7 +13,7 @@ use crate::api::SaleState;
 use fred::prelude::*;
 use sea_orm::{ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 use seckill_schema::entity::items;
-use seckill_schema::{ItemId, Keys};
+use seckill_schema::{ItemId, Keys, SaleWindow};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,18 +42,16 @@ pub struct Snapshot {
     pub item: ItemId,
     pub name: String,
     pub price_cents: i64,
-    /// Epoch ms; `None`: open.
-    pub starts_at_ms: Option<i64>,
-    pub ends_at_ms: Option<i64>,
+    pub window: SaleWindow,
     pub remaining: i64,
 }
 
 impl Snapshot {
     /// The sale's state at `now_ms`: the window first, then the stock, as a purchase decides.
     pub fn state(&self, now_ms: i64) -> SaleState {
-        if self.ends_at_ms.is_some_and(|ends| now_ms >= ends) {
+        if self.window.ended(now_ms) {
             SaleState::Ended
-        } else if self.starts_at_ms.is_some_and(|starts| now_ms < starts) {
+        } else if self.window.upcoming(now_ms) {
             SaleState::Upcoming
         } else if self.remaining <= 0 {
             SaleState::SoldOut
@@ -67,8 +65,7 @@ impl Snapshot {
             item: ItemId(m.id as u64),
             name: m.name.clone(),
             price_cents: m.price_cents,
-            starts_at_ms: m.starts_at_ms,
-            ends_at_ms: m.ends_at_ms,
+            window: m.window(),
             // What the database still has to sell: close to Redis's `remaining`, behind it by the
             // orders on their way.
             remaining: m.available,
@@ -414,14 +411,11 @@ pub async fn read_item(
     if shards > 1 {
         remaining = sharded_remaining(redis, keys, item, shards).await?;
     }
-    // The hash says 0 for an open end.
-    let bound = |ms: Option<i64>| ms.filter(|ms| *ms > 0);
     Ok(Some(Snapshot {
         item,
         name: name.unwrap_or_default(),
         price_cents: price.unwrap_or_default(),
-        starts_at_ms: bound(starts),
-        ends_at_ms: bound(ends),
+        window: SaleWindow::from_hash(starts, ends),
         remaining,
     }))
 }
@@ -462,7 +456,7 @@ pub async fn read_listing(db: &DatabaseConnection, now_ms: i64) -> Result<Vec<Sn
         .await?;
     let mut listed: Vec<Snapshot> = rows.iter().map(Snapshot::of_row).collect();
     // In Rust: the backends disagree on where an open start (NULL) sorts.
-    listed.sort_by_key(|s| (s.starts_at_ms.unwrap_or(0), s.item));
+    listed.sort_by_key(|s| (s.window.starts_at_ms.unwrap_or(0), s.item));
     Ok(listed)
 }
 
@@ -476,8 +470,7 @@ mod tests {
             item: ItemId(item),
             name: format!("item {item}"),
             price_cents: 990,
-            starts_at_ms: None,
-            ends_at_ms: None,
+            window: SaleWindow::default(),
             remaining,
         }))
     }
@@ -510,8 +503,10 @@ mod tests {
             item: ItemId(1),
             name: "x".into(),
             price_cents: 1,
-            starts_at_ms: starts,
-            ends_at_ms: ends,
+            window: SaleWindow {
+                starts_at_ms: starts,
+                ends_at_ms: ends,
+            },
             remaining,
         };
         assert_eq!(s(None, None, 1).state(5), SaleState::Live);

@@ -66,8 +66,8 @@ pub fn public_item<'a>(s: &'a Snapshot, now: i64, server_time: &'a str) -> Publi
         item_id: s.item.0,
         name: &s.name,
         price_cents: s.price_cents,
-        starts_at: optional_time(s.starts_at_ms),
-        ends_at: optional_time(s.ends_at_ms),
+        starts_at: optional_time(s.window.starts_at_ms),
+        ends_at: optional_time(s.window.ends_at_ms),
         state: s.state(now),
         // Never below zero on a product page, whatever a compensation did meanwhile.
         remaining: s.remaining.max(0),

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Events, TestApp, concurrently, wait_for_empty_outbox};
+use common::{Events, TestApp, accepted_orders, concurrently, wait_for_empty_outbox};
 use http::StatusCode;
 use seckill_schema::OrderId;
 use seckill_testkit::{Backend, TestEnv, wait_for};
@@ -31,11 +31,7 @@ async fn one_user_racing_fifty_requests_gets_one_order() {
     })
     .await;
 
-    let accepted: Vec<OrderId> = answers
-        .iter()
-        .filter(|r| r.status == StatusCode::ACCEPTED)
-        .map(|r| r.accepted())
-        .collect();
+    let accepted: Vec<OrderId> = accepted_orders(&answers);
     assert_eq!(accepted.len(), 1, "exactly one order for one user");
     let order = accepted[0];
     for r in answers.iter().filter(|r| r.status != StatusCode::ACCEPTED) {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestApp, concurrently, item_body};
+use common::{TestApp, accepted_orders, concurrently, item_body};
 use http::StatusCode;
 use seckill_infra::scripts::{Held, Scripts};
 use seckill_schema::keys::{home_shard, shard_gene};
@@ -112,11 +112,7 @@ async fn one_buyer_racing_sixty_requests_at_a_sharded_item_gets_the_limit() {
         }
     })
     .await;
-    let accepted: BTreeSet<OrderId> = answers
-        .iter()
-        .filter(|r| r.status == StatusCode::ACCEPTED)
-        .map(|r| r.accepted())
-        .collect();
+    let accepted: BTreeSet<OrderId> = accepted_orders(&answers);
     assert_eq!(
         accepted.len(),
         LIMIT as usize,

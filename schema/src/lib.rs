@@ -15,8 +15,10 @@ pub mod outbox;
 pub mod record;
 pub mod snowflake;
 pub mod status;
+pub mod window;
 
 pub use ids::{AdjustmentId, ItemId, OrderId, Quantity, UserId};
 pub use keys::Keys;
 pub use messages::{Kind, Message, OrderEvent, PaymentEvent, PaymentOutcome};
 pub use status::{OrderStatus, PaymentStatus};
+pub use window::SaleWindow;

@@ -249,12 +249,7 @@ fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("SECKILL_LAZYFS_BIN") {
         return PathBuf::from(path);
     }
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let mut dir = exe.parent().expect("the test executable's directory");
-    if dir.ends_with("deps") {
-        dir = dir.parent().expect("the target directory");
-    }
-    let binary = dir.join("seckill-lazyfs");
+    let binary = crate::workspace_binary("seckill-lazyfs");
     assert!(
         binary.exists(),
         "{} is missing: build it with `cargo build -p seckill-testkit --bins` (scripts/test.sh \

@@ -41,6 +41,7 @@ pub use env::{
 pub use lazyfs::{LazyFs, LazyFsStats};
 pub use netns::{Host, Network, PostgresServer, RabbitMqNode};
 pub use postgres::LocalPostgres;
+pub use process::workspace_binary;
 pub use rabbitmq_cluster::RabbitMqCluster;
 pub use redis::{RedisOptions, RedisServer, config_set, free_port};
 pub use sentinel::Sentinel;

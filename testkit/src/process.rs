@@ -6,6 +6,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
+/// Where the workspace's binary `name` is built: beside the running test executable
+/// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`). It may not be built yet: the
+/// caller says how to build it.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let mut dir = exe.parent().expect("the test executable's directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("the target directory");
+    }
+    dir.join(name)
+}
+
 pub(crate) fn lock(child: &Mutex<Option<Child>>) -> std::sync::MutexGuard<'_, Option<Child>> {
     child
         .lock()

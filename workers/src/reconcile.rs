@@ -27,7 +27,7 @@ use seckill_infra::scripts::{Held, ItemSettings};
 use seckill_infra::stock::{self, Settled};
 use seckill_schema::entity::{items, orders};
 use seckill_schema::snowflake::GENES;
-use seckill_schema::{AdjustmentId, ItemId, Kind, Message, OrderId, OrderStatus};
+use seckill_schema::{AdjustmentId, ItemId, Kind, Message, OrderId, OrderStatus, SaleWindow};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -155,11 +155,8 @@ struct ItemRow {
 type RedisSettings = (Option<i64>, Option<i64>, Option<i64>);
 
 fn as_in_redis(s: &ItemSettings) -> RedisSettings {
-    (
-        Some(s.starts_at_ms.unwrap_or(0)),
-        Some(s.ends_at_ms.unwrap_or(0)),
-        Some(i64::from(s.per_user_limit)),
-    )
+    let [starts, ends] = s.window.in_hash();
+    (Some(starts), Some(ends), Some(i64::from(s.per_user_limit)))
 }
 
 /// What the last pass saw of an item, and the drift currently reported for it.
@@ -521,8 +518,10 @@ async fn items_with_held(db: &DatabaseConnection) -> Result<Vec<ItemRow>, DbErr>
             sold: row.try_get("", "sold")?,
             held: row.try_get("", "held")?,
             settings: ItemSettings {
-                starts_at_ms: row.try_get("", "starts_at_ms")?,
-                ends_at_ms: row.try_get("", "ends_at_ms")?,
+                window: SaleWindow {
+                    starts_at_ms: row.try_get("", "starts_at_ms")?,
+                    ends_at_ms: row.try_get("", "ends_at_ms")?,
+                },
                 per_user_limit: row.try_get("", "per_user_limit")?,
             },
             shards: row

@@ -974,7 +974,7 @@ pub async fn burst(clients: &[Client], plan: &Plan, progress: &Arc<Progress>) {
 pub fn accepted_between(ops: &[Op], from: u64, to: u64) -> usize {
     ops.iter()
         .filter(|op| matches!(op.outcome, Outcome::Accepted(_)))
-        .filter(|op| op.invoked_ms >= from && op.invoked_ms < to)
+        .filter(|op| op.span.invoked_ms >= from && op.span.invoked_ms < to)
         .count()
 }
 

@@ -588,3 +588,12 @@ where
         .collect()
         .await
 }
+
+/// The orders of the `202` answers among `answers`, each checked as [`Resp::accepted`] does.
+pub fn accepted_orders<C: FromIterator<OrderId>>(answers: &[Resp]) -> C {
+    answers
+        .iter()
+        .filter(|r| r.status == StatusCode::ACCEPTED)
+        .map(Resp::accepted)
+        .collect()
+}

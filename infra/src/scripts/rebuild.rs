@@ -77,12 +77,13 @@ impl ItemState {
 /// `lua/rebuild_item.lua` and `lua/reshard.lua` take them: stock, per-user limit, price, starts
 /// ms, ends ms (0 = open), name, shards.
 pub(super) fn item_hash_args(row: &items::Model) -> [String; 7] {
+    let [starts, ends] = row.window().in_hash();
     [
         row.stock.to_string(),
         row.per_user_limit.to_string(),
         row.price_cents.to_string(),
-        row.starts_at_ms.unwrap_or(0).to_string(),
-        row.ends_at_ms.unwrap_or(0).to_string(),
+        starts.to_string(),
+        ends.to_string(),
         row.name.clone(),
         shards_of(row).to_string(),
     ]

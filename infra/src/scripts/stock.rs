@@ -5,7 +5,7 @@
 use super::{BadScriptReply, ScriptError, Scripts, int};
 use fred::prelude::*;
 use seckill_schema::keys::{gene_of_item, shard_gene};
-use seckill_schema::{AdjustmentId, ItemId};
+use seckill_schema::{AdjustmentId, ItemId, SaleWindow};
 
 pub const ADJUST_STOCK: &str = include_str!("../../../lua/adjust_stock.lua");
 pub const UNDO_ADJUSTMENT: &str = include_str!("../../../lua/undo_adjustment.lua");
@@ -75,8 +75,7 @@ pub enum Undone {
 /// What the purchase script reads of an item besides its stock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ItemSettings {
-    pub starts_at_ms: Option<i64>,
-    pub ends_at_ms: Option<i64>,
+    pub window: SaleWindow,
     pub per_user_limit: i32,
 }
 
@@ -212,9 +211,10 @@ impl Scripts {
         shards: u8,
         settings: &ItemSettings,
     ) -> Result<bool, ScriptError> {
+        let [starts, ends] = settings.window.in_hash();
         let args = vec![
-            settings.starts_at_ms.unwrap_or(0).to_string(),
-            settings.ends_at_ms.unwrap_or(0).to_string(),
+            starts.to_string(),
+            ends.to_string(),
             settings.per_user_limit.to_string(),
         ];
         let mut held = true;

@@ -89,10 +89,10 @@ pub async fn patch_item(state: &Arc<State>, req: Request<Incoming>, raw_id: &str
     }
     let change = |s: &mut ItemSettings| {
         if let Some(t) = starts {
-            s.starts_at_ms = t;
+            s.window.starts_at_ms = t;
         }
         if let Some(t) = ends {
-            s.ends_at_ms = t;
+            s.window.ends_at_ms = t;
         }
         if let Some(l) = patch.per_user_limit {
             s.per_user_limit = l;
@@ -136,8 +136,7 @@ async fn reshard(state: &State, id: i64, k: u8) -> Result<(), ApiError> {
         return Ok(());
     }
     let now = state.clock.now_ms();
-    let live = row.starts_at_ms.is_none_or(|s| s <= now) && row.ends_at_ms.is_none_or(|e| e > now);
-    if live {
+    if row.window().live(now) {
         return Err(shards_in_use(
             "shards change only while the sale is not live: before it starts or after it ends",
         ));
@@ -213,14 +212,7 @@ pub async fn end_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> 
     let id = admin_item_id(state, headers, raw_id)?;
     let now = now_ms() as i64;
     change_settings(state, id, |s| {
-        if s.ends_at_ms.is_none_or(|e| e > now) {
-            s.ends_at_ms = Some(now);
-        }
-        if let (Some(start), Some(end)) = (s.starts_at_ms, s.ends_at_ms)
-            && start > end
-        {
-            s.starts_at_ms = Some(end);
-        }
+        s.window.end_at(now);
         Ok(())
     })
     .await?;
@@ -229,18 +221,18 @@ pub async fn end_item(state: &Arc<State>, headers: &HeaderMap, raw_id: &str) -> 
 
 fn settings_of(m: &items::Model) -> ItemSettings {
     ItemSettings {
-        starts_at_ms: m.starts_at_ms,
-        ends_at_ms: m.ends_at_ms,
+        window: m.window(),
         per_user_limit: m.per_user_limit,
     }
 }
 
 fn check_window(s: &ItemSettings) -> Result<(), ApiError> {
-    match (s.starts_at_ms, s.ends_at_ms) {
-        (Some(start), Some(end)) if end <= start => Err(ApiError::BadRequest(
+    if s.window.ends_after_start() {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(
             "ends_at must be after starts_at".into(),
-        )),
-        _ => Ok(()),
+        ))
     }
 }
 
@@ -361,8 +353,14 @@ async fn change_settings(
         return Ok(());
     }
     items::Entity::update_many()
-        .col_expr(items::Column::StartsAtMs, Expr::value(after.starts_at_ms))
-        .col_expr(items::Column::EndsAtMs, Expr::value(after.ends_at_ms))
+        .col_expr(
+            items::Column::StartsAtMs,
+            Expr::value(after.window.starts_at_ms),
+        )
+        .col_expr(
+            items::Column::EndsAtMs,
+            Expr::value(after.window.ends_at_ms),
+        )
         .col_expr(
             items::Column::PerUserLimit,
             Expr::value(after.per_user_limit),
