@@ -782,11 +782,10 @@ pub async fn wait_for_orders_except(
             let (Some(conn), Some(redis)) = (db.as_ref(), redis.as_ref()) else {
                 anyhow::bail!("not connected");
             };
-            let rows = orders::Entity::find()
-                .filter(orders::Column::ItemId.eq(item.0 as i64))
-                .all(conn)
-                .await
-                .context("reading the item's orders")?;
+            let rows =
+                crate::db::rows_of_item(conn, item, orders::Column::ItemId, orders::Column::Id)
+                    .await
+                    .context("reading the item's orders")?;
             let have: BTreeSet<i64> = rows.iter().map(|o| o.id).collect();
             let absent = want.difference(&have).count();
             let moving = on_their_way(&rows);

@@ -176,7 +176,8 @@ pub const ITEM: ItemId = ItemId(7);
 /// order id the gateway mints for an unsharded item does (the audit checks each order is in its
 /// buyer's home shard).
 pub fn oid(n: i64) -> i64 {
-    (n << 4) | i64::from(seckill_schema::keys::gene_of_item(ITEM))
+    (n << seckill_schema::snowflake::GENE_BITS)
+        | i64::from(seckill_schema::keys::gene_of_item(ITEM))
 }
 pub const STOCK: i64 = 10;
 pub const PRICE: i64 = 990;
