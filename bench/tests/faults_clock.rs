@@ -48,15 +48,9 @@ const BUYERS_PER_PHASE: u64 = 5;
 /// libfaketime's multithreaded library (Debian's `libfaketime` package, which
 /// `scripts/services.sh` installs), or `SECKILL_LIBFAKETIME`.
 fn libfaketime() -> PathBuf {
-    if let Some(path) = std::env::var_os("SECKILL_LIBFAKETIME") {
-        return path.into();
-    }
-    let found = std::fs::read_dir("/usr/lib")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("faketime/libfaketimeMT.so.1"))
-        .find(|p| p.exists());
+    let found = seckill_testkit::installed("SECKILL_LIBFAKETIME", "/usr/lib", |arch| {
+        Some(((), arch.path().join("faketime/libfaketimeMT.so.1")))
+    });
     found.unwrap_or_else(|| {
         panic!(
             "libfaketime is missing (/usr/lib/<arch>/faketime/libfaketimeMT.so.1): \

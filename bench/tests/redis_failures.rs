@@ -130,15 +130,12 @@ impl Stack {
     }
 
     async fn get_order(&self, user: u64, id: OrderId) -> (StatusCode, Value) {
-        let resp = self
+        let req = self
             .http
             .get(format!("{}/orders/{id}", self.base))
-            .bearer_auth(self.jwt.mint(UserId(user), 600))
-            .send()
-            .await
-            .expect("GET /orders/{id}");
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
+            .bearer_auth(self.jwt.mint(UserId(user), 600));
+        let (status, body) = seckill_testkit::answer(req, "GET /orders/{id}").await;
+        (StatusCode::from_u16(status).expect("a status code"), body)
     }
 
     /// `/readyz` of the gateway and of the workers.

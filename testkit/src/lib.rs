@@ -21,6 +21,7 @@
 mod broker;
 mod cluster;
 mod env;
+mod http;
 mod lazyfs;
 mod netns;
 mod postgres;
@@ -38,10 +39,11 @@ pub use cluster::RedisCluster;
 pub use env::{
     Backend, Stores, TEST_MYSQL, TEST_POSTGRES, TestEnv, env_vars, wait_for_redis_state,
 };
+pub use http::answer;
 pub use lazyfs::{LazyFs, LazyFsStats};
 pub use netns::{Host, Network, PostgresServer, RabbitMqNode};
 pub use postgres::LocalPostgres;
-pub use process::workspace_binary;
+pub use process::{installed, workspace_binary};
 pub use rabbitmq_cluster::RabbitMqCluster;
 pub use redis::{RedisOptions, RedisServer, config_set, free_port};
 pub use sentinel::Sentinel;

@@ -288,18 +288,10 @@ pub(crate) fn accepting(bin: &Path, url: &str) -> impl Future<Output = Option<()
 /// The newest PostgreSQL's binaries (`/usr/lib/postgresql/<version>/bin`, as Debian installs
 /// them), or `$SECKILL_PG_BIN`.
 pub(crate) fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SECKILL_PG_BIN") {
-        return dir.into();
-    }
-    let newest = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| Some((e.file_name().to_str()?.parse::<u32>().ok()?, e.path())))
-        .filter(|(_, dir)| dir.join("bin/initdb").exists())
-        .max_by_key(|(version, _)| *version);
-    match newest {
-        Some((_, dir)) => dir.join("bin"),
-        None => panic!("no PostgreSQL server under /usr/lib/postgresql (set SECKILL_PG_BIN)"),
-    }
+    crate::installed("SECKILL_PG_BIN", "/usr/lib/postgresql", |e| {
+        let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+        let bin = e.path().join("bin");
+        bin.join("initdb").exists().then_some((version, bin))
+    })
+    .expect("no PostgreSQL server under /usr/lib/postgresql (set SECKILL_PG_BIN)")
 }

@@ -18,6 +18,21 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// A program or library this machine has installed: `$var` when it is set, else the path `pick`
+/// names for an entry of `dir` (with a rank: the highest wins, such as a version), if any exists.
+pub fn installed<R: Ord>(
+    var: &str,
+    dir: &str,
+    pick: impl Fn(&std::fs::DirEntry) -> Option<(R, PathBuf)>,
+) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(var) {
+        return Some(path.into());
+    }
+    let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    let found = entries.filter_map(|e| pick(&e)).filter(|(_, p)| p.exists());
+    found.max_by(|a, b| a.0.cmp(&b.0)).map(|(_, path)| path)
+}
+
 pub(crate) fn lock(child: &Mutex<Option<Child>>) -> std::sync::MutexGuard<'_, Option<Child>> {
     child
         .lock()

@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, QueryResult, Statement};
 use seckill_infra::auth::{Jwt, WebhookSigner};
 use seckill_infra::broker::Topology;
 use seckill_schema::{ItemId, Keys, OrderId, UserId};
-use seckill_testkit::{Backend, ServerTask, Stores, TestEnv, wait_for};
+use seckill_testkit::{Backend, ServerTask, Stores, TestEnv, answer, wait_for};
 use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
@@ -177,36 +177,23 @@ impl Stack {
     }
 
     pub async fn create_item(&self, item: u64, stock: i64, per_user_limit: i32) {
-        let resp = self
-            .http
-            .post(format!("{}/admin/items", self.url))
-            .bearer_auth(&self.env.config.admin_token)
-            .json(&serde_json::json!({
-                "item_id": item, "name": format!("item {item}"), "price_cents": 1999,
-                "stock": stock, "per_user_limit": per_user_limit,
-            }))
-            .send()
-            .await
-            .expect("admin request");
-        assert_eq!(
-            resp.status(),
-            201,
-            "creating item {item}: {:?}",
-            resp.text().await
-        );
+        let item = serde_json::json!({
+            "item_id": item, "name": format!("item {item}"), "price_cents": 1999,
+            "stock": stock, "per_user_limit": per_user_limit,
+        });
+        let (status, body) = self
+            .admin(reqwest::Method::POST, "/admin/items", Some(item.clone()))
+            .await;
+        assert_eq!(status, 201, "creating item {item}: {body}");
     }
 
     pub async fn buy(&self, user: u64, item: u64) -> (u16, serde_json::Value) {
-        let resp = self
+        let req = self
             .http
             .post(format!("{}/seckill", self.url))
             .bearer_auth(self.jwt.mint(UserId(user), 3600))
-            .json(&serde_json::json!({ "item_id": item }))
-            .send()
-            .await
-            .expect("seckill request");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or_default())
+            .json(&serde_json::json!({ "item_id": item }));
+        answer(req, "POST /seckill").await
     }
 
     /// `user` buys one unit of `item` and is answered `202`: the order's id.
@@ -294,17 +281,11 @@ impl Stack {
         order: OrderId,
         step: &str,
     ) -> (u16, serde_json::Value) {
-        let resp = self
+        let req = self
             .http
             .post(format!("{}/orders/{order}/{step}", self.url))
-            .bearer_auth(self.jwt.mint(UserId(user), 3600))
-            .send()
-            .await
-            .expect("order step");
-        (
-            resp.status().as_u16(),
-            resp.json().await.unwrap_or_default(),
-        )
+            .bearer_auth(self.jwt.mint(UserId(user), 3600));
+        answer(req, step).await
     }
 
     /// `GET /orders/{order}` as `user`: the answer's JSON.
@@ -355,17 +336,11 @@ impl Stack {
 
     /// `POST /admin/orders/{order}/ship`.
     pub async fn ship(&self, order: OrderId) -> (u16, serde_json::Value) {
-        let resp = self
+        let req = self
             .http
             .post(format!("{}/admin/orders/{order}/ship", self.url))
-            .bearer_auth(&self.env.config.admin_token)
-            .send()
-            .await
-            .expect("ship");
-        (
-            resp.status().as_u16(),
-            resp.json().await.unwrap_or_default(),
-        )
+            .bearer_auth(&self.env.config.admin_token);
+        answer(req, "ship").await
     }
 
     /// An admin request with the admin token: its status and JSON body (`Null` if none).
@@ -382,11 +357,7 @@ impl Stack {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req.send().await.expect("admin request");
-        (
-            resp.status().as_u16(),
-            resp.json().await.unwrap_or_default(),
-        )
+        answer(req, "admin request").await
     }
 
     /// `PATCH /admin/items/{item}` with `body`.
