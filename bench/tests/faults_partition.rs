@@ -17,7 +17,7 @@
 #[path = "common/faults.rs"]
 mod faults;
 
-use faults::{Final, Options, Plan, Progress, Stack, accepted_between, hold, outbox_orders};
+use faults::{Final, Options, Plan, Stack, accepted_between, hold, outbox_orders};
 use fred::prelude::*;
 use http::StatusCode;
 use seckill_bench::history::{Outcome, Stored};
@@ -26,25 +26,18 @@ use seckill_testkit::wait_for;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-const PRICE: i64 = 990;
-
 /// 480 buyers over 15 s for 200 units, two per buyer: the sale lasts through a fault of a few
 /// seconds and well past its heal.
-fn plan(item: ItemId) -> Plan {
-    Plan::new(item, 480).per_sec(32)
-}
+const BUYERS: u64 = 480;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_cut_from_redis_mid_sale_answers_503_and_settles_truthfully() {
-    let item = ItemId(301);
-    let stack = Stack::start(Options::fsync()).await;
-    stack.create_item(item, 200, 2, PRICE).await;
-    let progress = Progress::new();
-    let sale = plan(item);
+    let sale = Plan::new(ItemId(301), BUYERS);
+    let stack = Stack::selling(Options::fsync(), &sale, 200).await;
     let gateway = &stack.hosts.gateways[0];
     let (mut cut_at, mut healed_at) = (0, 0);
     let fault = async {
-        progress.until_accepted(40).await;
+        sale.progress.until_accepted(40).await;
         cut_at = stack.history.now_ms();
         stack.net.cut(gateway, &stack.hosts.redis);
         // Not ready while it cannot reach Redis (asked 2 s in, while the cut holds).
@@ -59,8 +52,8 @@ async fn gateway_cut_from_redis_mid_sale_answers_503_and_settles_truthfully() {
         healed_at = stack.history.now_ms();
         ready
     };
-    let ((), ready_during) = tokio::join!(stack.burst(&sale, &progress), fault);
-    let verdict = stack.verify(item, Final::AwaitingPayment).await;
+    let ((), ready_during) = tokio::join!(stack.burst(&sale), fault);
+    let verdict = stack.verify(sale.item, Final::AwaitingPayment).await;
     let ops = stack.history.ops();
     let s = &verdict.summary;
     let after = accepted_between(&ops, healed_at, u64::MAX);
@@ -80,17 +73,14 @@ async fn gateway_cut_from_redis_mid_sale_answers_503_and_settles_truthfully() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_cut_from_rabbitmq_sells_into_the_outbox_and_relays_it_all_once_after() {
-    let item = ItemId(302);
-    let mut stack = Stack::start(Options::fsync()).await;
-    stack.create_item(item, 200, 2, PRICE).await;
-    let progress = Progress::new();
-    let sale = plan(item);
+    let sale = Plan::new(ItemId(302), BUYERS);
+    let mut stack = Stack::selling(Options::fsync(), &sale, 200).await;
     let (clients, history, net, hosts) = (&stack.clients, &stack.history, &stack.net, &stack.hosts);
     let redis = &mut stack.redis;
     let (config, gateway_url) = (&stack.config, stack.gateways[0].url.clone());
     let mut seen = (0u64, 0u64, None, 0usize);
     let fault = async {
-        progress.until_accepted(30).await;
+        sale.progress.until_accepted(30).await;
         net.cut(&hosts.gateways[0], &hosts.mq);
         let cut_at = history.now_ms();
         // Sales go on: the outbox fills, since nothing can leave it.
@@ -98,7 +88,7 @@ async fn relay_cut_from_rabbitmq_sells_into_the_outbox_and_relays_it_all_once_af
             "the outbox to fill while the relay is cut off",
             Duration::from_secs(30),
             || async {
-                let n = faults::outbox_len_at(config, &redis.url(), item).await?;
+                let n = faults::outbox_len_at(config, &redis.url(), sale.item).await?;
                 (n >= 25).then_some(n)
             },
         )
@@ -107,10 +97,10 @@ async fn relay_cut_from_rabbitmq_sells_into_the_outbox_and_relays_it_all_once_af
         redis.kill();
         redis.restart();
         redis.wait_ready().await;
-        let after_restart = faults::outbox_len_at(config, &redis.url(), item).await;
+        let after_restart = faults::outbox_len_at(config, &redis.url(), sale.item).await;
         // Past the broker's call timeout (10 s): the relay's publish fails, it reconnects.
         hold(Duration::from_secs(11)).await;
-        let backlog_at_heal = faults::outbox_len_at(config, &redis.url(), item)
+        let backlog_at_heal = faults::outbox_len_at(config, &redis.url(), sale.item)
             .await
             .unwrap_or(0);
         let ready = faults::status_of(&format!("{gateway_url}/readyz")).await;
@@ -123,8 +113,8 @@ async fn relay_cut_from_rabbitmq_sells_into_the_outbox_and_relays_it_all_once_af
         );
         ready
     };
-    let ((), ready_during) = tokio::join!(faults::burst(clients, &sale, &progress), fault);
-    let verdict = stack.verify(item, Final::AwaitingPayment).await;
+    let ((), ready_during) = tokio::join!(faults::burst(clients, &sale), fault);
+    let verdict = stack.verify(sale.item, Final::AwaitingPayment).await;
     let (backlog, backlog_at_heal, after_restart, sold_during) = seen;
     eprintln!(
         "outbox during the cut: {backlog} entries before Redis's crash, {after_restart:?} after \
@@ -139,33 +129,36 @@ async fn relay_cut_from_rabbitmq_sells_into_the_outbox_and_relays_it_all_once_af
     );
     assert!(sold_during > 0, "sales went on during the cut");
     assert_ne!(ready_during, Some(StatusCode::OK), "ready without a broker");
-    assert_eq!(stack.outbox_len(item).await, Some(0), "everything relayed");
+    assert_eq!(
+        stack.outbox_len(sale.item).await,
+        Some(0),
+        "everything relayed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_cut_from_rabbitmq_then_from_postgres_lose_nothing_and_apply_nothing_twice() {
-    let item = ItemId(303);
     // Unpaid orders time out after 3 s, so closes (units back to Redis) run through the cuts too.
-    let stack = Stack::start(Options::fsync().payment_timeout(3)).await;
-    stack.create_item(item, 150, 2, PRICE).await;
-    let progress = Progress::new();
     // 25 s of buyers: through both cuts.
-    let sale = Plan::new(item, 800).per_sec(32);
+    let sale = Plan::new(ItemId(303), 800);
+    let stack = Stack::selling(Options::fsync().payment_timeout(3), &sale, 150).await;
     let (workers, mq, db) = (&stack.hosts.workers, &stack.hosts.mq, &stack.hosts.db);
     let mut stored_during = (0, 0);
     let fault = async {
-        progress.until_accepted(30).await;
+        sale.progress.until_accepted(30).await;
         // The broker: deliveries, acks and the follow-ups' publishes all hang, past the
         // publisher's 10 s confirm timeout.
         stack.net.cut(workers, mq);
-        let before = faults::stored_count(&stack.config, item).await;
+        let before = faults::stored_count(&stack.config, sale.item).await;
         hold(Duration::from_secs(11)).await;
-        let after = faults::stored_count(&stack.config, item).await;
+        let after = faults::stored_count(&stack.config, sale.item).await;
         stack.net.heal(workers, mq);
         wait_for(
             "the workers to store orders again",
             Duration::from_secs(30),
-            || async { (faults::stored_count(&stack.config, item).await > after).then_some(()) },
+            || async {
+                (faults::stored_count(&stack.config, sale.item).await > after).then_some(())
+            },
         )
         .await;
         // The database: batches wait, mid-transaction ones included.
@@ -174,8 +167,8 @@ async fn workers_cut_from_rabbitmq_then_from_postgres_lose_nothing_and_apply_not
         stack.net.heal(workers, db);
         stored_during = (before, after);
     };
-    let ((), ()) = tokio::join!(stack.burst(&sale, &progress), fault);
-    let verdict = stack.verify(item, Final::All).await;
+    let ((), ()) = tokio::join!(stack.burst(&sale), fault);
+    let verdict = stack.verify(sale.item, Final::All).await;
     eprintln!(
         "orders stored when the broker was cut off: {}, when it came back: {}; the workers \
          logged {} consumer reconnects and {} batch retries",
@@ -189,11 +182,8 @@ async fn workers_cut_from_rabbitmq_then_from_postgres_lose_nothing_and_apply_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_replica_promoted_by_sentinel_is_rebuilt_and_loses_only_unrelayed_orders() {
-    let item = ItemId(304);
-    let mut stack = Stack::start(Options::replica()).await;
-    stack.create_item(item, 200, 2, PRICE).await;
-    let progress = Progress::new();
-    let sale = plan(item);
+    let sale = Plan::new(ItemId(304), BUYERS);
+    let mut stack = Stack::selling(Options::replica(), &sale, 200).await;
     let (clients, history, net, hosts) = (&stack.clients, &stack.history, &stack.net, &stack.hosts);
     let (master, replicas) = (&mut stack.redis, &stack.replicas);
     let sentinel = stack
@@ -205,12 +195,12 @@ async fn a_stale_replica_promoted_by_sentinel_is_rebuilt_and_loses_only_unrelaye
     let mut window: BTreeSet<OrderId> = BTreeSet::new();
     let mut times = Vec::new();
     let fault = async {
-        progress.until_accepted(40).await;
+        sale.progress.until_accepted(40).await;
         let t0 = history.now_ms();
         // replica2 stops hearing the master: it misses every write from now on, while replica1
         // acknowledges them (WAIT 1).
         net.cut(&hosts.redis, &hosts.replicas[1]);
-        progress.until_more_accepted(30).await;
+        sale.progress.until_more_accepted(30).await;
         times.push(("replica2 cut off (ms)", history.now_ms() - t0));
         // The Sentinel loses sight of replica1, the up-to-date one.
         net.cut(&hosts.replicas[0], hosts.sentinel.as_ref().unwrap());
@@ -253,13 +243,13 @@ async fn a_stale_replica_promoted_by_sentinel_is_rebuilt_and_loses_only_unrelaye
             history.now_ms() - t0,
         ));
     };
-    let ((), ()) = tokio::join!(faults::burst(clients, &sale, &progress), fault);
+    let ((), ()) = tokio::join!(faults::burst(clients, &sale), fault);
     // The orders only replica1 held unrelayed may be gone: the pipeline is not waited for them.
     let verdict = stack
-        .verify_except(item, Final::AwaitingPayment, &window)
+        .verify_except(sale.item, Final::AwaitingPayment, &window)
         .await;
     let ops = stack.history.ops();
-    let stored = Stored::load(&stack.config, item, &ops)
+    let stored = Stored::load(&stack.config, sale.item, &ops)
         .await
         .expect("reading the database");
     let in_db: BTreeSet<i64> = stored.orders.iter().map(|o| o.id).collect();

@@ -13,35 +13,29 @@
 #[path = "common/faults.rs"]
 mod faults;
 
-use faults::{Final, Options, Plan, Progress, Stack, hold};
+use faults::{Final, Options, Plan, Stack, hold};
 use sea_orm::ConnectionTrait;
 use seckill_bench::history::Outcome;
 use seckill_schema::ItemId;
 use seckill_testkit::wait_for;
 use std::time::{Duration, Instant};
 
-const PRICE: i64 = 990;
-
 /// 640 buyers over 20 s for 150 units, two per buyer.
-fn plan(item: ItemId) -> Plan {
-    Plan::new(item, 640).per_sec(32)
-}
+const BUYERS: u64 = 640;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_lease_holder_paused_past_its_lease_loses_nothing_and_applies_nothing_twice() {
-    let item = ItemId(311);
     // Unpaid orders time out after 3 s: orders relayed again late may find theirs closed.
-    let mut stack = Stack::start(Options::fsync().gateways(2).payment_timeout(3)).await;
-    stack.create_item(item, 150, 2, PRICE).await;
-    let progress = Progress::new();
-    let sale = plan(item);
+    let sale = Plan::new(ItemId(311), BUYERS);
+    let mut stack =
+        Stack::selling(Options::fsync().gateways(2).payment_timeout(3), &sale, 150).await;
     let (clients, gateways, config) = (&stack.clients, &stack.gateways, &stack.config);
     let redis = &mut stack.redis;
     let mut seen = Vec::new();
     let mut holder = 0;
     let fault = async {
-        progress.until_accepted(40).await;
-        holder = faults::relay_holder(config, gateways, item)
+        sale.progress.until_accepted(40).await;
+        holder = faults::relay_holder(config, gateways, sale.item)
             .await
             .expect("a gateway holds the relay lease");
         let other = 1 - holder;
@@ -53,7 +47,7 @@ async fn the_relay_lease_holder_paused_past_its_lease_loses_nothing_and_applies_
             "the outbox to fill while its relay is paused",
             Duration::from_secs(20),
             || async {
-                let n = faults::outbox_len_at(config, &url, item).await?;
+                let n = faults::outbox_len_at(config, &url, sale.item).await?;
                 (n >= 15).then_some(n)
             },
         )
@@ -62,13 +56,16 @@ async fn the_relay_lease_holder_paused_past_its_lease_loses_nothing_and_applies_
         redis.kill();
         redis.restart();
         redis.wait_ready().await;
-        let after_restart = faults::outbox_len_at(config, &url, item).await.unwrap_or(0);
+        let after_restart = faults::outbox_len_at(config, &url, sale.item)
+            .await
+            .unwrap_or(0);
         // The other gateway takes the stream over once the lease runs out (5 s).
         wait_for(
             "the other gateway to take the relay lease",
             Duration::from_secs(30),
             || async {
-                (faults::relay_holder(config, gateways, item).await == Some(other)).then_some(())
+                (faults::relay_holder(config, gateways, sale.item).await == Some(other))
+                    .then_some(())
             },
         )
         .await;
@@ -79,8 +76,8 @@ async fn the_relay_lease_holder_paused_past_its_lease_loses_nothing_and_applies_
         seen.push(("outbox before Redis's crash", u128::from(backlog)));
         seen.push(("outbox after its restart", u128::from(after_restart)));
     };
-    let ((), ()) = tokio::join!(faults::burst(clients, &sale, &progress), fault);
-    let verdict = stack.verify(item, Final::All).await;
+    let ((), ()) = tokio::join!(faults::burst(clients, &sale), fault);
+    let verdict = stack.verify(sale.item, Final::All).await;
     eprintln!(
         "paused gateway {}: {seen:?}; its relay failed {} times after it woke",
         holder + 1,
@@ -92,7 +89,11 @@ async fn the_relay_lease_holder_paused_past_its_lease_loses_nothing_and_applies_
         after >= before,
         "the outbox lost entries in the crash: {before} before, {after} after"
     );
-    assert_eq!(stack.outbox_len(item).await, Some(0), "everything relayed");
+    assert_eq!(
+        stack.outbox_len(sale.item).await,
+        Some(0),
+        "everything relayed"
+    );
 }
 
 /// A consumer that holds deliveries unacknowledged for 3 s loses its channel, and its deliveries
@@ -121,16 +122,15 @@ async fn open_transactions(db: &sea_orm::DatabaseConnection, ip: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_paused_mid_batch_past_the_consumer_timeout_apply_everything_once() {
-    let item = ItemId(312);
-    let stack = Stack::start(
+    let sale = Plan::new(ItemId(312), BUYERS);
+    let stack = Stack::selling(
         Options::fsync()
             .payment_timeout(3)
             .rabbitmq_advanced_config(CONSUMER_TIMEOUT),
+        &sale,
+        150,
     )
     .await;
-    stack.create_item(item, 150, 2, PRICE).await;
-    let progress = Progress::new();
-    let sale = plan(item);
     let db = seckill_infra::db::connect(&stack.config.database_url, 1)
         .await
         .expect("the stack's database");
@@ -138,7 +138,7 @@ async fn workers_paused_mid_batch_past_the_consumer_timeout_apply_everything_onc
     let mut caught = String::new();
     let mut held = false;
     let fault = async {
-        progress.until_accepted(40).await;
+        sale.progress.until_accepted(40).await;
         // Paused when a batch's transaction is open in PostgreSQL, if one is caught within 10 s
         // of tries; else when the workers hold deliveries unacknowledged.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -164,9 +164,9 @@ async fn workers_paused_mid_batch_past_the_consumer_timeout_apply_everything_onc
         stack.workers.resume();
         caught.push_str(&format!("; paused {:?}", paused.elapsed()));
     };
-    let ((), ()) = tokio::join!(stack.burst(&sale, &progress), fault);
+    let ((), ()) = tokio::join!(stack.burst(&sale), fault);
     let _ = db.close().await;
-    let verdict = stack.verify(item, Final::All).await;
+    let verdict = stack.verify(sale.item, Final::All).await;
     let mq_log = std::fs::read_to_string(stack.mq.log_path()).unwrap_or_default();
     let timeouts: std::collections::BTreeSet<&str> = mq_log
         .lines()
@@ -207,11 +207,9 @@ async fn outcome_unknowns_settled_right_after_a_paused_master_is_demoted_are_tru
 }
 
 async fn paused_master(item: ItemId, settle_early: bool) {
-    let stack = Stack::start(Options::replica()).await;
-    stack.create_item(item, 200, 2, PRICE).await;
-    let progress = Progress::new();
     // 25 s of buyers: past the failover, the old master's return and its demotion.
-    let sale = Plan::new(item, 800).per_sec(32);
+    let sale = Plan::new(item, 800);
+    let stack = Stack::selling(Options::replica(), &sale, 200).await;
     let sentinel = stack
         .sentinel
         .as_ref()
@@ -220,7 +218,7 @@ async fn paused_master(item: ItemId, settle_early: bool) {
     let history = &stack.history;
     let mut marks = Vec::new();
     let fault = async {
-        progress.until_accepted(40).await;
+        sale.progress.until_accepted(40).await;
         let t0 = history.now_ms();
         master.pause();
         marks.push(("paused", t0));
@@ -254,7 +252,7 @@ async fn paused_master(item: ItemId, settle_early: bool) {
         }
         promoted
     };
-    let ((), promoted) = tokio::join!(stack.burst(&sale, &progress), fault);
+    let ((), promoted) = tokio::join!(stack.burst(&sale), fault);
     let verdict = stack.verify(item, Final::AwaitingPayment).await;
     let ops = stack.history.ops();
     let at = |name: &str| marks.iter().find(|(n, _)| *n == name).unwrap().1;

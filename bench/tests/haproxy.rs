@@ -27,10 +27,36 @@ const PRICE: i64 = 700;
 /// One fleet at a time: two would share the machine's two cores.
 static ONE_FLEET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn out_dir(config: &seckill_infra::Config) -> PathBuf {
-    let out = std::env::temp_dir().join(format!("seckill-haproxy-{}", config.namespace));
+/// A fleet test's turn: the fleet lock held, its start, a fresh namespace whose unpaid orders
+/// time out after 3 s, and an output folder for the fleet's files.
+struct Turn {
+    _one: tokio::sync::MutexGuard<'static, ()>,
+    started: Instant,
+    env: TestEnv,
+    out: PathBuf,
+}
+
+async fn turn() -> Turn {
+    let _one = ONE_FLEET.lock().await;
+    let started = Instant::now();
+    let mut env = TestEnv::new(Backend::Postgres);
+    env.config.payment_timeout = Duration::from_secs(3);
+    let out = std::env::temp_dir().join(format!("seckill-haproxy-{}", env.config.namespace));
     std::fs::create_dir_all(&out).unwrap();
-    out
+    Turn {
+        _one,
+        started,
+        env,
+        out,
+    }
+}
+
+impl Turn {
+    async fn end(mut self) {
+        println!("took {:.1}s", self.started.elapsed().as_secs_f64());
+        let _ = std::fs::remove_dir_all(&self.out);
+        self.env.cleanup().await;
+    }
 }
 
 /// The processes of this namespace still running here (gateways, workers, HAProxies).
@@ -83,12 +109,8 @@ async fn checked(history: &History, config: &seckill_infra::Config, item: ItemId
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bench_runs_a_sale_on_three_gateways_and_two_workers_behind_haproxy() {
-    let _one = ONE_FLEET.lock().await;
-    let started = Instant::now();
-    let mut env = TestEnv::new(Backend::Postgres);
-    env.config.payment_timeout = Duration::from_secs(3);
-    let c = env.config.clone();
-    let out = out_dir(&c);
+    let t = turn().await;
+    let c = t.env.config.clone();
     common::built_binaries();
     let args = [
         "--gateways",
@@ -104,7 +126,7 @@ async fn the_bench_runs_a_sale_on_three_gateways_and_two_workers_behind_haproxy(
         "--pay-ratio",
         "0.5",
     ];
-    let report = common::run_flash_sale(&env_vars(&c), &args, &out).await;
+    let report = common::run_flash_sale(&env_vars(&c), &args, &t.out).await;
     assert_eq!(
         report["load"]["status_codes"]["202"], 100,
         "{}",
@@ -130,32 +152,26 @@ async fn the_bench_runs_a_sale_on_three_gateways_and_two_workers_behind_haproxy(
         "{cpu}"
     );
     println!("the bench's CPU per order: {cpu:#}");
-    let config = std::fs::read_to_string(out.join("haproxy.cfg")).unwrap();
+    let config = std::fs::read_to_string(t.out.join("haproxy.cfg")).unwrap();
     assert_eq!(config.matches("\n    server gw").count(), 3, "{config}");
     for g in 1..=3 {
-        let log = std::fs::read_to_string(out.join(format!("gateway-{g}.log"))).unwrap();
+        let log = std::fs::read_to_string(t.out.join(format!("gateway-{g}.log"))).unwrap();
         assert!(!log.contains("panicked"), "gateway-{g}: {log}");
     }
     // It stopped everything it started.
     assert_eq!(left_running(&c.namespace), []);
-    println!("took {:.1}s", started.elapsed().as_secs_f64());
-    let _ = std::fs::remove_dir_all(&out);
-    env.cleanup().await;
+    t.end().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_mid_burst_behind_haproxy_cuts_off_only_its_own_buyers() {
-    let _one = ONE_FLEET.lock().await;
-    let started = Instant::now();
-    let mut env = TestEnv::new(Backend::Postgres);
-    env.config.payment_timeout = Duration::from_secs(3);
-    let config = env.config.clone();
-    let out = out_dir(&config);
+    let t = turn().await;
+    let config = t.env.config.clone();
     let mut fleet = Fleet::start(&FleetOptions {
         gateways: GATEWAYS,
         workers: WORKERS,
         binaries: Some(common::built_binaries()),
-        out: out.clone(),
+        out: t.out.clone(),
         env: env_vars(&config)
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
@@ -166,7 +182,7 @@ async fn a_gateway_killed_mid_burst_behind_haproxy_cuts_off_only_its_own_buyers(
     let url = fleet.url();
     println!(
         "fleet up in {:.1}s: HAProxy at {url}, gateways {:?}",
-        started.elapsed().as_secs_f64(),
+        t.started.elapsed().as_secs_f64(),
         fleet.gateways.iter().map(|g| g.addr).collect::<Vec<_>>()
     );
 
@@ -332,7 +348,5 @@ async fn a_gateway_killed_mid_burst_behind_haproxy_cuts_off_only_its_own_buyers(
     let trouble = fleet.stop().await;
     assert_eq!(trouble, ["gateway-2 had been killed"], "{trouble:?}");
     assert_eq!(left_running(&config.namespace), []);
-    println!("took {:.1}s", started.elapsed().as_secs_f64());
-    let _ = std::fs::remove_dir_all(&out);
-    env.cleanup().await;
+    t.end().await;
 }

@@ -11,7 +11,6 @@ use sea_orm::{ActiveModelTrait, EntityTrait, Set};
 use seckill_bench::history::{self, Client, History, Outcome};
 use seckill_schema::entity::orders;
 use seckill_schema::{ItemId, UserId};
-use seckill_testkit::{Backend, TestEnv};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -28,10 +27,8 @@ fn key(user: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_sale_of_100_units_to_300_buyers_checks_out() {
-    let mut env = TestEnv::new(Backend::Postgres);
-    let config = env.config.clone();
-    let running = InProcess::start(&config).await;
-    let gateway = running.gateway.clone();
+    let (mut env, running) = InProcess::on_fresh_env().await;
+    let (config, gateway) = (env.config.clone(), running.gateway.clone());
     let item = common::new_item(ITEM, "history test", PRICE, STOCK, 1);
     common::create_item(&gateway, &config, item).await;
 

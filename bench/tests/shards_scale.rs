@@ -243,22 +243,19 @@ async fn sale(k: u8, on_cluster: bool) {
     env.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn k3_on_one_redis_sells_exactly_the_stock_to_100k_buyers() {
-    sale(3, false).await;
+/// One test a configuration, so that each is reported, and can be run, on its own.
+macro_rules! sales {
+    ($($name:ident: $shards:literal shards, on_cluster: $cluster:literal;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            sale($shards, $cluster).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn k8_on_one_redis_sells_exactly_the_stock_to_100k_buyers() {
-    sale(8, false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn k3_on_a_cluster_sells_exactly_the_stock_to_100k_buyers() {
-    sale(3, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn k8_on_a_cluster_sells_exactly_the_stock_to_100k_buyers() {
-    sale(8, true).await;
+sales! {
+    k3_on_one_redis_sells_exactly_the_stock_to_100k_buyers: 3 shards, on_cluster: false;
+    k8_on_one_redis_sells_exactly_the_stock_to_100k_buyers: 8 shards, on_cluster: false;
+    k3_on_a_cluster_sells_exactly_the_stock_to_100k_buyers: 3 shards, on_cluster: true;
+    k8_on_a_cluster_sells_exactly_the_stock_to_100k_buyers: 8 shards, on_cluster: true;
 }

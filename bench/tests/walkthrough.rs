@@ -5,7 +5,7 @@
 mod common;
 
 use common::InProcess;
-use seckill_testkit::{Backend, TestEnv, wait_for};
+use seckill_testkit::wait_for;
 use std::path::Path;
 use std::time::Duration;
 
@@ -31,10 +31,8 @@ fn walkthrough() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_walkthrough_runs_as_written() {
-    let mut env = TestEnv::new(Backend::Postgres);
-    let config = env.config.clone();
-    let running = InProcess::start(&config).await;
-    let gateway = running.gateway.clone();
+    let (mut env, running) = InProcess::on_fresh_env().await;
+    let (config, gateway) = (env.config.clone(), running.gateway.clone());
 
     let bench = Path::new(env!("CARGO_BIN_EXE_seckill-bench"));
     let run = tokio::process::Command::new("bash")

@@ -56,7 +56,10 @@ fn start_gateway(config: &Config, port: u16) -> Child {
 async fn wait_healthy(http: &Http, config: &Config) {
     let what = format!("/healthz (log: {})", log_path(config).display());
     wait_for(&what, Duration::from_secs(30), || async {
-        let r = http.try_send(Method::GET, "/healthz", &[], "").await.ok()?;
+        let r = http
+            .try_send(http.request(Method::GET, "/healthz", &[], ""))
+            .await
+            .ok()?;
         (r.status == StatusCode::OK).then_some(())
     })
     .await;
@@ -75,7 +78,10 @@ async fn burst(http: Http, config: Config, users: Vec<u64>, seen: Arc<Seen>, kil
         let (http, seen, kill) = (http.clone(), seen.clone(), kill.clone());
         let body = common::purchase(&config, user, ITEM).to_string();
         async move {
-            match http.try_send(Method::POST, "/seckill", &[], body).await {
+            match http
+                .try_send(http.request(Method::POST, "/seckill", &[], body))
+                .await
+            {
                 Ok(r) if r.status == StatusCode::ACCEPTED => {
                     let mut accepted = seen.accepted.lock().unwrap();
                     accepted.push(r.accepted());

@@ -16,12 +16,10 @@
 //! Included by the fault test files with `#[path = "common/faults.rs"] mod faults;`.
 //!
 //! ```ignore
-//! let stack = Stack::start(Options::fsync()).await;
-//! stack.create_item(ITEM, 150, 2, 990).await;
 //! let plan = Plan::new(ITEM, 300);
-//! let progress = Progress::new();
-//! let ((), ()) = tokio::join!(stack.burst(&plan, &progress), async {
-//!     progress.until_accepted(40).await;
+//! let stack = Stack::selling(Options::fsync(), &plan, 150).await;
+//! let ((), ()) = tokio::join!(stack.burst(&plan), async {
+//!     plan.progress.until_accepted(40).await;
 //!     stack.net.cut(&stack.hosts.gateways[0], &stack.hosts.redis);
 //!     hold(Duration::from_secs(4)).await;
 //!     stack.net.heal(&stack.hosts.gateways[0], &stack.hosts.redis);
@@ -502,11 +500,19 @@ impl Stack {
         }
     }
 
+    /// The stack, with `plan`'s item on sale: `stock` units at [`PRICE`], two per buyer (the
+    /// plan's repeaters are refused their third).
+    pub async fn selling(options: Options, plan: &Plan, stock: i64) -> Stack {
+        let stack = Stack::start(options).await;
+        stack.create_item(plan.item, stock).await;
+        stack
+    }
+
     /// Creates an item through the first gateway's admin API, on sale now.
-    pub async fn create_item(&self, item: ItemId, stock: i64, per_user_limit: i32, price: i64) {
+    async fn create_item(&self, item: ItemId, stock: i64) {
         let http = HttpClient::default();
         let body = serde_json::json!({"item_id": item.0, "name": format!("faults {item}"),
-            "price_cents": price, "stock": stock, "per_user_limit": per_user_limit});
+            "price_cents": PRICE, "stock": stock, "per_user_limit": 2});
         let (status, body) = http
             .post_json(
                 &format!("{}/admin/items", self.gateways[0].url),
@@ -545,9 +551,9 @@ impl Stack {
     }
 
     /// Runs `plan`'s sale through the stack's clients (buyer `u` through gateway `u % n`),
-    /// counting answers in `progress`; returns once every buyer is done.
-    pub async fn burst(&self, plan: &Plan, progress: &Arc<Progress>) {
-        self::burst(&self.clients, plan, progress).await;
+    /// counting answers in its `progress`; returns once every buyer is done.
+    pub async fn burst(&self, plan: &Plan) {
+        self::burst(&self.clients, plan).await;
     }
 
     /// The end of every test: settles each `outcome_unknown` (through the first gateway), waits
@@ -757,6 +763,9 @@ impl std::fmt::Display for Summary {
 }
 
 /// A paced sale: buyers `1..=buyers` arrive `per_sec` a second, one unit each.
+/// Every fault sale's price, in cents.
+pub const PRICE: i64 = 990;
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub item: ItemId,
@@ -768,6 +777,8 @@ pub struct Plan {
     /// after any answer that is not final (and once more after a `202`, which must answer the
     /// same order).
     pub keyed_every: u64,
+    /// Its answers so far, for a fault to wait on.
+    pub progress: Arc<Progress>,
 }
 
 impl Plan {
@@ -775,20 +786,16 @@ impl Plan {
         Plan {
             item,
             buyers,
-            per_sec: 40,
+            per_sec: 32,
             repeat_every: 5,
             keyed_every: 4,
+            progress: Progress::new(),
         }
-    }
-
-    pub fn per_sec(mut self, n: u64) -> Plan {
-        self.per_sec = n;
-        self
     }
 }
 
 /// The answers of a burst so far, for a fault to wait on.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Progress {
     answers: AtomicUsize,
     accepted: AtomicUsize,
@@ -922,14 +929,14 @@ pub async fn stored_count(config: &Config, item: ItemId) -> usize {
 }
 
 /// Runs `plan`'s sale through `clients` (buyer `u` through client `u % n`), counting answers in
-/// `progress`; returns once every buyer is done.
-pub async fn burst(clients: &[Client], plan: &Plan, progress: &Arc<Progress>) {
+/// its `progress`; returns once every buyer is done.
+pub async fn burst(clients: &[Client], plan: &Plan) {
     let start = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for u in 1..=plan.buyers {
         let at = start + Duration::from_millis(u * 1000 / plan.per_sec.max(1));
         let client = clients[u as usize % clients.len()].clone();
-        let progress = progress.clone();
+        let progress = plan.progress.clone();
         let (item, repeat, keyed) = (
             plan.item,
             u % plan.repeat_every == 0,

@@ -30,6 +30,13 @@ pub struct InProcess {
 }
 
 impl InProcess {
+    /// A fresh namespace and database on PostgreSQL, with the system running on it.
+    pub async fn on_fresh_env() -> (TestEnv, InProcess) {
+        let env = TestEnv::new(Backend::Postgres);
+        let running = InProcess::start(&env.config).await;
+        (env, running)
+    }
+
     /// The gateway first, then the workers once Redis's state is ready (as in production).
     pub async fn start(config: &seckill_infra::Config) -> InProcess {
         let app = seckill_gateway::Application::build(config.clone())

@@ -141,14 +141,14 @@ impl Http {
         }
     }
 
-    /// Sends one request; `Err` when no answer came (refused, reset, timed out).
-    pub async fn try_send(
+    /// A request to `path` of this gateway; a body is sent as JSON.
+    pub fn request(
         &self,
         method: Method,
         path: &str,
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
-    ) -> Result<Resp, String> {
+    ) -> Request<Full<Bytes>> {
         let body: Bytes = body.into();
         let mut req = Request::builder()
             .method(method)
@@ -159,7 +159,11 @@ impl Http {
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        req.body(Full::new(body)).expect("a well-formed request")
+    }
+
+    /// Sends one request; `Err` when no answer came (refused, reset, timed out).
+    pub async fn try_send(&self, req: Request<Full<Bytes>>) -> Result<Resp, String> {
         let call = async {
             let resp = self
                 .client
@@ -191,7 +195,7 @@ impl Http {
         body: impl Into<Bytes>,
     ) -> Resp {
         let method_name = method.to_string();
-        self.try_send(method, path, headers, body)
+        self.try_send(self.request(method, path, headers, body))
             .await
             .unwrap_or_else(|e| panic!("{method_name} {path} got no answer: {e}"))
     }
