@@ -79,6 +79,31 @@ if ! "$PY" -c 'import yaml' 2>/dev/null; then
   fi
 fi
 
+# What the Python checks below share: `from deploycheck import bad, panels, verdict`.
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cat >"$tmp/deploycheck.py" <<'EOF'
+import sys
+
+bad = []  # what is wrong, a line each
+
+
+def panels(ps):
+    """A dashboard's panels, those nested in rows included."""
+    for p in ps:
+        yield p
+        yield from panels(p.get("panels", []))
+
+
+def verdict(summary):
+    """Prints what is wrong and the summary; exits 1 when anything is wrong."""
+    for b in bad:
+        print("  " + b)
+    print(summary)
+    sys.exit(1 if bad else 0)
+EOF
+export PYTHONPATH="$tmp"
+
 # ------------------------------------------------------------------ Prometheus
 step "promtool check config deploy/prometheus.yml"
 promtool check config deploy/prometheus.yml || fail "promtool check config"
@@ -91,14 +116,14 @@ promtool test rules deploy/alerts.test.yml || fail "promtool test rules"
 
 step "every alert: for, severity, summary, description; a firing and a quiet test case"
 "$PY" - <<'EOF' || fail "alert rules and their test cases"
-import sys, yaml
+import yaml
+from deploycheck import bad, verdict
 rules = [r for g in yaml.safe_load(open("deploy/alerts.yml"))["groups"] for r in g["rules"] if "alert" in r]
 tests = yaml.safe_load(open("deploy/alerts.test.yml"))["tests"]
 firing, quiet = set(), set()
 for t in tests:
     for c in t.get("alert_rule_test", []):
         (firing if c.get("exp_alerts") else quiet).add(c["alertname"])
-bad = []
 for r in rules:
     name = r["alert"]
     if not r.get("for"):
@@ -115,17 +140,14 @@ for r in rules:
 known = {r["alert"] for r in rules}
 for n in sorted((firing | quiet) - known):
     bad.append(f"{n}: tested but not defined")
-for b in bad:
-    print("  " + b)
-print(f"{len(rules)} alerts, {len(firing & known)} with a firing case, {len(quiet & known)} with a quiet case")
-sys.exit(1 if bad else 0)
+verdict(f"{len(rules)} alerts, {len(firing & known)} with a firing case, {len(quiet & known)} with a quiet case")
 EOF
 
 # ------------------------------------------------------------------ Grafana
 step "Grafana provisioning and dashboard"
 "$PY" - <<'EOF' || fail "Grafana provisioning or dashboard"
 import json, sys, yaml
-bad = []
+from deploycheck import bad, panels, verdict
 ds = yaml.safe_load(open("deploy/grafana/provisioning/datasources/prometheus.yml"))
 uids = {d.get("uid") for d in ds.get("datasources", [])}
 prov = yaml.safe_load(open("deploy/grafana/provisioning/dashboards/seckill.yml"))
@@ -136,11 +158,6 @@ try:
 except ValueError as e:
     print(f"  seckill.json is not JSON: {e}")
     sys.exit(1)
-
-def panels(ps):
-    for p in ps:
-        yield p
-        yield from panels(p.get("panels", []))
 
 all_panels = list(panels(dash.get("panels", [])))
 if not all_panels:
@@ -164,22 +181,14 @@ for p in all_panels:
             bad.append(f"{title}: target {t.get('refId')} has no expr")
     if "gridPos" not in p:
         bad.append(f"{title}: no gridPos")
-for b in bad:
-    print("  " + b)
-print(f"dashboard {dash.get('title')!r}: {len(all_panels)} panels, "
-      f"{sum(len(p.get('targets', [])) for p in all_panels)} queries")
-sys.exit(1 if bad else 0)
+verdict(f"dashboard {dash.get('title')!r}: {len(all_panels)} panels, "
+        f"{sum(len(p.get('targets', [])) for p in all_panels)} queries")
 EOF
 
 step "every dashboard query parses (promtool, as recording rules)"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
 "$PY" - "$tmp/dashboard-queries.yml" <<'PYEOF'
 import json, sys, yaml
-def panels(ps):
-    for p in ps:
-        yield p
-        yield from panels(p.get("panels", []))
+from deploycheck import panels
 dash = json.load(open("deploy/grafana/dashboards/seckill.json"))
 rules = []
 for p in panels(dash.get("panels", [])):
@@ -203,10 +212,10 @@ else
   echo "(no Docker Compose v2 here: only the checks below, on the file as YAML)"
 fi
 "$PY" - <<'PYEOF' || fail "docker-compose.yml services"
-import os, sys, yaml
+import os, yaml
+from deploycheck import bad, verdict
 c = yaml.safe_load(open("docker-compose.yml"))
 s = c.get("services", {})
-bad = []
 for name in ("redis", "rabbitmq", "postgres", "gateway", "workers", "prometheus", "grafana"):
     if name not in s:
         bad.append(f"no service {name}")
@@ -225,10 +234,7 @@ for name, svc in s.items():
     for dep in svc.get("depends_on", {}) or {}:
         if dep not in s:
             bad.append(f"{name}: depends on unknown service {dep}")
-for b in bad:
-    print("  " + b)
-print(f"{len(s)} services: {', '.join(s)}")
-sys.exit(1 if bad else 0)
+verdict(f"{len(s)} services: {', '.join(s)}")
 PYEOF
 
 # ------------------------------------------------------------------ metric names
