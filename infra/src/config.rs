@@ -56,15 +56,15 @@ pub struct Config {
 }
 
 impl std::fmt::Debug for Config {
-    // Secrets stay out of logs.
+    // Secrets stay out of logs: the four secrets are left out, and the URLs' passwords masked.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("http_addr", &self.http_addr)
             .field("workers_addr", &self.workers_addr)
-            .field("redis_url", &self.redis_url)
+            .field("redis_url", &masked(&self.redis_url))
             .field("redis_durability", &self.redis_durability)
-            .field("amqp_url", &self.amqp_url)
-            .field("database_url", &self.database_url)
+            .field("amqp_url", &masked(&self.amqp_url))
+            .field("database_url", &masked(&self.database_url))
             .field("namespace", &self.namespace)
             .field("payment_timeout", &self.payment_timeout)
             .field("auto_complete", &self.auto_complete)
@@ -72,6 +72,21 @@ impl std::fmt::Debug for Config {
             .field("node_id", &self.node_id)
             .field("max_order_streams", &self.max_order_streams)
             .finish_non_exhaustive()
+    }
+}
+
+/// `url` with its password, if it has one (`scheme://user:password@host/…`), replaced by `***`.
+fn masked(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    match authority[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_owned(),
     }
 }
 
@@ -176,5 +191,53 @@ impl Config {
             node_id,
             max_order_streams,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_masked() {
+        for (url, shown) in [
+            (
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                "amqp://guest:***@127.0.0.1:5672/%2f",
+            ),
+            ("redis://:p@ss:w@rd@redis:6379", "redis://:***@redis:6379"),
+            (
+                "postgres://app:secret@db/seckill?sslmode=require",
+                "postgres://app:***@db/seckill?sslmode=require",
+            ),
+            (
+                "postgres://postgres@127.0.0.1/seckill",
+                "postgres://postgres@127.0.0.1/seckill",
+            ),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(masked(url), shown);
+        }
+    }
+
+    #[test]
+    fn the_logged_configuration_holds_no_secret() {
+        let mut config = Config::from_env().unwrap();
+        config.amqp_url = "amqp://app:amqp-password@mq/%2f".into();
+        config.database_url = "postgres://app:db-password@db/seckill".into();
+        config.redis_url = "redis://:redis-password@redis".into();
+        let logged = format!("{config:?}");
+        for secret in [
+            "amqp-password",
+            "db-password",
+            "redis-password",
+            &config.jwt_secret,
+            &config.ticket_secret,
+            &config.admin_token,
+            &config.webhook_secret,
+        ] {
+            assert!(!logged.contains(secret), "{secret} in {logged}");
+        }
     }
 }
