@@ -102,7 +102,7 @@ def verdict(summary):
     print(summary)
     sys.exit(1 if bad else 0)
 EOF
-export PYTHONPATH="$tmp"
+export PYTHONPATH="$tmp${PYTHONPATH:+:$PYTHONPATH}"
 
 # ------------------------------------------------------------------ Prometheus
 step "promtool check config deploy/prometheus.yml"
@@ -246,11 +246,8 @@ done
 echo "searching ${dirs[*]}"
 names=$("$PY" - <<'EOF'
 import json, re, yaml
+from deploycheck import panels
 exprs = [r["expr"] for g in yaml.safe_load(open("deploy/alerts.yml"))["groups"] for r in g["rules"]]
-def panels(ps):
-    for p in ps:
-        yield p
-        yield from panels(p.get("panels", []))
 dash = json.load(open("deploy/grafana/dashboards/seckill.json"))
 exprs += [t.get("expr", "") for p in panels(dash.get("panels", [])) for t in p.get("targets", [])]
 exprs += [v.get("query", "") if isinstance(v.get("query"), str) else v.get("query", {}).get("query", "")

@@ -30,10 +30,12 @@ static ONE_FLEET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// A fleet test's turn: the fleet lock held, its start, a fresh namespace whose unpaid orders
 /// time out after 3 s, and an output folder for the fleet's files.
 struct Turn {
-    _one: tokio::sync::MutexGuard<'static, ()>,
     started: Instant,
     env: TestEnv,
     out: PathBuf,
+    /// Last, so that it is dropped last: a failed test's namespace is cleaned up before the next
+    /// fleet starts.
+    _one: tokio::sync::MutexGuard<'static, ()>,
 }
 
 async fn turn() -> Turn {
@@ -44,10 +46,10 @@ async fn turn() -> Turn {
     let out = std::env::temp_dir().join(format!("seckill-haproxy-{}", env.config.namespace));
     std::fs::create_dir_all(&out).unwrap();
     Turn {
-        _one,
         started,
         env,
         out,
+        _one,
     }
 }
 

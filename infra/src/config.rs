@@ -75,19 +75,40 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// `url` with its password, if it has one (`scheme://user:password@host/…`), replaced by `***`.
+/// `url` with its passwords replaced by `***`: the one after the user
+/// (`scheme://user:password@host/…`) and the values of query parameters named like one
+/// (`?password=…`, `&sentinelPassword=…`).
 fn masked(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (head, query) = match url.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (url, None),
     };
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
+    let mut shown = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority = &rest[..rest.find(['/', '#']).unwrap_or(rest.len())];
+            match authority
+                .rfind('@')
+                .map(|at| (at, authority[..at].split_once(':')))
+            {
+                Some((at, Some((user, _)))) => format!("{scheme}://{user}:***{}", &rest[at..]),
+                _ => head.to_owned(),
+            }
+        }
+        None => head.to_owned(),
     };
-    match authority[..at].split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-        None => url.to_owned(),
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
+                    format!("{key}=***")
+                }
+                _ => param.to_owned(),
+            })
+            .collect();
+        shown = format!("{shown}?{}", params.join("&"));
     }
+    shown
 }
 
 fn var(name: &str) -> Option<String> {
@@ -216,6 +237,20 @@ mod tests {
             ),
             ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
             ("not a url", "not a url"),
+            (
+                "amqp://u:pw@h:5672?heartbeat=10&x=a@b",
+                "amqp://u:***@h:5672?heartbeat=10&x=a@b",
+            ),
+            (
+                "postgres://db/seckill?user=app&password=secret",
+                "postgres://db/seckill?user=app&password=***",
+            ),
+            (
+                "redis-sentinel://:pw@s1:26379/0?sentinelPassword=spw&x=1",
+                "redis-sentinel://:***@s1:26379/0?sentinelPassword=***&x=1",
+            ),
+            ("redis://[::1]:6379", "redis://[::1]:6379"),
+            ("redis://:pw@[::1]:6379/0", "redis://:***@[::1]:6379/0"),
         ] {
             assert_eq!(masked(url), shown);
         }

@@ -762,10 +762,10 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// A paced sale: buyers `1..=buyers` arrive `per_sec` a second, one unit each.
 /// Every fault sale's price, in cents.
 pub const PRICE: i64 = 990;
 
+/// A paced sale: buyers `1..=buyers` arrive `per_sec` a second, one unit each.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub item: ItemId,

@@ -177,14 +177,14 @@ impl Stack {
     }
 
     pub async fn create_item(&self, item: u64, stock: i64, per_user_limit: i32) {
-        let item = serde_json::json!({
+        let body = serde_json::json!({
             "item_id": item, "name": format!("item {item}"), "price_cents": 1999,
             "stock": stock, "per_user_limit": per_user_limit,
         });
-        let (status, body) = self
-            .admin(reqwest::Method::POST, "/admin/items", Some(item.clone()))
+        let (status, answer) = self
+            .admin(reqwest::Method::POST, "/admin/items", Some(body))
             .await;
-        assert_eq!(status, 201, "creating item {item}: {body}");
+        assert_eq!(status, 201, "creating item {item}: {answer}");
     }
 
     pub async fn buy(&self, user: u64, item: u64) -> (u16, serde_json::Value) {
