@@ -75,40 +75,29 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// `url` with its passwords replaced by `***`: the one after the user
-/// (`scheme://user:password@host/…`) and the values of query parameters named like one
-/// (`?password=…`, `&sentinelPassword=…`).
+/// `url` with its passwords shown as `***`: the one after the user (`scheme://user:password@…`)
+/// and the values of query parameters named like one (`password=`, `sentinelPassword=`). What
+/// does not parse as a URL is shown as it is.
 fn masked(url: &str) -> String {
-    let (head, query) = match url.split_once('?') {
-        Some((head, query)) => (head, Some(query)),
-        None => (url, None),
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_owned();
     };
-    let mut shown = match head.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority = &rest[..rest.find(['/', '#']).unwrap_or(rest.len())];
-            match authority
-                .rfind('@')
-                .map(|at| (at, authority[..at].split_once(':')))
-            {
-                Some((at, Some((user, _)))) => format!("{scheme}://{user}:***{}", &rest[at..]),
-                _ => head.to_owned(),
-            }
-        }
-        None => head.to_owned(),
-    };
-    if let Some(query) = query {
-        let params: Vec<String> = query
-            .split('&')
-            .map(|param| match param.split_once('=') {
-                Some((key, _)) if key.to_ascii_lowercase().contains("password") => {
-                    format!("{key}=***")
-                }
-                _ => param.to_owned(),
+    if parsed.password().is_some() {
+        // Only a URL that cannot have a password refuses one, and this one has one.
+        let _ = parsed.set_password(Some("***"));
+    }
+    let secret = |key: &str| key.to_ascii_lowercase().contains("password");
+    if parsed.query_pairs().any(|(key, _)| secret(&key)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if secret(&key) { "***".into() } else { value };
+                (key.into_owned(), value.into_owned())
             })
             .collect();
-        shown = format!("{shown}?{}", params.join("&"));
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
     }
-    shown
+    parsed.into()
 }
 
 fn var(name: &str) -> Option<String> {

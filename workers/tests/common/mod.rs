@@ -181,10 +181,10 @@ impl Stack {
             "item_id": item, "name": format!("item {item}"), "price_cents": 1999,
             "stock": stock, "per_user_limit": per_user_limit,
         });
-        let (status, answer) = self
+        let (status, reply) = self
             .admin(reqwest::Method::POST, "/admin/items", Some(body))
             .await;
-        assert_eq!(status, 201, "creating item {item}: {answer}");
+        assert_eq!(status, 201, "creating item {item}: {reply}");
     }
 
     pub async fn buy(&self, user: u64, item: u64) -> (u16, serde_json::Value) {
